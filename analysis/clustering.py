@@ -1,0 +1,94 @@
+"""Stage 2b — output similarity C_out and KD clusters.
+
+Clusters: average-linkage hierarchical clustering on 1 − cosine of ΔY; the number of
+clusters maximises the mean silhouette (on the same distance) over 2..max_clusters.
+KDs whose effect is weak (‖ΔY_k‖ below `weak_fraction` × the median ‖ΔY‖) carry no
+direction worth clustering: they form group 0, "weak or no effect", and are set aside first.
+Stability: ARI between the clustering and re-clusterings of bootstrap resamples of the
+output genes at the same number of clusters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """labels [K]: 0 = weak/no effect, 1..n_clusters by decreasing size; silhouette per candidate k; bootstrap ARIs."""
+
+    labels: np.ndarray
+    n_clusters: int
+    silhouette: pd.DataFrame
+    bootstrap_ari: np.ndarray
+    order: np.ndarray  # [K] leaf order of the dendrogram, for heatmaps
+
+    @property
+    def stability(self) -> float:
+        return float(np.median(self.bootstrap_ari)) if len(self.bootstrap_ari) else float("nan")
+
+
+def cosine_similarity(rows: np.ndarray) -> np.ndarray:
+    """[K, D] -> [K, K] cosine similarity; an all-zero row has similarity 0 to everything (1 to itself)."""
+    norms = np.linalg.norm(rows, axis=1)
+    unit = rows / np.where(norms > 0, norms, 1.0)[:, None]
+    sim = np.clip(unit @ unit.T, -1.0, 1.0)
+    np.fill_diagonal(sim, 1.0)
+    return sim
+
+
+def _tree(similarity: np.ndarray):
+    distance = np.clip(1.0 - similarity, 0.0, 2.0)
+    np.fill_diagonal(distance, 0.0)
+    return linkage(squareform(distance, checks=False), method="average"), distance
+
+
+def _cut(tree, k: int) -> np.ndarray:
+    raw = fcluster(tree, t=k, criterion="maxclust")
+    # Relabel 1..k by decreasing size so "cluster 1" is the largest in every run.
+    sizes = pd.Series(raw).value_counts()
+    rank = {old: new for new, old in enumerate(sorted(sizes.index, key=lambda c: (-sizes[c], c)), start=1)}
+    return np.array([rank[c] for c in raw])
+
+
+def cluster_kds(delta_y: np.ndarray, max_clusters: int, n_bootstrap: int, seed: int,
+                weak_fraction: float = 0.25) -> Clusters:
+    """Cluster KDs by the cosine of their ΔY [K, G]; weak-effect KDs go to group 0."""
+    from scipy.cluster.hierarchy import leaves_list
+
+    norms = np.linalg.norm(delta_y, axis=1)
+    strong = norms >= weak_fraction * np.median(norms)
+    effects = delta_y[strong]
+    tree, distance = _tree(cosine_similarity(effects))
+    candidates = range(2, min(max_clusters, len(effects) - 1) + 1)
+    scores = [silhouette_score(distance, _cut(tree, k), metric="precomputed") for k in candidates]
+    silhouette = pd.DataFrame({"n_clusters": list(candidates), "silhouette": scores})
+    best = int(silhouette.loc[silhouette["silhouette"].idxmax(), "n_clusters"])
+    strong_labels = _cut(tree, best)
+
+    rng = np.random.default_rng(seed)
+    aris = []
+    for _ in range(n_bootstrap):
+        genes = rng.integers(effects.shape[1], size=effects.shape[1])
+        boot_tree, _ = _tree(cosine_similarity(effects[:, genes]))
+        aris.append(adjusted_rand_score(strong_labels, _cut(boot_tree, best)))
+
+    labels = np.zeros(len(delta_y), dtype=int)
+    labels[strong] = strong_labels
+    # Heatmap order: weak-effect KDs first, then the dendrogram's leaf order of the others.
+    order = np.concatenate([np.flatnonzero(~strong), np.flatnonzero(strong)[leaves_list(tree)]])
+    return Clusters(labels, best, silhouette, np.asarray(aris), order)
+
+
+def cluster_table(kd_names, clusters: Clusters, reproducibility: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per KD: kd, cluster (and per-KD reproducibility when given)."""
+    table = pd.DataFrame({"kd": list(kd_names), "cluster": clusters.labels})
+    if reproducibility is not None:
+        table = table.merge(reproducibility, on="kd")
+    return table

@@ -1,0 +1,301 @@
+"""The embedded demo: a deterministic synthetic Perturb-seq world and a small STATE model trained on it.
+
+The world uses real HGNC symbols from the bundled gene sets. KDs come in named modules
+(cytosolic ribosome, mitoribosome, TRAPP, proteasome, MYC, spliceosome, mediator) plus
+KDs with no effect. Each module has a response programme over the output genes built
+from a real pathway; each KD adds its own deviation. The planted truth (module of each
+KD, true ΔY) is kept beside the data.
+
+A small real `StateTransitionPerturbationModel` (the seed's "pertsets" configuration
+scaled down: GPT2 backbone, one-hot perturbations, energy loss) is trained on it with
+Lightning and written as `state tx train` writes a run, so the demo goes through the
+same loader as a user's run. This is a stand-in for the seed's HepG2 checkpoint, which
+cannot exist here; it says so in the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import cache
+from .config import PACKAGE_DIR, AnalysisConfig
+
+GENESETS = PACKAGE_DIR / "genesets"
+CELL_LINE = "HepG2"
+CONTROL = "non-targeting"
+
+# KD module -> knocked-down genes, and the response programme: (gene set, sign) pairs.
+MODULES = {
+    "cytosolic_ribosome": (
+        "RPL3 RPL4 RPL5 RPL7 RPL8 RPL10 RPL11 RPL13 RPL14 RPL18 RPL19 RPL23 RPL24 RPL27 RPL30 RPL35 "
+        "RPS3 RPS5 RPS6 RPS8 RPS11 RPS13 RPS14 RPS16 RPS19 RPS24 RPS27A".split(),
+        [("GO:cytoplasmic translation (GO:0002181)", -1), ("H:HALLMARK_P53_PATHWAY", +1)],
+    ),
+    "mitoribosome": (
+        "MRPL3 MRPL4 MRPL10 MRPL13 MRPL15 MRPL17 MRPL20 MRPL22 MRPL28 MRPL33 MRPL38 MRPL44 "
+        "MRPS2 MRPS5 MRPS7 MRPS10 MRPS14 MRPS18A MRPS23 MRPS28 MRPS34".split(),
+        [("H:HALLMARK_OXIDATIVE_PHOSPHORYLATION", -1), ("GO:mitochondrial translation (GO:0032543)", -1)],
+    ),
+    "TRAPP": (
+        "TRAPPC1 TRAPPC2 TRAPPC2L TRAPPC3 TRAPPC4 TRAPPC5 TRAPPC6B TRAPPC8 TRAPPC9 TRAPPC10 TRAPPC11 TRAPPC12".split(),
+        [("H:HALLMARK_UNFOLDED_PROTEIN_RESPONSE", +1), ("GO:endoplasmic reticulum to Golgi vesicle-mediated transport (GO:0006888)", +1)],
+    ),
+    "proteasome": (
+        "PSMA1 PSMA2 PSMA3 PSMA4 PSMA5 PSMA6 PSMB1 PSMB2 PSMB3 PSMB5 PSMB7 PSMC1 PSMC2 PSMC3 PSMC4 PSMD1 PSMD2 PSMD3".split(),
+        [("GO:proteasome-mediated ubiquitin-dependent protein catabolic process (GO:0043161)", +1), ("H:HALLMARK_MTORC1_SIGNALING", +1)],
+    ),
+    "MYC": (
+        "MYC MAX TRRAP KAT2A EP400 RUVBL1 MNT".split(),
+        [("H:HALLMARK_MYC_TARGETS_V1", -1), ("H:HALLMARK_MYC_TARGETS_V2", -1)],
+    ),
+    "spliceosome": (
+        "SF3B1 SF3B2 SF3B3 SF3A1 SF3A3 SNRPD1 SNRPD2 SNRPD3 SNRPB PRPF8 PRPF19 PRPF31 U2AF1 U2AF2".split(),
+        [("H:HALLMARK_E2F_TARGETS", -1), ("H:HALLMARK_G2M_CHECKPOINT", -1)],
+    ),
+    "mediator": (
+        "MED1 MED4 MED6 MED7 MED8 MED12 MED14 MED16 MED17 MED20 MED24 MED26".split(),
+        [("H:HALLMARK_XENOBIOTIC_METABOLISM", -1), ("H:HALLMARK_BILE_ACID_METABOLISM", -1)],
+    ),
+    "no_effect": (
+        "OR1A2 OR1C1 OR1D2 OR1E1 OR1K1 OR10A5 OR10H1 OR10J1 OR11H4 OR12D2 OR13G1 KRT1 KRT2 KRT3 KRT9 KRT12 "
+        "KRT25 KRT31 KRT34 KRT71 KRT76 KRT83 KRT85 OR10K1 OR10R2".split(),
+        [],
+    ),
+}
+GENES_PER_PROGRAMME = 30
+N_OUTPUT_GENES = 700
+
+
+@dataclass(frozen=True)
+class DemoWorld:
+    """The planted truth. true_delta [K, G] in log-normalised units; kd_module [K]."""
+
+    gene_names: tuple
+    kd_names: tuple
+    kd_module: tuple
+    true_delta: np.ndarray
+    gene_log_mean: np.ndarray  # [G] log mean expression rate of control cells
+    seed: int
+
+    def truth_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"kd": self.kd_names, "module": self.kd_module})
+
+
+def read_gene_sets() -> dict:
+    """The bundled libraries as {'GO:<term>' or 'H:<name>': [genes]} (demo programmes only)."""
+    import gseapy
+
+    go = gseapy.read_gmt(str(GENESETS / "GO_Biological_Process_2021.gmt"))
+    hallmark = gseapy.read_gmt(str(GENESETS / "MSigDB_Hallmark_v7.0.gmt"))
+    return {**{f"GO:{k}": v for k, v in go.items()}, **{f"H:{k}": v for k, v in hallmark.items()}}
+
+
+def build_world(seed: int = 0) -> DemoWorld:
+    """Deterministic planted world: output genes, KDs in modules, true ΔY."""
+    rng = np.random.default_rng(seed)
+    sets = read_gene_sets()
+    programme_genes = {}
+    chosen: list[str] = []
+    for module, (_, programme) in MODULES.items():
+        for set_name, _sign in programme:
+            members = sorted(set(sets[set_name]))
+            take = [str(g) for g in rng.choice(members, size=min(GENES_PER_PROGRAMME, len(members)), replace=False)]
+            programme_genes[set_name] = take
+            chosen += take
+    kd_genes = [g for kds, _ in MODULES.values() for g in kds]
+    genes = list(dict.fromkeys(chosen + [g for g in kd_genes if not g.startswith(("OR", "KRT"))]))
+    pool = sorted({g for v in sets.values() for g in v} - set(genes) - set(kd_genes))
+    genes += [str(g) for g in rng.choice(pool, size=N_OUTPUT_GENES - len(genes), replace=False)]
+    index = {g: i for i, g in enumerate(genes)}
+
+    kd_names, kd_module, deltas = [], [], []
+    for module, (kds, programme) in MODULES.items():
+        signature = np.zeros(len(genes))
+        for set_name, sign in programme:
+            for g in programme_genes[set_name]:
+                signature[index[g]] += sign * rng.uniform(0.4, 1.0)
+        for kd in kds:
+            delta = rng.uniform(0.6, 1.3) * signature
+            own = rng.choice(len(genes), size=12, replace=False)  # the KD's own deviation from its module
+            delta[own] += rng.normal(0, 0.25 if programme else 0.03, size=12)
+            if kd in index:
+                delta[index[kd]] -= 1.5  # on-target knock-down of the gene itself
+            kd_names.append(kd)
+            kd_module.append(module)
+            deltas.append(delta)
+    gene_log_mean = rng.normal(0.5, 1.0, size=len(genes))
+    return DemoWorld(tuple(genes), tuple(kd_names), tuple(kd_module), np.asarray(deltas), gene_log_mean, seed)
+
+
+def simulate_cells(world: DemoWorld, delta: np.ndarray, n_cells: int, rng) -> np.ndarray:
+    """Log-normalised single cells [n, G]: Poisson counts with per-cell depth, scaled to 1e4, log1p.
+
+    delta [G] shifts the expression rate in log space (0 for controls).
+    """
+    depth = rng.lognormal(0.0, 0.3, size=(n_cells, 1))
+    rate = np.exp(world.gene_log_mean + delta)[None, :] * depth * 4.0
+    counts = rng.poisson(rate)
+    size = np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    return np.log1p(counts / size * 1e4).astype(np.float32)
+
+
+def demo_model_kwargs(n_genes: int, set_size: int = 32) -> dict:
+    """The seed's 'pertsets' configuration, scaled down for 2 CPU cores."""
+    hidden = 96
+    return dict(
+        cell_set_len=set_size, extra_tokens=0, hidden_dim=hidden, loss="energy", distributional_loss="energy",
+        blur=0.05, confidence_token=False, n_encoder_layers=2, n_decoder_layers=2, predict_residual=True,
+        freeze_pert_backbone=False, finetune_vci_decoder=False, residual_decoder=False, batch_encoder=False,
+        use_batch_token=False, use_basal_projection=False, mask_attn=False, regularization=0.0, lr=2e-3,
+        gene_decoder_bool=False, transformer_backbone_key="GPT2",
+        transformer_backbone_kwargs=dict(n_positions=set_size, n_embd=hidden, n_layer=2, n_head=4,
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False),
+    )
+
+
+def build_demo(config: AnalysisConfig, n_steps: int = 3000, cells_per_kd: int = 48, n_controls: int = 1500) -> None:
+    """Write the demo's control .h5ad, planted truth and trained run directory (atomically, as one folder)."""
+    world = build_world(config.demo_seed)
+    rng = np.random.default_rng(config.demo_seed + 1)
+    controls = simulate_cells(world, np.zeros(len(world.gene_names)), n_controls, rng)
+    perturbed = {kd: simulate_cells(world, world.true_delta[i], cells_per_kd, rng) for i, kd in enumerate(world.kd_names)}
+
+    # Build everything in a temporary sibling folder, then move files into place: a killed build leaves nothing half-written.
+    config.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=config.run_dir.parent, prefix=".demo-build-"))
+    try:
+        _write_h5ad(world, controls, perturbed, staging / "controls.h5ad")
+        _write_truth(world, staging / "truth")
+        _train_run(world, controls, perturbed, staging / "run", config.demo_seed, n_steps)
+        _install(staging / "truth", config.run_dir.parent / "truth")
+        _install(staging / "controls.h5ad", config.h5ad)
+        _install(staging / "run", config.run_dir)  # last: its presence means the demo is complete
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_demo(config: AnalysisConfig) -> None:
+    """Build the demo when the config asks for it and it is not there yet."""
+    if config.demo and not ((config.run_dir / "checkpoints" / config.checkpoint).is_file() and config.h5ad.is_file()):
+        print(f"Building the embedded demo into {config.run_dir.parent} (first use only) …", flush=True)
+        build_demo(config)
+
+
+def load_truth(config: AnalysisConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """The demo's planted truth: (kd, module) table and true ΔY [K, G]."""
+    folder = config.run_dir.parent / "truth"
+    arrays = np.load(folder / "true_delta.npz")
+    return pd.read_parquet(folder / "kd_modules.parquet"), arrays["true_delta"]
+
+
+def _install(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+
+
+def _write_h5ad(world: DemoWorld, controls: np.ndarray, perturbed: dict, path: Path) -> None:
+    import anndata as ad
+
+    X = np.concatenate([controls] + list(perturbed.values()))
+    labels = [CONTROL] * len(controls) + [kd for kd, cells in perturbed.items() for _ in range(len(cells))]
+    obs = pd.DataFrame({"gene": labels, "cell_type": CELL_LINE}, index=[f"cell{i}" for i in range(len(X))])
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(world.gene_names)))
+    adata.obs["gene"] = adata.obs["gene"].astype("category")
+    adata.write_h5ad(path)
+
+
+def _write_truth(world: DemoWorld, folder: Path) -> None:
+    folder.mkdir(parents=True)
+    cache.write_parquet(folder / "kd_modules.parquet", world.truth_frame())
+    cache.write_npz(folder / "true_delta.npz", true_delta=world.true_delta.astype(np.float32),
+                    gene_names=np.asarray(world.gene_names))
+
+
+class _SetSampler(torch.utils.data.IterableDataset):
+    """Training sets as `state tx train` feeds them: S control cells, S perturbed cells, one perturbation per set."""
+
+    def __init__(self, onehots, controls, perturbed, set_size, n_sets, seed):
+        self.onehots, self.controls, self.perturbed = onehots, controls, perturbed
+        self.set_size, self.n_sets, self.seed = set_size, n_sets, seed
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        names = list(self.perturbed)
+        for _ in range(self.n_sets):
+            name = names[rng.integers(len(names))]
+            pool = self.perturbed[name]
+            basal = self.controls[rng.integers(len(self.controls), size=self.set_size)]
+            target = pool[rng.integers(len(pool), size=self.set_size)]
+            yield {
+                "pert_emb": torch.as_tensor(np.repeat(self.onehots[name][None], self.set_size, 0)),
+                "ctrl_cell_emb": torch.as_tensor(basal),
+                "pert_cell_emb": torch.as_tensor(target),
+            }
+
+
+def _flatten_sets(items):
+    return {k: torch.cat([it[k] for it in items]) for k in items[0]}
+
+
+def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: int) -> None:
+    import lightning.pytorch as pl
+    import yaml
+    from state.tx.models.state_transition import StateTransitionPerturbationModel
+
+    names = [CONTROL] + list(world.kd_names)
+    eye = np.eye(len(names), dtype=np.float32)
+    onehots = {n: eye[i] for i, n in enumerate(names)}
+    n_genes = len(world.gene_names)
+    kwargs = demo_model_kwargs(n_genes)
+    set_size, batch_sets = kwargs["cell_set_len"], 8
+    var_dims = {"input_dim": n_genes, "gene_dim": n_genes, "hvg_dim": n_genes, "output_dim": n_genes,
+                "pert_dim": len(names), "gene_names": list(world.gene_names), "batch_dim": 1, "pert_names": names}
+
+    pl.seed_everything(seed, verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = StateTransitionPerturbationModel(
+            input_dim=n_genes, hidden_dim=kwargs.pop("hidden_dim"), output_dim=n_genes, pert_dim=len(names),
+            batch_dim=None, gene_dim=n_genes, hvg_dim=n_genes, basal_mapping_strategy="random",
+            embed_key=None, output_space="gene", gene_names=list(world.gene_names), batch_size=batch_sets,
+            control_pert=CONTROL, **kwargs,
+        )
+    training_sets = {CONTROL: controls, **perturbed}
+    loader = torch.utils.data.DataLoader(
+        _SetSampler(onehots, controls, training_sets, set_size, n_steps * batch_sets, seed),
+        batch_size=batch_sets, collate_fn=_flatten_sets,
+    )
+    trainer = pl.Trainer(max_steps=n_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=True, deterministic=False)
+    with contextlib.redirect_stdout(io.StringIO()) if False else contextlib.nullcontext():
+        trainer.fit(model, train_dataloaders=loader)
+
+    (run_dir / "checkpoints").mkdir(parents=True)
+    trainer.save_checkpoint(str(run_dir / "checkpoints" / "final.ckpt"))
+    torch.save({k: torch.as_tensor(v) for k, v in onehots.items()}, run_dir / "pert_onehot_map.pt")
+    torch.save({"batch0": torch.ones(1)}, run_dir / "batch_onehot_map.torch")
+    torch.save({CELL_LINE: torch.ones(1)}, run_dir / "cell_type_onehot_map.torch")
+    with open(run_dir / "var_dims.pkl", "wb") as fh:
+        pickle.dump(var_dims, fh)
+    state_config = {
+        "name": "demo", "output_dir": str(run_dir.parent), "overwrite": False, "use_wandb": False,
+        "data": {"name": "PerturbationDataModule", "kwargs": {
+            "embed_key": None, "output_space": "gene", "pert_col": "gene", "cell_type_key": "cell_type",
+            "control_pert": CONTROL, "basal_mapping_strategy": "random", "batch_col": "batch"}},
+        "model": {"name": "state", "checkpoint": None, "device": "cpu", "kwargs": demo_model_kwargs(n_genes)},
+        "training": {"max_steps": n_steps, "batch_size": batch_sets, "lr": 2e-3, "train_seed": seed},
+        "demo": {"note": "synthetic Perturb-seq world built by analysis.demo; not a biological model", "seed": seed},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(state_config, sort_keys=False))

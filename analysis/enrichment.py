@@ -1,0 +1,123 @@
+"""Stage 5 — offline gene-set enrichment with gseapy on the bundled GMT libraries (no network).
+
+Two questions, two tests, BH-FDR over all terms of all libraries within each query:
+- KD-target over-representation (hypergeometric, `gseapy.enrich`): are a cluster's
+  knocked-down genes enriched for a pathway, against the screen's KDs as background
+  (the screen is biased toward essential genes, so the genome is the wrong background)?
+- Response prerank GSEA (`gseapy.prerank`): is a ranked output-gene vector (a cluster's
+  mean ΔY, or an SVD axis's gene loadings) enriched at either end for a pathway?
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import false_discovery_control
+
+ORA_COLUMNS = ["query", "library", "term", "overlap", "p_value", "fdr", "odds_ratio", "genes"]
+PRERANK_COLUMNS = ["query", "library", "term", "nes", "p_value", "fdr", "size", "lead_genes"]
+
+
+def read_libraries(paths) -> dict:
+    """{library name (file stem): {term: [genes]}} from GMT files."""
+    import gseapy
+
+    return {Path(p).stem: gseapy.read_gmt(str(p)) for p in paths}
+
+
+@contextlib.contextmanager
+def _quiet():
+    # gseapy logs every call at INFO/WARNING; the pipeline reports its own progress.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _bh(frame: pd.DataFrame, strength: str) -> pd.DataFrame:
+    """Add BH-FDR over all rows; sort by FDR, p, then decreasing |strength| (ties are common at the permutation floor)."""
+    frame = frame.copy()
+    frame["fdr"] = false_discovery_control(frame["p_value"].clip(0, 1).to_numpy(), method="bh") if len(frame) else []
+    frame["_strength"] = -frame[strength].abs()
+    return frame.sort_values(["fdr", "p_value", "_strength"]).drop(columns="_strength").reset_index(drop=True)
+
+
+def over_representation(query: str, genes, background, libraries: dict, min_overlap: int = 2) -> pd.DataFrame:
+    """Hypergeometric test of `genes` against `background` for every term of every library."""
+    import gseapy
+
+    genes = sorted(set(genes))
+    frames = []
+    for library, sets in libraries.items():
+        with _quiet():
+            result = gseapy.enrich(gene_list=genes, gene_sets=sets, background=sorted(set(background)),
+                                   outdir=None, no_plot=True, cutoff=1.0, verbose=False)
+        res = getattr(result, "results", None)
+        if not isinstance(res, pd.DataFrame) or res.empty:
+            continue
+        hits = res["Overlap"].str.split("/").str[0].astype(int)
+        res = res[hits >= min_overlap]
+        frames.append(pd.DataFrame({
+            "query": query, "library": library, "term": res["Term"], "overlap": res["Overlap"],
+            "p_value": res["P-value"].astype(float), "odds_ratio": res["Odds Ratio"].astype(float),
+            "genes": res["Genes"],
+        }))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ORA_COLUMNS)
+    return _bh(frame, "odds_ratio")[ORA_COLUMNS]
+
+
+def prerank(query: str, scores: pd.Series, libraries: dict, permutations: int, seed: int,
+            min_size: int = 10, max_size: int = 500) -> pd.DataFrame:
+    """Prerank GSEA of `scores` (index: gene symbols) against every library."""
+    import gseapy
+
+    scores = scores.astype(float).sort_values(ascending=False)
+    frames = []
+    for library, sets in libraries.items():
+        with _quiet():
+            try:
+                result = gseapy.prerank(rnk=scores, gene_sets=sets, permutation_num=permutations, min_size=min_size,
+                                        max_size=max_size, seed=seed, threads=1, outdir=None, no_plot=True, verbose=False)
+            except (LookupError, ValueError):  # no term of this library has min_size genes among the outputs
+                continue
+        res = result.res2d
+        frames.append(pd.DataFrame({
+            "query": query, "library": library, "term": res["Term"], "nes": res["NES"].astype(float),
+            # A permutation p-value is never below 1/(permutations + 1); gseapy reports 0 there.
+            "p_value": res["NOM p-val"].astype(float).clip(lower=1.0 / (permutations + 1)),
+            "size": res["Tag %"].astype(str).str.split("/").str[1].astype(int),
+            "lead_genes": res["Lead_genes"],
+        }))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PRERANK_COLUMNS)
+    return _bh(frame, "nes")[PRERANK_COLUMNS]
+
+
+def cluster_enrichment(kd_names, labels: np.ndarray, delta_y: np.ndarray, gene_names, libraries: dict,
+                       permutations: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per cluster: KD-target ORA (background = all KDs of the screen) and prerank GSEA of the mean ΔY."""
+    kd_names = np.asarray(kd_names)
+    ora, gsea = [], []
+    for cluster in np.unique(labels):
+        members = labels == cluster
+        query = f"cluster {cluster}"
+        if members.sum() >= 3:
+            ora.append(over_representation(query, kd_names[members], kd_names, libraries))
+        mean_response = pd.Series(delta_y[members].mean(axis=0), index=list(gene_names))
+        gsea.append(prerank(query, mean_response, libraries, permutations, seed))
+    ora_frame = pd.concat(ora, ignore_index=True) if ora else pd.DataFrame(columns=ORA_COLUMNS)
+    return ora_frame, pd.concat(gsea, ignore_index=True)
+
+
+def top_terms(frame: pd.DataFrame, per_query: int = 1) -> pd.DataFrame:
+    """The best `per_query` rows (lowest FDR, then p) of each query."""
+    if frame.empty:
+        return frame
+    return frame.groupby("query", sort=True).head(per_query).sort_values("query", kind="stable").reset_index(drop=True)

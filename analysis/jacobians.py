@@ -1,0 +1,135 @@
+"""Stage 3 — the Jacobian J_k = ∂E[Y]/∂pert_repr at pert_repr_k, through the model's own forward.
+
+E is the mean over the S cells of a set and over the R control draws; the perturbation
+representation p is substituted for the pert_encoder output of every cell of the set
+(`model_call.pert_repr_override`). One J_k is [G, H].
+
+H ≪ G, so forward mode is the efficient direction: one Jacobian-vector product per
+pert_repr direction gives a whole column for every KD of the call, because the sets of
+different KDs are independent (the output of KD b's sets depends only on p_b). The H
+directions are vmapped. `torch.autograd.functional.jacobian` (reverse mode, one backward
+per output gene) is the seed's method, kept as the oracle (`reverse_mode_jacobian`).
+
+Jacobians are written in shards of KDs, atomically, as they finish: an interrupted run
+resumes at the first missing shard, and the shard folder is keyed by model, data, draws
+and code, so a stale shard is never reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import jvp, vmap
+from tqdm.auto import tqdm
+
+from . import cache
+from .load import LoadedRun
+from .model_call import mean_output, pert_repr_override
+
+
+def expected_output(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_onehot: torch.Tensor) -> torch.Tensor:
+    """E[Y] [B, G] with pert_repr [B, H] substituted, averaged over the S cells and the R draw sets [R, S, N].
+
+    `pert_onehot` [P] is what the pert_encoder would have seen; its output is replaced.
+    """
+    n_kds, n_draws = pert_repr.shape[0], draw_sets.shape[0]
+    per_set_repr = pert_repr.repeat_interleave(n_draws, dim=0)  # [B·R, H], KD-major
+    basal = draw_sets.repeat(n_kds, 1, 1)  # [B·R, S, N]
+    with pert_repr_override(model, per_set_repr):
+        per_set = mean_output(model, pert_onehot.expand(n_kds * n_draws, -1), basal)
+    return per_set.reshape(n_kds, n_draws, -1).mean(dim=1)
+
+
+def forward_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_onehot: torch.Tensor,
+                          tangents_per_call: int = 0) -> torch.Tensor:
+    """J [B, G, H] for B KDs at once: vmap over the H basis directions of one jvp each."""
+    n_kds, hidden = pert_repr.shape
+
+    def column(direction: torch.Tensor) -> torch.Tensor:  # direction [H] -> ∂E[Y]/∂p · direction, [B, G]
+        tangent = direction.expand(n_kds, hidden)
+        return jvp(lambda p: expected_output(model, p, draw_sets, pert_onehot), (pert_repr,), (tangent,))[1]
+
+    basis = torch.eye(hidden, device=pert_repr.device, dtype=pert_repr.dtype)
+    columns = vmap(column, chunk_size=tangents_per_call or None)(basis)  # [H, B, G]
+    return columns.permute(1, 2, 0)
+
+
+def reverse_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_onehot: torch.Tensor) -> torch.Tensor:
+    """The seed's method, one KD at a time: torch.autograd.functional.jacobian (one backward per output). [G, H]."""
+    with torch.enable_grad():
+        return torch.autograd.functional.jacobian(
+            lambda p: expected_output(model, p[None], draw_sets, pert_onehot)[0], pert_repr)
+
+
+def central_difference_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_onehot: torch.Tensor,
+                                step: float = 1e-3) -> torch.Tensor:
+    """Second oracle: (E[Y](p + h e_j) − E[Y](p − h e_j)) / 2h for every direction j. [G, H]. Use float64."""
+    hidden = pert_repr.shape[0]
+    basis = torch.eye(hidden, device=pert_repr.device, dtype=pert_repr.dtype) * step
+    with torch.no_grad():
+        plus = expected_output(model, pert_repr[None] + basis, draw_sets, pert_onehot)
+        minus = expected_output(model, pert_repr[None] - basis, draw_sets, pert_onehot)
+    return ((plus - minus) / (2 * step)).T
+
+
+@dataclass(frozen=True)
+class JacobianShards:
+    """The shard files of one Jacobian run, in KD order. Each holds `jacobian` [b, G, H] float32 and `kd_index` [b]."""
+
+    folder: Path
+    paths: tuple
+    n_kds: int
+    shape: tuple  # (G, H)
+
+    def __iter__(self):
+        for path in self.paths:
+            with np.load(path) as shard:
+                yield shard["kd_index"], shard["jacobian"]
+
+
+def shard_ranges(n_kds: int, shard_kds: int) -> list[range]:
+    return [range(i, min(i + shard_kds, n_kds)) for i in range(0, n_kds, shard_kds)]
+
+
+def compute_jacobians(run: LoadedRun, pert_repr: np.ndarray, draw_cells: np.ndarray, stage: cache.StageDir,
+                      shard_kds: int, kds_per_call: int, tangents_per_call: int = 0,
+                      progress: bool = True) -> JacobianShards:
+    """Write J_k for all KDs of `run.kd_names` into shards under `stage`; skip shards already written.
+
+    pert_repr [K, H] (at which each J_k is taken), draw_cells [R, S] control rows. Peak memory is one shard,
+    independent of K.
+    """
+    ranges = shard_ranges(len(run.kd_names), shard_kds)
+    paths = tuple(stage / f"shard_{i:05d}.npz" for i in range(len(ranges)))
+    draw_sets = torch.as_tensor(run.controls[draw_cells], device=run.device, dtype=run.dtype)
+    onehot = run.onehots([run.control_label])[0]
+    todo = [i for i, path in enumerate(paths) if not path.is_file()]
+    bar = tqdm(total=len(run.kd_names), initial=len(run.kd_names) - sum(len(ranges[i]) for i in todo),
+               desc="Jacobians ∂E[Y]/∂pert_repr", unit="KD", disable=not progress)
+    for i in todo:
+        blocks = []
+        for start in range(ranges[i].start, ranges[i].stop, kds_per_call):
+            kd_slice = slice(start, min(start + kds_per_call, ranges[i].stop))
+            p = torch.as_tensor(pert_repr[kd_slice], device=run.device, dtype=run.dtype)
+            blocks.append(forward_mode_jacobian(run.model, p, draw_sets, onehot, tangents_per_call).float().cpu().numpy())
+            bar.update(kd_slice.stop - kd_slice.start)
+        cache.write_npz(paths[i], jacobian=np.concatenate(blocks), kd_index=np.asarray(ranges[i]))
+    bar.close()
+    stage.mark_done(n_kds=len(run.kd_names), n_shards=len(paths))
+    return JacobianShards(stage.path, paths, len(run.kd_names), (len(run.gene_names), pert_repr.shape[1]))
+
+
+def open_shards(folder: Path) -> JacobianShards:
+    """Shards written by `compute_jacobians` (or any folder of `shard_*.npz` files with the same fields)."""
+    paths = tuple(sorted(Path(folder).glob("shard_*.npz")))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no Jacobian shards")
+    n_kds = 0
+    for path in paths:
+        with np.load(path) as shard:
+            n_kds += len(shard["kd_index"])
+            shape = shard["jacobian"].shape[1:]
+    return JacobianShards(Path(folder), paths, n_kds, tuple(shape))

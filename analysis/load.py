@@ -1,0 +1,234 @@
+"""Stage 1 — load a run written by `state tx train` and the control cells it is analysed on.
+
+A run directory is trusted code: its checkpoint is a pickle, loaded with arc-state's own
+`StateTransitionPerturbationModel.load_from_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import code_version, content_key, file_digest
+from .config import AnalysisConfig
+from .errors import InputError
+
+RUN_FILES = ("config.yaml", "var_dims.pkl", "pert_onehot_map.pt")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A loaded model with everything needed to query it.
+
+    pert_onehot: [P] float vectors by perturbation name; kd_names: the KDs analysed (control excluded);
+    gene_names: the G output genes; controls: [N, input_dim] control cells of the target cell line.
+    """
+
+    model: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    pert_onehot: dict
+    control_label: str
+    kd_names: tuple
+    gene_names: tuple
+    controls: np.ndarray
+    set_size: int
+    input_key: str  # hash of checkpoint, run files, control data, data fields and code
+
+    @property
+    def hidden_dim(self) -> int:
+        return int(self.model.hidden_dim)
+
+    def onehots(self, names) -> torch.Tensor:
+        """[len(names), P] one-hot rows on the model's device."""
+        rows = np.stack([self.pert_onehot[n] for n in names]).astype(np.float32)
+        return torch.as_tensor(rows, device=self.device, dtype=self.dtype)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("config field device", f"'{name}' requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def load_run(config: AnalysisConfig) -> LoadedRun:
+    """Load model, maps and control cells, checking every input a wrong file can break."""
+    run_dir = config.run_dir
+    if not run_dir.is_dir():
+        raise InputError(str(run_dir), "run directory not found (expected the output folder of `state tx train`)")
+    for name in RUN_FILES:
+        if not (run_dir / name).is_file():
+            raise InputError(str(run_dir / name), "missing; a `state tx train` run directory holds " + ", ".join(RUN_FILES))
+    ckpt = run_dir / "checkpoints" / config.checkpoint
+    if not ckpt.is_file():
+        found = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
+        raise InputError(str(ckpt), f"checkpoint not found (checkpoints present: {found or 'none'})")
+
+    device = resolve_device(config.device)
+    dtype = DTYPES[config.dtype]
+    model = _load_model(ckpt, device, dtype)
+    var_dims = _load_pickle(run_dir / "var_dims.pkl")
+    pert_onehot = _load_onehot_map(run_dir / "pert_onehot_map.pt", model.pert_dim)
+    if config.control_label not in pert_onehot:
+        raise InputError(f"{run_dir / 'pert_onehot_map.pt'}", f"control label '{config.control_label}' is not in the one-hot map ({len(pert_onehot)} entries)")
+
+    controls, data_perts, data_genes = _load_controls(config, int(model.input_dim))
+    gene_names = _gene_names(var_dims, data_genes, int(model.output_dim), run_dir)
+    kd_names = _select_kds(config, pert_onehot, data_perts)
+    set_size = config.set_size or int(model.cell_sentence_len)
+    max_len = _max_set_size(model)
+    if set_size > max_len:
+        raise InputError("config field set_size", f"{set_size} exceeds the model's {max_len} positions")
+    if controls.shape[0] < set_size:
+        raise InputError(str(config.h5ad), f"{controls.shape[0]} control cells, fewer than the set size S={set_size}")
+
+    input_key = content_key(
+        [file_digest(ckpt)] + [file_digest(run_dir / n) for n in RUN_FILES],
+        file_digest(config.h5ad),
+        {k: getattr(config, k) for k in ("feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_line", "dtype")},
+        code_version(),
+    )
+    return LoadedRun(model, device, dtype, pert_onehot, config.control_label, kd_names, gene_names,
+                     controls, set_size, input_key)
+
+
+def _load_model(ckpt: Path, device: torch.device, dtype: torch.dtype):
+    from state.tx.models.state_transition import StateTransitionPerturbationModel
+
+    try:
+        # arc-state prints the whole module on construction and logs at INFO; keep the user's console readable.
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
+            model = StateTransitionPerturbationModel.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=False)
+    except Exception as exc:  # a corrupt or foreign checkpoint: say which file, not a pickle traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(str(ckpt), f"could not be loaded as a StateTransitionPerturbationModel checkpoint ({first[:200]})") from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _load_pickle(path: Path):
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except Exception as exc:
+        raise InputError(str(path), f"not a readable pickle ({type(exc).__name__})") from None
+
+
+def _load_onehot_map(path: Path, pert_dim: int) -> dict:
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(str(path), f"not a readable torch file ({type(exc).__name__})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(str(path), "expected a non-empty dict {perturbation name: one-hot vector}")
+    out = {}
+    for name, vec in raw.items():
+        arr = np.asarray(torch.as_tensor(vec), dtype=np.float32).reshape(-1)
+        if arr.shape[0] != pert_dim:
+            raise InputError(str(path), f"entry '{name}' has length {arr.shape[0]}, expected the model's pert_dim {pert_dim}")
+        out[str(name)] = arr
+    return out
+
+
+def _load_controls(config: AnalysisConfig, input_dim: int):
+    """Control cells [N, input_dim] of the target cell line, the data's perturbation labels there, and its gene names."""
+    import anndata as ad
+
+    path = config.h5ad
+    if not path.is_file():
+        raise InputError(str(path), "control-cell .h5ad not found")
+    try:
+        adata = ad.read_h5ad(path, backed="r")
+    except Exception as exc:
+        raise InputError(str(path), f"not a readable .h5ad ({type(exc).__name__})") from None
+    obs = adata.obs
+    for field_name, column in (("perturbation_column", config.perturbation_column), ("cell_type_column", config.cell_type_column)):
+        if column not in obs.columns:
+            raise InputError(f"{path} obs['{column}']", f"column missing (config field {field_name}); obs has {list(obs.columns)[:10]}")
+    in_line = np.ones(adata.n_obs, dtype=bool)
+    if config.cell_line is not None:
+        in_line = (obs[config.cell_type_column].astype(str) == config.cell_line).to_numpy()
+        if not in_line.any():
+            seen = sorted(obs[config.cell_type_column].astype(str).unique())[:10]
+            raise InputError(f"{path} obs['{config.cell_type_column}']", f"no cells of cell line '{config.cell_line}' (found {seen})")
+    labels = obs[config.perturbation_column].astype(str).to_numpy()
+    is_control = in_line & (labels == config.control_label)
+    if not is_control.any():
+        raise InputError(f"{path} obs['{config.perturbation_column}']", f"no '{config.control_label}' control cells in cell line '{config.cell_line}'")
+
+    if config.feature_key == "X":
+        matrix = adata.X
+    elif config.feature_key in adata.obsm:
+        matrix = adata.obsm[config.feature_key]
+    else:
+        raise InputError(f"{path} obsm['{config.feature_key}']", f"feature key missing (config field feature_key); obsm has {list(adata.obsm.keys())}")
+    rows = np.flatnonzero(is_control)
+    controls = matrix[rows]
+    controls = np.asarray(controls.toarray() if hasattr(controls, "toarray") else controls, dtype=np.float32)
+    if controls.ndim != 2 or controls.shape[1] != input_dim:
+        raise InputError(f"{path} {config.feature_key}", f"features have width {controls.shape[-1]}, expected the model's input_dim {input_dim}")
+    if not np.isfinite(controls).all():
+        bad = int((~np.isfinite(controls)).any(axis=1).sum())
+        raise InputError(f"{path} {config.feature_key}", f"{bad} control cell(s) contain NaN or inf")
+    data_perts = set(labels[in_line]) - {config.control_label}
+    data_genes = tuple(map(str, adata.var_names)) if config.feature_key == "X" else None
+    adata.file.close()
+    return controls, data_perts, data_genes
+
+
+def _gene_names(var_dims, data_genes, output_dim: int, run_dir: Path) -> tuple:
+    names = var_dims.get("gene_names") if isinstance(var_dims, dict) else None
+    source = f"{run_dir / 'var_dims.pkl'} gene_names"
+    if names is None:
+        names, source = data_genes, "the .h5ad var_names"
+    if names is None:
+        raise InputError(str(run_dir / "var_dims.pkl"), "no gene_names, and the data's features are not genes (feature_key is an obsm key)")
+    names = tuple(map(str, names))
+    if len(names) != output_dim:
+        raise InputError(source, f"{len(names)} output genes, expected the model's output_dim {output_dim}")
+    return names
+
+
+def _select_kds(config: AnalysisConfig, pert_onehot: dict, data_perts: set) -> tuple:
+    if config.kds:
+        unknown = [k for k in config.kds if k not in pert_onehot]
+        if unknown:
+            raise InputError("config field kds", f"{len(unknown)} KD(s) not in the run's one-hot map, e.g. {unknown[:5]}")
+        if config.control_label in config.kds:
+            raise InputError("config field kds", f"lists the control '{config.control_label}'; list knock-downs only")
+        return tuple(config.kds)
+    candidates = [n for n in pert_onehot if n != config.control_label]
+    # A control-only .h5ad does not say which KDs the line has: then all KDs of the map are analysed.
+    kds = [n for n in candidates if n in data_perts] if data_perts else candidates
+    if not kds:
+        raise InputError(str(config.h5ad), f"none of the run's perturbations occur in cell line '{config.cell_line}'")
+    return tuple(kds)
+
+
+def _max_set_size(model) -> int:
+    cfg = model.transformer_backbone.config
+    positions = int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings"))
+    special_tokens = int(bool(getattr(model, "use_batch_token", False))) + int(model.confidence_token is not None)
+    return positions - special_tokens
