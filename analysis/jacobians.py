@@ -77,12 +77,23 @@ def central_difference_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch
 
 @dataclass(frozen=True)
 class JacobianShards:
-    """The shard files of one Jacobian run, in KD order. Each holds `jacobian` [b, G, H] float32 and `kd_index` [b]."""
+    """The shard files of one Jacobian run, in KD order.
+
+    Each holds `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] = J_k·(p_k − p_ctrl).
+    """
 
     folder: Path
     paths: tuple
     n_kds: int
     shape: tuple  # (G, H)
+
+    def linear_prediction(self) -> np.ndarray:
+        """[K, G] J_k·(p_k − p_ctrl) gathered from the shards."""
+        out = np.zeros((self.n_kds, self.shape[0]))
+        for path in self.paths:
+            with np.load(path) as shard:
+                out[shard["kd_index"]] = shard["linear_prediction"]
+        return out
 
     def __iter__(self):
         for path in self.paths:
@@ -94,12 +105,13 @@ def shard_ranges(n_kds: int, shard_kds: int) -> list[range]:
     return [range(i, min(i + shard_kds, n_kds)) for i in range(0, n_kds, shard_kds)]
 
 
-def compute_jacobians(run: LoadedRun, pert_repr: np.ndarray, draw_cells: np.ndarray, stage: cache.StageDir,
+def compute_jacobians(run: LoadedRun, pert_repr: np.ndarray, control_repr: np.ndarray, draw_cells: np.ndarray,
+                      stage: cache.StageDir,
                       shard_kds: int, kds_per_call: int, tangents_per_call: int = 0,
                       progress: bool = True) -> JacobianShards:
     """Write J_k for all KDs of `run.kd_names` into shards under `stage`; skip shards already written.
 
-    pert_repr [K, H] (at which each J_k is taken), draw_cells [R, S] control rows. Peak memory is one shard,
+    pert_repr [K, H] (at which each J_k is taken), control_repr [H], draw_cells [R, S] control rows. Peak memory is one shard,
     independent of K.
     """
     ranges = shard_ranges(len(run.kd_names), shard_kds)
@@ -116,7 +128,10 @@ def compute_jacobians(run: LoadedRun, pert_repr: np.ndarray, draw_cells: np.ndar
             p = torch.as_tensor(pert_repr[kd_slice], device=run.device, dtype=run.dtype)
             blocks.append(forward_mode_jacobian(run.model, p, draw_sets, onehot, tangents_per_call).float().cpu().numpy())
             bar.update(kd_slice.stop - kd_slice.start)
-        cache.write_npz(paths[i], jacobian=np.concatenate(blocks), kd_index=np.asarray(ranges[i]))
+        jacobian = np.concatenate(blocks)
+        step = pert_repr[ranges[i].start:ranges[i].stop] - control_repr
+        cache.write_npz(paths[i], jacobian=jacobian, kd_index=np.asarray(ranges[i]),
+                        linear_prediction=np.einsum("kgh,kh->kg", jacobian, step))
     bar.close()
     stage.mark_done(n_kds=len(run.kd_names), n_shards=len(paths))
     return JacobianShards(stage.path, paths, len(run.kd_names), (len(run.gene_names), pert_repr.shape[1]))

@@ -1,0 +1,38 @@
+"""Command line: `python -m analysis [run] [--config FILE] [--device cpu|cuda|auto]`.
+
+Runs Parts 1–3 (computing only what the cache lacks), prints the cluster table with each
+cluster's top enrichment and the verdict with its criteria, and says where results landed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import DEFAULT_CONFIG, load_config
+from .errors import InputError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="run", choices=["run"])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="TOML config (default: the embedded demo)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    from .pipeline import result_paths, run_analysis, summary_lines
+
+    try:
+        overrides = {"device": args.device} if args.device else {}
+        config = load_config(args.config, **overrides)
+        results = run_analysis(config, progress=not args.quiet)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(results)))
+    print("\nResults: " + ", ".join(f"{k} → {v}" for k, v in result_paths(results).items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Shared fixtures. The demo (model + results) is built once per session into the project's cache/,
+the same place the README's command uses, so a later run reuses it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from analysis.config import DEFAULT_CONFIG, load_config
+
+
+@pytest.fixture(scope="session")
+def demo_config():
+    config = load_config(DEFAULT_CONFIG)
+    from analysis import demo
+
+    demo.ensure_demo(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def demo_results(demo_config):
+    from analysis.pipeline import run_analysis
+
+    logging.disable(logging.WARNING)
+    return run_analysis(demo_config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_config):
+    from analysis.load import load_run
+
+    return load_run(demo_config)
