@@ -175,7 +175,7 @@ def build_demo(config: AnalysisConfig, n_steps: int = 3000, cells_per_kd: int = 
     config.run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=config.run_dir.parent, prefix=".demo-build-"))
     try:
-        _write_h5ad(world, controls, perturbed, staging / "controls.h5ad")
+        write_h5ad(world.gene_names, controls, perturbed, staging / "controls.h5ad")
         _write_truth(world, staging / "truth")
         _train_run(world, controls, perturbed, staging / "run", config.demo_seed, n_steps)
         _install(staging / "truth", config.run_dir.parent / "truth")
@@ -206,13 +206,14 @@ def _install(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
-def _write_h5ad(world: DemoWorld, controls: np.ndarray, perturbed: dict, path: Path) -> None:
+def write_h5ad(gene_names, controls: np.ndarray, perturbed: dict, path: Path) -> None:
+    """Cells of one cell line: controls labelled CONTROL, then each KD's cells; obs columns 'gene', 'cell_type'."""
     import anndata as ad
 
     X = np.concatenate([controls] + list(perturbed.values()))
     labels = [CONTROL] * len(controls) + [kd for kd, cells in perturbed.items() for _ in range(len(cells))]
     obs = pd.DataFrame({"gene": labels, "cell_type": CELL_LINE}, index=[f"cell{i}" for i in range(len(X))])
-    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(world.gene_names)))
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(gene_names)))
     adata.obs["gene"] = adata.obs["gene"].astype("category")
     adata.write_h5ad(path)
 
@@ -252,7 +253,6 @@ def _flatten_sets(items):
 
 def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: int) -> None:
     import lightning.pytorch as pl
-    import yaml
     from state.tx.models.state_transition import StateTransitionPerturbationModel
 
     names = [CONTROL] + list(world.kd_names)
@@ -279,16 +279,8 @@ def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: in
     )
     trainer = pl.Trainer(max_steps=n_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=True, deterministic=False)
-    with contextlib.redirect_stdout(io.StringIO()) if False else contextlib.nullcontext():
-        trainer.fit(model, train_dataloaders=loader)
+    trainer.fit(model, train_dataloaders=loader)
 
-    (run_dir / "checkpoints").mkdir(parents=True)
-    trainer.save_checkpoint(str(run_dir / "checkpoints" / "final.ckpt"))
-    torch.save({k: torch.as_tensor(v) for k, v in onehots.items()}, run_dir / "pert_onehot_map.pt")
-    torch.save({"batch0": torch.ones(1)}, run_dir / "batch_onehot_map.torch")
-    torch.save({CELL_LINE: torch.ones(1)}, run_dir / "cell_type_onehot_map.torch")
-    with open(run_dir / "var_dims.pkl", "wb") as fh:
-        pickle.dump(var_dims, fh)
     state_config = {
         "name": "demo", "output_dir": str(run_dir.parent), "overwrite": False, "use_wandb": False,
         "data": {"name": "PerturbationDataModule", "kwargs": {
@@ -298,4 +290,28 @@ def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: in
         "training": {"max_steps": n_steps, "batch_size": batch_sets, "lr": 2e-3, "train_seed": seed},
         "demo": {"note": "synthetic Perturb-seq world built by analysis.demo; not a biological model", "seed": seed},
     }
+    write_run_directory(run_dir, model, onehots, var_dims, state_config, trainer)
+
+
+def write_run_directory(run_dir: Path, model, onehots: dict, var_dims: dict, state_config: dict, trainer=None) -> None:
+    """Write the files `state tx train` writes: config.yaml, var_dims.pkl, the one-hot maps, checkpoints/final.ckpt.
+
+    With a Lightning `trainer` the checkpoint is `trainer.save_checkpoint`'s, as in `state tx train`; without one
+    (a model built, not trained) it is the same Lightning format written directly.
+    """
+    import lightning
+    import yaml
+
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / "checkpoints" / "final.ckpt"
+    if trainer is not None:
+        trainer.save_checkpoint(str(ckpt))
+    else:
+        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                    "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0}, ckpt)
+    torch.save({k: torch.as_tensor(v) for k, v in onehots.items()}, run_dir / "pert_onehot_map.pt")
+    torch.save({"batch0": torch.ones(1)}, run_dir / "batch_onehot_map.torch")
+    torch.save({CELL_LINE: torch.ones(1)}, run_dir / "cell_type_onehot_map.torch")
+    with open(run_dir / "var_dims.pkl", "wb") as fh:
+        pickle.dump(var_dims, fh)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(state_config, sort_keys=False))
