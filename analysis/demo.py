@@ -38,12 +38,12 @@ CONTROL = "non-targeting"
 # KD module -> knocked-down genes, and the response programme: (gene set, sign) pairs.
 MODULES = {
     "cytosolic_ribosome": (
-        "RPL3 RPL4 RPL5 RPL7 RPL8 RPL10 RPL11 RPL13 RPL14 RPL18 RPL19 RPL23 RPL24 RPL27 RPL30 RPL35 "
-        "RPS3 RPS5 RPS6 RPS8 RPS11 RPS13 RPS14 RPS16 RPS19 RPS24 RPS27A".split(),
+        "RPL3 RPL4 RPL5 RPL6 RPL7 RPL8 RPL9 RPL10 RPL11 RPL13 RPL14 RPL15 RPL18 RPL19 RPL21 RPL23 RPL24 RPL26 RPL27 "
+        "RPL30 RPL35 RPS2 RPS3 RPS5 RPS6 RPS8 RPS9 RPS11 RPS13 RPS14 RPS16 RPS19 RPS24 RPS27A".split(),
         [("GO:cytoplasmic translation (GO:0002181)", -1), ("H:HALLMARK_P53_PATHWAY", +1)],
     ),
     "mitoribosome": (
-        "MRPL3 MRPL4 MRPL10 MRPL13 MRPL15 MRPL17 MRPL20 MRPL22 MRPL28 MRPL33 MRPL38 MRPL44 "
+        "MRPL3 MRPL4 MRPL10 MRPL11 MRPL16 MRPS12 MRPL13 MRPL15 MRPL17 MRPL20 MRPL22 MRPL28 MRPL33 MRPL38 MRPL44 "
         "MRPS2 MRPS5 MRPS7 MRPS10 MRPS14 MRPS18A MRPS23 MRPS28 MRPS34".split(),
         [("H:HALLMARK_OXIDATIVE_PHOSPHORYLATION", -1), ("GO:mitochondrial translation (GO:0032543)", -1)],
     ),
@@ -52,7 +52,7 @@ MODULES = {
         [("H:HALLMARK_UNFOLDED_PROTEIN_RESPONSE", +1), ("GO:endoplasmic reticulum to Golgi vesicle-mediated transport (GO:0006888)", +1)],
     ),
     "proteasome": (
-        "PSMA1 PSMA2 PSMA3 PSMA4 PSMA5 PSMA6 PSMB1 PSMB2 PSMB3 PSMB5 PSMB7 PSMC1 PSMC2 PSMC3 PSMC4 PSMD1 PSMD2 PSMD3".split(),
+        "PSMA1 PSMA2 PSMA3 PSMA4 PSMA5 PSMA6 PSMB1 PSMB2 PSMB3 PSMB5 PSMB7 PSMC1 PSMC2 PSMC3 PSMC4 PSMD1 PSMD2 PSMD3 PSMD4 PSMD6 PSMD7".split(),
         [("GO:proteasome-mediated ubiquitin-dependent protein catabolic process (GO:0043161)", +1), ("H:HALLMARK_MTORC1_SIGNALING", +1)],
     ),
     "MYC": (
@@ -60,7 +60,7 @@ MODULES = {
         [("H:HALLMARK_MYC_TARGETS_V1", -1), ("H:HALLMARK_MYC_TARGETS_V2", -1)],
     ),
     "spliceosome": (
-        "SF3B1 SF3B2 SF3B3 SF3A1 SF3A3 SNRPD1 SNRPD2 SNRPD3 SNRPB PRPF8 PRPF19 PRPF31 U2AF1 U2AF2".split(),
+        "SF3B1 SF3B2 SF3B3 SF3B4 SNRPE SF3A1 SF3A3 SNRPD1 SNRPD2 SNRPD3 SNRPB PRPF8 PRPF19 PRPF31 U2AF1 U2AF2".split(),
         [("H:HALLMARK_E2F_TARGETS", -1), ("H:HALLMARK_G2M_CHECKPOINT", -1)],
     ),
     "mediator": (
@@ -69,7 +69,7 @@ MODULES = {
     ),
     "no_effect": (
         "OR1A2 OR1C1 OR1D2 OR1E1 OR1K1 OR10A5 OR10H1 OR10J1 OR11H4 OR12D2 OR13G1 KRT1 KRT2 KRT3 KRT9 KRT12 "
-        "KRT25 KRT31 KRT34 KRT71 KRT76 KRT83 KRT85 OR10K1 OR10R2".split(),
+        "KRT25 KRT31 KRT34 KRT71 KRT76 KRT83 KRT85 OR10K1 OR10R2 KRT4 KRT5".split(),
         [],
     ),
 }
@@ -164,7 +164,8 @@ def demo_model_kwargs(n_genes: int, set_size: int = 32) -> dict:
     )
 
 
-def build_demo(config: AnalysisConfig, n_steps: int = 3000, cells_per_kd: int = 48, n_controls: int = 1500) -> None:
+def build_demo(config: AnalysisConfig, n_steps: int = 3000, cells_per_kd: int = 48, n_controls: int = 1500,
+               progress: bool = True) -> None:
     """Write the demo's control .h5ad, planted truth and trained run directory (atomically, as one folder)."""
     world = build_world(config.demo_seed)
     rng = np.random.default_rng(config.demo_seed + 1)
@@ -177,19 +178,29 @@ def build_demo(config: AnalysisConfig, n_steps: int = 3000, cells_per_kd: int = 
     try:
         write_h5ad(world.gene_names, controls, perturbed, staging / "controls.h5ad")
         _write_truth(world, staging / "truth")
-        _train_run(world, controls, perturbed, staging / "run", config.demo_seed, n_steps)
+        _train_run(world, controls, perturbed, staging / "run", config.demo_seed, n_steps, progress)
         _install(staging / "truth", config.run_dir.parent / "truth")
         _install(staging / "controls.h5ad", config.h5ad)
+        cache.write_json(staging / "run" / "demo_build.json", {"demo_version": demo_version(config.demo_seed)})
         _install(staging / "run", config.run_dir)  # last: its presence means the demo is complete
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def ensure_demo(config: AnalysisConfig) -> None:
-    """Build the demo when the config asks for it and it is not there yet."""
-    if config.demo and not ((config.run_dir / "checkpoints" / config.checkpoint).is_file() and config.h5ad.is_file()):
-        print(f"Building the embedded demo into {config.run_dir.parent} (first use only) …", flush=True)
-        build_demo(config)
+def demo_version(seed: int) -> str:
+    """Changes when the demo's definition (this module) or seed changes, so a stale demo is rebuilt."""
+    return cache.content_key(Path(__file__).read_bytes().decode(), seed)
+
+
+def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
+    """Build the demo when the config asks for it and it is missing or was built by another demo definition."""
+    if not config.demo:
+        return
+    marker = config.run_dir / "demo_build.json"
+    current = marker.is_file() and cache.read_json(marker).get("demo_version") == demo_version(config.demo_seed)
+    if not (current and (config.run_dir / "checkpoints" / config.checkpoint).is_file() and config.h5ad.is_file()):
+        print(f"Building the embedded demo into {config.run_dir.parent} (about 2 minutes, first use only) …", flush=True)
+        build_demo(config, progress=progress)
 
 
 def load_truth(config: AnalysisConfig) -> tuple[pd.DataFrame, np.ndarray]:
@@ -251,7 +262,7 @@ def _flatten_sets(items):
     return {k: torch.cat([it[k] for it in items]) for k in items[0]}
 
 
-def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: int) -> None:
+def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: int, progress: bool) -> None:
     import lightning.pytorch as pl
     from state.tx.models.state_transition import StateTransitionPerturbationModel
 
@@ -278,7 +289,7 @@ def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: in
         batch_size=batch_sets, collate_fn=_flatten_sets,
     )
     trainer = pl.Trainer(max_steps=n_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=True, deterministic=False)
+                         enable_model_summary=False, enable_progress_bar=progress, deterministic=False)
     trainer.fit(model, train_dataloaders=loader)
 
     state_config = {

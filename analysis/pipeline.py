@@ -78,7 +78,7 @@ class Results:
 
 def run_analysis(config: AnalysisConfig, progress: bool = True) -> Results:
     """Everything, computing only what the cache lacks."""
-    demo.ensure_demo(config)
+    demo.ensure_demo(config, progress)
     run = load_run(config)
     part1 = run_part1(config, run, progress)
     shards, jacobian_key, jacobian_seconds = run_part2(config, run, part1, progress)

@@ -1,0 +1,128 @@
+"""Every input a wrong file can break gives a one-line error naming the file or field."""
+
+import pickle
+import shutil
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from analysis.errors import InputError
+from analysis.load import load_run
+from tiny import KDS, tiny_config, write_tiny_run
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    write_tiny_run(folder)
+    return folder
+
+
+@pytest.fixture
+def folder(tiny_folder, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_folder, copy)
+    return copy
+
+
+def expect_error(config, *fragments):
+    with pytest.raises(InputError) as err:
+        load_run(config)
+    message = str(err.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_loads_a_good_run(folder):
+    run = load_run(tiny_config(folder))
+    assert run.kd_names == tuple(KDS) and run.controls.shape == (40, 24) and run.set_size == 6
+    assert not run.model.training
+
+
+def test_trainer_checkpoint_of_the_demo_loads(demo_run, demo_config):
+    """The demo's checkpoint is written by Lightning's Trainer.save_checkpoint, as `state tx train` writes it."""
+    ckpt = torch.load(demo_config.run_dir / "checkpoints" / "final.ckpt", weights_only=False, map_location="cpu")
+    assert {"state_dict", "hyper_parameters", "pytorch-lightning_version", "optimizer_states"} <= ckpt.keys()
+    assert type(demo_run.model).__name__ == "StateTransitionPerturbationModel"
+    assert len(demo_run.kd_names) >= 150 and len(demo_run.gene_names) >= 500
+
+
+def test_missing_run_directory(folder):
+    expect_error(tiny_config(folder, run_dir=str(folder / "nope")), "run directory not found")
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "var_dims.pkl", "pert_onehot_map.pt"])
+def test_missing_run_file(folder, name):
+    (folder / "run" / name).unlink()
+    expect_error(tiny_config(folder), name, "missing")
+
+
+def test_missing_checkpoint_lists_those_present(folder):
+    expect_error(tiny_config(folder, checkpoint="best.ckpt"), "best.ckpt", "final.ckpt")
+
+
+def test_corrupt_checkpoint(folder):
+    (folder / "run" / "checkpoints" / "final.ckpt").write_bytes(b"not a checkpoint")
+    expect_error(tiny_config(folder), "final.ckpt", "could not be loaded")
+
+
+def test_control_label_not_in_map(folder):
+    expect_error(tiny_config(folder, control_label="DMSO"), "pert_onehot_map.pt", "DMSO")
+
+
+def test_control_label_not_in_data(folder):
+    onehots = torch.load(folder / "run" / "pert_onehot_map.pt")
+    onehots["NT2"] = onehots.pop("non-targeting")
+    torch.save(onehots, folder / "run" / "pert_onehot_map.pt")
+    expect_error(tiny_config(folder, control_label="NT2"), "obs['gene']", "no 'NT2' control cells")
+
+
+def test_feature_width_mismatch(folder):
+    adata = ad.read_h5ad(folder / "data.h5ad")
+    ad.AnnData(X=adata.X[:, :20], obs=adata.obs).write_h5ad(folder / "data.h5ad")
+    expect_error(tiny_config(folder), "width 20", "input_dim 24")
+
+
+def test_output_gene_count_mismatch(folder):
+    path = folder / "run" / "var_dims.pkl"
+    var_dims = pickle.loads(path.read_bytes())
+    var_dims["gene_names"] = var_dims["gene_names"][:10]
+    path.write_bytes(pickle.dumps(var_dims))
+    expect_error(tiny_config(folder), "gene_names", "10 output genes", "output_dim 24")
+
+
+def test_unknown_kd(folder):
+    expect_error(tiny_config(folder, kds=["KD_A", "NOT_A_KD"]), "field kds", "NOT_A_KD")
+
+
+def test_no_controls_for_cell_line(folder):
+    expect_error(tiny_config(folder, cell_line="K562"), "no cells of cell line 'K562'")
+
+
+def test_nan_in_features(folder):
+    adata = ad.read_h5ad(folder / "data.h5ad")
+    adata.X[3, 5] = np.nan
+    adata.write_h5ad(folder / "data.h5ad")
+    expect_error(tiny_config(folder), "NaN or inf")
+
+
+def test_missing_obsm_key(folder):
+    expect_error(tiny_config(folder, feature_key="X_hvg"), "obsm['X_hvg']")
+
+
+def test_missing_h5ad(folder):
+    expect_error(tiny_config(folder, h5ad=str(folder / "absent.h5ad")), "absent.h5ad", "not found")
+
+
+def test_set_size_larger_than_model_positions(folder):
+    expect_error(tiny_config(folder, set_size=50), "set_size", "positions")
+
+
+def test_cuda_requested_without_cuda(folder):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    expect_error(tiny_config(folder, device="cuda"), "device", "CUDA is not available")
