@@ -1,0 +1,110 @@
+"""The forward-mode engine against two independent oracles on arc-state models of several configurations."""
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import cache, jacobians
+from analysis.load import load_run
+from tiny import tiny_config, tiny_model, write_tiny_run
+
+CONFIGS = {
+    "gpt2 residual": {},
+    "gpt2 no residual": {"predict_residual": False},
+    "gpt2 basal projection": {"use_basal_projection": True},
+    "llama": {"backbone": "llama"},
+    "gpt2 batch token": {"use_batch_token": True, "basal_mapping_strategy": "batch", "batch_dim": 3, "extra_tokens": 1},
+    "gpt2 batch encoder": {"batch_encoder": True, "batch_dim": 3},
+    "gpt2 confidence token": {"confidence_token": True, "extra_tokens": 1},
+    "gpt2 lora": {"lora": {"enable": True, "r": 4, "alpha": 8}},
+}
+
+
+def inputs(model, n_kds=3, n_draws=2, set_size=6, seed=1, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    draw_sets = torch.rand(n_draws, set_size, model.input_dim, generator=g, dtype=dtype) * 3
+    pert_repr = torch.randn(n_kds, model.hidden_dim, generator=g, dtype=dtype)
+    onehot = torch.zeros(model.pert_dim, dtype=dtype)
+    return pert_repr, draw_sets, onehot
+
+
+def relative_error(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_forward_mode_matches_autograd_and_finite_differences(name):
+    model = tiny_model(**CONFIGS[name])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    pert_repr, draw_sets, onehot = inputs(model)
+    forward = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
+    assert forward.shape == (3, model.output_dim, model.hidden_dim)
+    assert forward.abs().max() > 1e-3  # the output really depends on pert_repr
+    # KDs of one call must not leak into each other: check the middle one against the one-KD oracles.
+    reverse = jacobians.reverse_mode_jacobian(model, pert_repr[1], draw_sets, onehot)
+    assert relative_error(forward[1], reverse) <= 1e-4, name
+
+    # Second oracle in float64. Llama's RMSNorm computes in float32 even in a float64 model, so its
+    # finite differences carry float32 rounding (~1e-7 / step); GPT2 is float64 throughout.
+    step, tolerance = (1e-3, 2e-3) if name == "llama" else (1e-5, 1e-6)
+    model64 = model.double()
+    p64, d64, o64 = pert_repr.double(), draw_sets.double(), onehot.double()
+    exact = jacobians.forward_mode_jacobian(model64, p64, d64, o64)
+    fd = jacobians.central_difference_jacobian(model64, p64[2], d64, o64, step=step)
+    assert relative_error(exact[2], fd) <= tolerance, name
+
+
+def test_tangent_chunking_gives_the_same_jacobian():
+    model = tiny_model()
+    pert_repr, draw_sets, onehot = inputs(model)
+    whole = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
+    chunked = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, tangents_per_call=5)
+    assert torch.allclose(whole, chunked, rtol=1e-5, atol=1e-7)
+
+
+def test_demo_model_matches_autograd(demo_run, demo_results):
+    effects = demo_results.part1.effects
+    draw_sets = torch.as_tensor(demo_run.controls[effects.draw_cells[:1]])
+    onehot = demo_run.onehots([demo_run.control_label])[0]
+    pert_repr = torch.as_tensor(effects.pert_repr[:2], dtype=torch.float32)
+    forward = jacobians.forward_mode_jacobian(demo_run.model, pert_repr, draw_sets, onehot)
+    reverse = jacobians.reverse_mode_jacobian(demo_run.model, pert_repr[1], draw_sets, onehot)
+    assert relative_error(forward[1], reverse) <= 1e-4
+
+
+def test_shards_resume_and_are_never_stale(tmp_path):
+    config = write_tiny_run(tmp_path)
+    run = load_run(config)
+    pert_repr = np.random.default_rng(0).normal(size=(len(run.kd_names), run.hidden_dim))
+    control_repr = np.zeros(run.hidden_dim)
+    draw_cells = np.array([[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]])
+    stage = cache.StageDir(config.cache_dir, "jacobians", "k1")
+    shards = jacobians.compute_jacobians(run, pert_repr, control_repr, draw_cells, stage, 4, 2, progress=False)
+    assert len(shards.paths) == 2 and stage.done
+    full = {int(i): j for idx, jac in shards for i, j in zip(idx, jac)}
+
+    # An interrupted run: the last shard and the completion marker are missing. Only that shard is recomputed.
+    first_mtime = shards.paths[0].stat().st_mtime_ns
+    shards.paths[1].unlink()
+    (stage / "_done.json").unlink()
+    resumed = jacobians.compute_jacobians(run, pert_repr, control_repr, draw_cells, stage, 4, 2, progress=False)
+    assert shards.paths[0].stat().st_mtime_ns == first_mtime
+    again = {int(i): j for idx, jac in resumed for i, j in zip(idx, jac)}
+    assert all(np.allclose(full[k], again[k], atol=1e-6) for k in full)
+    assert not list(stage.path.glob("*.tmp"))
+
+    # The linear prediction stored with each shard is J_k·(p_k − p_ctrl).
+    assert np.allclose(resumed.linear_prediction()[0], full[0] @ pert_repr[0], atol=1e-4)
+
+
+def test_changed_inputs_get_a_different_shard_folder(tmp_path):
+    from analysis.pipeline import jacobian_key
+
+    config = write_tiny_run(tmp_path)
+    run = load_run(config)
+    key = jacobian_key(config, run)
+    assert jacobian_key(config.replace(n_draws=3), run) != key
+    assert jacobian_key(config.replace(seed=5), run) != key
+    other = write_tiny_run(tmp_path / "other", seed=1)  # different weights and data
+    assert jacobian_key(other, load_run(other)) != key

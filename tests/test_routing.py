@@ -1,0 +1,130 @@
+"""Routing statistics against direct computations and planted truth."""
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr, spearmanr
+
+from analysis import cache, clustering, jacobians, routing
+
+
+def write_shards(folder, stacked, shard_kds):
+    for s, start in enumerate(range(0, len(stacked), shard_kds)):
+        block = stacked[start:start + shard_kds]
+        cache.write_npz(folder / f"shard_{s:05d}.npz", jacobian=block.astype(np.float32),
+                        kd_index=np.arange(start, start + len(block)), linear_prediction=np.zeros(block.shape[:2]))
+    return jacobians.open_shards(folder)
+
+
+@pytest.fixture
+def planted(tmp_path):
+    rng = np.random.default_rng(0)
+    stacked = rng.normal(size=(23, 12, 5)).astype(np.float32)
+    return stacked, write_shards(tmp_path, stacked, shard_kds=4)
+
+
+def test_streamed_gram_equals_direct_product_with_a_tiny_memory_budget(planted):
+    stacked, shards = planted
+    flat = stacked.reshape(len(stacked), -1).astype(np.float64)
+    # 600 bytes: room for one KD per block, so every block pairing is exercised.
+    assert np.allclose(routing.stream_gram(shards, memory_bytes=600), flat @ flat.T)
+    assert np.allclose(routing.stream_gram(shards), flat @ flat.T)
+
+
+def test_svd_through_the_gram_matches_numpy(planted):
+    stacked, shards = planted
+    flat = stacked.reshape(len(stacked), -1).astype(np.float64)
+    u, s, vt = np.linalg.svd(flat, full_matrices=False)
+    svd = routing.jacobian_svd(flat @ flat.T, shards, np.ones((23, 12)), n_axes=3)
+    assert np.allclose(svd.singular_values[:3], s[:3])
+    assert np.allclose(np.abs(svd.kd_scores), np.abs(u[:, :3] * s[:3]), atol=1e-8)
+    assert np.allclose(np.abs(svd.axes.reshape(3, -1)), np.abs(vt[:3]), atol=1e-8)
+    assert np.isclose(svd.variance_explained.sum(), 1.0)
+    # U s Vᵀ rebuilds the stack along the leading axes.
+    rebuilt = svd.kd_scores @ svd.axes.reshape(3, -1)
+    assert np.allclose(rebuilt, (u[:, :3] * s[:3]) @ vt[:3], atol=1e-8)
+
+
+def similarity_pair(rng, n=40, shared=0.6):
+    """Two similarity matrices whose KD vectors share a planted component of weight `shared`."""
+    base = rng.normal(size=(n, 30))
+    a = clustering.cosine_similarity(base + 0.5 * rng.normal(size=(n, 30)))
+    b = clustering.cosine_similarity(shared * base + rng.normal(size=(n, 30)))
+    return a, b
+
+
+def test_mantel_statistic_is_pearson_and_detects_planted_correlation():
+    rng = np.random.default_rng(1)
+    a, b = similarity_pair(rng)
+    test = routing.mantel(a, b, 999, seed=0)
+    assert np.isclose(test.statistic, pearsonr(routing.upper(a), routing.upper(b))[0])
+    assert test.p_value == pytest.approx(1 / 1000)
+    spearman = routing.mantel(a, b, 999, seed=0, method="spearman")
+    assert np.isclose(spearman.statistic, spearmanr(routing.upper(a), routing.upper(b))[0])
+
+
+def test_mantel_on_independent_matrices_is_not_significant():
+    rng = np.random.default_rng(2)
+    a, _ = similarity_pair(rng)
+    _, b = similarity_pair(rng)
+    assert routing.mantel(a, b, 999, seed=0).p_value > 0.05
+
+
+def test_partial_mantel_removes_a_shared_cause():
+    """a and b both follow c; given c, nothing is left."""
+    rng = np.random.default_rng(3)
+    n = 40
+    cause = rng.normal(size=(n, 30))
+    c = clustering.cosine_similarity(cause)
+    a = clustering.cosine_similarity(cause + 0.7 * rng.normal(size=(n, 30)))
+    b = clustering.cosine_similarity(cause + 0.7 * rng.normal(size=(n, 30)))
+    assert routing.mantel(a, b, 499, 0).p_value < 0.01
+    partial = routing.partial_mantel(a, b, c, 499, 0)
+    # Against the textbook formula on the upper triangles.
+    r = lambda x, y: pearsonr(routing.upper(x), routing.upper(y))[0]
+    expected = (r(a, b) - r(a, c) * r(b, c)) / np.sqrt((1 - r(a, c) ** 2) * (1 - r(b, c) ** 2))
+    assert np.isclose(partial.statistic, expected)
+    assert abs(partial.statistic) < abs(r(a, b))
+
+
+def test_bootstrap_ci_covers_the_statistic_and_is_wider_for_fewer_kds():
+    rng = np.random.default_rng(4)
+    a, b = similarity_pair(rng, n=60)
+    low, high = routing.kd_bootstrap_ci(a, b, 300, 0)
+    assert low < routing.pearson(a, b) < high
+    small_low, small_high = routing.kd_bootstrap_ci(a[:15, :15], b[:15, :15], 300, 0)
+    assert small_high - small_low > high - low
+
+
+def test_cluster_contrast_matches_a_direct_loop_and_finds_planted_routing():
+    rng = np.random.default_rng(5)
+    labels = np.repeat([1, 2, 3], 8)
+    centres = rng.normal(size=(3, 20))
+    sim = clustering.cosine_similarity(centres[labels - 1] + 1.5 * rng.normal(size=(24, 20)))
+    result = routing.cluster_contrast(sim, labels, 499, 0)
+    i, j = np.triu_indices(24, 1)
+    same = labels[i] == labels[j]
+    assert np.isclose(result.difference, sim[i, j][same].mean() - sim[i, j][~same].mean())
+    assert result.permutation.p_value < 0.01 and result.auc > 0.6
+
+    # The vectorised permutation null equals the statistic recomputed from permuted labels one by one.
+    perm_rng = np.random.default_rng(0)
+    loop = []
+    for _ in range(50):
+        perm = perm_rng.permutation(labels)
+        s = perm[i] == perm[j]
+        loop.append(sim[i, j][s].mean() - sim[i, j][~s].mean())
+    vectorised = routing.cluster_contrast(sim, labels, 50, 0)
+    assert vectorised.permutation.p_value == pytest.approx((1 + np.sum(np.array(loop) >= result.difference - 1e-12)) / 51)
+
+
+def test_weak_effect_group_is_left_out_of_the_contrast():
+    rng = np.random.default_rng(6)
+    sim = clustering.cosine_similarity(rng.normal(size=(12, 8)))
+    labels = np.array([0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2])
+    result = routing.cluster_contrast(sim, labels, 99, 0)
+    assert result.n_same + result.n_cross == 10 * 9 // 2
+
+
+def test_linearity_share():
+    delta = np.array([[1.0, 0.0], [2.0, 2.0]])
+    assert np.allclose(routing.linearity(delta, np.array([[1.0, 0.0], [0.0, 0.0]])), [1.0, 0.0])
