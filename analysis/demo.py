@@ -164,7 +164,7 @@ def demo_model_kwargs(n_genes: int, set_size: int = 32) -> dict:
     )
 
 
-def build_demo(config: AnalysisConfig, n_steps: int = 3000, cells_per_kd: int = 48, n_controls: int = 1500,
+def build_demo(config: AnalysisConfig, n_steps: int = 2000, cells_per_kd: int = 48, n_controls: int = 1500,
                progress: bool = True) -> None:
     """Write the demo's control .h5ad, planted truth and trained run directory (atomically, as one folder)."""
     world = build_world(config.demo_seed)
@@ -271,7 +271,7 @@ def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: in
     onehots = {n: eye[i] for i, n in enumerate(names)}
     n_genes = len(world.gene_names)
     kwargs = demo_model_kwargs(n_genes)
-    set_size, batch_sets = kwargs["cell_set_len"], 8
+    set_size, batch_sets = kwargs["cell_set_len"], 32
     var_dims = {"input_dim": n_genes, "gene_dim": n_genes, "hvg_dim": n_genes, "output_dim": n_genes,
                 "pert_dim": len(names), "gene_names": list(world.gene_names), "batch_dim": 1, "pert_names": names}
 
