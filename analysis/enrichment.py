@@ -79,7 +79,10 @@ def prerank(query: str, scores: pd.Series, libraries: dict, permutations: int, s
     """Prerank GSEA of `scores` (index: gene symbols) against every library."""
     import gseapy
 
-    scores = scores.astype(float).sort_values(ascending=False)
+    # Many scores tie (genes a response leaves unchanged). A stable sort would keep ties in the input order, and
+    # output genes are often grouped by pathway: shuffle first (seeded) so ties do not fake an enrichment.
+    shuffled = scores.astype(float).sample(frac=1.0, random_state=seed)
+    scores = shuffled.sort_values(ascending=False, kind="stable")
     frames = []
     for library, sets in libraries.items():
         with _quiet():
