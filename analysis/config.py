@@ -37,7 +37,7 @@ class AnalysisConfig:
     device: str = "auto"  # "cpu", "cuda" or "auto"
     dtype: str = "float32"  # "float32", "float64"; "bfloat16" only as an opt-in (see benchmark)
     kds_per_call: int = 4  # KDs batched into one forward-mode call
-    tangents_per_call: int = 0  # 0: all H directions in one vmap
+    tangents_per_call: int = 0  # 0: chosen for the device and set size (jacobians.tangent_chunk)
     shard_kds: int = 16  # KDs per Jacobian shard on disk
     max_clusters: int = 12
     cluster_bootstrap: int = 50

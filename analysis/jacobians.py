@@ -43,17 +43,34 @@ def expected_output(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, per
     return per_set.reshape(n_kds, n_draws, -1).mean(dim=1)
 
 
+# Rows (tangents × cells) one vmapped jvp carries. Forward-mode work here is memory-bound elementwise math, so a
+# chunk should stay near cache size on a CPU (measured on the demo: ~3× faster than all H tangents at once) and
+# fill the GPU without exhausting its memory.
+ROWS_PER_CHUNK = {"cpu": 16_384, "cuda": 262_144}
+
+
+def tangent_chunk(n_cells: int, hidden: int, device: torch.device) -> int:
+    """Tangent directions per vmapped call for `n_cells` cells: the 'auto' value of tangents_per_call."""
+    rows = ROWS_PER_CHUNK.get(device.type, ROWS_PER_CHUNK["cpu"])
+    return int(min(hidden, max(1, rows // max(n_cells, 1))))
+
+
 def forward_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_onehot: torch.Tensor,
                           tangents_per_call: int = 0) -> torch.Tensor:
-    """J [B, G, H] for B KDs at once: vmap over the H basis directions of one jvp each."""
+    """J [B, G, H] for B KDs at once: vmap over the H basis directions of one jvp each.
+
+    tangents_per_call: directions per vmapped call (0: `tangent_chunk`'s choice for this device and size).
+    """
     n_kds, hidden = pert_repr.shape
+    n_cells = n_kds * draw_sets.shape[0] * draw_sets.shape[1]
+    chunk = tangents_per_call or tangent_chunk(n_cells, hidden, pert_repr.device)
 
     def column(direction: torch.Tensor) -> torch.Tensor:  # direction [H] -> ∂E[Y]/∂p · direction, [B, G]
         tangent = direction.expand(n_kds, hidden)
         return jvp(lambda p: expected_output(model, p, draw_sets, pert_onehot), (pert_repr,), (tangent,))[1]
 
     basis = torch.eye(hidden, device=pert_repr.device, dtype=pert_repr.dtype)
-    columns = vmap(column, chunk_size=tangents_per_call or None)(basis)  # [H, B, G]
+    columns = vmap(column, chunk_size=chunk)(basis)  # [H, B, G]
     return columns.permute(1, 2, 0)
 
 
