@@ -95,26 +95,38 @@ def test_bootstrap_ci_covers_the_statistic_and_is_wider_for_fewer_kds():
     assert small_high - small_low > high - low
 
 
-def test_cluster_contrast_matches_a_direct_loop_and_finds_planted_routing():
+def naive_studentized(sim, labels):
+    """(mean same − mean cross) / delete-one-KD jackknife SE, by explicit loops."""
+    def difference(keep):
+        sub, lab = sim[np.ix_(keep, keep)], labels[keep]
+        i, j = np.triu_indices(len(lab), 1)
+        same = lab[i] == lab[j]
+        return sub[i, j][same].mean() - sub[i, j][~same].mean()
+
+    n = len(labels)
+    full = difference(np.ones(n, bool))
+    loo = np.array([difference(np.arange(n) != k) for k in range(n)])
+    se = np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum())
+    return full, full / se
+
+
+def test_cluster_contrast_matches_direct_loops_and_finds_planted_routing():
     rng = np.random.default_rng(5)
     labels = np.repeat([1, 2, 3], 8)
     centres = rng.normal(size=(3, 20))
     sim = clustering.cosine_similarity(centres[labels - 1] + 1.5 * rng.normal(size=(24, 20)))
     result = routing.cluster_contrast(sim, labels, 499, 0)
-    i, j = np.triu_indices(24, 1)
-    same = labels[i] == labels[j]
-    assert np.isclose(result.difference, sim[i, j][same].mean() - sim[i, j][~same].mean())
+    difference, t = naive_studentized(sim, labels)
+    assert np.isclose(result.difference, difference) and np.isclose(result.permutation.statistic, t)
     assert result.permutation.p_value < 0.01 and result.auc > 0.6
 
-    # The vectorised permutation null equals the statistic recomputed from permuted labels one by one.
+    # Without planted routing, the permutation p equals the one from studentized statistics computed by loops.
+    flat = clustering.cosine_similarity(rng.normal(size=(24, 20)))
     perm_rng = np.random.default_rng(0)
-    loop = []
-    for _ in range(50):
-        perm = perm_rng.permutation(labels)
-        s = perm[i] == perm[j]
-        loop.append(sim[i, j][s].mean() - sim[i, j][~s].mean())
-    vectorised = routing.cluster_contrast(sim, labels, 50, 0)
-    assert vectorised.permutation.p_value == pytest.approx((1 + np.sum(np.array(loop) >= result.difference - 1e-12)) / 51)
+    null = [naive_studentized(flat, perm_rng.permutation(labels))[1] for _ in range(40)]
+    observed = naive_studentized(flat, labels)[1]
+    vectorised = routing.cluster_contrast(flat, labels, 40, 0)
+    assert vectorised.permutation.p_value == pytest.approx((1 + np.sum(np.array(null) >= observed - 1e-12)) / 41)
 
 
 def test_weak_effect_group_is_left_out_of_the_contrast():

@@ -1,0 +1,468 @@
+"""Known answers: arc-state models whose routing is planted by hand, so the verdict is known in advance.
+
+Each model is a real `StateTransitionPerturbationModel` (GPT2 backbone, one-hot perturbations, the
+model's own `forward`), built small and with weights set by hand — no training. It is written as a
+`state tx train` run directory plus a control-cell `.h5ad`, so it goes through the same loader,
+Jacobian engine, statistics and verdict as a user's run.
+
+The construction makes the forward pass a known, almost linear function of pert_repr p:
+
+- GPT2 blocks are identities on the residual stream (every `attn.c_proj` and `mlp.c_proj` zeroed).
+- The basal encoder (a Linear, `use_basal_projection=False`) has zero weight and bias
+  c = (+L, −L, 0, …, 0), L = `OFFSET`. Every p is zero-mean and zero on coordinates 0 and 1, so the
+  final LayerNorm gives LN(c + p) = (c + p)·σ(p)⁻¹ with σ(p)² = (2L² + ‖p‖²)/H: linear in p to a
+  relative error ‖p‖²/(4L²) ≈ 1e-5.
+- `project_out` is Linear(H→H) → ReLU → Linear(H→G). Its first layer reads p through rows written
+  in p-space and scaled by σ(0) (zero on the offset coordinates, so the residual c added again by
+  `predict_residual` is ignored); each hidden unit is a ReLU gate; the final bias `OUTPUT_BIAS`
+  keeps the model's own ReLU in gene space inactive.
+
+So ΔY_k = W2·relu(W1 p_k + b1) and J_k = W2·diag(unit k is on)·W1 (up to the LayerNorm's tiny
+curvature). The three kinds (K = 40 KDs of 5 real pathway modules, real gene symbols and response
+programmes from the demo world, `analysis.demo.build_world`):
+
+- "positive" (Model B): p_k = a_k·m_module + β·v_k. One hidden unit per module, gated on the module
+  direction m (only that module's KDs open it), writes the module's response programme; a weaker
+  per-KD unit gated on v_k adds a KD-specific deviation. J_k is shared within modules → C_jac tracks
+  C_out → expected call "positive".
+- "negative" (Model A): p_k = a_k·m_module + β·u_k — the encoder geometry clusters by module — but
+  the output is a per-KD lookup: one hidden unit per KD gated on u_k only (u_k ⟂ every m, near-
+  orthonormal across KDs), writing module programme + KD noise. Outputs cluster by module, yet
+  J_k = w_k·u_kᵀ has near-orthogonal input directions across KDs, so C_jac ≈ 0 off the diagonal →
+  expected call "negative".
+- "random": random embeddings and a per-KD lookup with random output columns; no structure →
+  expected call "negative".
+
+The planted truth (module of each KD, planted pert_repr, unit layout) is written beside the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import cache, demo
+from .config import DEFAULT_CONFIG, AnalysisConfig, load_config
+
+KINDS = ("positive", "negative", "random")
+EXPECTED_CALL = {"positive": "positive", "negative": "negative", "random": "negative"}
+
+MODULES = ("cytosolic_ribosome", "mitoribosome", "TRAPP", "proteasome", "spliceosome")
+KDS_PER_MODULE = 8
+HIDDEN = 64  # H: pert_repr width, GPT2 n_embd and project_out's hidden width
+N_GENES = 200  # G
+GENES_PER_MODULE = 30  # top programme genes of each module kept among the outputs
+SET_SIZE = 8  # S
+OFFSET = 100.0  # L: the basal offset that makes the final LayerNorm ~linear in p
+OUTPUT_BIAS = 20.0  # keeps the model's ReLU in gene space inactive
+PROGRAMME_NORM = 3.0  # ‖module response programme‖ in log-expression units
+WORLD_SEED = 0  # the demo world the genes and programmes come from (the model's `seed` varies the geometry)
+MAX_OVERLAP = 0.35  # largest |cos| allowed between two KD-specific directions (gating margin)
+
+# Settings that keep one full pipeline run to well under a minute on 2 CPU cores.
+STATISTICS = dict(set_size=0, n_draws=2, shard_kds=16, kds_per_call=8, n_permutations=999, n_bootstrap=200,
+                  cluster_bootstrap=10, prerank_permutations=100, max_clusters=8, device="cpu", dtype="float32")
+
+
+@dataclass(frozen=True)
+class PlantedModel:
+    """Weights in p-space and the truth they plant.
+
+    pert_repr [K, H] (row k = pert_encoder output of KD k; control = 0), w1 [U, H] and b1 [U] (project_out's
+    first layer, before the LayerNorm scale), w2 [G, U]; unit_kind [U] names each hidden unit ("module:<m>",
+    "kd:<name>" or "off"); kd_module [K].
+    """
+
+    kind: str
+    kd_names: tuple
+    kd_module: tuple
+    gene_names: tuple
+    pert_repr: np.ndarray
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    unit_kind: tuple
+    seed: int
+
+    @property
+    def expected_call(self) -> str:
+        return EXPECTED_CALL[self.kind]
+
+    def hidden(self, p: np.ndarray) -> np.ndarray:
+        """relu(W1 p + b1) [.., U] (the exact-linear approximation of the model's first decoder layer)."""
+        return np.maximum(p @ self.w1.T + self.b1, 0.0)
+
+    def delta_y(self) -> np.ndarray:
+        """Planted ΔY [K, G] = W2 (h(p_k) − h(0)) in the linear-LayerNorm approximation."""
+        return (self.hidden(self.pert_repr) - self.hidden(np.zeros(self.w1.shape[1]))) @ self.w2.T
+
+    def jacobians(self) -> np.ndarray:
+        """Planted J_k [K, G, H] = W2 diag(on_k) W1 in the linear-LayerNorm approximation."""
+        on = (self.pert_repr @ self.w1.T + self.b1 > 0).astype(float)  # [K, U]
+        return np.einsum("gu,ku,uh->kgh", self.w2, on, self.w1)
+
+
+# ---------------------------------------------------------------- the planted world
+@functools.lru_cache(maxsize=4)
+def _programmes(seed: int = WORLD_SEED):
+    """Output genes (real symbols) and one response programme per module, from the demo world."""
+    world = demo.build_world(seed)
+    modules = np.asarray(world.kd_module)
+    signatures = np.stack([world.true_delta[modules == m].mean(axis=0) for m in MODULES])  # [M, 700]
+    rng = np.random.default_rng(seed + 11)
+    keep: list[int] = []
+    for sig in signatures:
+        keep += [int(i) for i in np.argsort(-np.abs(sig)) if i not in keep][:GENES_PER_MODULE]
+    rest = np.setdiff1d(np.arange(len(world.gene_names)), keep)
+    keep += [int(i) for i in rng.choice(rest, size=N_GENES - len(keep), replace=False)]
+    genes = tuple(world.gene_names[i] for i in keep)
+    programmes = signatures[:, keep]
+    programmes *= PROGRAMME_NORM / np.linalg.norm(programmes, axis=1, keepdims=True)
+    kd_names = tuple(kd for m in MODULES for kd in demo.MODULES[m][0][:KDS_PER_MODULE])
+    kd_module = tuple(m for m in MODULES for _ in range(KDS_PER_MODULE))
+    return genes, programmes, kd_names, kd_module
+
+
+def _p_space_basis(rng) -> np.ndarray:
+    """Orthonormal rows [H − 3, H] spanning p-space: zero on the offset coordinates 0, 1 and zero-mean."""
+    raw = rng.normal(size=(HIDDEN, HIDDEN - 3))
+    raw[:2] = 0.0
+    raw[2:] -= raw[2:].mean(axis=0)
+    q, _ = np.linalg.qr(raw)
+    return q.T
+
+
+def _near_orthonormal(n: int, basis: np.ndarray, rng, mixing: float = 0.6) -> np.ndarray:
+    """n unit vectors in span(basis) (rows), pairwise |cos| ≤ MAX_OVERLAP but not orthogonal: an orthonormal set
+    mixed with random directions, so KD-specific directions overlap by chance as learnt ones would."""
+    assert n <= basis.shape[0]
+    for _ in range(100):
+        rotation, _ = np.linalg.qr(rng.normal(size=(basis.shape[0], basis.shape[0])))
+        vectors = rotation[:n] + mixing * rng.normal(size=(n, basis.shape[0])) / np.sqrt(basis.shape[0])
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        overlap = np.abs(vectors @ vectors.T - np.eye(n)).max()
+        if overlap <= MAX_OVERLAP:
+            return vectors @ basis
+    raise RuntimeError("could not draw near-orthonormal directions")  # pragma: no cover
+
+
+def planted_model(kind: str, seed: int = 0) -> PlantedModel:
+    """The p-space weights of one known-answer model (see the module docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    genes, programmes, kd_names, kd_module = _programmes(WORLD_SEED)
+    programmes = programmes.copy()
+    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    n_kds, n_modules = len(kd_names), len(MODULES)
+    module_index = np.array([MODULES.index(m) for m in kd_module])
+    basis = _p_space_basis(rng)  # [61, H]
+    module_dirs = basis[:n_modules]  # m_j, orthonormal
+    kd_dirs = _near_orthonormal(n_kds, basis[n_modules:], rng)  # ⟂ every m_j
+    strength = rng.uniform(0.8, 1.2, size=n_kds)  # a_k
+
+    w1 = np.zeros((HIDDEN, HIDDEN))
+    b1 = np.full(HIDDEN, -1.0)  # unused units stay off
+    w2 = np.zeros((N_GENES, HIDDEN))
+    unit_kind = ["off"] * HIDDEN
+
+    def kd_noise(scale):
+        """A KD's own deviation: a random direction over 12 output genes, norm `scale`."""
+        v = np.zeros(N_GENES)
+        v[rng.choice(N_GENES, size=12, replace=False)] = rng.normal(size=12)
+        return scale * v / np.linalg.norm(v)
+
+    if kind == "positive":
+        beta = 0.5
+        pert_repr = strength[:, None] * module_dirs[module_index] + beta * kd_dirs
+        for j, m in enumerate(MODULES):  # module units: open for the module's KDs only (a_k − 0.4 > 0)
+            w1[j], b1[j], w2[:, j], unit_kind[j] = module_dirs[j], -0.4, programmes[j], f"module:{m}"
+        gain = rng.uniform(0.9, 1.5, size=n_kds)  # per-KD unit gain g_k: how much of J_k is KD-specific varies by KD
+        for k, kd in enumerate(kd_names):  # weaker per-KD units, open for KD k only: g_k·β − 0.35 > 0 > g_k·β·0.35 − 0.35
+            u = n_modules + k
+            w1[u], b1[u], w2[:, u], unit_kind[u] = gain[k] * kd_dirs[k], -0.35, kd_noise(0.6 * PROGRAMME_NORM), f"kd:{kd}"
+    elif kind == "negative":
+        beta = 0.6
+        pert_repr = strength[:, None] * module_dirs[module_index] + beta * kd_dirs
+        for k, kd in enumerate(kd_names):  # per-KD lookup gated on u_k only: module geometry is never read
+            column = rng.uniform(0.8, 1.2) * programmes[module_index[k]] + kd_noise(0.4 * PROGRAMME_NORM)
+            w1[k], b1[k], w2[:, k], unit_kind[k] = kd_dirs[k] / beta, -0.5, column / 0.5, f"kd:{kd}"
+    else:  # random: random embeddings, per-KD lookup with random output columns
+        pert_repr = rng.normal(size=(n_kds, basis.shape[0])) @ basis / np.sqrt(basis.shape[0]) * 1.2
+        norms = np.linalg.norm(pert_repr, axis=1)
+        reach = (pert_repr / norms[:, None] ** 2) @ pert_repr.T - np.eye(n_kds)  # [k, l]: unit k's input from KD l
+        for k, kd in enumerate(kd_names):  # gate halfway between KD k's own input (1) and the largest other one
+            gate = 0.5 * (1.0 + max(reach[k].max(), 0.0))
+            column = rng.normal(size=N_GENES) * PROGRAMME_NORM / np.sqrt(N_GENES)
+            w1[k], b1[k], w2[:, k], unit_kind[k] = pert_repr[k] / norms[k] ** 2, -gate, column / (1.0 - gate), f"kd:{kd}"
+    planted = PlantedModel(kind, kd_names, kd_module, genes, pert_repr, w1, b1, w2, tuple(unit_kind), seed)
+    _check_gating(planted)
+    return planted
+
+
+def _check_gating(planted: PlantedModel) -> None:
+    """Every KD opens exactly its planted units (its module's unit, its own unit) and the control opens none."""
+    on = planted.pert_repr @ planted.w1.T + planted.b1 > 0  # [K, U]
+    for k, kd in enumerate(planted.kd_names):
+        expected = {f"kd:{kd}"} | ({f"module:{planted.kd_module[k]}"} if planted.kind == "positive" else set())
+        opened = {planted.unit_kind[u] for u in np.flatnonzero(on[k])}
+        if opened != expected:
+            raise AssertionError(f"{planted.kind}: KD {kd} opens {sorted(opened)}, planted {sorted(expected)}")
+    if (planted.b1 > 0).any():
+        raise AssertionError(f"{planted.kind}: the control opens a unit")
+
+
+# ---------------------------------------------------------------- the arc-state model
+def model_kwargs() -> dict:
+    """`demo.demo_model_kwargs` scaled down: H = 64, 1-layer encoder, 2-layer ReLU decoder, GPT2 with 2 blocks."""
+    kwargs = demo.demo_model_kwargs(N_GENES, SET_SIZE)
+    kwargs.update(hidden_dim=HIDDEN, n_encoder_layers=1, n_decoder_layers=2, activation="relu",
+                  transformer_backbone_kwargs=dict(n_positions=SET_SIZE, n_embd=HIDDEN, n_layer=2, n_head=4,
+                                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False))
+    return kwargs
+
+
+def build_model(planted: PlantedModel, seed: int = 0):
+    """A StateTransitionPerturbationModel carrying the planted weights (its remaining weights random and inert)."""
+    from state.tx.models.state_transition import StateTransitionPerturbationModel
+
+    torch.manual_seed(seed)
+    kwargs = model_kwargs()
+    n_perts = len(planted.kd_names) + 1
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = StateTransitionPerturbationModel(
+                input_dim=N_GENES, hidden_dim=kwargs.pop("hidden_dim"), output_dim=N_GENES, pert_dim=n_perts,
+                batch_dim=None, gene_dim=N_GENES, hvg_dim=N_GENES, basal_mapping_strategy="random", embed_key=None,
+                output_space="gene", gene_names=list(planted.gene_names), batch_size=4, control_pert=demo.CONTROL,
+                **kwargs)
+    finally:
+        logging.disable(previous)
+
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    sigma0 = np.sqrt(2 * OFFSET**2 / HIDDEN + model.transformer_backbone.config.layer_norm_epsilon)
+    with torch.no_grad():
+        encoder = model.pert_encoder[0]  # Linear(P → H): column 0 is the control, column k+1 KD k
+        encoder.weight.copy_(t(np.concatenate([np.zeros((1, HIDDEN)), planted.pert_repr]).T))
+        encoder.bias.zero_()
+        offset = np.zeros(HIDDEN)
+        offset[0], offset[1] = OFFSET, -OFFSET
+        model.basal_encoder.weight.zero_()
+        model.basal_encoder.bias.copy_(t(offset))
+        for block in model.transformer_backbone.h:  # identity blocks on the residual stream
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
+        first, last = model.project_out[0], model.project_out[-1]
+        first.weight.copy_(t(planted.w1 * sigma0))
+        first.bias.copy_(t(planted.b1))
+        last.weight.copy_(t(planted.w2))
+        last.bias.fill_(OUTPUT_BIAS)
+    return model.eval()
+
+
+# ---------------------------------------------------------------- writing a run
+def write_known_answer(kind: str, folder: Path, seed: int = 0) -> PlantedModel:
+    """Write `folder`/run (a `state tx train` run directory), `folder`/controls.h5ad and `folder`/truth."""
+    folder = Path(folder)
+    planted = planted_model(kind, seed)
+    model = build_model(planted, seed)
+    names = [demo.CONTROL] + list(planted.kd_names)
+    eye = np.eye(len(names), dtype=np.float32)
+    onehots = {n: eye[i] for i, n in enumerate(names)}
+    genes = list(planted.gene_names)
+    var_dims = {"input_dim": N_GENES, "gene_dim": N_GENES, "hvg_dim": N_GENES, "output_dim": N_GENES,
+                "pert_dim": len(names), "gene_names": genes, "batch_dim": 1, "pert_names": names}
+    state_config = {
+        "name": f"known-answer-{kind}", "output_dir": str(folder), "overwrite": False, "use_wandb": False,
+        "data": {"name": "PerturbationDataModule", "kwargs": {
+            "embed_key": None, "output_space": "gene", "pert_col": "gene", "cell_type_key": "cell_type",
+            "control_pert": demo.CONTROL, "basal_mapping_strategy": "random", "batch_col": "batch"}},
+        "model": {"name": "state", "checkpoint": None, "device": "cpu", "kwargs": model_kwargs()},
+        "training": {"max_steps": 0, "note": "weights set by hand (analysis.known_answers), not trained"},
+        "known_answer": {"kind": kind, "seed": seed, "expected_call": planted.expected_call},
+    }
+    if (folder / "run").exists():
+        shutil.rmtree(folder / "run")
+    demo.write_run_directory(folder / "run", model, onehots, var_dims, state_config)
+
+    # Control cells as the demo simulates them (the model ignores them by construction), plus a few cells per KD
+    # so the data names the cell line's KDs.
+    world = demo.build_world(WORLD_SEED)
+    index = {g: i for i, g in enumerate(world.gene_names)}
+    keep = [index[g] for g in genes]
+    sub = demo.DemoWorld(tuple(genes), world.kd_names, world.kd_module, world.true_delta[:, keep],
+                         world.gene_log_mean[keep], seed)
+    rng = np.random.default_rng(seed + 1)
+    controls = demo.simulate_cells(sub, np.zeros(N_GENES), 200, rng)
+    delta = planted.delta_y()
+    perturbed = {kd: demo.simulate_cells(sub, delta[k], 3, rng) for k, kd in enumerate(planted.kd_names)}
+    demo.write_h5ad(genes, controls, perturbed, folder / "controls.h5ad")
+
+    truth = folder / "truth"
+    truth.mkdir(parents=True, exist_ok=True)
+    cache.write_parquet(truth / "kd_modules.parquet", pd.DataFrame({"kd": planted.kd_names, "module": planted.kd_module}))
+    cache.write_npz(truth / "planted.npz", pert_repr=planted.pert_repr, w1=planted.w1, b1=planted.b1, w2=planted.w2,
+                    delta_y=delta, unit_kind=np.asarray(planted.unit_kind), gene_names=np.asarray(genes))
+    return planted
+
+
+def config_text(folder: Path) -> str:
+    """A TOML config for the run in `folder` (relative paths), with the known-answer statistics settings."""
+    gene_sets = ", ".join(f'"{p}"' for p in load_config(DEFAULT_CONFIG).gene_sets)
+    s = STATISTICS
+    return f"""# Known-answer model written by analysis.known_answers (weights set by hand; see truth/).
+[model]
+run_dir = "run"
+checkpoint = "final.ckpt"
+
+[data]
+h5ad = "controls.h5ad"
+feature_key = "X"
+perturbation_column = "gene"
+cell_type_column = "cell_type"
+control_label = "{demo.CONTROL}"
+cell_line = "{demo.CELL_LINE}"
+kds = "all"
+
+[effects]
+set_size = {s['set_size']}
+n_draws = {s['n_draws']}
+seed = 0
+
+[jacobian]
+kds_per_call = {s['kds_per_call']}
+shard_kds = {s['shard_kds']}
+dtype = "{s['dtype']}"
+
+[statistics]
+max_clusters = {s['max_clusters']}
+cluster_bootstrap = {s['cluster_bootstrap']}
+n_permutations = {s['n_permutations']}
+n_bootstrap = {s['n_bootstrap']}
+alpha = 0.05
+seed_r_threshold = 0.3
+n_axes = 5
+
+[enrichment]
+gene_sets = [{gene_sets}]
+prerank_permutations = {s['prerank_permutations']}
+fdr = 0.05
+
+[runtime]
+device = "{s['device']}"
+cache_dir = "cache"
+
+[demo]
+enabled = false
+seed = 0
+"""
+
+
+def build_known_answer(kind: str, folder, seed: int = 0, **overrides) -> AnalysisConfig:
+    """Write the known-answer model `kind` into `folder` (run/, controls.h5ad, truth/, known_answer.toml); return
+    its config (`overrides` replace config fields, e.g. cache_dir=...)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_known_answer(kind, folder, seed)
+    (folder / "known_answer.toml").write_text(config_text(folder))
+    return load_config(folder / "known_answer.toml", **overrides)
+
+
+def load_truth(folder) -> pd.DataFrame:
+    """(kd, module) of a known-answer folder."""
+    return pd.read_parquet(Path(folder) / "truth" / "kd_modules.parquet")
+
+
+# ---------------------------------------------------------------- null calibration
+NULLS = ("independent", "lookup")
+
+
+def null_replicate(rng, null: str = "independent", n_kds: int = 40, n_modules: int = 5, dim: int = 50,
+                   max_clusters: int = 8):
+    """One replicate of a null world: (C_out, C_jac, cluster labels from C_out), all [K, K] / [K].
+
+    Outputs: ΔY_k = centroid of a random module + noise, module sizes unbalanced (proportions ~ Dirichlet(1)), so
+    C_out has clusters of uneven size as a screen's do; labels come from `clustering.cluster_kds` on ΔY, as in
+    the pipeline.
+
+    - "independent": routing independent of outputs, with KD-level hub effects: J_k = a_k·g + e_k, a_k log-normal
+      (some KDs route through a shared direction g much more than others), e_k iid. C_jac pairs share KDs, so they
+      are dependent: the pair-level rank-sum test is anti-conservative here, the permutation tests are exact.
+    - "lookup": Model A's per-KD lookup, J_k = ΔY_k ⊗ u_k with u_k iid random input directions, so
+      C_jac = C_out ⊙ cos(u). Routing is not shared (E[C_jac] = 0 for every pair, uncorrelated with C_out), but
+      C_jac varies more between KDs of one output cluster: exchangeability, which the label permutations assume,
+      fails although the means are equal.
+    """
+    from .clustering import cluster_kds, cosine_similarity
+
+    module = rng.choice(n_modules, size=n_kds, p=rng.dirichlet(np.ones(n_modules)))
+    delta_y = rng.normal(size=(n_modules, dim))[module] + 0.8 * rng.normal(size=(n_kds, dim))
+    c_out = cosine_similarity(delta_y)
+    if null == "independent":
+        hub = rng.lognormal(0.0, 1.0, size=n_kds)
+        shared = rng.normal(size=dim)
+        jac = hub[:, None] * shared / np.linalg.norm(shared) + rng.normal(size=(n_kds, dim)) / np.sqrt(dim)
+        c_jac = cosine_similarity(jac)
+    elif null == "lookup":
+        c_jac = c_out * cosine_similarity(rng.normal(size=(n_kds, HIDDEN - 3)))  # cos(w⊗u, w'⊗u') = cos(w,w')·cos(u,u')
+    else:
+        raise ValueError(f"null must be one of {NULLS}, got {null!r}")
+    labels = cluster_kds(delta_y, max_clusters, 0, 0).labels
+    return c_out, c_jac, labels
+
+
+@dataclass(frozen=True)
+class NullRates:
+    """Rejection rates at `alpha` over `n_replicates` null replicates.
+
+    mantel: Mantel (Pearson) p < α; cluster_permutation: cluster-label permutation p < α; rank_sum: the seed's
+    pair-level Wilcoxon p < α; calls: share of replicates the verdict's core rule would call "positive" / "mixed".
+    """
+
+    null: str
+    n_replicates: int
+    n_permutations: int
+    alpha: float
+    mantel: float
+    cluster_permutation: float
+    rank_sum: float
+    calls: dict
+
+    def summary(self) -> str:
+        return (f"{self.null} null, {self.n_replicates} replicates × {self.n_permutations} permutations, α = {self.alpha}: "
+                f"Mantel {self.mantel:.1%}, cluster-label permutation {self.cluster_permutation:.1%}, "
+                f"pair-level Wilcoxon {self.rank_sum:.1%}; calls positive {self.calls['positive']:.1%}, "
+                f"mixed {self.calls['mixed']:.1%}")
+
+
+def null_rejection_rates(null: str = "independent", n_replicates: int = 1000, n_permutations: int = 299, seed: int = 0,
+                         alpha: float = 0.05, r_threshold: float = 0.3) -> NullRates:
+    """How often each Part 3 test rejects when routing does not track outputs (see `null_replicate`). Seeded."""
+    from . import routing
+
+    rng = np.random.default_rng([seed, NULLS.index(null)])
+    mantel, contrast, rank_sum, calls = [], [], [], []
+    for _ in range(n_replicates):
+        c_out, c_jac, labels = null_replicate(rng, null)
+        test_seed = int(rng.integers(2**31))
+        m = routing.mantel(c_out, c_jac, n_permutations, test_seed)
+        c = routing.cluster_contrast(c_jac, labels, n_permutations, test_seed)
+        mantel.append(m.p_value < alpha)
+        contrast.append(c.permutation.p_value < alpha)
+        rank_sum.append(c.rank_sum_p < alpha)
+        core = (m.statistic > r_threshold and m.p_value < alpha, c.difference > 0 and c.permutation.p_value < alpha)
+        calls.append("positive" if all(core) else "mixed" if any(core) else "negative")
+    calls = np.asarray(calls)
+    return NullRates(null, n_replicates, n_permutations, alpha, float(np.mean(mantel)), float(np.mean(contrast)),
+                     float(np.mean(rank_sum)), {c: float(np.mean(calls == c)) for c in ("positive", "mixed", "negative")})
