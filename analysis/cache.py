@@ -20,8 +20,6 @@ import numpy as np
 import pandas as pd
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Modules whose code cannot change a cached number (drawing, the command line).
-_PRESENTATION_MODULES = {"plots.py", "__main__.py", "report.py"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,14 +37,14 @@ def file_digest(path: str | Path) -> str:
     return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of the analysis package's computing code: a code change invalidates cached results."""
+@functools.lru_cache(maxsize=None)
+def code_version(*modules: str) -> str:
+    """Hash of the named analysis modules (e.g. "jacobians", "model_call"): a change to the code a result depends
+    on invalidates it, while a change elsewhere (plots, the report, another stage) keeps it."""
     h = hashlib.sha256()
-    for py in sorted(PACKAGE_DIR.rglob("*.py")):
-        if py.name not in _PRESENTATION_MODULES:
-            h.update(py.relative_to(PACKAGE_DIR).as_posix().encode())
-            h.update(py.read_bytes())
+    for name in sorted(modules):
+        h.update(name.encode())
+        h.update((PACKAGE_DIR / f"{name}.py").read_bytes())
     return h.hexdigest()[:16]
 
 

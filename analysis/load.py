@@ -41,7 +41,7 @@ class LoadedRun:
     gene_names: tuple
     controls: np.ndarray
     set_size: int
-    input_key: str  # hash of checkpoint, run files, control data, data fields and code
+    input_key: str  # hash of checkpoint, run files, control data, data fields and loading code
 
     @property
     def hidden_dim(self) -> int:
@@ -96,7 +96,7 @@ def load_run(config: AnalysisConfig) -> LoadedRun:
         [file_digest(ckpt)] + [file_digest(run_dir / n) for n in RUN_FILES],
         file_digest(config.h5ad),
         {k: getattr(config, k) for k in ("feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_line", "dtype")},
-        code_version(),
+        code_version("load", "model_call"),
     )
     return LoadedRun(model, device, dtype, pert_onehot, config.control_label, kd_names, gene_names,
                      controls, set_size, input_key)

@@ -8,6 +8,7 @@ the report sees the same objects whether they were computed now or on a GPU node
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -88,7 +89,8 @@ def run_analysis(config: AnalysisConfig, progress: bool = True) -> Results:
 
 # ---------------------------------------------------------------- Part 1
 def part1_key(config: AnalysisConfig, run: LoadedRun) -> str:
-    return cache.content_key("part1", run.input_key, run.kd_names, run.set_size, config.n_draws, config.seed,
+    return cache.content_key("part1", cache.code_version("effects", "clustering", "enrichment", "pipeline"),
+                             run.input_key, run.kd_names, run.set_size, config.n_draws, config.seed,
                              config.max_clusters, config.cluster_bootstrap, config.prerank_permutations,
                              [cache.file_digest(p) for p in config.gene_sets])
 
@@ -127,8 +129,8 @@ def read_part1(stage: cache.StageDir) -> Part1:
 
 # ---------------------------------------------------------------- Part 2
 def jacobian_key(config: AnalysisConfig, run: LoadedRun) -> str:
-    return cache.content_key("jacobians", run.input_key, run.kd_names, run.set_size, config.n_draws, config.seed,
-                             config.shard_kds)
+    return cache.content_key("jacobians", cache.code_version("jacobians", "effects"), run.input_key, run.kd_names,
+                             run.set_size, config.n_draws, config.seed, config.shard_kds)
 
 
 def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bool = True):
@@ -148,7 +150,8 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
 # ---------------------------------------------------------------- Part 3
 def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianShards, jac_key: str,
               jacobian_seconds: float) -> Part3:
-    key = cache.content_key("part3", part1.key, jac_key, config.n_permutations, config.n_bootstrap, config.alpha,
+    key = cache.content_key("part3", cache.code_version("routing", "verdict", "enrichment", "clustering", "pipeline"),
+                            part1.key, jac_key, config.n_permutations, config.n_bootstrap, config.alpha,
                             config.seed_r_threshold, config.fdr, config.n_axes, config.prerank_permutations,
                             [cache.file_digest(p) for p in config.gene_sets])
     stage = cache.StageDir(config.cache_dir, "part3", key)
@@ -255,7 +258,8 @@ def provenance(config: AnalysisConfig, run: LoadedRun) -> dict:
     ckpt = config.run_dir / "checkpoints" / config.checkpoint
     return {
         "python": platform.python_version(), "platform": platform.platform(), "device": f"{run.device} ({device})",
-        "cpu_count": __import__("os").cpu_count(), "versions": versions, "code_version": cache.code_version(),
+        "cpu_count": os.cpu_count(), "versions": versions,
+        "code_version": cache.code_version(*sorted(p.stem for p in cache.PACKAGE_DIR.glob("*.py"))),
         "checkpoint_sha256": cache.file_digest(ckpt), "data_sha256": cache.file_digest(config.h5ad),
         "input_key": run.input_key, "config": config.describe(), "config_file": str(config.source),
         "n_kds": len(run.kd_names), "n_genes": len(run.gene_names), "hidden_dim": run.hidden_dim,
