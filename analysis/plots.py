@@ -1,0 +1,311 @@
+"""Altair charts for the report, drawn from what `analysis.pipeline.Results` already holds.
+
+Nothing here computes a statistic: every number a chart states comes from the results
+(`part3.stats`, enrichment tables, SVD arrays). Charts only reshape into long tables and,
+for large K, reduce what is drawn (block means of a heatmap, a random sample of pairs),
+saying so in the chart's subtitle so the caption can point there.
+"""
+
+from __future__ import annotations
+
+import re
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from .report import fmt_p as _fmt_p
+from .verdict import GROUPS
+
+# Heatmaps above this many KDs a side are drawn as block means: K = 1,035 would otherwise be
+# ~1.07 M cells, too heavy for an HTML page and unreadable at print size anyway.
+MAX_HEATMAP_SIDE = 200
+# Scatter plots above this many pairs draw a seeded random sample; the statistics use all pairs.
+MAX_SCATTER_POINTS = 5000
+
+SIMILARITY_SCALE = alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True)
+GROUP_COLOURS = {
+    "ribosomal (RPL/RPS)": "#d62728", "mitoribosomal (MRPL/MRPS)": "#ff7f0e", "TRAPP": "#2ca02c",
+    "MYC": "#9467bd", "other": "#c7c7c7",
+}
+ANNOTATED_KDS = ("TRAPPC3", "TRAPPC5", "MYC")
+
+
+def kd_groups(kd_names) -> np.ndarray:
+    """Display group of each KD, for colouring: the seed's named families, MYC, other."""
+    patterns = [("ribosomal (RPL/RPS)", GROUPS["ribosomal"]), ("mitoribosomal (MRPL/MRPS)", GROUPS["mitoribosomal"]),
+                ("TRAPP", GROUPS["TRAPP"]), ("MYC", r"^MYC$")]
+    out = []
+    for kd in kd_names:
+        out.append(next((name for name, pattern in patterns if re.match(pattern, kd)), "other"))
+    return np.array(out)
+
+
+def _group_colour():
+    return alt.Color("group:N", scale=alt.Scale(domain=list(GROUP_COLOURS), range=list(GROUP_COLOURS.values())),
+                     title="KD group")
+
+
+# ---------------------------------------------------------------- heatmaps
+def heatmap_blocks(n: int, max_side: int = MAX_HEATMAP_SIDE) -> list[np.ndarray]:
+    """Positions 0..n-1 in at most `max_side` consecutive blocks (one position per block when n ≤ max_side)."""
+    return np.array_split(np.arange(n), min(n, max_side))
+
+
+def _block_means(matrix: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
+    """Mean over the KD pairs of each block pair; a KD's similarity to itself is left out of diagonal blocks."""
+    starts = np.array([b[0] for b in blocks])
+    sizes = np.array([len(b) for b in blocks], dtype=float)
+    off = matrix - np.diag(np.diag(matrix))
+    sums = np.add.reduceat(np.add.reduceat(off, starts, axis=0), starts, axis=1)
+    counts = np.outer(sizes, sizes) - np.diag(sizes)
+    means = np.divide(sums, counts, out=np.ones_like(sums), where=counts > 0)
+    return means
+
+
+def similarity_heatmaps(matrices: dict, kd_names, labels: np.ndarray, order: np.ndarray,
+                        max_side: int = MAX_HEATMAP_SIDE, size: int = 300) -> alt.HConcatChart:
+    """K × K similarity matrices side by side, rows and columns in `order` (clusters contiguous), cluster strip on top.
+
+    matrices: {panel title: [K, K] array}. Above `max_side` KDs each cell is the mean over a block of consecutive
+    KDs in that order (the subtitle says so).
+    """
+    kd_names = np.asarray(kd_names)[order]
+    labels = np.asarray(labels)[order]
+    blocks = heatmap_blocks(len(order), max_side)
+    aggregated = len(blocks) < len(order)
+
+    def block_label(b):
+        return kd_names[b[0]] if len(b) == 1 else f"{kd_names[b[0]]} … {kd_names[b[-1]]} ({len(b)} KDs)"
+
+    def block_cluster(b):
+        return int(np.bincount(labels[b]).argmax())
+
+    names = {f"m{i}": title for i, title in enumerate(matrices)}
+    n = len(blocks)
+    rows, cols = np.divmod(np.arange(n * n), n)
+    # One shared table for every panel, so the data is stored once in the HTML.
+    cells = pd.DataFrame({"r": rows, "c": cols})
+    for key, title in names.items():
+        m = np.asarray(matrices[title], dtype=float)[np.ix_(order, order)]
+        cells[key] = np.round((_block_means(m, blocks) if aggregated else m).ravel(), 3)
+    axis = pd.DataFrame({"pos": np.arange(n), "kd": [block_label(b) for b in blocks],
+                         "cluster": [block_cluster(b) for b in blocks]})
+    resolution = (f"{len(order)} KDs in {n} blocks of consecutive KDs (block means)" if aggregated
+                  else f"{len(order)} KDs, every pair")
+    # Cluster numbers are written on the strip instead of a legend: a legend on the strip would push the heatmap down.
+    segments = axis.assign(run=(axis["cluster"] != axis["cluster"].shift()).cumsum()).groupby("run").agg(
+        cluster=("cluster", "first"), start=("pos", "min"), end=("pos", "max")).reset_index(drop=True)
+    segments["mid"] = (segments["start"] + segments["end"]) / 2
+    x_pos = alt.X("pos:Q", axis=None, scale=alt.Scale(domain=[-0.5, n - 0.5], nice=False, zero=False))
+    strip = alt.layer(
+        alt.Chart(axis).mark_rect(width=size / n + 0.5).encode(
+            x=x_pos, color=alt.Color("cluster:N", legend=None, scale=alt.Scale(scheme="tableau20")),
+            tooltip=["kd", "cluster"]),
+        alt.Chart(segments[segments["end"] - segments["start"] >= 2]).mark_text(fontSize=9, color="black").encode(
+            x=alt.X("mid:Q", axis=None, scale=alt.Scale(domain=[-0.5, n - 0.5], nice=False, zero=False)),
+            text="cluster:N"),
+    ).properties(width=size, height=12)
+    panels = []
+    for index, (key, title) in enumerate(names.items()):
+        # Names come in through lookups so the per-cell table stays three numbers wide.
+        last = index == len(names) - 1
+        heat = alt.Chart(cells).transform_lookup(
+            lookup="r", from_=alt.LookupData(axis, "pos", ["kd", "cluster"]), as_=["row_kd", "row_cluster"],
+        ).transform_lookup(lookup="c", from_=alt.LookupData(axis, "pos", ["kd"]), as_=["col_kd"]).mark_rect().encode(
+            x=alt.X("c:O", axis=None), y=alt.Y("r:O", axis=None),
+            # Every panel uses the same fixed [-1, 1] scale, so one legend (on the last panel) serves all.
+            color=alt.Color(f"{key}:Q", scale=SIMILARITY_SCALE, title="cosine", legend=alt.Legend() if last else None),
+            tooltip=[alt.Tooltip("row_kd:N", title="row"), alt.Tooltip("col_kd:N", title="column"),
+                     alt.Tooltip("row_cluster:N", title="row cluster"), alt.Tooltip(f"{key}:Q", title=title, format=".3f")],
+        ).properties(width=size, height=size)
+        panels.append(alt.vconcat(strip, heat, spacing=2, title=alt.Title(title, anchor="middle")))
+    return (alt.hconcat(*panels).resolve_scale(color="independent")
+            .properties(title=alt.Title("KDs ordered by output cluster and dendrogram", subtitle=resolution)))
+
+
+# ---------------------------------------------------------------- Part 1
+def silhouette_curve(silhouette: pd.DataFrame, n_clusters: int) -> alt.LayerChart:
+    """Mean silhouette per candidate number of clusters; the chosen (maximal) one marked."""
+    frame = silhouette.assign(chosen=silhouette["n_clusters"] == n_clusters)
+    base = alt.Chart(frame).encode(x=alt.X("n_clusters:Q", title="number of clusters", axis=alt.Axis(tickMinStep=1)),
+                                   y=alt.Y("silhouette:Q", title="mean silhouette (1 − cosine)"))
+    return (base.mark_line(color="#888") + base.mark_point(filled=True, size=70).encode(
+        color=alt.Color("chosen:N", scale=alt.Scale(domain=[False, True], range=["#888", "#d62728"]), legend=None),
+        tooltip=["n_clusters", alt.Tooltip("silhouette:Q", format=".3f")])).properties(width=320, height=180)
+
+
+def _short_term(term: str, width: int = 52) -> str:
+    term = re.sub(r"\s*\(GO:\d+\)$", "", term).replace("HALLMARK_", "")
+    return term if len(term) <= width else term[: width - 1] + "…"
+
+
+def _top_terms(table: pd.DataFrame, fdr: float, per_cluster: int) -> pd.DataFrame:
+    """Cluster × term cells for the union of each cluster's `per_cluster` best significant terms."""
+    if table.empty:
+        return pd.DataFrame(columns=["cluster", "term", "label", "fdr", "score", "significant", "library"])
+    t = table.assign(cluster=table["query"].str.removeprefix("cluster ").astype(int))
+    best = t[t["fdr"] < fdr].groupby("cluster").head(per_cluster)
+    chosen = best.drop_duplicates("term")["term"]
+    cells = t[t["term"].isin(chosen)].drop_duplicates(["cluster", "term"]).copy()
+    cells["label"] = cells["term"].map(_short_term)
+    cells["significant"] = np.where(cells["fdr"] < fdr, "•", "")
+    return cells
+
+
+def enrichment_heatmap(ora: pd.DataFrame, gsea: pd.DataFrame, fdr: float, per_cluster: int = 2) -> alt.HConcatChart:
+    """Cluster × pathway: KD-target ORA (−log10 FDR) and response GSEA (sign(NES) · −log10 FDR); • marks FDR < fdr."""
+    panels = []
+    specs = [
+        (ora, "KD targets: over-representation (background: screen KDs)", "−log10 FDR", None, "oranges"),
+        (gsea, "Response: prerank GSEA of the cluster's mean ΔY", "sign(NES) · −log10 FDR", "nes", "redblue"),
+    ]
+    for table, title, legend, sign, scheme in specs:
+        cells = _top_terms(table, fdr, per_cluster)
+        if cells.empty:
+            panels.append(alt.Chart(pd.DataFrame({"text": [f"no term at FDR < {fdr}"]})).mark_text().encode(
+                text="text:N").properties(title=title, width=200, height=60))
+            continue
+        score = -np.log10(cells["fdr"].clip(lower=1e-300))
+        cells["score"] = np.round(score * (np.sign(cells[sign]) if sign else 1), 3)
+        extent = float(cells["score"].abs().max()) or 1.0
+        scale = (alt.Scale(scheme=scheme, domain=[-extent, extent], reverse=True) if sign
+                 else alt.Scale(scheme=scheme, domain=[0, extent]))
+        base = alt.Chart(cells).encode(
+            x=alt.X("cluster:O", title="output cluster"),
+            y=alt.Y("label:N", title=None, sort=alt.EncodingSortField("cluster", op="min"),
+                    axis=alt.Axis(labelLimit=320)))
+        heat = base.mark_rect().encode(
+            color=alt.Color("score:Q", scale=scale, title=legend),
+            tooltip=["cluster", "term", "library", alt.Tooltip("fdr:Q", format=".2g")]
+            + ([alt.Tooltip("nes:Q", format=".2f")] if sign else ["overlap"]))
+        dots = base.mark_text(color="black", fontSize=14, baseline="middle").encode(text="significant:N")
+        panels.append((heat + dots).properties(title=title, width=alt.Step(22), height=alt.Step(14)))
+    return alt.hconcat(*panels).resolve_scale(color="independent")
+
+
+# ---------------------------------------------------------------- Part 2
+def linearity_by_cluster(linearity: pd.DataFrame) -> alt.LayerChart:
+    """Per KD, the share of ΔY that the first-order term J·Δp explains, by output cluster."""
+    # Seeded jitter, so the static image is the same on every render.
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(linearity))
+    frame = linearity.assign(explained=linearity["explained"].clip(lower=-1), jitter=jitter)
+    base = alt.Chart(frame).encode(x=alt.X("cluster:O", title="output cluster (0 = weak effect)"))
+    box = base.mark_boxplot(extent="min-max", opacity=0.35, color="#4c78a8", size=30).encode(
+        y=alt.Y("explained:Q", title="share of ΔY explained by J·Δp (clipped at −1)"))
+    points = base.mark_circle(size=18, opacity=0.6, color="#333").encode(
+        y="explained:Q", xOffset=alt.XOffset("jitter:Q", scale=alt.Scale(domain=[-1, 1])),
+        tooltip=["kd", "cluster", alt.Tooltip("explained:Q", format=".3f"), alt.Tooltip("jacobian_norm:Q", format=".3g")])
+    rule = alt.Chart(pd.DataFrame({"y": [1.0]})).mark_rule(strokeDash=[4, 3], color="#888").encode(y="y:Q")
+    return (box + points + rule).properties(width=420, height=220)
+
+
+# ---------------------------------------------------------------- Part 3
+def _pairs(labels: np.ndarray):
+    i, j = np.triu_indices(len(labels), k=1)
+    same = labels[i] == labels[j]
+    weak = (labels[i] == 0) | (labels[j] == 0)
+    kind = np.where(weak, "involves a weak-effect KD", np.where(same, "same cluster", "different clusters"))
+    return i, j, kind
+
+
+def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.ndarray, stats: dict,
+                    max_points: int = MAX_SCATTER_POINTS, seed: int = 0) -> alt.Chart:
+    """One point per KD pair: C_out against C_jac, with r, its KD-bootstrap CI and the Mantel p in the title."""
+    kd_names = np.asarray(kd_names)
+    i, j, kind = _pairs(np.asarray(labels))
+    n_pairs = len(i)
+    shown = np.arange(n_pairs)
+    if n_pairs > max_points:
+        shown = np.sort(np.random.default_rng(seed).choice(n_pairs, size=max_points, replace=False))
+    frame = pd.DataFrame({"c_out": np.round(c_out[i[shown], j[shown]], 4), "c_jac": np.round(c_jac[i[shown], j[shown]], 4),
+                          "pair": [f"{a}–{b}" for a, b in zip(kd_names[i[shown]], kd_names[j[shown]])],
+                          "kind": kind[shown]})
+    mantel = stats["mantel_pearson"]
+    lo, hi = stats["pearson_ci"]
+    title = (f"Pearson r = {stats['pearson_r']:.2f} (95% KD-bootstrap CI {lo:.2f} to {hi:.2f}), "
+             f"Mantel p {_fmt_p(mantel['p_value'], mantel['n_permutations'])}; "
+             f"Spearman {stats['spearman_r']:.2f}")
+    subtitle = (f"all {n_pairs:,} pairs" if len(shown) == n_pairs
+                else f"{len(shown):,} of {n_pairs:,} pairs drawn at random (statistics use all pairs)")
+    kinds = ["same cluster", "different clusters", "involves a weak-effect KD"]
+    return alt.Chart(frame).mark_circle(size=12, opacity=0.45).encode(
+        x=alt.X("c_out:Q", title="output similarity C_out (cosine of ΔY)"),
+        y=alt.Y("c_jac:Q", title="routing similarity C_jac (cosine of J)"),
+        color=alt.Color("kind:N", title="pair", scale=alt.Scale(domain=kinds, range=["#d62728", "#4c78a8", "#bbbbbb"])),
+        tooltip=["pair", "kind", alt.Tooltip("c_out:Q", format=".3f"), alt.Tooltip("c_jac:Q", format=".3f")],
+    ).properties(width=420, height=340, title=alt.Title(title, subtitle=subtitle, fontSize=12))
+
+
+def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, stats: dict, bins: int = 40) -> alt.LayerChart:
+    """Distributions of C_jac over same- and cross-cluster pairs (clusters ≥ 1), each normalised to density."""
+    labels = np.asarray(labels)
+    keep = labels > 0
+    i, j, kind = _pairs(labels[keep])
+    values = c_jac[np.ix_(keep, keep)][i, j]
+    edges = np.linspace(min(values.min(), 0.0) if len(values) else -1, 1.0, bins + 1)
+    frames = []
+    for name in ("same cluster", "different clusters"):
+        density, _ = np.histogram(values[kind == name], bins=edges, density=True)
+        frames.append(pd.DataFrame({"kind": name, "start": edges[:-1], "end": edges[1:], "density": density}))
+    hist = pd.concat(frames, ignore_index=True)
+    c = stats["contrast"]
+    means = pd.DataFrame({"kind": ["same cluster", "different clusters"], "mean": [c["mean_same"], c["mean_cross"]]})
+    colour = alt.Color("kind:N", title="pair", scale=alt.Scale(domain=["same cluster", "different clusters"],
+                                                               range=["#d62728", "#4c78a8"]))
+    bars = alt.Chart(hist).mark_rect(opacity=0.5).encode(
+        x=alt.X("start:Q", title="routing similarity C_jac"), x2="end:Q", y=alt.Y("density:Q", stack=None), y2=alt.datum(0),
+        color=colour, tooltip=["kind", alt.Tooltip("start:Q", format=".2f"), alt.Tooltip("density:Q", format=".2f")])
+    rules = alt.Chart(means).mark_rule(strokeDash=[5, 3], size=2).encode(x="mean:Q", color=colour,
+                                                                          tooltip=["kind", alt.Tooltip("mean:Q", format=".3f")])
+    title = (f"same − cross = {c['difference']:.3f}, AUC {c['auc']:.2f}; cluster-label permutation p "
+             f"{_fmt_p(c['permutation_p'], c['n_permutations'])}")
+    subtitle = (f"{c['n_same']:,} same-cluster and {c['n_cross']:,} cross-cluster pairs; pair-level rank-sum p "
+                f"{_fmt_p(c['rank_sum_p'])} (anti-conservative); dashed lines: means")
+    return (bars + rules).properties(width=420, height=220, title=alt.Title(title, subtitle=subtitle, fontSize=12))
+
+
+def svd_overview(variance_explained: np.ndarray, kd_scores: np.ndarray, kd_names, n_show: int = 20,
+                 annotate=ANNOTATED_KDS) -> alt.HConcatChart:
+    """Scree of the stacked-Jacobian SVD and the KDs' scores on the two leading axes, KD families coloured."""
+    n_show = min(n_show, len(variance_explained))
+    scree = pd.DataFrame({"axis": np.arange(1, n_show + 1), "share": variance_explained[:n_show],
+                          "cumulative": np.cumsum(variance_explained)[:n_show]})
+    base = alt.Chart(scree).encode(x=alt.X("axis:O", title="SVD axis"))
+    scree_chart = (base.mark_bar(color="#4c78a8").encode(
+        y=alt.Y("share:Q", title="share of Σ‖J‖² (bars) / cumulative (line)", axis=alt.Axis(format="%")),
+        tooltip=["axis", alt.Tooltip("share:Q", format=".1%"), alt.Tooltip("cumulative:Q", format=".1%")])
+        + base.mark_line(color="#d62728", point=True).encode(y="cumulative:Q")).properties(
+        width=260, height=240, title="Variance explained")
+
+    kd_names = np.asarray(kd_names)
+    two = kd_scores.shape[1] >= 2
+    frame = pd.DataFrame({"kd": kd_names, "group": kd_groups(kd_names), "axis1": np.round(kd_scores[:, 0], 5),
+                          "axis2": np.round(kd_scores[:, 1], 5) if two else np.argsort(np.argsort(-kd_scores[:, 0]))})
+    frame["label"] = np.where(np.isin(kd_names, list(annotate)), kd_names, "")
+    y_title = "score on axis 2" if two else "rank on axis 1"
+    points = alt.Chart(frame).mark_circle(size=40, opacity=0.8).encode(
+        x=alt.X("axis1:Q", title="score on axis 1", scale=alt.Scale(zero=False)),
+        y=alt.Y("axis2:Q", title=y_title, scale=alt.Scale(zero=False)), color=_group_colour(),
+        tooltip=["kd", "group", alt.Tooltip("axis1:Q", format=".3g"), alt.Tooltip("axis2:Q", format=".3g")])
+    labels = alt.Chart(frame[frame["label"] != ""]).mark_text(align="left", dx=6, dy=-4, fontSize=11,
+                                                              fontWeight="bold").encode(x="axis1:Q", y="axis2:Q", text="label:N")
+    return alt.hconcat(scree_chart, (points + labels).properties(width=330, height=240, title="KD scores"))
+
+
+def gene_loadings(gene_loadings: np.ndarray, gene_names, n_axes: int = 3, top: int = 12) -> alt.HConcatChart:
+    """The output genes with the largest |loading| on each leading axis; ribosomal-protein genes coloured."""
+    gene_names = np.asarray(gene_names)
+    panels = []
+    for a in range(min(n_axes, gene_loadings.shape[0])):
+        idx = np.argsort(-np.abs(gene_loadings[a]))[:top]
+        frame = pd.DataFrame({"gene": gene_names[idx], "loading": np.round(gene_loadings[a, idx], 4)})
+        frame["kind"] = np.where(frame["gene"].str.match(GROUPS["ribosomal"]), "ribosomal protein (RPL/RPS)", "other")
+        panels.append(alt.Chart(frame).mark_bar().encode(
+            x=alt.X("loading:Q", title="loading"), y=alt.Y("gene:N", sort=alt.EncodingSortField("loading", order="descending"),
+                                                           title=None),
+            color=alt.Color("kind:N", title="output gene", scale=alt.Scale(domain=["ribosomal protein (RPL/RPS)", "other"],
+                                                                          range=["#d62728", "#9e9e9e"])),
+            tooltip=["gene", alt.Tooltip("loading:Q", format=".3f")]).properties(width=150, height=alt.Step(13),
+                                                                                title=f"axis {a + 1}"))
+    return alt.hconcat(*panels)
