@@ -154,6 +154,18 @@ def compute_jacobians(run: LoadedRun, pert_repr: np.ndarray, control_repr: np.nd
     return JacobianShards(stage.path, paths, len(run.kd_names), (len(run.gene_names), pert_repr.shape[1]))
 
 
+def autograd_check(run: LoadedRun, shards: JacobianShards, pert_repr: np.ndarray, draw_cells: np.ndarray,
+                   kd: int = 0) -> dict:
+    """Recompute one stored J_k with the seed's reverse-mode method on this model and data: max |ΔJ| / max |J|."""
+    draw_sets = torch.as_tensor(run.controls[draw_cells], device=run.device, dtype=run.dtype)
+    onehot = run.onehots([run.control_label])[0]
+    p = torch.as_tensor(pert_repr[kd], device=run.device, dtype=run.dtype)
+    reverse = reverse_mode_jacobian(run.model, p, draw_sets, onehot).double().cpu().numpy()
+    stored = next(jac[list(index).index(kd)] for index, jac in shards if kd in index)
+    error = float(np.abs(stored - reverse).max() / max(np.abs(reverse).max(), 1e-300))
+    return {"kd": run.kd_names[kd], "relative_error": error}
+
+
 def open_shards(folder: Path) -> JacobianShards:
     """Shards written by `compute_jacobians` (or any folder of `shard_*.npz` files with the same fields)."""
     paths = tuple(sorted(Path(folder).glob("shard_*.npz")))

@@ -67,6 +67,7 @@ class Part3:
     verdict: verdict.Verdict
     prior_work: pd.DataFrame
     seconds: dict
+    autograd_check: dict  # {"kd", "relative_error"}: one stored J_k against reverse mode on this run
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,8 @@ def run_analysis(config: AnalysisConfig, progress: bool = True) -> Results:
     demo.ensure_demo(config, progress)
     run = load_run(config)
     part1 = run_part1(config, run, progress)
-    shards, jacobian_key, jacobian_seconds = run_part2(config, run, part1, progress)
-    part3 = run_part3(config, part1, shards, jacobian_key, jacobian_seconds)
+    shards, jacobian_key, jacobian_record = run_part2(config, run, part1, progress)
+    part3 = run_part3(config, part1, shards, jacobian_key, jacobian_record)
     return Results(config, part1, part3, provenance(config, run))
 
 
@@ -134,22 +135,24 @@ def jacobian_key(config: AnalysisConfig, run: LoadedRun) -> str:
 
 
 def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bool = True):
+    """Jacobian shards, their cache key, and the stage record (time, device, autograd check of one KD)."""
     key = jacobian_key(config, run)
     stage = cache.StageDir(config.cache_dir, "jacobians", key)
-    if stage.done:
-        return jacobians.open_shards(stage.path), key, stage.meta()["seconds"]
-    started = time.perf_counter()
-    effects = part1.effects
-    shards = jacobians.compute_jacobians(run, effects.pert_repr, effects.control_repr, effects.draw_cells, stage,
-                                         config.shard_kds, config.kds_per_call, config.tangents_per_call, progress)
-    seconds = time.perf_counter() - started
-    stage.mark_done(n_kds=shards.n_kds, n_shards=len(shards.paths), seconds=seconds, device=str(run.device))
-    return shards, key, seconds
+    if not stage.done:
+        started = time.perf_counter()
+        effects = part1.effects
+        shards = jacobians.compute_jacobians(run, effects.pert_repr, effects.control_repr, effects.draw_cells, stage,
+                                             config.shard_kds, config.kds_per_call, config.tangents_per_call, progress)
+        seconds = time.perf_counter() - started
+        check = jacobians.autograd_check(run, shards, effects.pert_repr, effects.draw_cells)
+        stage.mark_done(n_kds=shards.n_kds, n_shards=len(shards.paths), seconds=seconds, device=str(run.device),
+                        autograd_check=check)
+    return jacobians.open_shards(stage.path), key, stage.meta()
 
 
 # ---------------------------------------------------------------- Part 3
 def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianShards, jac_key: str,
-              jacobian_seconds: float) -> Part3:
+              jacobian_record: dict) -> Part3:
     key = cache.content_key("part3", cache.code_version("routing", "verdict", "enrichment", "clustering", "pipeline"),
                             part1.key, jac_key, config.n_permutations, config.n_bootstrap, config.alpha,
                             config.seed_r_threshold, config.fdr, config.n_axes, config.prerank_permutations,
@@ -179,7 +182,8 @@ def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianSh
         cache.write_parquet(stage / "linearity.parquet", linearity_frame)
         cache.write_parquet(stage / "prior_work.parquet", prior)
         stage.mark_done(seconds=time.perf_counter() - started)
-    return read_part3(stage, jac_key, {"part1": part1.seconds, "jacobians": jacobian_seconds})
+    return read_part3(stage, jac_key, {"part1": part1.seconds, "jacobians": jacobian_record["seconds"]},
+                      jacobian_record["autograd_check"])
 
 
 def routing_statistics(config: AnalysisConfig, part1: Part1, c_out, c_jac, c_rep, svd) -> tuple[dict, pd.DataFrame]:
@@ -234,13 +238,14 @@ def _first(frame: pd.DataFrame, column: str, default=None):
     return frame[column].iloc[0] if len(frame) else default
 
 
-def read_part3(stage: cache.StageDir, jac_key: str, seconds: dict) -> Part3:
+def read_part3(stage: cache.StageDir, jac_key: str, seconds: dict, autograd_check: dict) -> Part3:
     with np.load(stage / "matrices.npz") as arrays:
         a = {k: arrays[k] for k in arrays.files}
     return Part3(stage.key, jac_key, a["c_out"], a["c_jac"], a["c_rep"], a["variance_explained"], a["kd_scores"],
                  a["gene_loadings"], cache.read_json(stage / "stats.json"), pd.read_parquet(stage / "svd_enrichment.parquet"),
                  pd.read_parquet(stage / "linearity.parquet"), verdict.Verdict.from_dict(cache.read_json(stage / "verdict.json")),
-                 pd.read_parquet(stage / "prior_work.parquet"), {**seconds, "part3": stage.meta()["seconds"]})
+                 pd.read_parquet(stage / "prior_work.parquet"), {**seconds, "part3": stage.meta()["seconds"]},
+                 autograd_check)
 
 
 # ---------------------------------------------------------------- provenance
@@ -282,6 +287,10 @@ def summary_lines(results: Results) -> list[str]:
         ora = f"{top_ora.loc[q, 'term'][:48]} ({top_ora.loc[q, 'fdr']:.1e})" if q in top_ora.index else "—"
         gsea = f"{top_gsea.loc[q, 'term'][:48]} ({top_gsea.loc[q, 'fdr']:.1e})" if q in top_gsea.index else "—"
         lines.append(f"{cluster:>7} {len(members):>4}  {ora:<58} {gsea}")
+    check = p3.autograd_check
+    lines += ["", f"Part 2: {len(p1.labels)} Jacobians of {len(p1.effects.gene_names)} × {p1.effects.pert_repr.shape[1]} in "
+              f"{p3.seconds['jacobians']:.0f} s; {check['kd']} against reverse mode: relative error {check['relative_error']:.1e}; "
+              f"median share of ΔY explained by J·Δp {p3.linearity['explained'].median():.2f}"]
     lines += ["", f"Verdict: {p3.verdict.call.upper()} — {p3.verdict.meaning}", ""]
     for c in p3.verdict.criteria:
         p = "" if c.p_value is None else f", p = {c.p_value:.3g}"

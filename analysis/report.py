@@ -165,6 +165,7 @@ def numbers(results: Results) -> SimpleNamespace:
         input_key=prov["input_key"], code_version=prov["code_version"], config_file=prov["config_file"],
         device=prov["device"], jacobian_seconds=f"{p3.seconds.get('jacobians', float('nan')):.0f}",
         jvp_ratio=f"{n_genes / hidden:.1f}", weak_fraction=f"{_weak_fraction():g}",
+        autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
     )
     return SimpleNamespace(**{k: Md(v) for k, v in values.items()})
 
