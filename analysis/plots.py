@@ -288,9 +288,16 @@ def svd_overview(variance_explained: np.ndarray, kd_scores: np.ndarray, kd_names
         x=alt.X("axis1:Q", title="score on axis 1", scale=alt.Scale(zero=False)),
         y=alt.Y("axis2:Q", title=y_title, scale=alt.Scale(zero=False)), color=_group_colour(),
         tooltip=["kd", "group", alt.Tooltip("axis1:Q", format=".3g"), alt.Tooltip("axis2:Q", format=".3g")])
-    labels = alt.Chart(frame[frame["label"] != ""]).mark_text(align="left", dx=6, dy=-4, fontSize=11,
-                                                              fontWeight="bold").encode(x="axis1:Q", y="axis2:Q", text="label:N")
-    return alt.hconcat(scree_chart, (points + labels).properties(width=330, height=240, title="KD scores"))
+    # Annotated KDs often sit together (TRAPPC3 beside TRAPPC5, MYC): give each its own vertical offset.
+    named = frame[frame["label"] != ""].sort_values("axis1").reset_index(drop=True)
+    offsets = (-10, 14, -24, 28)
+    layers = [points]
+    for k, dy in enumerate(offsets):
+        rows = named[named.index % len(offsets) == k]
+        if len(rows):
+            layers.append(alt.Chart(rows).mark_text(align="left", dx=5, dy=dy, fontSize=11, fontWeight="bold").encode(
+                x="axis1:Q", y="axis2:Q", text="label:N"))
+    return alt.hconcat(scree_chart, alt.layer(*layers).properties(width=330, height=240, title="KD scores"))
 
 
 def gene_loadings(gene_loadings: np.ndarray, gene_names, n_axes: int = 3, top: int = 12) -> alt.HConcatChart:
