@@ -1,0 +1,225 @@
+"""Benchmark: the Jacobian engine against the seed's method, on identical model and inputs in one run.
+
+    python benchmarks/bench_jacobian.py [--device cpu|cuda] [--sizes demo,seed] [--draws 1] [--scale-kds 10000]
+
+For each size it prints, side by side for the seed's method (`torch.autograd.functional.jacobian`,
+reverse mode, one KD at a time) and the engine (forward mode, vmapped, several KDs per call):
+time per KD, the speed-up, the max relative error between the two, achieved FLOP/s (counted with
+torch.utils.flop_counter) against this machine's measured fp32 matmul rate, and peak memory (each method
+in a fresh process on CPU; torch.cuda.max_memory_allocated on CUDA). Then the streamed Gram + SVD on
+synthetic KD shards, with its stated memory bound and the measured peak.
+Sizes: "demo" (the embedded demo's model shape, random weights) and "seed" (the seed's model: hidden 328,
+GPT2 8 layers × 8 heads, G = 2,000, 1,035 one-hot KDs, S = 128; a timed subset of KDs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis import cache, demo, jacobians, routing  # noqa: E402
+
+SIZES = {
+    # name: (genes G, hidden H, layers, heads, encoder/decoder layers, KDs, set size S, KDs timed: reverse, engine)
+    # reverse_rows: None = the full Jacobian; (a, b) = time the seed's method on the first a and b output genes
+    # and extrapolate linearly to G (its cost is one forward plus one backward per output gene).
+    "demo": dict(genes=700, hidden=96, layers=2, heads=4, mlp_layers=2, n_kds=153, set_size=32, reverse_kds=2,
+                 engine_kds=8, reverse_rows=None),
+    "seed": dict(genes=2000, hidden=328, layers=8, heads=8, mlp_layers=4, n_kds=1035, set_size=128, reverse_kds=1,
+                 engine_kds=4, reverse_rows=(16, 48)),
+}
+
+
+def build_model(size: dict, device: str, dtype=torch.float32):
+    from state.tx.models.state_transition import StateTransitionPerturbationModel
+
+    torch.manual_seed(0)
+    kwargs = demo.demo_model_kwargs(size["genes"], size["set_size"])
+    kwargs.update(hidden_dim=size["hidden"], n_encoder_layers=size["mlp_layers"], n_decoder_layers=size["mlp_layers"])
+    kwargs["transformer_backbone_kwargs"].update(n_embd=size["hidden"], n_layer=size["layers"], n_head=size["heads"])
+    logging.disable(logging.WARNING)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = StateTransitionPerturbationModel(
+            input_dim=size["genes"], hidden_dim=kwargs.pop("hidden_dim"), output_dim=size["genes"],
+            pert_dim=size["n_kds"] + 1, batch_dim=None, gene_dim=size["genes"], hvg_dim=size["genes"],
+            basal_mapping_strategy="random", embed_key=None, output_space="gene", gene_names=None, batch_size=1,
+            control_pert=demo.CONTROL, **kwargs)
+    model = model.eval().to(device=device, dtype=dtype)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def inputs(model, size: dict, n_draws: int, n_kds: int, device: str, dtype=torch.float32):
+    g = torch.Generator().manual_seed(1)
+    draw_sets = torch.log1p(torch.poisson(torch.full((n_draws, size["set_size"], size["genes"]), 2.0), generator=g))
+    onehots = torch.eye(size["n_kds"] + 1)[1:n_kds + 1]
+    with torch.no_grad():
+        pert_repr = model.pert_encoder(onehots.to(device, dtype))
+    return pert_repr, draw_sets.to(device, dtype), torch.zeros(size["n_kds"] + 1, device=device, dtype=dtype)
+
+
+def run_method(method: str, size_name: str, device: str, n_draws: int, dtype_name: str = "float32") -> dict:
+    """One method on one size, in this process: per-KD seconds, FLOPs of one call, peak memory, the Jacobians."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size, dtype = SIZES[size_name], getattr(torch, dtype_name)
+    model = build_model(size, device, dtype)
+    n_kds = size["reverse_kds"] if method == "reverse" else size["engine_kds"]
+    pert_repr, draw_sets, onehot = inputs(model, size, n_draws, n_kds, device, dtype)
+
+    def call(rows=None):
+        if method == "reverse":
+            return torch.stack([reverse_rows(model, p, draw_sets, onehot, rows) for p in pert_repr])
+        return jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def measure(rows=None):
+        sync()
+        started = time.perf_counter()
+        result = call(rows)
+        sync()
+        seconds = time.perf_counter() - started
+        counter = FlopCounterMode(display=False)
+        with counter:
+            call(rows)
+        return seconds, counter.get_total_flops(), result
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    call(size["reverse_rows"] and size["reverse_rows"][0])  # warm-up (allocator, kernels)
+    if method == "reverse" and size["reverse_rows"]:
+        (t1, f1, _), (t2, f2, result) = (measure(r) for r in size["reverse_rows"])
+        slope_t, slope_f = (t2 - t1) / (size["reverse_rows"][1] - size["reverse_rows"][0]), (f2 - f1) / (size["reverse_rows"][1] - size["reverse_rows"][0])
+        seconds = t2 + slope_t * (size["genes"] - size["reverse_rows"][1])
+        flops = f2 + slope_f * (size["genes"] - size["reverse_rows"][1])
+    else:
+        seconds, flops, result = measure()
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"seconds_per_kd": seconds / n_kds, "flops_per_kd": flops / n_kds, "peak_bytes": peak,
+            "jacobian": result.float().cpu().numpy(), "extrapolated": method == "reverse" and bool(size["reverse_rows"])}
+
+
+def reverse_rows(model, p, draw_sets, onehot, rows=None):
+    """The seed's method (torch.autograd.functional.jacobian) on E[Y], or on its first `rows` output genes."""
+    if rows is None:
+        return jacobians.reverse_mode_jacobian(model, p, draw_sets, onehot)
+    with torch.enable_grad():
+        return torch.autograd.functional.jacobian(
+            lambda q: jacobians.expected_output(model, q[None], draw_sets, onehot)[0][:rows], p)
+
+
+def in_fresh_process(*args) -> dict:
+    """CPU peak RSS is per process: run each method in its own."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_method, args)
+
+
+def matmul_rate(device: str, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    return 2 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def benchmark_size(name: str, device: str, n_draws: int, peak_rate: float, dtypes=("float32",)) -> list[str]:
+    run = in_fresh_process if device == "cpu" else run_method
+    seed = run("reverse", name, device, n_draws)
+    rows = {"seed's method (reverse, autograd.functional.jacobian)": seed}
+    for dtype in dtypes:
+        rows[f"engine (forward, vmap, {dtype})"] = run("forward", name, device, n_draws, dtype)
+    size = SIZES[name]
+    reference = seed["jacobian"]
+    lines = [f"\n== {name}: G={size['genes']}, H={size['hidden']}, GPT2 {size['layers']}×{size['heads']}, S={size['set_size']}, "
+             f"R={n_draws} draw(s), device {device}; KDs timed: reverse {size['reverse_kds']}, engine {size['engine_kds']} ==",
+             f"{'method':<56}{'s/KD':>9}{'speed-up':>10}{'max rel err':>13}{'GFLOP/s':>10}{'% matmul':>10}"
+             f"{'peak MiB':>10}{'full K (h)':>11}"]
+    for label, r in rows.items():
+        n, g = min(len(reference), len(r["jacobian"])), reference.shape[1]  # the reverse rows computed
+        error = np.abs(r["jacobian"][:n, :g] - reference[:n]).max() / np.abs(reference[:n]).max()
+        rate = r["flops_per_kd"] / r["seconds_per_kd"]
+        lines.append(f"{label:<56}{r['seconds_per_kd']:>9.3f}{seed['seconds_per_kd'] / r['seconds_per_kd']:>9.1f}×"
+                     f"{error:>13.1e}{rate / 1e9:>10.1f}{100 * rate / peak_rate:>9.0f}%{r['peak_bytes'] / 2**20:>10.0f}"
+                     f"{r['seconds_per_kd'] * size['n_kds'] / 3600:>11.2f}")
+    if seed["extrapolated"]:
+        a, b = size["reverse_rows"]
+        lines.append(f"(seed's method timed on the first {a} and {b} of G = {size['genes']} output genes and extrapolated "
+                     f"linearly to G; its error column compares those {b} rows)")
+    return lines
+
+
+def benchmark_scale(n_kds: int, genes: int, hidden: int, shard_kds: int, memory_bytes: int) -> list[str]:
+    """Streamed Gram + SVD of `n_kds` synthetic Jacobians, in a fresh process for a clean peak RSS."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_scale, (n_kds, genes, hidden, shard_kds, memory_bytes))
+
+
+def _scale(n_kds, genes, hidden, shard_kds, memory_bytes) -> list[str]:
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        for s, start in enumerate(range(0, n_kds, shard_kds)):
+            block = rng.normal(size=(min(shard_kds, n_kds - start), genes, hidden)).astype(np.float32)
+            cache.write_npz(Path(folder) / f"shard_{s:05d}.npz", jacobian=block,
+                            kd_index=np.arange(start, start + len(block)), linear_prediction=np.zeros(block.shape[:2]))
+        shards = jacobians.open_shards(Path(folder))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        started = time.perf_counter()
+        gram = routing.stream_gram(shards, memory_bytes)
+        gram_seconds = time.perf_counter() - started
+        svd = routing.jacobian_svd(gram, shards, np.zeros((n_kds, genes)), n_axes=10)
+        seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    shard_bytes = shard_kds * genes * hidden * 8  # read as float64
+    bound = memory_bytes + shard_bytes + 3 * n_kds**2 * 8 + 10 * (n_kds + genes * hidden) * 8
+    return [f"\n== streamed Gram + SVD: {n_kds:,} synthetic KDs of {genes} × {hidden} in shards of {shard_kds} "
+            f"({n_kds * genes * hidden * 4 / 2**20:.0f} MiB on disk) ==",
+            f"memory bound: block budget {memory_bytes / 2**20:.0f} MiB + one shard {shard_bytes / 2**20:.1f} MiB "
+            f"+ Gram and eigensolver workspace 3·K²·8 B {3 * n_kds**2 * 8 / 2**20:.0f} MiB + axes = {bound / 2**20:.0f} MiB",
+            f"measured peak RSS increase: {peak / 2**20:.0f} MiB ({'within' if peak <= bound else 'ABOVE'} the bound); "
+            f"Gram {gram_seconds:.1f} s, Gram + SVD {seconds:.1f} s; leading singular value {svd.singular_values[0]:.1f}"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", default="demo,seed")
+    parser.add_argument("--draws", type=int, default=1, help="R control draws per KD (the pipeline's default is 4)")
+    parser.add_argument("--bf16", action="store_true", help="also time the engine in bfloat16 (opt-in precision)")
+    parser.add_argument("--scale-kds", type=int, default=10_000)
+    parser.add_argument("--scale-memory-mib", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    peak_rate = matmul_rate(args.device)
+    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"measured fp32 matmul (2048²): {peak_rate / 1e9:.1f} GFLOP/s")
+    print("targets: CPU ≥ 3× the seed's method at the seed's size and ≥ 50 % of the matmul rate; GPU ≥ 50×")
+    dtypes = ("float32", "bfloat16") if args.bf16 else ("float32",)
+    for name in args.sizes.split(","):
+        print("\n".join(benchmark_size(name, args.device, args.draws, peak_rate, dtypes)), flush=True)
+    if args.scale_kds:
+        print("\n".join(benchmark_scale(args.scale_kds, 64, 16, 50, args.scale_memory_mib * 2**20)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
