@@ -101,6 +101,13 @@ def kd_group(kd_names, pattern: str) -> np.ndarray:
     return np.array([bool(re.match(pattern, k)) for k in kd_names])
 
 
+def ordinal(value: float) -> str:
+    """93 -> '93rd', 11 -> '11th'."""
+    n = int(round(value))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def pair_percentile(similarity: np.ndarray, value: float) -> float:
     """Percentile of `value` among all off-diagonal pairs of `similarity`."""
     i, j = np.triu_indices(similarity.shape[0], k=1)
@@ -127,9 +134,9 @@ def prior_work(kd_names, c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray
         i, j = index[a], index[b]
         rep_nn = kd_names[int(np.argsort(-c_rep[i])[1])]
         return (f"{a}'s nearest KD in pert_repr: {rep_nn}. {a}–{b}: C_rep {c_rep[i, j]:.2f} "
-                f"({pair_percentile(c_rep, c_rep[i, j]):.0f}th pct), C_out {c_out[i, j]:.2f} "
-                f"({pair_percentile(c_out, c_out[i, j]):.0f}th pct), C_jac {c_jac[i, j]:.2f} "
-                f"({pair_percentile(c_jac, c_jac[i, j]):.0f}th pct)")
+                f"({ordinal(pair_percentile(c_rep, c_rep[i, j]))} pct), C_out {c_out[i, j]:.2f} "
+                f"({ordinal(pair_percentile(c_out, c_out[i, j]))} pct), C_jac {c_jac[i, j]:.2f} "
+                f"({ordinal(pair_percentile(c_jac, c_jac[i, j]))} pct)")
 
     def cohesion(name):
         members = kd_group(kd_names, GROUPS[name])
@@ -138,13 +145,13 @@ def prior_work(kd_names, c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray
         modal = np.bincount(labels[members]).max() / members.sum()
         jac = _group_mean(c_jac, members, members)
         return (f"{name} KDs ({members.sum()}): {modal:.0%} in one output cluster; mean within-group C_jac {jac:.2f} "
-                f"({pair_percentile(c_jac, jac):.0f}th pct)")
+                f"({ordinal(pair_percentile(c_jac, jac))} pct)")
 
     ribo = kd_group(kd_names, GROUPS["ribosomal"])
     if "MYC" in index and ribo.any():
         i = index["MYC"]
         m = float(c_jac[i, ribo].mean())
-        myc = (f"MYC vs ribosomal KDs: mean C_jac {m:.2f} ({pair_percentile(c_jac, m):.0f}th pct), "
+        myc = (f"MYC vs ribosomal KDs: mean C_jac {m:.2f} ({ordinal(pair_percentile(c_jac, m))} pct), "
                f"mean C_out {c_out[i, ribo].mean():.2f}")
     else:
         myc = "MYC or ribosomal KDs not among this run's KDs"
