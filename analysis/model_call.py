@@ -55,7 +55,13 @@ def mean_output(model, pert_onehot: torch.Tensor, basal: torch.Tensor) -> torch.
         batch["batch"] = torch.zeros(n_sets * set_size, dtype=torch.long, device=basal.device)
     # The math kernel is the one with forward-mode AD; results equal the fused kernels' to rounding.
     with set_length(model, set_size), sdpa_kernel(SDPBackend.MATH):
-        out = model(batch, padded=True)
+        try:
+            out = model(batch, padded=True)
+        finally:
+            # forward keeps its last token features for auxiliary losses; under torch.func those are transform
+            # wrappers that outlive the call and break copy.deepcopy(model) afterwards.
+            model._token_features = None
+            model._batch_token_cache = None
     if isinstance(out, tuple):  # confidence token: (output, confidence)
         out = out[0]
     return out.reshape(n_sets, set_size, -1).mean(dim=1)

@@ -39,7 +39,7 @@ SIZES = {
     "demo": dict(genes=700, hidden=96, layers=2, heads=4, mlp_layers=2, n_kds=153, set_size=32, reverse_kds=2,
                  engine_kds=8, reverse_rows=None),
     "seed": dict(genes=2000, hidden=328, layers=8, heads=8, mlp_layers=4, n_kds=1035, set_size=128, reverse_kds=1,
-                 engine_kds=4, reverse_rows=(16, 48)),
+                 engine_kds=1, reverse_rows=(16, 48)),
 }
 
 
@@ -72,9 +72,13 @@ def inputs(model, size: dict, n_draws: int, n_kds: int, device: str, dtype=torch
     return pert_repr, draw_sets.to(device, dtype), torch.zeros(size["n_kds"] + 1, device=device, dtype=dtype)
 
 
-def run_method(method: str, size_name: str, device: str, n_draws: int, dtype_name: str = "float32") -> dict:
+def run_method(method: str, size_name: str, device: str, n_draws: int, dtype_name: str = "float32",
+               threads: int = 0) -> dict:
     """One method on one size, in this process: per-KD seconds, FLOPs of one call, peak memory, the Jacobians."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    if threads:
+        torch.set_num_threads(threads)
 
     size, dtype = SIZES[size_name], getattr(torch, dtype_name)
     model = build_model(size, device, dtype)
@@ -142,18 +146,18 @@ def matmul_rate(device: str, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - started)
 
 
-def benchmark_size(name: str, device: str, n_draws: int, peak_rate: float, dtypes=("float32",)) -> list[str]:
+def benchmark_size(name: str, device: str, n_draws: int, peak_rate: float, dtypes=("float32",), threads: int = 0) -> list[str]:
     run = in_fresh_process if device == "cpu" else run_method
-    seed = run("reverse", name, device, n_draws)
+    seed = run("reverse", name, device, n_draws, "float32", threads)
     rows = {"seed's method (reverse, autograd.functional.jacobian)": seed}
     for dtype in dtypes:
-        rows[f"engine (forward, vmap, {dtype})"] = run("forward", name, device, n_draws, dtype)
+        rows[f"engine (forward, vmap, {dtype})"] = run("forward", name, device, n_draws, dtype, threads)
     size = SIZES[name]
     reference = seed["jacobian"]
     lines = [f"\n== {name}: G={size['genes']}, H={size['hidden']}, GPT2 {size['layers']}×{size['heads']}, S={size['set_size']}, "
              f"R={n_draws} draw(s), device {device}; KDs timed: reverse {size['reverse_kds']}, engine {size['engine_kds']} ==",
              f"{'method':<56}{'s/KD':>9}{'speed-up':>10}{'max rel err':>13}{'GFLOP/s':>10}{'% matmul':>10}"
-             f"{'peak MiB':>10}{'full K (h)':>11}"]
+             f"{'peak MiB':>10}{'full K (h)':>11}   (peak: whole process, model included)"]
     for label, r in rows.items():
         n, g = min(len(reference), len(r["jacobian"])), reference.shape[1]  # the reverse rows computed
         error = np.abs(r["jacobian"][:n, :g] - reference[:n]).max() / np.abs(reference[:n]).max()
@@ -205,17 +209,20 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="demo,seed")
     parser.add_argument("--draws", type=int, default=1, help="R control draws per KD (the pipeline's default is 4)")
     parser.add_argument("--bf16", action="store_true", help="also time the engine in bfloat16 (opt-in precision)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--scale-kds", type=int, default=10_000)
     parser.add_argument("--scale-memory-mib", type=int, default=64)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     peak_rate = matmul_rate(args.device)
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
           f"measured fp32 matmul (2048²): {peak_rate / 1e9:.1f} GFLOP/s")
     print("targets: CPU ≥ 3× the seed's method at the seed's size and ≥ 50 % of the matmul rate; GPU ≥ 50×")
     dtypes = ("float32", "bfloat16") if args.bf16 else ("float32",)
     for name in args.sizes.split(","):
-        print("\n".join(benchmark_size(name, args.device, args.draws, peak_rate, dtypes)), flush=True)
+        print("\n".join(benchmark_size(name, args.device, args.draws, peak_rate, dtypes, args.threads)), flush=True)
     if args.scale_kds:
         print("\n".join(benchmark_scale(args.scale_kds, 64, 16, 50, args.scale_memory_mib * 2**20)), flush=True)
     return 0
