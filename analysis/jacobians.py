@@ -44,9 +44,9 @@ def expected_output(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, per
 
 
 # Rows (tangents × cells) one vmapped jvp carries. Forward-mode work here is memory-bound elementwise math, so a
-# chunk should stay near cache size on a CPU (measured on the demo: ~3× faster than all H tangents at once) and
+# chunk should stay near cache size on a CPU (measured at the seed's size: 4,096 rows 1.7× faster than 16,384, and
 # fill the GPU without exhausting its memory.
-ROWS_PER_CHUNK = {"cpu": 16_384, "cuda": 262_144}
+ROWS_PER_CHUNK = {"cpu": 4_096, "cuda": 262_144}
 
 
 def tangent_chunk(n_cells: int, hidden: int, device: torch.device) -> int:
