@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import pickle
 import shutil
@@ -164,6 +165,29 @@ def demo_model_kwargs(n_genes: int, set_size: int = 32) -> dict:
     )
 
 
+def construct_model(n_genes: int, n_perts: int, kwargs: dict, gene_names=None, batch_dim: int | None = None):
+    """A gene-space StateTransitionPerturbationModel (arc-state's class) with `kwargs` as `state tx train` passes them.
+
+    kwargs must hold hidden_dim; basal_mapping_strategy defaults to "random". arc-state prints the whole module and
+    logs at INFO on construction: both are silenced.
+    """
+    from state.tx.models.state_transition import StateTransitionPerturbationModel
+
+    kwargs = dict(kwargs)
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return StateTransitionPerturbationModel(
+                input_dim=n_genes, hidden_dim=kwargs.pop("hidden_dim"), output_dim=n_genes, pert_dim=n_perts,
+                batch_dim=batch_dim, gene_dim=n_genes, hvg_dim=n_genes,
+                basal_mapping_strategy=kwargs.pop("basal_mapping_strategy", "random"), embed_key=None,
+                output_space="gene", gene_names=None if gene_names is None else list(gene_names),
+                batch_size=kwargs.pop("batch_size", 4), control_pert=CONTROL, **kwargs)
+    finally:
+        logging.disable(previous)
+
+
 def build_demo(config: AnalysisConfig, n_steps: int = 2000, cells_per_kd: int = 48, n_controls: int = 1500,
                progress: bool = True) -> None:
     """Write the demo's control .h5ad, planted truth and trained run directory (atomically, as one folder)."""
@@ -264,7 +288,6 @@ def _flatten_sets(items):
 
 def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: int, progress: bool) -> None:
     import lightning.pytorch as pl
-    from state.tx.models.state_transition import StateTransitionPerturbationModel
 
     names = [CONTROL] + list(world.kd_names)
     eye = np.eye(len(names), dtype=np.float32)
@@ -276,13 +299,7 @@ def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: in
                 "pert_dim": len(names), "gene_names": list(world.gene_names), "batch_dim": 1, "pert_names": names}
 
     pl.seed_everything(seed, verbose=False)
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = StateTransitionPerturbationModel(
-            input_dim=n_genes, hidden_dim=kwargs.pop("hidden_dim"), output_dim=n_genes, pert_dim=len(names),
-            batch_dim=None, gene_dim=n_genes, hvg_dim=n_genes, basal_mapping_strategy="random",
-            embed_key=None, output_space="gene", gene_names=list(world.gene_names), batch_size=batch_sets,
-            control_pert=CONTROL, **kwargs,
-        )
+    model = construct_model(n_genes, len(names), {**kwargs, "batch_size": batch_sets}, world.gene_names)
     training_sets = {CONTROL: controls, **perturbed}
     loader = torch.utils.data.DataLoader(
         _SetSampler(onehots, controls, training_sets, set_size, n_steps * batch_sets, seed),

@@ -38,10 +38,7 @@ The planted truth (module of each KD, planted pert_repr, unit layout) is written
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
-import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,22 +229,8 @@ def model_kwargs() -> dict:
 
 def build_model(planted: PlantedModel, seed: int = 0):
     """A StateTransitionPerturbationModel carrying the planted weights (its remaining weights random and inert)."""
-    from state.tx.models.state_transition import StateTransitionPerturbationModel
-
     torch.manual_seed(seed)
-    kwargs = model_kwargs()
-    n_perts = len(planted.kd_names) + 1
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = StateTransitionPerturbationModel(
-                input_dim=N_GENES, hidden_dim=kwargs.pop("hidden_dim"), output_dim=N_GENES, pert_dim=n_perts,
-                batch_dim=None, gene_dim=N_GENES, hvg_dim=N_GENES, basal_mapping_strategy="random", embed_key=None,
-                output_space="gene", gene_names=list(planted.gene_names), batch_size=4, control_pert=demo.CONTROL,
-                **kwargs)
-    finally:
-        logging.disable(previous)
+    model = demo.construct_model(N_GENES, len(planted.kd_names) + 1, model_kwargs(), planted.gene_names)
 
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     sigma0 = np.sqrt(2 * OFFSET**2 / HIDDEN + model.transformer_backbone.config.layer_norm_epsilon)

@@ -15,9 +15,6 @@ GPT2 8 layers × 8 heads, G = 2,000, 1,035 one-hot KDs, S = 128; a timed subset 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import logging
 import multiprocessing as mp
 import resource
 import sys
@@ -44,19 +41,11 @@ SIZES = {
 
 
 def build_model(size: dict, device: str, dtype=torch.float32):
-    from state.tx.models.state_transition import StateTransitionPerturbationModel
-
     torch.manual_seed(0)
     kwargs = demo.demo_model_kwargs(size["genes"], size["set_size"])
     kwargs.update(hidden_dim=size["hidden"], n_encoder_layers=size["mlp_layers"], n_decoder_layers=size["mlp_layers"])
     kwargs["transformer_backbone_kwargs"].update(n_embd=size["hidden"], n_layer=size["layers"], n_head=size["heads"])
-    logging.disable(logging.WARNING)
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = StateTransitionPerturbationModel(
-            input_dim=size["genes"], hidden_dim=kwargs.pop("hidden_dim"), output_dim=size["genes"],
-            pert_dim=size["n_kds"] + 1, batch_dim=None, gene_dim=size["genes"], hvg_dim=size["genes"],
-            basal_mapping_strategy="random", embed_key=None, output_space="gene", gene_names=None, batch_size=1,
-            control_pert=demo.CONTROL, **kwargs)
+    model = demo.construct_model(size["genes"], size["n_kds"] + 1, kwargs)
     model = model.eval().to(device=device, dtype=dtype)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -6,7 +6,7 @@ import torch
 
 from analysis import cache, jacobians
 from analysis.load import load_run
-from tiny import tiny_config, tiny_model, write_tiny_run
+from tiny import tiny_model, write_tiny_run
 
 CONFIGS = {
     "gpt2 residual": {},

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 

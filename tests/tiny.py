@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 
 import numpy as np
 import torch
@@ -19,8 +16,6 @@ KDS = ["KD_A", "KD_B", "KD_C", "KD_D", "KD_E", "KD_F"]
 def tiny_model(n_genes: int = 24, n_perts: int = 7, hidden: int = 16, set_size: int = 6, backbone: str = "GPT2",
                seed: int = 0, **overrides):
     """A StateTransitionPerturbationModel with random weights; `overrides` replace model kwargs."""
-    from state.tx.models.state_transition import StateTransitionPerturbationModel
-
     torch.manual_seed(seed)
     kwargs = demo.demo_model_kwargs(n_genes, set_size)
     kwargs.update(hidden_dim=hidden, n_decoder_layers=2)
@@ -35,17 +30,7 @@ def tiny_model(n_genes: int = 24, n_perts: int = 7, hidden: int = 16, set_size: 
                                                      use_cache=False, bidirectional_attention=True)
     kwargs.update(overrides)
     batch_dim = kwargs.pop("batch_dim", None)
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = StateTransitionPerturbationModel(
-                input_dim=n_genes, hidden_dim=kwargs.pop("hidden_dim"), output_dim=n_genes, pert_dim=n_perts,
-                batch_dim=batch_dim, gene_dim=n_genes, hvg_dim=n_genes,
-                basal_mapping_strategy=kwargs.pop("basal_mapping_strategy", "random"), embed_key=None,
-                output_space="gene", gene_names=GENES[:n_genes], batch_size=4, control_pert=demo.CONTROL, **kwargs)
-    finally:
-        logging.disable(previous)
+    model = demo.construct_model(n_genes, n_perts, kwargs, GENES[:n_genes], batch_dim)
     # Random biases and larger weights so ReLUs and the residual path all carry signal.
     with torch.no_grad():
         for p in model.parameters():
