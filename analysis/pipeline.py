@@ -293,7 +293,7 @@ def summary_lines(results: Results) -> list[str]:
               f"median share of ΔY explained by J·Δp {p3.linearity['explained'].median():.2f}"]
     lines += ["", f"Verdict: {p3.verdict.call.upper()} — {p3.verdict.meaning}", ""]
     for c in p3.verdict.criteria:
-        p = "" if c.p_value is None else f", p = {c.p_value:.3g}"
+        p = "" if c.p_value is None else f", p = {c.p_value:.3g}" if c.p_value > 0 else ", p < 1e-300"
         lines.append(f"  [{'held' if c.held else 'not held'}] ({c.family}) {c.name}: {c.statistic} = {c.value:.3f}{p}; "
                      f"{c.test}; threshold {c.threshold}")
     return lines
