@@ -165,6 +165,17 @@ def demo_model_kwargs(n_genes: int, set_size: int = 32) -> dict:
     )
 
 
+@contextlib.contextmanager
+def _silenced():
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
 def construct_model(n_genes: int, n_perts: int, kwargs: dict, gene_names=None, batch_dim: int | None = None):
     """A gene-space StateTransitionPerturbationModel (arc-state's class) with `kwargs` as `state tx train` passes them.
 
@@ -174,18 +185,13 @@ def construct_model(n_genes: int, n_perts: int, kwargs: dict, gene_names=None, b
     from state.tx.models.state_transition import StateTransitionPerturbationModel
 
     kwargs = dict(kwargs)
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return StateTransitionPerturbationModel(
-                input_dim=n_genes, hidden_dim=kwargs.pop("hidden_dim"), output_dim=n_genes, pert_dim=n_perts,
-                batch_dim=batch_dim, gene_dim=n_genes, hvg_dim=n_genes,
-                basal_mapping_strategy=kwargs.pop("basal_mapping_strategy", "random"), embed_key=None,
-                output_space="gene", gene_names=None if gene_names is None else list(gene_names),
-                batch_size=kwargs.pop("batch_size", 4), control_pert=CONTROL, **kwargs)
-    finally:
-        logging.disable(previous)
+    with _silenced():
+        return StateTransitionPerturbationModel(
+            input_dim=n_genes, hidden_dim=kwargs.pop("hidden_dim"), output_dim=n_genes, pert_dim=n_perts,
+            batch_dim=batch_dim, gene_dim=n_genes, hvg_dim=n_genes,
+            basal_mapping_strategy=kwargs.pop("basal_mapping_strategy", "random"), embed_key=None,
+            output_space="gene", gene_names=None if gene_names is None else list(gene_names),
+            batch_size=kwargs.pop("batch_size", 4), control_pert=CONTROL, **kwargs)
 
 
 def build_demo(config: AnalysisConfig, n_steps: int = 2000, cells_per_kd: int = 48, n_controls: int = 1500,
@@ -223,7 +229,8 @@ def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
     marker = config.run_dir / "demo_build.json"
     current = marker.is_file() and cache.read_json(marker).get("demo_version") == demo_version(config.demo_seed)
     if not (current and (config.run_dir / "checkpoints" / config.checkpoint).is_file() and config.h5ad.is_file()):
-        print(f"Building the embedded demo into {config.run_dir.parent} (about 2 minutes, first use only) …", flush=True)
+        if progress:
+            print(f"Building the embedded demo into {config.run_dir.parent} (about 2 minutes, first use only) …", flush=True)
         build_demo(config, progress=progress)
 
 
@@ -305,9 +312,12 @@ def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: in
         _SetSampler(onehots, controls, training_sets, set_size, n_steps * batch_sets, seed),
         batch_size=batch_sets, collate_fn=_flatten_sets,
     )
-    trainer = pl.Trainer(max_steps=n_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=progress, deterministic=False)
-    trainer.fit(model, train_dataloaders=loader)
+    # Quiet (progress=False, e.g. inside the report's kernel): Lightning's banner and tips would land in the document.
+    quiet = contextlib.nullcontext() if progress else _silenced()
+    with quiet:
+        trainer = pl.Trainer(max_steps=n_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                             enable_model_summary=False, enable_progress_bar=progress, deterministic=False)
+        trainer.fit(model, train_dataloaders=loader)
 
     state_config = {
         "name": "demo", "output_dir": str(run_dir.parent), "overwrite": False, "use_wandb": False,

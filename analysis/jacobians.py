@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.func import jvp, vmap
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import cache
 from .load import LoadedRun
