@@ -82,14 +82,20 @@ class JacobianSVD:
 def jacobian_svd(gram: np.ndarray, shards: JacobianShards, delta_y: np.ndarray, n_axes: int) -> JacobianSVD:
     """Left vectors from the Gram eigendecomposition; right vectors V_a = Σ_k J_k U[k,a] / s_a in one streamed pass.
 
-    Only the leading `n_axes` eigenpairs are computed (LAPACK's subset driver), and shares of variance are taken
-    against the trace, so K = 10⁴ KDs costs seconds, not a full K³ decomposition.
+    Only the leading `n_axes` eigenpairs are computed (Lanczos when they are few, so K = 10⁴ KDs avoids a K³
+    decomposition), and shares of variance are taken against the trace.
     """
     from scipy.linalg import eigh
+    from scipy.sparse.linalg import eigsh
 
     n_kds = gram.shape[0]
     n_axes = int(min(n_axes, n_kds))
-    eigenvalues, u = eigh(gram, subset_by_index=[n_kds - n_axes, n_kds - 1])
+    if 10 * n_axes < n_kds:
+        eigenvalues, u = eigsh(gram, k=n_axes, which="LA", v0=np.ones(n_kds))
+        order = np.argsort(eigenvalues)
+        eigenvalues, u = eigenvalues[order], u[:, order]
+    else:
+        eigenvalues, u = eigh(gram, subset_by_index=[n_kds - n_axes, n_kds - 1])
     eigenvalues, u = np.clip(eigenvalues[::-1], 0, None), u[:, ::-1]
     s = np.sqrt(eigenvalues)
     n_axes = int(np.sum(s > s[0] * 1e-8))

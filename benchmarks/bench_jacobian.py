@@ -183,11 +183,11 @@ def _scale(n_kds, genes, hidden, shard_kds, memory_bytes) -> list[str]:
         seconds = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     shard_bytes = shard_kds * genes * hidden * 8  # read as float64
-    bound = memory_bytes + shard_bytes + 3 * n_kds**2 * 8 + 10 * (n_kds + genes * hidden) * 8
+    bound = memory_bytes + shard_bytes + 2 * n_kds**2 * 8 + 10 * (n_kds + genes * hidden) * 8
     return [f"\n== streamed Gram + SVD: {n_kds:,} synthetic KDs of {genes} × {hidden} in shards of {shard_kds} "
             f"({n_kds * genes * hidden * 4 / 2**20:.0f} MiB on disk) ==",
             f"memory bound: block budget {memory_bytes / 2**20:.0f} MiB + one shard {shard_bytes / 2**20:.1f} MiB "
-            f"+ Gram and eigensolver workspace 3·K²·8 B {3 * n_kds**2 * 8 / 2**20:.0f} MiB + axes = {bound / 2**20:.0f} MiB",
+            f"+ Gram and its float64 working copy 2·K²·8 B {2 * n_kds**2 * 8 / 2**20:.0f} MiB + axes = {bound / 2**20:.0f} MiB",
             f"measured peak RSS increase: {peak / 2**20:.0f} MiB ({'within' if peak <= bound else 'ABOVE'} the bound); "
             f"Gram {gram_seconds:.1f} s, Gram + SVD {seconds:.1f} s; leading singular value {svd.singular_values[0]:.1f}"]
 

@@ -30,6 +30,17 @@ def test_streamed_gram_equals_direct_product_with_a_tiny_memory_budget(planted):
     assert np.allclose(routing.stream_gram(shards), flat @ flat.T)
 
 
+def test_lanczos_path_matches_numpy(tmp_path):
+    """With many KDs and few axes the leading eigenpairs come from Lanczos: same answer."""
+    rng = np.random.default_rng(3)
+    stacked = (rng.normal(size=(60, 1)) * rng.normal(size=(1, 40)) + 0.3 * rng.normal(size=(60, 40))).reshape(60, 8, 5)
+    shards = write_shards(tmp_path, stacked, shard_kds=16)
+    flat = stacked.reshape(60, -1).astype(np.float32).astype(np.float64)
+    u, s, _ = np.linalg.svd(flat, full_matrices=False)
+    svd = routing.jacobian_svd(flat @ flat.T, shards, np.ones((60, 8)), n_axes=3)
+    assert np.allclose(svd.singular_values, s[:3]) and np.allclose(np.abs(svd.kd_scores), np.abs(u[:, :3] * s[:3]), atol=1e-6)
+
+
 def test_svd_through_the_gram_matches_numpy(planted):
     stacked, shards = planted
     flat = stacked.reshape(len(stacked), -1).astype(np.float64)
