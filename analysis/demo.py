@@ -16,8 +16,6 @@ cannot exist here; it says so in the report.
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
 import pickle
 import shutil
@@ -31,6 +29,7 @@ import torch
 
 from . import cache
 from .config import PACKAGE_DIR, AnalysisConfig
+from .console import silenced
 
 GENESETS = PACKAGE_DIR / "genesets"
 CELL_LINE = "HepG2"
@@ -165,17 +164,6 @@ def demo_model_kwargs(n_genes: int, set_size: int = 32) -> dict:
     )
 
 
-@contextlib.contextmanager
-def _silenced():
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
-
-
 def construct_model(n_genes: int, n_perts: int, kwargs: dict, gene_names=None, batch_dim: int | None = None):
     """A gene-space StateTransitionPerturbationModel (arc-state's class) with `kwargs` as `state tx train` passes them.
 
@@ -185,7 +173,7 @@ def construct_model(n_genes: int, n_perts: int, kwargs: dict, gene_names=None, b
     from state.tx.models.state_transition import StateTransitionPerturbationModel
 
     kwargs = dict(kwargs)
-    with _silenced():
+    with silenced():
         return StateTransitionPerturbationModel(
             input_dim=n_genes, hidden_dim=kwargs.pop("hidden_dim"), output_dim=n_genes, pert_dim=n_perts,
             batch_dim=batch_dim, gene_dim=n_genes, hvg_dim=n_genes,
@@ -313,7 +301,7 @@ def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: in
         batch_size=batch_sets, collate_fn=_flatten_sets,
     )
     # Quiet (progress=False, e.g. inside the report's kernel): Lightning's banner and tips would land in the document.
-    quiet = contextlib.nullcontext() if progress else _silenced()
+    quiet = contextlib.nullcontext() if progress else silenced()
     with quiet:
         trainer = pl.Trainer(max_steps=n_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                              enable_model_summary=False, enable_progress_bar=progress, deterministic=False)

@@ -10,14 +10,13 @@ Two questions, two tests, BH-FDR over all terms of all libraries within each que
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
+
+from .console import silenced
 
 ORA_COLUMNS = ["query", "library", "term", "overlap", "p_value", "fdr", "odds_ratio", "genes"]
 PRERANK_COLUMNS = ["query", "library", "term", "nes", "p_value", "fdr", "size", "lead_genes"]
@@ -28,18 +27,6 @@ def read_libraries(paths) -> dict:
     import gseapy
 
     return {Path(p).stem: gseapy.read_gmt(str(p)) for p in paths}
-
-
-@contextlib.contextmanager
-def _quiet():
-    # gseapy logs every call at INFO/WARNING; the pipeline reports its own progress.
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
 
 
 def _bh(frame: pd.DataFrame, strength: str) -> pd.DataFrame:
@@ -55,9 +42,9 @@ def over_representation(query: str, genes, background, libraries: dict, min_over
     import gseapy
 
     genes = sorted(set(genes))
-    frames = []
+    frames = []  # gseapy logs every call; the pipeline reports its own progress, hence silenced() below
     for library, sets in libraries.items():
-        with _quiet():
+        with silenced():
             result = gseapy.enrich(gene_list=genes, gene_sets=sets, background=sorted(set(background)),
                                    outdir=None, no_plot=True, cutoff=1.0, verbose=False)
         res = getattr(result, "results", None)
@@ -85,7 +72,7 @@ def prerank(query: str, scores: pd.Series, libraries: dict, permutations: int, s
     scores = shuffled.sort_values(ascending=False, kind="stable")
     frames = []
     for library, sets in libraries.items():
-        with _quiet():
+        with silenced():
             try:
                 result = gseapy.prerank(rnk=scores, gene_sets=sets, permutation_num=permutations, min_size=min_size,
                                         max_size=max_size, seed=seed, threads=1, outdir=None, no_plot=True, verbose=False)
