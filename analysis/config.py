@@ -44,7 +44,11 @@ class AnalysisConfig:
     n_permutations: int = 9999
     n_bootstrap: int = 1000
     alpha: float = 0.05
-    seed_r_threshold: float = 0.3
+    seed_r_threshold: float = 0.3  # r must exceed it for Model B (the seed's threshold)
+    equivalence_r: float = 0.1  # smallest effect of interest for r: an upper bound below it supports Model A
+    min_contrast: float = 0.5  # same − cross C_jac, in SDs of C_jac, needed for Model B
+    equivalence_contrast: float = 0.5  # smallest effect of interest for that contrast (SDs)
+    min_dissimilarity: float = 0.01  # 1 − mean off-diagonal C_jac (or C_out) below which routing is degenerate
     fdr: float = 0.05
     n_axes: int = 5
     gene_sets: tuple[Path, ...] = ()
@@ -78,7 +82,8 @@ _SECTIONS = {
     "effects": {"set_size", "n_draws", "seed"},
     "jacobian": {"kds_per_call", "tangents_per_call", "shard_kds", "dtype"},
     "statistics": {"max_clusters", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
-                   "seed_r_threshold", "n_axes"},
+                   "seed_r_threshold", "equivalence_r", "min_contrast", "equivalence_contrast", "min_dissimilarity",
+                   "n_axes"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
     "runtime": {"device", "cache_dir"},
     "demo": {"enabled", "seed"},

@@ -111,3 +111,43 @@ def top_terms(frame: pd.DataFrame, per_query: int = 1) -> pd.DataFrame:
     if frame.empty:
         return frame
     return frame.groupby("query", sort=True).head(per_query).sort_values("query", kind="stable").reset_index(drop=True)
+
+
+def axis_enrichment(source: str, kd_scores: np.ndarray, gene_loadings: np.ndarray, kd_names, gene_names,
+                    libraries: dict, permutations: int, seed: int, n_axes: int) -> pd.DataFrame:
+    """Prerank GSEA of the leading `n_axes` SVD axes of `source` ("routing" or "output"): gene loadings [A, G] over
+    output genes and KD scores [K, A] over KDs (KD gene sets). Columns: PRERANK_COLUMNS + source, axis, kind."""
+    frames = []
+    for a in range(min(n_axes, kd_scores.shape[1])):
+        genes = prerank(f"{source} axis {a + 1} genes", pd.Series(gene_loadings[a], index=list(gene_names)),
+                        libraries, permutations, seed)
+        kds = prerank(f"{source} axis {a + 1} KDs", pd.Series(kd_scores[:, a], index=list(kd_names)), libraries,
+                      permutations, seed, min_size=5)
+        frames += [genes.assign(source=source, axis=a + 1, kind="genes"), kds.assign(source=source, axis=a + 1, kind="KDs")]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _jaccard(a, b) -> float:
+    a, b = set(a), set(b)
+    return len(a & b) / max(len(a | b), 1)
+
+
+def matched_pathway(genes: pd.DataFrame, kds: pd.DataFrame, libraries: dict, fdr: float,
+                    min_jaccard: float = 0.25) -> tuple[str, pd.Series | None, pd.Series | None]:
+    """The best pathway shown on both sides of one axis: a term significant (FDR < fdr) in the gene loadings and,
+    at the high-score end (NES > 0), in the KD scores — the same term, or two terms whose gene sets overlap
+    (Jaccard ≥ `min_jaccard`, e.g. a GO process and its Hallmark counterpart). Returns (label, gene row, KD row),
+    ("", None, None) when no pathway is shared; ties broken by the larger of the two FDRs."""
+    gene_hits = genes[genes["fdr"] < fdr]
+    kd_hits = kds[(kds["fdr"] < fdr) & (kds["nes"] > 0)]
+    best, best_fdr = ("", None, None), np.inf
+    for _, g in gene_hits.iterrows():
+        for _, k in kd_hits.iterrows():
+            same = g["library"] == k["library"] and g["term"] == k["term"]
+            if not same and _jaccard(libraries[g["library"]][g["term"]], libraries[k["library"]][k["term"]]) < min_jaccard:
+                continue
+            worst = max(g["fdr"], k["fdr"])
+            if worst < best_fdr:
+                label = g["term"] if same else f"{g['term']} ~ {k['term']}"
+                best, best_fdr = (label, g, k), worst
+    return best

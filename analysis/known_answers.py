@@ -31,7 +31,13 @@ programmes from the demo world, `analysis.demo.build_world`):
   J_k = w_k·u_kᵀ has near-orthogonal input directions across KDs, so C_jac ≈ 0 off the diagonal →
   expected call "negative".
 - "random": random embeddings and a per-KD lookup with random output columns; no structure →
-  expected call "negative".
+  expected call "negative" (or "inconclusive": there is nothing to rule out but noise).
+- "keyed": the construct's blind spot. Embeddings as in "negative" (β = 1), and a per-KD lookup whose gate reads
+  the KD's *own embedding* p_k (not a direction orthogonal to the modules): J_k = w_k ⊗ p_k/‖p_k‖², so
+  C_jac = C_out ⊙ C_rep, which tracks C_out because C_rep clusters by module → expected "positive", which the
+  verdict qualifies with its caveat: local Jacobians cannot tell this lookup from shared routing.
+- "degenerate": every hidden unit open for every KD (a linear decoder), so J_k = W2·W1 for all k and C_jac ≈ 1:
+  the model routes every KD the same way while ΔY still clusters by module → expected "degenerate".
 
 The planted truth (module of each KD, planted pert_repr, unit layout) is written beside the run.
 """
@@ -50,13 +56,17 @@ import torch
 from . import cache, demo
 from .config import DEFAULT_CONFIG, AnalysisConfig, load_config
 
-KINDS = ("positive", "negative", "random")
-EXPECTED_CALL = {"positive": "positive", "negative": "negative", "random": "negative"}
+KINDS = ("positive", "negative", "random", "keyed", "degenerate")
+# The calls each kind may receive: "random" has no structure to rule out beyond noise, so "inconclusive" is right too.
+EXPECTED_CALLS = {"positive": {"positive"}, "negative": {"negative"}, "random": {"negative", "inconclusive"},
+                  "keyed": {"positive"}, "degenerate": {"degenerate"}}
 
-MODULES = ("cytosolic_ribosome", "mitoribosome", "TRAPP", "proteasome", "spliceosome")
-KDS_PER_MODULE = 8
-HIDDEN = 64  # H: pert_repr width, GPT2 n_embd and project_out's hidden width
-N_GENES = 200  # G
+MODULES = ("cytosolic_ribosome", "mitoribosome", "TRAPP", "proteasome", "MYC", "spliceosome", "mediator")
+# Up to 24 KDs of each module (K = 116, modules of 7 to 24 KDs): enough KDs that a negative can be *shown* (the
+# jackknife SE of a Mantel r shrinks like 1/√K; at K = 40 no bound gets below a 0.1 smallest effect of interest).
+KDS_PER_MODULE = 24
+HIDDEN = 144  # H: pert_repr width, GPT2 n_embd and project_out's hidden width (≥ K + modules + 3)
+N_GENES = 300  # G
 GENES_PER_MODULE = 30  # top programme genes of each module kept among the outputs
 SET_SIZE = 8  # S
 OFFSET = 100.0  # L: the basal offset that makes the final LayerNorm ~linear in p
@@ -91,8 +101,8 @@ class PlantedModel:
     seed: int
 
     @property
-    def expected_call(self) -> str:
-        return EXPECTED_CALL[self.kind]
+    def expected_calls(self) -> set:
+        return EXPECTED_CALLS[self.kind]
 
     def hidden(self, p: np.ndarray) -> np.ndarray:
         """relu(W1 p + b1) [.., U] (the exact-linear approximation of the model's first decoder layer)."""
@@ -125,7 +135,7 @@ def _programmes(seed: int = WORLD_SEED):
     programmes = signatures[:, keep]
     programmes *= PROGRAMME_NORM / np.linalg.norm(programmes, axis=1, keepdims=True)
     kd_names = tuple(kd for m in MODULES for kd in demo.MODULES[m][0][:KDS_PER_MODULE])
-    kd_module = tuple(m for m in MODULES for _ in range(KDS_PER_MODULE))
+    kd_module = tuple(m for m in MODULES for _ in demo.MODULES[m][0][:KDS_PER_MODULE])
     return genes, programmes, kd_names, kd_module
 
 
@@ -192,28 +202,51 @@ def planted_model(kind: str, seed: int = 0) -> PlantedModel:
         for k, kd in enumerate(kd_names):  # per-KD lookup gated on u_k only: module geometry is never read
             column = rng.uniform(0.8, 1.2) * programmes[module_index[k]] + kd_noise(0.4 * PROGRAMME_NORM)
             w1[k], b1[k], w2[:, k], unit_kind[k] = kd_dirs[k] / beta, -0.5, column / 0.5, f"kd:{kd}"
-    else:  # random: random embeddings, per-KD lookup with random output columns
+    elif kind == "random":  # random embeddings, per-KD lookup with random output columns
         pert_repr = rng.normal(size=(n_kds, basis.shape[0])) @ basis / np.sqrt(basis.shape[0]) * 1.2
-        norms = np.linalg.norm(pert_repr, axis=1)
-        reach = (pert_repr / norms[:, None] ** 2) @ pert_repr.T - np.eye(n_kds)  # [k, l]: unit k's input from KD l
-        for k, kd in enumerate(kd_names):  # gate halfway between KD k's own input (1) and the largest other one
-            gate = 0.5 * (1.0 + max(reach[k].max(), 0.0))
-            column = rng.normal(size=N_GENES) * PROGRAMME_NORM / np.sqrt(N_GENES)
-            w1[k], b1[k], w2[:, k], unit_kind[k] = pert_repr[k] / norms[k] ** 2, -gate, column / (1.0 - gate), f"kd:{kd}"
+        columns = rng.normal(size=(n_kds, N_GENES)) * PROGRAMME_NORM / np.sqrt(N_GENES)
+        _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names)
+    elif kind == "keyed":
+        pert_repr = strength[:, None] * module_dirs[module_index] + 1.0 * kd_dirs
+        columns = np.stack([rng.uniform(0.8, 1.2) * programmes[module_index[k]] + kd_noise(0.4 * PROGRAMME_NORM)
+                            for k in range(n_kds)])
+        _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names)
+    else:  # degenerate: every unit open for every KD (and the control): a linear decoder, one J for all KDs
+        pert_repr = strength[:, None] * module_dirs[module_index] + 0.5 * kd_dirs
+        for j, m in enumerate(MODULES):
+            w1[j], b1[j], w2[:, j], unit_kind[j] = module_dirs[j], 3.0, programmes[j], f"open:{m}"
+        for k, kd in enumerate(kd_names):
+            u = n_modules + k
+            w1[u], b1[u], w2[:, u], unit_kind[u] = kd_dirs[k], 3.0, kd_noise(0.3 * PROGRAMME_NORM), f"open:{kd}"
     planted = PlantedModel(kind, kd_names, kd_module, genes, pert_repr, w1, b1, w2, tuple(unit_kind), seed)
     _check_gating(planted)
     return planted
 
 
+def _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names) -> None:
+    """Per-KD lookup units gated on each KD's own embedding: unit k reads p_k/‖p_k‖² (1 for KD k) and opens halfway
+    between 1 and the largest input any other KD gives it; writes `columns[k]` (scaled so ΔY_k = columns[k])."""
+    norms = np.linalg.norm(pert_repr, axis=1)
+    reach = (pert_repr / norms[:, None] ** 2) @ pert_repr.T - np.eye(len(pert_repr))  # [k, l]: unit k's input from KD l
+    for k, kd in enumerate(kd_names):
+        gate = 0.5 * (1.0 + max(reach[k].max(), 0.0))
+        w1[k], b1[k], w2[:, k], unit_kind[k] = pert_repr[k] / norms[k] ** 2, -gate, columns[k] / (1.0 - gate), f"kd:{kd}"
+
+
 def _check_gating(planted: PlantedModel) -> None:
-    """Every KD opens exactly its planted units (its module's unit, its own unit) and the control opens none."""
+    """Every KD opens exactly its planted units (its module's unit, its own unit) and the control opens none;
+    in the degenerate kind every KD and the control open every used unit."""
     on = planted.pert_repr @ planted.w1.T + planted.b1 > 0  # [K, U]
+    used = {u for u, name in enumerate(planted.unit_kind) if name != "off"}
     for k, kd in enumerate(planted.kd_names):
-        expected = {f"kd:{kd}"} | ({f"module:{planted.kd_module[k]}"} if planted.kind == "positive" else set())
+        if planted.kind == "degenerate":
+            expected = {planted.unit_kind[u] for u in used}
+        else:
+            expected = {f"kd:{kd}"} | ({f"module:{planted.kd_module[k]}"} if planted.kind == "positive" else set())
         opened = {planted.unit_kind[u] for u in np.flatnonzero(on[k])}
         if opened != expected:
             raise AssertionError(f"{planted.kind}: KD {kd} opens {sorted(opened)}, planted {sorted(expected)}")
-    if (planted.b1 > 0).any():
+    if planted.kind != "degenerate" and (planted.b1 > 0).any():
         raise AssertionError(f"{planted.kind}: the control opens a unit")
 
 
@@ -273,7 +306,7 @@ def write_known_answer(kind: str, folder: Path, seed: int = 0) -> PlantedModel:
             "control_pert": demo.CONTROL, "basal_mapping_strategy": "random", "batch_col": "batch"}},
         "model": {"name": "state", "checkpoint": None, "device": "cpu", "kwargs": model_kwargs()},
         "training": {"max_steps": 0, "note": "weights set by hand (analysis.known_answers), not trained"},
-        "known_answer": {"kind": kind, "seed": seed, "expected_call": planted.expected_call},
+        "known_answer": {"kind": kind, "seed": seed, "expected_calls": sorted(planted.expected_calls)},
     }
     if (folder / "run").exists():
         shutil.rmtree(folder / "run")
@@ -365,87 +398,3 @@ def build_known_answer(kind: str, folder, seed: int = 0, **overrides) -> Analysi
 def load_truth(folder) -> pd.DataFrame:
     """(kd, module) of a known-answer folder."""
     return pd.read_parquet(Path(folder) / "truth" / "kd_modules.parquet")
-
-
-# ---------------------------------------------------------------- null calibration
-NULLS = ("independent", "lookup")
-
-
-def null_replicate(rng, null: str = "independent", n_kds: int = 40, n_modules: int = 5, dim: int = 50,
-                   max_clusters: int = 8):
-    """One replicate of a null world: (C_out, C_jac, cluster labels from C_out), all [K, K] / [K].
-
-    Outputs: ΔY_k = centroid of a random module + noise, module sizes unbalanced (proportions ~ Dirichlet(1)), so
-    C_out has clusters of uneven size as a screen's do; labels come from `clustering.cluster_kds` on ΔY, as in
-    the pipeline.
-
-    - "independent": routing independent of outputs, with KD-level hub effects: J_k = a_k·g + e_k, a_k log-normal
-      (some KDs route through a shared direction g much more than others), e_k iid. C_jac pairs share KDs, so they
-      are dependent: the pair-level rank-sum test is anti-conservative here, the permutation tests are exact.
-    - "lookup": Model A's per-KD lookup, J_k = ΔY_k ⊗ u_k with u_k iid random input directions, so
-      C_jac = C_out ⊙ cos(u). Routing is not shared (E[C_jac] = 0 for every pair, uncorrelated with C_out), but
-      C_jac varies more between KDs of one output cluster: exchangeability, which the label permutations assume,
-      fails although the means are equal.
-    """
-    from .clustering import cluster_kds, cosine_similarity
-
-    module = rng.choice(n_modules, size=n_kds, p=rng.dirichlet(np.ones(n_modules)))
-    delta_y = rng.normal(size=(n_modules, dim))[module] + 0.8 * rng.normal(size=(n_kds, dim))
-    c_out = cosine_similarity(delta_y)
-    if null == "independent":
-        hub = rng.lognormal(0.0, 1.0, size=n_kds)
-        shared = rng.normal(size=dim)
-        jac = hub[:, None] * shared / np.linalg.norm(shared) + rng.normal(size=(n_kds, dim)) / np.sqrt(dim)
-        c_jac = cosine_similarity(jac)
-    elif null == "lookup":
-        c_jac = c_out * cosine_similarity(rng.normal(size=(n_kds, HIDDEN - 3)))  # cos(w⊗u, w'⊗u') = cos(w,w')·cos(u,u')
-    else:
-        raise ValueError(f"null must be one of {NULLS}, got {null!r}")
-    labels = cluster_kds(delta_y, max_clusters, 0, 0).labels
-    return c_out, c_jac, labels
-
-
-@dataclass(frozen=True)
-class NullRates:
-    """Rejection rates at `alpha` over `n_replicates` null replicates.
-
-    mantel: Mantel (Pearson) p < α; cluster_permutation: cluster-label permutation p < α; rank_sum: the seed's
-    pair-level Wilcoxon p < α; calls: share of replicates the verdict's core rule would call "positive" / "mixed".
-    """
-
-    null: str
-    n_replicates: int
-    n_permutations: int
-    alpha: float
-    mantel: float
-    cluster_permutation: float
-    rank_sum: float
-    calls: dict
-
-    def summary(self) -> str:
-        return (f"{self.null} null, {self.n_replicates} replicates × {self.n_permutations} permutations, α = {self.alpha}: "
-                f"Mantel {self.mantel:.1%}, cluster-label permutation {self.cluster_permutation:.1%}, "
-                f"pair-level Wilcoxon {self.rank_sum:.1%}; calls positive {self.calls['positive']:.1%}, "
-                f"mixed {self.calls['mixed']:.1%}")
-
-
-def null_rejection_rates(null: str = "independent", n_replicates: int = 1000, n_permutations: int = 299, seed: int = 0,
-                         alpha: float = 0.05, r_threshold: float = 0.3) -> NullRates:
-    """How often each Part 3 test rejects when routing does not track outputs (see `null_replicate`). Seeded."""
-    from . import routing
-
-    rng = np.random.default_rng([seed, NULLS.index(null)])
-    mantel, contrast, rank_sum, calls = [], [], [], []
-    for _ in range(n_replicates):
-        c_out, c_jac, labels = null_replicate(rng, null)
-        test_seed = int(rng.integers(2**31))
-        m = routing.mantel(c_out, c_jac, n_permutations, test_seed)
-        c = routing.cluster_contrast(c_jac, labels, n_permutations, test_seed)
-        mantel.append(m.p_value < alpha)
-        contrast.append(c.permutation.p_value < alpha)
-        rank_sum.append(c.rank_sum_p < alpha)
-        core = (m.statistic > r_threshold and m.p_value < alpha, c.difference > 0 and c.permutation.p_value < alpha)
-        calls.append("positive" if all(core) else "mixed" if any(core) else "negative")
-    calls = np.asarray(calls)
-    return NullRates(null, n_replicates, n_permutations, alpha, float(np.mean(mantel)), float(np.mean(contrast)),
-                     float(np.mean(rank_sum)), {c: float(np.mean(calls == c)) for c in ("positive", "mixed", "negative")})

@@ -22,6 +22,7 @@ from . import cache, clustering, demo, enrichment, jacobians, routing, verdict
 from .config import AnalysisConfig
 from .effects import Effects, compute_effects
 from .load import LoadedRun, load_run
+from .verdict import DecisionRule
 
 PACKAGES = ("torch", "arc-state", "transformers", "numpy", "scipy", "pandas", "scikit-learn", "gseapy", "altair", "anndata")
 
@@ -59,9 +60,12 @@ class Part3:
     c_jac: np.ndarray
     c_rep: np.ndarray
     variance_explained: np.ndarray
-    kd_scores: np.ndarray  # [K, A]
+    kd_scores: np.ndarray  # [K, A] routing SVD (unit-norm Jacobians)
     gene_loadings: np.ndarray  # [A, G]
-    stats: dict
+    output_kd_scores: np.ndarray  # [K, A] SVD of unit-norm ΔY
+    output_gene_loadings: np.ndarray  # [A, G]
+    evidence: routing.RoutingEvidence
+    svd: routing.SvdEvidence
     svd_enrichment: pd.DataFrame
     linearity: pd.DataFrame
     verdict: verdict.Verdict
@@ -154,8 +158,8 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
 def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianShards, jac_key: str,
               jacobian_record: dict) -> Part3:
     key = cache.content_key("part3", cache.code_version("routing", "verdict", "enrichment", "clustering", "pipeline"),
-                            part1.key, jac_key, config.n_permutations, config.n_bootstrap, config.alpha,
-                            config.seed_r_threshold, config.fdr, config.n_axes, config.prerank_permutations,
+                            part1.key, jac_key, config.n_permutations, config.n_bootstrap, config.seed,
+                            DecisionRule.from_config(config), config.fdr, config.n_axes, config.prerank_permutations,
                             [cache.file_digest(p) for p in config.gene_sets])
     stage = cache.StageDir(config.cache_dir, "part3", key)
     if not stage.done:
@@ -166,19 +170,23 @@ def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianSh
         c_out = part1.c_out
         c_rep = clustering.cosine_similarity(effects.pert_repr)
         svd = routing.jacobian_svd(gram, shards, effects.delta_y, config.n_axes)
+        output_scores, output_loadings = routing.output_svd(effects.delta_y, config.n_axes)
         linear = routing.linearity(effects.delta_y, shards.linear_prediction())
-        stats, svd_tables = routing_statistics(config, part1, c_out, c_jac, c_rep, svd)
-        call = verdict.decide(stats, config.alpha, config.seed_r_threshold, config.fdr)
+        evidence = routing.routing_evidence(c_out, c_jac, c_rep, part1.labels, config.n_permutations,
+                                            config.n_bootstrap, config.seed)
+        svd_table, svd_evidence = read_svd(config, part1, svd, output_scores, output_loadings)
+        call = verdict.decide(evidence, DecisionRule.from_config(config), svd_evidence)
         linearity_frame = pd.DataFrame({"kd": effects.kd_names, "cluster": part1.labels, "explained": linear.to_numpy(),
                                         "jacobian_norm": np.sqrt(np.diag(gram))})
-        prior = verdict.prior_work(effects.kd_names, c_out, c_jac, c_rep, part1.labels, stats,
+        prior = verdict.prior_work(effects.kd_names, c_out, c_jac, c_rep, part1.labels, evidence,
                                    float(np.median(linear)))
         cache.write_npz(stage / "matrices.npz", c_out=c_out, c_jac=c_jac, c_rep=c_rep, gram=gram,
                         variance_explained=svd.variance_explained, kd_scores=svd.kd_scores,
-                        gene_loadings=svd.gene_loadings)
-        cache.write_json(stage / "stats.json", stats)
+                        gene_loadings=svd.gene_loadings, output_kd_scores=output_scores,
+                        output_gene_loadings=output_loadings)
+        cache.write_json(stage / "evidence.json", {"routing": evidence.to_dict(), "svd": svd_evidence.to_dict()})
         cache.write_json(stage / "verdict.json", call.to_dict())
-        cache.write_parquet(stage / "svd_enrichment.parquet", svd_tables)
+        cache.write_parquet(stage / "svd_enrichment.parquet", svd_table)
         cache.write_parquet(stage / "linearity.parquet", linearity_frame)
         cache.write_parquet(stage / "prior_work.parquet", prior)
         stage.mark_done(seconds=time.perf_counter() - started)
@@ -186,64 +194,54 @@ def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianSh
                       jacobian_record["autograd_check"])
 
 
-def routing_statistics(config: AnalysisConfig, part1: Part1, c_out, c_jac, c_rep, svd) -> tuple[dict, pd.DataFrame]:
-    """Every Part 3 number the verdict and the report use, as plain JSON-able values."""
-    n_perm, seed = config.n_permutations, config.seed
-    mantel_p = routing.mantel(c_out, c_jac, n_perm, seed, "pearson")
-    mantel_s = routing.mantel(c_out, c_jac, n_perm, seed, "spearman")
-    partial = routing.partial_mantel(c_jac, c_out, c_rep, n_perm, seed)
-    rep_out = routing.mantel(c_out, c_rep, n_perm, seed, "pearson")
-    contrast = routing.cluster_contrast(c_jac, part1.labels, n_perm, seed)
-    ci = routing.kd_bootstrap_ci(c_out, c_jac, config.n_bootstrap, seed)
-    svd_tables = svd_enrichment(config, part1, svd)
-    axis1 = svd_tables[svd_tables["axis"] == 1]
-    best = {kind: axis1[axis1["kind"] == kind].nsmallest(1, "fdr") for kind in ("genes", "KDs")}
-    stats = {
-        "n_kds": int(len(part1.labels)), "n_pairs": int(len(routing.upper(c_out))),
-        "pearson_r": routing.pearson(c_out, c_jac), "spearman_r": routing.spearman(c_out, c_jac),
-        "pearson_ci": list(ci),
-        "mantel_pearson": _test(mantel_p), "mantel_spearman": _test(mantel_s), "partial_mantel": _test(partial),
-        "mantel_out_rep": _test(rep_out),
-        "contrast": {"mean_same": contrast.mean_same, "mean_cross": contrast.mean_cross, "difference": contrast.difference,
-                     "auc": contrast.auc, "rank_sum_p": contrast.rank_sum_p, "n_same": contrast.n_same,
-                     "n_cross": contrast.n_cross, "permutation_p": contrast.permutation.p_value,
-                     "n_permutations": contrast.permutation.n_permutations},
-        "svd_enrichment": {
-            "gene_term": _first(best["genes"], "term"), "gene_fdr": _first(best["genes"], "fdr", 1.0),
-            "kd_term": _first(best["KDs"], "term"), "kd_fdr": _first(best["KDs"], "fdr", 1.0)},
-        "variance_explained_top": [float(v) for v in svd.variance_explained[: config.n_axes]],
-    }
-    return stats, svd_tables
+SVD_AXES_READ = 3  # leading axes read through enrichment (routing and output)
+OUTPUT_OVERLAP = 0.9  # a routing axis whose gene loading projects less than this onto ΔY's axes carries something new
 
 
-def svd_enrichment(config: AnalysisConfig, part1: Part1, svd: routing.JacobianSVD, n_axes: int = 3) -> pd.DataFrame:
-    """Prerank GSEA of each leading axis: gene loadings over output genes, KD scores over KDs (KD gene sets)."""
+def read_svd(config: AnalysisConfig, part1: Part1, svd: routing.JacobianSVD, output_scores: np.ndarray,
+             output_loadings: np.ndarray) -> tuple[pd.DataFrame, routing.SvdEvidence]:
+    """Enrichment of the leading routing and output axes, and what it shows (see `routing.SvdEvidence`)."""
     libraries = enrichment.read_libraries(config.gene_sets)
     effects = part1.effects
-    frames = []
-    for a in range(min(n_axes, svd.kd_scores.shape[1])):
-        genes = enrichment.prerank(f"axis {a + 1} genes", pd.Series(svd.gene_loadings[a], index=list(effects.gene_names)),
-                                   libraries, config.prerank_permutations, config.seed)
-        kds = enrichment.prerank(f"axis {a + 1} KDs", pd.Series(svd.kd_scores[:, a], index=list(effects.kd_names)),
-                                 libraries, config.prerank_permutations, config.seed, min_size=5)
-        frames += [genes.assign(axis=a + 1, kind="genes"), kds.assign(axis=a + 1, kind="KDs")]
-    return pd.concat(frames, ignore_index=True)
+    n_axes = min(SVD_AXES_READ, svd.kd_scores.shape[1], output_scores.shape[1])
+    tables = {source: enrichment.axis_enrichment(source, scores, loadings, effects.kd_names, effects.gene_names,
+                                                 libraries, config.prerank_permutations, config.seed, n_axes)
+              for source, scores, loadings in (("routing", svd.kd_scores, svd.gene_loadings),
+                                               ("output", output_scores, output_loadings))}
+    overlap, principal_cosine = routing.subspace_overlap(svd.gene_loadings[:n_axes], output_loadings[:n_axes])
 
+    def readings(table: pd.DataFrame, overlaps) -> tuple:
+        out = []
+        for a in range(1, n_axes + 1):
+            side = {kind: table[(table["axis"] == a) & (table["kind"] == kind)] for kind in ("genes", "KDs")}
+            label, gene, kd = enrichment.matched_pathway(side["genes"], side["KDs"], libraries, config.fdr)
+            value = (lambda row, col: float(row[col]) if row is not None else float("nan"))
+            out.append(routing.AxisReading(a, label, value(gene, "fdr"), value(gene, "nes"), value(kd, "fdr"),
+                                           value(kd, "nes"), float(overlaps[a - 1])))
+        return tuple(out)
 
-def _test(test: routing.PermutationTest) -> dict:
-    return {"statistic": test.statistic, "p_value": test.p_value, "n_permutations": test.n_permutations}
-
-
-def _first(frame: pd.DataFrame, column: str, default=None):
-    return frame[column].iloc[0] if len(frame) else default
+    axis1 = tables["routing"][tables["routing"]["axis"] == 1]
+    best = {kind: axis1[axis1["kind"] == kind].head(1) for kind in ("genes", "KDs")}  # tables are sorted by FDR
+    first = (lambda frame, col, default: frame[col].iloc[0] if len(frame) else default)
+    evidence = routing.SvdEvidence(
+        fdr=config.fdr, overlap_threshold=OUTPUT_OVERLAP, n_axes=n_axes,
+        seed_gene_term=str(first(best["genes"], "term", "")), seed_gene_fdr=float(first(best["genes"], "fdr", 1.0)),
+        seed_kd_term=str(first(best["KDs"], "term", "")), seed_kd_fdr=float(first(best["KDs"], "fdr", 1.0)),
+        seed_kd_nes=float(first(best["KDs"], "nes", float("nan"))),
+        axes=readings(tables["routing"], overlap), output_axes=readings(tables["output"], np.ones(n_axes)),
+        min_principal_cosine=principal_cosine)
+    return pd.concat(tables.values(), ignore_index=True), evidence
 
 
 def read_part3(stage: cache.StageDir, jac_key: str, seconds: dict, autograd_check: dict) -> Part3:
     with np.load(stage / "matrices.npz") as arrays:
         a = {k: arrays[k] for k in arrays.files}
+    evidence = cache.read_json(stage / "evidence.json")
     return Part3(stage.key, jac_key, a["c_out"], a["c_jac"], a["c_rep"], a["variance_explained"], a["kd_scores"],
-                 a["gene_loadings"], cache.read_json(stage / "stats.json"), pd.read_parquet(stage / "svd_enrichment.parquet"),
-                 pd.read_parquet(stage / "linearity.parquet"), verdict.Verdict.from_dict(cache.read_json(stage / "verdict.json")),
+                 a["gene_loadings"], a["output_kd_scores"], a["output_gene_loadings"],
+                 routing.RoutingEvidence.from_dict(evidence["routing"]), routing.SvdEvidence.from_dict(evidence["svd"]),
+                 pd.read_parquet(stage / "svd_enrichment.parquet"), pd.read_parquet(stage / "linearity.parquet"),
+                 verdict.Verdict.from_dict(cache.read_json(stage / "verdict.json")),
                  pd.read_parquet(stage / "prior_work.parquet"), {**seconds, "part3": stage.meta()["seconds"]},
                  autograd_check)
 
@@ -291,11 +289,15 @@ def summary_lines(results: Results) -> list[str]:
     lines += ["", f"Part 2: {len(p1.labels)} Jacobians of {len(p1.effects.gene_names)} × {p1.effects.pert_repr.shape[1]} in "
               f"{p3.seconds['jacobians']:.0f} s; {check['kd']} against reverse mode: relative error {check['relative_error']:.1e}; "
               f"median share of ΔY explained by J·Δp {p3.linearity['explained'].median():.2f}"]
-    lines += ["", f"Verdict: {p3.verdict.call.upper()} — {p3.verdict.meaning}", ""]
+    lines += ["", f"Verdict: {p3.verdict.call.upper()} — {p3.verdict.meaning}", f"  Why: {p3.verdict.reason}"]
+    if p3.verdict.caveat:
+        lines.append(f"  Caveat: {p3.verdict.caveat}")
+    lines.append("")
     for c in p3.verdict.criteria:
-        p = "" if c.p_value is None else f", p = {c.p_value:.3g}" if c.p_value > 0 else ", p < 1e-300"
-        lines.append(f"  [{'held' if c.held else 'not held'}] ({c.family}) {c.name}: {c.statistic} = {c.value:.3f}{p}; "
-                     f"{c.test}; threshold {c.threshold}")
+        p = "" if c.p_value is None else f", p = {c.p_value:.3g}"
+        basis = f" → {c.supports}" if c.supports else ""
+        lines.append(f"  [{'held' if c.held else 'not held'}] ({c.family}) {c.name}: {c.statistic} = {c.value:.3g}{p}"
+                     f"{basis}; threshold {c.threshold}")
     return lines
 
 

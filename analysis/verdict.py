@@ -1,9 +1,26 @@
-"""Stage 6 — the verdict: each criterion of the seed beside its dependence-aware counterpart, and the call.
+"""Stage 6 — the verdict: one decision rule over typed statistics, with its evidential basis in words.
 
-Call: positive (Model B, internalized circuits) when both dependence-aware core criteria
-hold (Mantel r > threshold with p < α; same-cluster routing higher under cluster-label
-permutation, p < α); negative (Model A, statistical compression) when neither holds;
-mixed otherwise. SVD interpretability and the partial Mantel are reported beside them.
+Two criteria decide, each read three ways:
+
+- *Output similarity predicts routing similarity* (studentized Mantel r of C_out vs C_jac): supports Model B when
+  p < α and r clears the seed's threshold; supports Model A when equivalence is shown — the one-sided 95 % upper
+  bound of r (r + z·jackknife SE) lies below the smallest effect of interest.
+- *Same-cluster KDs share routing* (studentized cluster-label permutation of the same − cross difference of C_jac,
+  in SDs of C_jac): supports Model B when p < α and the standardized difference clears its minimum; Model A when
+  its upper bound lies below the smallest effect of interest.
+
+Call: positive (Model B) when both support B; negative (Model A) when both support A; mixed when one supports B
+and the other A; inconclusive otherwise. Before any of that, *degenerate routing*: when the Jacobians (or the
+responses) of all KDs are nearly parallel (1 − mean off-diagonal C_jac below `min_dissimilarity`), every KD routes
+(or responds) the same way, the spread of C_jac is numerical noise, and the call says so instead of reading it.
+(A small *spread* alone is not degeneracy: KD-specific routing in G·H dimensions gives C_jac ≈ 0 ± 1/√(G·H).)
+
+The SVD, the partial Mantel and the seed's pair-level tests are reported beside the deciding rows, labelled; they
+never change the call (the partial Mantel is not valid under a shared cause; the SVD is descriptive).
+
+The construct's limit: a per-KD lookup whose gate reads the KD's own embedding has J_k = w_k ⊗ p_k/‖p_k‖², so
+C_jac = C_out ⊙ C_rep, and local Jacobians cannot tell it from shared routing when C_rep clusters like C_out.
+Every positive call carries that caveat, with r(C_jac, C_out ⊙ C_rep) beside it.
 """
 
 from __future__ import annotations
@@ -14,78 +31,192 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from .routing import RoutingEvidence, SvdEvidence
+
 CALLS = {
-    "positive": "Model B (internalized circuits): the transformer uses the encoder geometry",
-    "negative": "Model A (statistical compression): the encoder geometry is decorative",
-    "mixed": "mixed: some routing criteria hold, others do not",
+    "positive": "Model B (internalized circuits) — the transformer uses the encoder geometry",
+    "negative": "Model A (statistical compression) — the encoder geometry is decorative",
+    "mixed": "mixed — one deciding criterion supports Model B, the other Model A",
+    "inconclusive": "inconclusive — the data neither show shared routing nor rule it out",
+    "degenerate": "degenerate routing — every KD is routed (or responds) the same way; neither model can be read",
 }
+CAVEAT = ("A per-KD lookup whose gate reads each KD's own embedding gives C_jac = C_out ⊙ C_rep and the same "
+          "positive call: local Jacobians cannot distinguish it from shared routing.")
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """The thresholds of the call (config [statistics]); effect sizes in the units the criteria state.
+
+    min_r: r must exceed it for Model B (the seed's 0.3); equivalence_r: smallest effect of interest for r (upper
+    bound below it supports Model A); min_contrast / equivalence_contrast: the same for the same − cross difference
+    of C_jac in SDs of C_jac; min_dissimilarity: SD of off-diagonal C_jac or C_out below which routing is degenerate.
+    """
+
+    alpha: float = 0.05
+    min_r: float = 0.3
+    equivalence_r: float = 0.1
+    min_contrast: float = 0.5
+    equivalence_contrast: float = 0.5
+    min_dissimilarity: float = 0.01
+
+    @classmethod
+    def from_config(cls, config) -> "DecisionRule":
+        return cls(config.alpha, config.seed_r_threshold, config.equivalence_r, config.min_contrast,
+                   config.equivalence_contrast, config.min_dissimilarity)
 
 
 @dataclass(frozen=True)
 class Criterion:
+    """One row of the verdict table. supports: "Model B", "Model A" or "neither" for deciding rows, "" otherwise."""
+
     name: str
-    family: str  # "seed" or "dependence-aware"
+    family: str  # "decides", "seed (reported)", "SVD (reported)", "reported"
     statistic: str
     value: float
     test: str
     threshold: str
     p_value: float | None
     held: bool
+    supports: str = ""
     note: str = ""
 
 
 @dataclass(frozen=True)
 class Verdict:
-    call: str  # "positive" | "negative" | "mixed"
+    call: str  # a key of CALLS
+    reason: str
     criteria: tuple
+    caveat: str = ""
 
     @property
     def meaning(self) -> str:
         return CALLS[self.call]
 
+    @property
+    def deciding(self) -> tuple:
+        return tuple(c for c in self.criteria if c.family == "decides")
+
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(c) for c in self.criteria])
 
     def to_dict(self) -> dict:
-        return {"call": self.call, "meaning": self.meaning, "criteria": [asdict(c) for c in self.criteria]}
+        return {"call": self.call, "meaning": self.meaning, "reason": self.reason, "caveat": self.caveat,
+                "criteria": [asdict(c) for c in self.criteria]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Verdict":
-        return cls(data["call"], tuple(Criterion(**c) for c in data["criteria"]))
+        return cls(data["call"], data["reason"], tuple(Criterion(**c) for c in data["criteria"]), data["caveat"])
 
 
-def decide(stats: dict, alpha: float, r_threshold: float, fdr: float) -> Verdict:
-    """Build the criteria table from the routing statistics (see `pipeline.part3`) and make the call."""
-    contrast, mantel_p, mantel_s = stats["contrast"], stats["mantel_pearson"], stats["mantel_spearman"]
-    partial, svd = stats["partial_mantel"], stats["svd_enrichment"]
-    ci = stats["pearson_ci"]
-    diff = contrast["difference"]
-    svd_held = bool(svd["gene_fdr"] < fdr and svd["kd_fdr"] < fdr)
-    svd_value = float(max(svd["gene_fdr"], svd["kd_fdr"]))
-    svd_note = f"axis 1 genes: {svd['gene_term']}; KDs: {svd['kd_term']}"
-    criteria = (
-        Criterion("Same-cluster KDs share routing", "seed", "mean C_jac same − cross", diff,
-                  "Wilcoxon rank-sum on pairs (anti-conservative: pairs share KDs)", f"p < {alpha}, same > cross",
-                  contrast["rank_sum_p"], bool(contrast["rank_sum_p"] < alpha and diff > 0), f"AUC {contrast['auc']:.3f}"),
-        Criterion("Same-cluster KDs share routing", "dependence-aware", "mean C_jac same − cross", diff,
-                  f"cluster-label permutation ({contrast['n_permutations']} permutations)", f"p < {alpha}, same > cross",
-                  contrast["permutation_p"], bool(contrast["permutation_p"] < alpha and diff > 0), f"AUC {contrast['auc']:.3f}"),
-        Criterion("Output similarity predicts routing similarity", "seed", "Pearson r(C_out, C_jac)", stats["pearson_r"],
-                  "none (pair-level)", f"r > {r_threshold}", None, bool(stats["pearson_r"] > r_threshold)),
-        Criterion("Output similarity predicts routing similarity", "dependence-aware", "Pearson r(C_out, C_jac)",
-                  stats["pearson_r"], f"Mantel permutation ({mantel_p['n_permutations']}), KD bootstrap CI",
-                  f"r > {r_threshold}, p < {alpha}", mantel_p["p_value"],
-                  bool(stats["pearson_r"] > r_threshold and mantel_p["p_value"] < alpha),
-                  f"95% CI [{ci[0]:.3f}, {ci[1]:.3f}]; Spearman {mantel_s['statistic']:.3f} (p {mantel_s['p_value']:.2g})"),
-        Criterion("SVD axes are biologically interpretable", "seed", "max FDR of axis-1 gene and KD enrichment", svd_value,
-                  "prerank GSEA of gene loadings and of KD scores (BH-FDR)", f"both FDR < {fdr}", None, svd_held, svd_note),
-        Criterion("Routing adds to the encoder geometry", "dependence-aware", "partial Mantel r(C_jac, C_out | C_rep)",
-                  partial["statistic"], f"partial Mantel permutation ({partial['n_permutations']})", f"p < {alpha}",
-                  partial["p_value"], bool(partial["p_value"] < alpha and partial["statistic"] > 0)),
-    )
-    core = [c.held for c in criteria if c.family == "dependence-aware"][:2]
-    call = "positive" if all(core) else "negative" if not any(core) else "mixed"
-    return Verdict(call, criteria)
+def _support(significant: bool, large_enough: bool, equivalent: bool) -> str:
+    if significant and large_enough:
+        return "Model B"
+    return "Model A" if equivalent else "neither"
+
+
+def _p(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def deciding_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple[Criterion, Criterion]:
+    """The two rows the call rests on, each with the model it supports."""
+    m, c = evidence.mantel_pearson, evidence.contrast
+    a = rule.alpha
+    m_support = _support(m.p_value < a, m.statistic > rule.min_r, m.upper_bound < rule.equivalence_r)
+    c_support = _support(c.test.p_value < a, c.test.statistic >= rule.min_contrast,
+                         c.test.upper_bound < rule.equivalence_contrast)
+    mantel_row = Criterion(
+        "Output similarity predicts routing similarity", "decides", "Pearson r(C_out, C_jac)", m.statistic,
+        f"studentized Mantel ({m.n_permutations} KD-label permutations); one-sided 95 % jackknife bound",
+        f"B: r > {rule.min_r}, p < {a}; A: bound < {rule.equivalence_r}", _p(m.p_value), m_support == "Model B",
+        m_support, f"r upper bound {m.upper_bound:.3f}; 95 % KD-bootstrap CI [{evidence.pearson_ci[0]:.3f}, "
+                   f"{evidence.pearson_ci[1]:.3f}]; Spearman {evidence.mantel_spearman.statistic:.3f}")
+    contrast_row = Criterion(
+        "Same-cluster KDs share routing", "decides", "(mean C_jac same − cross) / SD(C_jac)", c.test.statistic,
+        f"studentized cluster-label permutation ({c.test.n_permutations}); one-sided 95 % jackknife bound",
+        f"B: ≥ {rule.min_contrast} SD, p < {a}; A: bound < {rule.equivalence_contrast} SD", _p(c.test.p_value),
+        c_support == "Model B", c_support,
+        f"same {c.mean_same:.3f} vs cross {c.mean_cross:.3f} (difference {c.difference:.3g}, SD {c.spread:.3g}); "
+        f"bound {c.test.upper_bound:.2f} SD")
+    return mantel_row, contrast_row
+
+
+def reported_criteria(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None) -> tuple:
+    """Rows shown beside the deciding ones: the seed's pair-level versions, the partial Mantel, the SVD."""
+    a, c, m = rule.alpha, evidence.contrast, evidence.mantel_pearson
+    rows = [
+        Criterion("Same-cluster KDs share routing", "seed (reported)", "mean C_jac same − cross", c.difference,
+                  "Wilcoxon rank-sum on pairs (anti-conservative: pairs share KDs)", f"p < {a}, same > cross",
+                  _p(c.rank_sum_p), bool(c.rank_sum_p < a and c.difference > 0), note=f"AUC {c.auc:.3f}"),
+        Criterion("Output similarity predicts routing similarity", "seed (reported)", "Pearson r(C_out, C_jac)",
+                  m.statistic, "none (pair-level)", f"r > {rule.min_r}", None, bool(m.statistic > rule.min_r)),
+    ]
+    if evidence.partial_mantel is not None:
+        pm = evidence.partial_mantel
+        rows.append(Criterion("Routing adds to the encoder geometry", "reported", "partial Mantel r(C_jac, C_out | C_rep)",
+                              pm.statistic, f"studentized partial Mantel ({pm.n_permutations}); not valid under a "
+                              "shared cause, never decides", f"p < {a}", _p(pm.p_value),
+                              bool(pm.p_value < a and pm.statistic > 0)))
+    if svd is not None:
+        rows += [
+            Criterion("SVD axes are biologically interpretable (seed's literal test)", "SVD (reported)",
+                      "max FDR of axis-1 gene and KD enrichment", max(svd.seed_gene_fdr, svd.seed_kd_fdr),
+                      "prerank GSEA of gene loadings and of KD scores (BH-FDR), any terms",
+                      f"both FDR < {svd.fdr}", None, svd.seed_held,
+                      note=f"genes: {svd.seed_gene_term}; KDs: {svd.seed_kd_term} (NES {svd.seed_kd_nes:+.2f})"),
+            Criterion("SVD axes show the same biology on both sides", "SVD (reported)",
+                      f"interpretable axes among the first {svd.n_axes}", float(svd.n_interpretable),
+                      "one pathway enriched in the gene loadings and, at the high-score end, in the KD scores "
+                      "(unit-norm Jacobians)", f"≥ 1 axis, FDR < {svd.fdr}", None, svd.n_interpretable > 0,
+                      note=svd.describe_axes()),
+            Criterion("Routing axes carry what output axes do not", "SVD (reported)",
+                      "largest principal angle to ΔY's axes (cos)", svd.min_principal_cosine,
+                      "gene loadings of the routing SVD vs the SVD of unit-norm ΔY", "an interpretable axis with "
+                      f"overlap < {svd.overlap_threshold}", None, svd.n_beyond_output > 0,
+                      note=f"{svd.n_beyond_output} interpretable routing axes outside ΔY's axes; ΔY's own SVD has "
+                           f"{svd.n_output_interpretable} interpretable axes"),
+        ]
+    return tuple(rows)
+
+
+def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None = None) -> Verdict:
+    """The call and its evidential basis, from the statistics alone (the pipeline, the known answers and the
+    calibration all call this one function)."""
+    mantel_row, contrast_row = deciding_criteria(evidence, rule)
+    criteria = (mantel_row, contrast_row) + reported_criteria(evidence, rule, svd)
+    s = evidence.spread
+    if 1 - s.jac_mean < rule.min_dissimilarity or 1 - s.out_mean < rule.min_dissimilarity:
+        which, mean, sd = ("C_jac", s.jac_mean, s.jac_sd) if 1 - s.jac_mean < rule.min_dissimilarity else \
+            ("C_out", s.out_mean, s.out_sd)
+        reason = (f"{which} is nearly 1 for every pair of KDs (mean {mean:.5f}, SD {sd:.2g}; 1 − mean below the floor "
+                  f"{rule.min_dissimilarity}): every KD is {'routed' if which == 'C_jac' else 'answered'} the same way, "
+                  "so correlations and contrasts computed on it describe noise and neither model is read.")
+        return Verdict("degenerate", reason, criteria)
+    supports = (mantel_row.supports, contrast_row.supports)
+    if supports == ("Model B", "Model B"):
+        call = "positive"
+    elif supports == ("Model A", "Model A"):
+        call = "negative"
+    elif set(supports) == {"Model A", "Model B"}:
+        call = "mixed"
+    else:
+        call = "inconclusive"
+    reason = "; ".join(_explain(row, rule) for row in (mantel_row, contrast_row)) + "."
+    caveat = ""
+    if call == "positive":
+        caveat = CAVEAT + (f" Here r(C_jac, C_out ⊙ C_rep) = {evidence.keyed_lookup_r:.2f}."
+                           if evidence.keyed_lookup_r is not None else "")
+    return Verdict(call, reason, criteria, caveat)
+
+
+def _explain(row: Criterion, rule: DecisionRule) -> str:
+    p = "p undefined" if row.p_value is None else f"p = {row.p_value:.2g}"
+    if row.supports == "Model B":
+        return f"{row.name.lower()} (value {row.value:.2f} above its minimum, {p})"
+    if row.supports == "Model A":
+        return f"{row.name.lower()} is ruled out beyond the smallest effect of interest ({row.note.split(';')[0]})"
+    return f"{row.name.lower()}: neither shown nor ruled out (value {row.value:.2f}, {p})"
 
 
 # ---------------------------------------------------------------- prior-work table
@@ -123,7 +254,7 @@ def _group_mean(similarity: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 
 def prior_work(kd_names, c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray, labels: np.ndarray,
-               stats: dict, linearity_median: float) -> pd.DataFrame:
+               evidence: RoutingEvidence, linearity_median: float) -> pd.DataFrame:
     """The seed's 'Connection to prior work' rows with what this run found."""
     kd_names = list(kd_names)
     index = {k: i for i, k in enumerate(kd_names)}
@@ -164,7 +295,7 @@ def prior_work(kd_names, c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray
          "Do MYC and ribosomal KDs share routing directions?", myc),
         ("NB04", "in-silico KO mean cross-cell-line r = 0.057",
          "Input routing is not backbone-level; does pert routing compensate?",
-         f"Mantel r(C_out, C_jac) = {stats['pearson_r']:.2f} (p {stats['mantel_pearson']['p_value']:.2g}); "
+         f"Mantel r(C_out, C_jac) = {evidence.mantel_pearson.statistic:.2f} (p {evidence.mantel_pearson.p_value:.2g}); "
          f"median share of ΔY explained by J·Δp = {linearity_median:.2f}"),
     ]
     return pd.DataFrame(rows, columns=["prior", "finding", "question", "this_run"])

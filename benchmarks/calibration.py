@@ -1,17 +1,14 @@
-"""Null calibration of the Part 3 routing tests.
+"""Calibration of the verdict: error rates of every test that feeds the call, and of the call itself.
 
-    python benchmarks/calibration.py [--replicates 1000] [--permutations 299] [--seed 0] [--known-answer-seeds N]
+    python benchmarks/calibration.py [--replicates 1000] [--permutations 299] [--known-answer-seeds 50] [--seed 0]
 
-Prints how often, at α = 0.05, each test rejects when routing does not track outputs
-(`analysis.known_answers.null_replicate`):
-
-- "independent" null: C_jac from KD vectors independent of C_out, with KD-level hub effects and unbalanced
-  output clusters. The Mantel and cluster-label permutation tests should reject ≈ 5 %; the seed's pair-level
-  Wilcoxon does not (pairs share KDs).
-- "lookup" null: Model A's per-KD lookup, C_jac = C_out ⊙ cos(u): equal means, unequal spread, the case the
-  studentized cluster-label permutation statistic is there for.
-- --known-answer-seeds N: the verdict rule on the planted "negative" and "random" known-answer models
-  (analytic C_out, C_jac of `known_answers.planted_model`) over N geometry seeds.
+For each world of `analysis.calibration` (null worlds, where routing does not follow outputs, and planted partial
+sharing), prints each test's rejection rate at α = 0.05 with its binomial SE and the share of each call made by
+`analysis.verdict.decide` under the default `DecisionRule` — the same function the pipeline calls. Then the planted
+known-answer models over geometry seeds. Target: studentized tests feeding the call within 3–7 % under every null
+world; "positive" below 5 % under every null world; "negative" below 5 % under planted sharing with r above the
+smallest effect of interest. The shared-cause world is a null for the partial Mantel only (there C_jac does track
+C_out, through the embedding), and the partial Mantel never decides.
 """
 
 from __future__ import annotations
@@ -20,48 +17,27 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
-from analysis import clustering, known_answers, routing
-
-
-def known_answer_sweep(kind: str, n_seeds: int, n_permutations: int, alpha: float = 0.05) -> str:
-    contrast, mantel, rank_sum, calls = [], [], [], []
-    for seed in range(n_seeds):
-        planted = known_answers.planted_model(kind, seed)
-        delta_y = planted.delta_y()
-        c_out = clustering.cosine_similarity(delta_y)
-        c_jac = clustering.cosine_similarity(planted.jacobians().reshape(len(delta_y), -1))
-        labels = clustering.cluster_kds(delta_y, known_answers.STATISTICS["max_clusters"], 0, 0).labels
-        m = routing.mantel(c_out, c_jac, n_permutations, 0)
-        c = routing.cluster_contrast(c_jac, labels, n_permutations, 0)
-        contrast.append(c.permutation.p_value < alpha)
-        mantel.append(m.p_value < alpha)
-        rank_sum.append(c.rank_sum_p < alpha)
-        core = (m.statistic > 0.3 and m.p_value < alpha, c.difference > 0 and c.permutation.p_value < alpha)
-        calls.append("positive" if all(core) else "mixed" if any(core) else "negative")
-    calls = np.asarray(calls)
-    return (f"known-answer '{kind}', {n_seeds} geometry seeds × {n_permutations} permutations: Mantel {np.mean(mantel):.1%}, "
-            f"cluster-label permutation {np.mean(contrast):.1%}, pair-level Wilcoxon {np.mean(rank_sum):.1%}; "
-            f"calls positive {np.mean(calls == 'positive'):.1%}, mixed {np.mean(calls == 'mixed'):.1%}")
+from analysis import calibration, known_answers
+from analysis.verdict import DecisionRule
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicates", type=int, default=1000)
     parser.add_argument("--permutations", type=int, default=299)
+    parser.add_argument("--known-answer-seeds", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--known-answer-seeds", type=int, default=0)
     args = parser.parse_args(argv)
-
-    for null in known_answers.NULLS:
+    rule = DecisionRule()
+    print(f"decision rule: {rule}")
+    for world in calibration.NULL_WORLDS + tuple(calibration.ALTERNATIVES):
         started = time.perf_counter()
-        rates = known_answers.null_rejection_rates(null, args.replicates, args.permutations, args.seed)
+        rates = calibration.rates(world, args.replicates, args.permutations, rule, args.seed)
         print(f"{rates.summary()}  [{time.perf_counter() - started:.0f} s]", flush=True)
-    for kind in ("negative", "random") if args.known_answer_seeds else ():
+    for kind in known_answers.KINDS if args.known_answer_seeds else ():
         started = time.perf_counter()
-        print(known_answer_sweep(kind, args.known_answer_seeds, args.permutations)
-              + f"  [{time.perf_counter() - started:.0f} s]", flush=True)
+        rates = calibration.known_answer_calls(kind, args.known_answer_seeds, args.permutations, rule)
+        print(f"{rates.summary()}  [{time.perf_counter() - started:.0f} s]", flush=True)
     return 0
 
 
