@@ -80,6 +80,8 @@ class Criterion:
     held: bool
     supports: str = ""
     note: str = ""
+    bound: float | None = None  # one-sided 95 % upper bound of `value` (deciding rows)
+    margin: float | None = None  # the smallest effect of interest that bound is compared with
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,11 @@ def _support(significant: bool, large_enough: bool, equivalent: bool) -> str:
     return "Model A" if equivalent else "neither"
 
 
-def _p(value: float) -> float | None:
+def _finite(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
+
+
+_p = _finite
 
 
 def deciding_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple[Criterion, Criterion]:
@@ -130,15 +135,15 @@ def deciding_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple[Cr
         "Output similarity predicts routing similarity", "decides", "Pearson r(C_out, C_jac)", m.statistic,
         f"studentized Mantel ({m.n_permutations} KD-label permutations); one-sided 95 % jackknife bound",
         f"B: r > {rule.min_r}, p < {a}; A: bound < {rule.equivalence_r}", _p(m.p_value), m_support == "Model B",
-        m_support, f"r upper bound {m.upper_bound:.3f}; 95 % KD-bootstrap CI [{evidence.pearson_ci[0]:.3f}, "
-                   f"{evidence.pearson_ci[1]:.3f}]; Spearman {evidence.mantel_spearman.statistic:.3f}")
+        m_support, f"95 % KD-bootstrap CI [{evidence.pearson_ci[0]:.3f}, {evidence.pearson_ci[1]:.3f}]; "
+                   f"Spearman {evidence.mantel_spearman.statistic:.3f}", _finite(m.upper_bound), rule.equivalence_r)
     contrast_row = Criterion(
         "Same-cluster KDs share routing", "decides", "(mean C_jac same − cross) / SD(C_jac)", c.test.statistic,
         f"studentized cluster-label permutation ({c.test.n_permutations}); one-sided 95 % jackknife bound",
         f"B: ≥ {rule.min_contrast} SD, p < {a}; A: bound < {rule.equivalence_contrast} SD", _p(c.test.p_value),
         c_support == "Model B", c_support,
-        f"same {c.mean_same:.3f} vs cross {c.mean_cross:.3f} (difference {c.difference:.3g}, SD {c.spread:.3g}); "
-        f"bound {c.test.upper_bound:.2f} SD")
+        f"same {c.mean_same:.3f} vs cross {c.mean_cross:.3f} (difference {c.difference:.3g}, SD {c.spread:.3g})",
+        _finite(c.test.upper_bound), rule.equivalence_contrast)
     return mantel_row, contrast_row
 
 
@@ -202,7 +207,7 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
         call = "mixed"
     else:
         call = "inconclusive"
-    reason = "; ".join(_explain(row, rule) for row in (mantel_row, contrast_row)) + "."
+    reason = "; ".join(_explain(row) for row in (mantel_row, contrast_row)) + "."
     caveat = ""
     if call == "positive":
         caveat = CAVEAT + (f" Here r(C_jac, C_out ⊙ C_rep) = {evidence.keyed_lookup_r:.2f}."
@@ -210,13 +215,15 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
     return Verdict(call, reason, criteria, caveat)
 
 
-def _explain(row: Criterion, rule: DecisionRule) -> str:
+def _explain(row: Criterion) -> str:
     p = "p undefined" if row.p_value is None else f"p = {row.p_value:.2g}"
+    name = row.name[0].lower() + row.name[1:]
     if row.supports == "Model B":
-        return f"{row.name.lower()} (value {row.value:.2f} above its minimum, {p})"
+        return f"{name}: shown ({row.statistic} = {row.value:.2f}, above its minimum; {p})"
     if row.supports == "Model A":
-        return f"{row.name.lower()} is ruled out beyond the smallest effect of interest ({row.note.split(';')[0]})"
-    return f"{row.name.lower()}: neither shown nor ruled out (value {row.value:.2f}, {p})"
+        return (f"{name}: ruled out (one-sided 95 % upper bound {row.bound:.3g} below the smallest effect of interest "
+                f"{row.margin})")
+    return f"{name}: neither shown nor ruled out ({row.statistic} = {row.value:.2f}; {p})"
 
 
 # ---------------------------------------------------------------- prior-work table

@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
+from pathlib import Path
 
-from analysis import calibration, known_answers
+from analysis import cache, calibration, known_answers
 from analysis.verdict import DecisionRule
 
 
@@ -27,17 +29,23 @@ def main(argv=None) -> int:
     parser.add_argument("--permutations", type=int, default=299)
     parser.add_argument("--known-answer-seeds", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration.json",
+                        help="where the table the report shows is written (JSON)")
     args = parser.parse_args(argv)
     rule = DecisionRule()
     print(f"decision rule: {rule}")
-    for world in calibration.NULL_WORLDS + tuple(calibration.ALTERNATIVES):
+    table = []
+    runs = [(w, lambda w=w: calibration.rates(w, args.replicates, args.permutations, rule, args.seed))
+            for w in calibration.NULL_WORLDS + tuple(calibration.ALTERNATIVES)]
+    runs += [(k, lambda k=k: calibration.known_answer_calls(k, args.known_answer_seeds, args.permutations, rule))
+             for k in (known_answers.KINDS if args.known_answer_seeds else ())]
+    for _, run in runs:
         started = time.perf_counter()
-        rates = calibration.rates(world, args.replicates, args.permutations, rule, args.seed)
+        rates = run()
         print(f"{rates.summary()}  [{time.perf_counter() - started:.0f} s]", flush=True)
-    for kind in known_answers.KINDS if args.known_answer_seeds else ():
-        started = time.perf_counter()
-        rates = calibration.known_answer_calls(kind, args.known_answer_seeds, args.permutations, rule)
-        print(f"{rates.summary()}  [{time.perf_counter() - started:.0f} s]", flush=True)
+        table.append(asdict(rates))
+    cache.write_json(args.out, {"rule": asdict(rule), "rates": table})
+    print(f"written: {args.out}")
     return 0
 
 

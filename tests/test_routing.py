@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from analysis import cache, clustering, jacobians, routing
+from analysis import cache, clustering, jacobians, routing, verdict
 
 
 def write_shards(folder, stacked, shard_kds):
@@ -36,7 +36,7 @@ def test_lanczos_path_matches_numpy(tmp_path):
     stacked = (rng.normal(size=(60, 1)) * rng.normal(size=(1, 40)) + 0.3 * rng.normal(size=(60, 40))).reshape(60, 8, 5)
     shards = write_shards(tmp_path, stacked, shard_kds=16)
     flat = stacked.reshape(60, -1).astype(np.float32).astype(np.float64)
-    u, s, _ = np.linalg.svd(flat, full_matrices=False)
+    u, s, _ = np.linalg.svd(flat / np.linalg.norm(flat, axis=1, keepdims=True), full_matrices=False)
     svd = routing.jacobian_svd(flat @ flat.T, shards, np.ones((60, 8)), n_axes=3)
     assert np.allclose(svd.singular_values, s[:3]) and np.allclose(np.abs(svd.kd_scores), np.abs(u[:, :3] * s[:3]), atol=1e-6)
 
@@ -44,7 +44,8 @@ def test_lanczos_path_matches_numpy(tmp_path):
 def test_svd_through_the_gram_matches_numpy(planted):
     stacked, shards = planted
     flat = stacked.reshape(len(stacked), -1).astype(np.float64)
-    u, s, vt = np.linalg.svd(flat, full_matrices=False)
+    # The SVD is of unit-norm Jacobians (so large-norm KDs do not define the axes by size alone).
+    u, s, vt = np.linalg.svd(flat / np.linalg.norm(flat, axis=1, keepdims=True), full_matrices=False)
     svd = routing.jacobian_svd(flat @ flat.T, shards, np.ones((23, 12)), n_axes=3)
     assert np.allclose(svd.singular_values[:3], s[:3])
     assert np.allclose(np.abs(svd.kd_scores), np.abs(u[:, :3] * s[:3]), atol=1e-8)
@@ -55,12 +56,56 @@ def test_svd_through_the_gram_matches_numpy(planted):
     assert np.allclose(rebuilt, (u[:, :3] * s[:3]) @ vt[:3], atol=1e-8)
 
 
+def test_one_large_jacobian_does_not_define_the_first_axis(tmp_path):
+    """A KD with a 100× Jacobian norm dominates an uncentred raw SVD; on unit-norm rows the shared direction wins."""
+    rng = np.random.default_rng(9)
+    shared = rng.normal(size=40)
+    stacked = shared + 0.3 * rng.normal(size=(30, 40))
+    stacked[0] = 100 * rng.normal(size=40)
+    flat = stacked.astype(np.float32).astype(np.float64)
+    svd = routing.jacobian_svd(flat @ flat.T, write_shards(tmp_path, stacked.reshape(30, 8, 5), 8), np.ones((30, 8)), 2)
+    assert abs(svd.kd_scores[0, 0]) < np.median(np.abs(svd.kd_scores[1:, 0]))
+
+
+def test_subspace_overlap_against_principal_angles():
+    rng = np.random.default_rng(10)
+    reference = rng.normal(size=(3, 50))
+    inside = rng.normal(size=(2, 3)) @ reference
+    outside = rng.normal(size=(1, 50))
+    overlap, cosine = routing.subspace_overlap(np.vstack([inside, outside]), reference)
+    assert np.allclose(overlap[:2], 1.0) and overlap[2] < 0.6
+    q, _ = np.linalg.qr(reference.T)
+    unit = outside[0] / np.linalg.norm(outside[0])
+    assert np.isclose(overlap[2], np.linalg.norm(q.T @ unit))
+    assert cosine == pytest.approx(np.linalg.svd(np.linalg.qr(np.vstack([inside, outside]).T)[0].T @ q)[1].min())
+
+
 def similarity_pair(rng, n=40, shared=0.6):
     """Two similarity matrices whose KD vectors share a planted component of weight `shared`."""
     base = rng.normal(size=(n, 30))
     a = clustering.cosine_similarity(base + 0.5 * rng.normal(size=(n, 30)))
     b = clustering.cosine_similarity(shared * base + rng.normal(size=(n, 30)))
     return a, b
+
+
+def naive_jackknife_r(a, b):
+    """Pearson r of the upper triangles and its delete-one-KD jackknife SE, by explicit loops."""
+    n = len(a)
+    r = lambda x, y: pearsonr(routing.upper(x), routing.upper(y))[0]  # noqa: E731
+    loo = np.array([r(a[np.ix_(keep, keep)], b[np.ix_(keep, keep)]) for keep in (np.arange(n) != k for k in range(n))])
+    return r(a, b), np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum())
+
+
+def test_studentized_mantel_matches_loops_over_the_same_permutations():
+    rng = np.random.default_rng(8)
+    a, b = similarity_pair(rng, n=18, shared=0.15)
+    test = routing.mantel(a, b, 60, seed=3)
+    r, se = naive_jackknife_r(a, b)
+    assert np.isclose(test.statistic, r) and np.isclose(test.standard_error, se)
+    perms = np.argsort(np.random.default_rng(3).random((60, 18)), axis=1)
+    null = np.array([np.divide(*naive_jackknife_r(a, b[np.ix_(p, p)])) for p in perms])
+    assert test.p_value == pytest.approx((1 + np.sum(null >= r / se - 1e-9)) / 61)
+    assert np.isclose(test.upper_bound, r + 1.6448536269514722 * se)
 
 
 def test_mantel_statistic_is_pearson_and_detects_planted_correlation():
@@ -128,16 +173,42 @@ def test_cluster_contrast_matches_direct_loops_and_finds_planted_routing():
     sim = clustering.cosine_similarity(centres[labels - 1] + 1.5 * rng.normal(size=(24, 20)))
     result = routing.cluster_contrast(sim, labels, 499, 0)
     difference, t = naive_studentized(sim, labels)
-    assert np.isclose(result.difference, difference) and np.isclose(result.permutation.statistic, t)
-    assert result.permutation.p_value < 0.01 and result.auc > 0.6
+    assert np.isclose(result.difference, difference)
+    assert np.isclose(result.difference / (result.test.standard_error * result.spread), t)
+    assert np.isclose(result.test.statistic, difference / routing.upper(sim[np.ix_(labels > 0, labels > 0)]).std())
+    assert result.test.p_value < 0.01 and result.auc > 0.6
 
-    # Without planted routing, the permutation p equals the one from studentized statistics computed by loops.
+    # Without planted routing, the permutation p equals the one from studentized statistics computed by loops over
+    # the same seeded permutations (argsort of uniforms, the documented scheme).
     flat = clustering.cosine_similarity(rng.normal(size=(24, 20)))
-    perm_rng = np.random.default_rng(0)
-    null = [naive_studentized(flat, perm_rng.permutation(labels))[1] for _ in range(40)]
+    perms = np.argsort(np.random.default_rng(0).random((40, 24)), axis=1)
+    null = [naive_studentized(flat, labels[p])[1] for p in perms]
     observed = naive_studentized(flat, labels)[1]
     vectorised = routing.cluster_contrast(flat, labels, 40, 0)
-    assert vectorised.permutation.p_value == pytest.approx((1 + np.sum(np.array(null) >= observed - 1e-12)) / 41)
+    assert vectorised.test.p_value == pytest.approx((1 + np.sum(np.array(null) >= observed - 1e-9)) / 41)
+
+
+def test_contrast_without_same_cluster_pairs_is_undefined_not_significant():
+    """Every KD its own cluster: no same-cluster pair, so no statistic and no p-value (was p = 1/(N+1))."""
+    sim = clustering.cosine_similarity(np.random.default_rng(7).normal(size=(10, 6)))
+    result = routing.cluster_contrast(sim, np.arange(1, 11), 99, 0)
+    assert result.n_same == 0 and np.isnan(result.test.p_value) and np.isnan(result.test.statistic)
+    evidence = routing.core_evidence(sim, sim, np.arange(1, 11), 99, 0, 0)
+    row = verdict.deciding_criteria(evidence, verdict.DecisionRule())[1]
+    assert row.p_value is None and not row.held and row.supports == "neither"
+
+
+def test_ties_in_discrete_matrices_count_as_extreme():
+    """Six KDs in two blocks: 72 of 720 permutations map the block matrix onto itself, so those permuted statistics
+    equal the observed one up to summation order; all of them must count (the float32 null undercounted them)."""
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    a = (labels[:, None] == labels[None]).astype(float)
+    b = a + 0.5 * (np.arange(6)[:, None] % 2 == np.arange(6)[None] % 2)
+    test = routing.mantel(a, b, 2000, 0)
+    perms = np.argsort(np.random.default_rng(0).random((2000, 6)), axis=1)
+    preserving = sum(np.array_equal(b, b[np.ix_(p, p)]) for p in perms)
+    assert preserving > 0 and test.p_value >= (1 + preserving) / 2001
+    assert routing._p_greater(0.3, np.array([0.3 - 1e-13, 0.1])) == pytest.approx(2 / 3)
 
 
 def test_weak_effect_group_is_left_out_of_the_contrast():
