@@ -210,13 +210,21 @@ def demo_version(seed: int) -> str:
     return cache.content_key(Path(__file__).read_bytes().decode(), seed)
 
 
-def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
-    """Build the demo when the config asks for it and it is missing or was built by another demo definition."""
+def needs_build(config: AnalysisConfig) -> bool:
+    """Whether the config asks for the demo and it is missing or was built by another demo definition."""
     if not config.demo:
-        return
+        return False
     marker = config.run_dir / "demo_build.json"
-    current = marker.is_file() and cache.read_json(marker).get("demo_version") == demo_version(config.demo_seed)
-    if not (current and (config.run_dir / "checkpoints" / config.checkpoint).is_file() and config.h5ad.is_file()):
+    try:
+        current = marker.is_file() and cache.read_json(marker).get("demo_version") == demo_version(config.demo_seed)
+    except (OSError, ValueError):  # an unreadable marker: rebuild
+        current = False
+    return not (current and (config.run_dir / "checkpoints" / config.checkpoint).is_file() and config.h5ad.is_file())
+
+
+def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
+    """Build the demo when `needs_build`."""
+    if needs_build(config):
         if progress:
             print(f"Building the embedded demo into {config.run_dir.parent} (about 2 minutes, first use only) …", flush=True)
         build_demo(config, progress=progress)
