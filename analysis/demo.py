@@ -30,6 +30,7 @@ import torch
 from . import cache
 from .config import PACKAGE_DIR, AnalysisConfig
 from .console import silenced
+from .errors import CacheError
 
 GENESETS = PACKAGE_DIR / "genesets"
 CELL_LINE = "HepG2"
@@ -227,7 +228,12 @@ def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
     if needs_build(config):
         if progress:
             print(f"Building the embedded demo into {config.run_dir.parent} (about 2 minutes, first use only) …", flush=True)
-        build_demo(config, progress=progress)
+        try:
+            build_demo(config, progress=progress)
+        except CacheError:
+            raise
+        except OSError as exc:  # a full or read-only disk: one line, not a traceback from deep inside a writer
+            raise CacheError(str(config.run_dir.parent), f"cannot build the demo ({exc.strerror or exc})") from None
 
 
 def load_truth(config: AnalysisConfig) -> tuple[pd.DataFrame, np.ndarray]:

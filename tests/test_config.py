@@ -19,7 +19,7 @@ def test_overrides_replace_single_fields():
     ("[nonsense]\na=1\n", "unknown section"),
     ("[model]\nrun_dir='x'\n", "missing required"),
     ("[model\n", "not valid TOML"),
-    ("[model]\nrun_dir='x'\n[data]\nh5ad='y'\n[runtime]\ncache_dir='c'\ndevice='tpu'\n", "field device"),
+    ("[model]\nrun_dir='x'\n[data]\nh5ad='y'\n[runtime]\ncache_dir='c'\ndevice='tpu'\n", "[runtime].device"),
     ("[model]\nrun_dir='x'\n[data]\nh5ad='y'\n[runtime]\ncache_dir='c'\n[enrichment]\ngene_sets=['nope.gmt']\n", "gene_sets"),
 ])
 def test_bad_config_is_one_line_error_naming_the_field(tmp_path, text, fragment):
