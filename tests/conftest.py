@@ -32,3 +32,13 @@ def demo_run(demo_config):
     from analysis.load import load_run
 
     return load_run(demo_config)
+
+
+# Fixtures that build the demo (a trained model) or the known-answer / null models: the tests using them are slow.
+SLOW_FIXTURES = {"demo_config", "known", "independent"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
