@@ -151,10 +151,6 @@ def json_bytes(obj) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
 
 
-def write_bytes(path: Path, data: bytes) -> dict:
-    return _atomic(path, data)
-
-
 def write_npz(path: Path, **arrays: np.ndarray) -> dict:
     return _atomic(path, npz_bytes(arrays))
 
@@ -183,13 +179,14 @@ def npz_shapes(path: Path) -> dict[str, tuple]:
     return shapes
 
 
-def verify(path: Path, entry: dict) -> str | None:
-    """What is wrong with `path` against its record entry {size, sha256}, or None when it matches."""
+def verify(path: Path, entry: dict, contents: bool = True) -> str | None:
+    """What is wrong with `path` against its record entry {size, sha256} (the size alone unless `contents`),
+    or None when it matches."""
     try:
         size = path.stat().st_size
         if size != entry["size"]:
             return f"{size} bytes where its record says {entry['size']}"
-        if _sha256(path) != entry["sha256"]:
+        if contents and _sha256(path) != entry["sha256"]:
             return "contents differ from its recorded sha256"
     except FileNotFoundError:
         return "missing"
@@ -249,8 +246,13 @@ class StageDir:
     def has_record(self) -> bool:
         return (self.path / RECORD).is_file()
 
-    def record(self) -> dict | None:
-        """The completion record if it and every file it lists verify, else None (with a notice if damaged)."""
+    def record(self, contents: bool = True, quiet: bool = False) -> dict | None:
+        """The completion record if it and every file it lists verify, else None (with a notice if damaged,
+        unless `quiet`: for a look ahead at a stage that is read, and reported on, later).
+
+        contents=False checks sizes only: for a stage whose files this run will not read (Jacobian shards when
+        Part 3 is cached), so a render does not hash gigabytes; they are hashed whenever they are to be read.
+        """
         if not self.has_record:
             return None
         try:
@@ -258,14 +260,16 @@ class StageDir:
             valid = record["stage"] == self.stage and record["key"] == self.key and isinstance(record["files"], dict)
         except (OSError, ValueError, KeyError, TypeError):
             valid = False
-        if not valid:
-            self.notice(RECORD, "unreadable completion record")
+        problem = None if valid else (RECORD, "unreadable completion record")
+        for name, entry in record["files"].items() if valid else ():
+            issue = verify(self.path / name, entry, contents)
+            if issue:
+                problem = (name, issue)
+                break
+        if problem:
+            if not quiet:
+                self.notice(*problem)
             return None
-        for name, entry in record["files"].items():
-            problem = verify(self.path / name, entry)
-            if problem:
-                self.notice(name, problem)
-                return None
         return record
 
     def complete(self, **meta) -> dict:
@@ -297,16 +301,17 @@ class StageDir:
         for tmp in self.path.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
-    def ensure(self, compute: Callable[[], dict]) -> dict:
+    def ensure(self, compute: Callable[[], dict], contents: bool = True) -> dict:
         """The stage's verified record, computing the stage first when it has none (or a damaged one).
 
         `compute()` writes the stage's files through this object and returns the record's metadata. It runs
         under the stage lock; a run that waited for another run's lock finds its record and reuses it.
+        `contents`: as in `record`.
         """
-        record = self.record()
+        record = self.record(contents)
         if record is None:
             with self.lock():
-                record = self.record()
+                record = self.record(contents)
                 if record is None:
                     self.remove_orphans()
                     self.files.clear()

@@ -92,11 +92,14 @@ def run_analysis(config: AnalysisConfig, progress: bool = True, executor=None) -
     demo.ensure_demo(config, progress)
     run = load_run(config)
     p1_key, jac_key = part1_key(config, run), jacobian_key(config, run)
-    stages = [("part1", p1_key), ("jacobians", jac_key), ("part3", part3_key(config, p1_key, jac_key))]
-    if not all(cache.StageDir(config.cache_dir, stage, key).has_record for stage, key in stages):
+    stages = [cache.StageDir(config.cache_dir, stage, key)
+              for stage, key in [("part1", p1_key), ("jacobians", jac_key), ("part3", part3_key(config, p1_key, jac_key))]]
+    if not all(stage.has_record for stage in stages):
         cache.require_writable(config.cache_dir)
     part1 = run_part1(config, run, progress)
-    shards, jac_key, jacobian_record = run_part2(config, run, part1, progress, executor)
+    # Shards are hashed only when Part 3 will read them; with Part 3 cached, their sizes and headers suffice.
+    shards, jac_key, jacobian_record = run_part2(config, run, part1, progress, executor,
+                                                 verify_shards=stages[2].record(quiet=True) is None)
     part3 = run_part3(config, part1, shards, jac_key, jacobian_record)
     return Results(config, part1, part3, provenance(config, run))
 
@@ -150,11 +153,13 @@ def jacobian_key(config: AnalysisConfig, run: LoadedRun) -> str:
                              run.set_size, config.n_draws, config.seed, config.shard_kds)
 
 
-def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bool = True, executor=None):
+def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bool = True, executor=None,
+              verify_shards: bool = True):
     """Jacobian shards, their cache key, and the stage record (time, device, autograd check of one KD).
 
     The shard tasks run on `executor` (default `LocalExecutor`); each result is stored as it arrives, with one
-    progress bar over KDs. Shards already stored and intact (a killed run's) are kept.
+    progress bar over KDs. Shards already stored and intact (a killed run's) are kept. verify_shards=False checks
+    a cached stage's shard sizes, not their sha256 (for a run that will not read them).
     """
     stage = cache.StageDir(config.cache_dir, "jacobians", jacobian_key(config, run))
     effects = part1.effects
@@ -178,7 +183,7 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
         return {"n_kds": len(run.kd_names), "n_shards": len(tasks), "seconds": store.total_seconds(),
                 "device": str(run.device), "autograd_check": check}
 
-    record = stage.ensure(compute)
+    record = stage.ensure(compute, contents=verify_shards)
     return jacobians.open_shards(stage.path), stage.key, record
 
 
