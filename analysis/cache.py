@@ -210,6 +210,21 @@ def require_writable(folder: Path) -> None:
                                       "set [runtime] cache_dir to a writable folder") from None
 
 
+@contextmanager
+def folder_lock(folder: Path):
+    """Hold the exclusive file lock of `folder` (its `.lock`), blocking until another process releases it."""
+    make_dirs(folder)
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except OSError as exc:
+        raise _cache_error(folder / LOCK, exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # ---------------------------------------------------------------- stages
 class StageDir:
     """The folder of one cached stage result, `<cache_dir>/<stage>/<key>/`, and the record of what it holds.
@@ -282,19 +297,9 @@ class StageDir:
         """The completion record as stored (unverified): for metadata such as the device of a cached stage."""
         return read_json(self.path / RECORD)
 
-    @contextmanager
     def lock(self):
-        """Hold the stage's exclusive file lock (blocking until another run releases it)."""
-        make_dirs(self.path)
-        try:
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        except OSError as exc:
-            raise _cache_error(self.path / LOCK, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+        """The stage's exclusive file lock (a context manager)."""
+        return folder_lock(self.path)
 
     def remove_orphans(self) -> None:
         """Delete temporary files a killed writer left (only called under the lock: no writer is active)."""

@@ -224,8 +224,12 @@ def needs_build(config: AnalysisConfig) -> bool:
 
 
 def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
-    """Build the demo when `needs_build`."""
-    if needs_build(config):
+    """Build the demo when `needs_build`; a second process waits for the first one's build and uses it."""
+    if not needs_build(config):
+        return
+    with cache.folder_lock(config.run_dir.parent):
+        if not needs_build(config):
+            return
         if progress:
             print(f"Building the embedded demo into {config.run_dir.parent} (about 2 minutes, first use only) …", flush=True)
         try:

@@ -7,12 +7,18 @@ import logging
 
 import pytest
 
-from analysis.config import DEFAULT_CONFIG, load_config
+from pathlib import Path
+
+from analysis.config import load_config
+
+# The repository's demo config (the one the report reads): its paths resolve against its own folder, so the demo is
+# built into <repo>/cache wherever pytest runs from (the packaged twin would use the working directory).
+REPO_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 
 
 @pytest.fixture(scope="session")
 def demo_config():
-    config = load_config(DEFAULT_CONFIG)
+    config = load_config(REPO_DEMO_CONFIG)
     from analysis import demo
 
     demo.ensure_demo(config)
