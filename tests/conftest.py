@@ -4,10 +4,9 @@ the same place the README's command uses, so a later run reuses it."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 from analysis.config import load_config
 
