@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from tqdm import tqdm
 
 from . import cache, clustering, demo, enrichment, jacobians, routing, verdict
