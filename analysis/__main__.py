@@ -10,13 +10,14 @@ import argparse
 import sys
 
 from .config import DEFAULT_CONFIG, load_config
-from .errors import InputError
+from .errors import CacheError, InputError
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="run", choices=["run"])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="TOML config (default: the embedded demo)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="TOML config (default: the packaged demo, built and cached in ./cache)")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
         overrides = {"device": args.device} if args.device else {}
         config = load_config(args.config, **overrides)
         results = run_analysis(config, progress=not args.quiet)
-    except InputError as exc:
+    except (InputError, CacheError) as exc:  # bad config or input (the field named), unusable cache (the path named)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(results)))

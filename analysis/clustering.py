@@ -18,6 +18,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class Clusters:
@@ -64,6 +66,10 @@ def cluster_kds(delta_y: np.ndarray, max_clusters: int, n_bootstrap: int, seed: 
 
     norms = np.linalg.norm(delta_y, axis=1)
     strong = norms >= weak_fraction * np.median(norms)
+    if strong.sum() < 3:  # silhouette needs 2 clusters with at least one of them holding 2 KDs
+        raise InputError("clustering", f"only {int(strong.sum())} of {len(delta_y)} KDs have a strong effect "
+                                       f"(‖ΔY‖ ≥ {weak_fraction} × median); at least 3 are needed to cluster — "
+                                       "analyse more KDs ([data] kds)")
     effects = delta_y[strong]
     tree, distance = _tree(cosine_similarity(effects))
     candidates = range(2, min(max_clusters, len(effects) - 1) + 1)

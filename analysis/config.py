@@ -1,20 +1,23 @@
 """One configuration object, read from one TOML file and passed down to every stage.
 
 Relative paths in the file are resolved against the file's own folder, so a config
-works the same from the command line, from tests and from the Quarto report.
+works the same from the command line, from tests and from the Quarto report. Every field
+is checked against its type (the dataclass annotation) and range.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_CONFIG = PACKAGE_DIR.parent / "configs" / "demo.toml"
+DEFAULT_CONFIG = PACKAGE_DIR / "configs" / "demo.toml"  # the embedded demo, shipped in the package
 
 
 @dataclass(frozen=True)
@@ -89,58 +92,105 @@ _SECTIONS = {
     "demo": {"enabled", "seed"},
 }
 _RENAMES = {("demo", "enabled"): "demo", ("demo", "seed"): "demo_seed"}
-_PATHS = {"run_dir", "h5ad", "cache_dir"}
 _REQUIRED = {"run_dir", "h5ad", "cache_dir"}
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path (string)"}
+
+# Value checks beyond the type: field -> (test, what is expected).
+_RANGES = {
+    "device": (lambda v: v in {"cpu", "cuda", "auto"} or v.startswith("cuda:"), "'cpu', 'cuda', 'cuda:N' or 'auto'"),
+    "dtype": (lambda v: v in {"float32", "float64", "bfloat16"}, "'float32', 'float64' or 'bfloat16'"),
+    "set_size": (lambda v: v >= 0, "0 (the model's cell_set_len) or a positive integer"),
+    "n_draws": (lambda v: v >= 1, "an integer >= 1"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "demo_seed": (lambda v: v >= 0, "an integer >= 0"),
+    "kds_per_call": (lambda v: v >= 1, "an integer >= 1"),
+    "tangents_per_call": (lambda v: v >= 0, "0 (automatic) or a positive integer"),
+    "shard_kds": (lambda v: v >= 1, "an integer >= 1"),
+    "max_clusters": (lambda v: v >= 2, "an integer >= 2"),
+    "cluster_bootstrap": (lambda v: v >= 0, "an integer >= 0"),
+    "n_permutations": (lambda v: v >= 99, "an integer >= 99"),
+    "n_bootstrap": (lambda v: v >= 1, "an integer >= 1"),
+    "alpha": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "fdr": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "seed_r_threshold": (lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
+    "equivalence_r": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "min_contrast": (lambda v: v >= 0, "a number >= 0 (SDs of C_jac)"),
+    "equivalence_contrast": (lambda v: v > 0, "a number > 0 (SDs of C_jac)"),
+    "min_dissimilarity": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "n_axes": (lambda v: v >= 1, "an integer >= 1"),
+    "prerank_permutations": (lambda v: v >= 1, "an integer >= 1"),
+}
+
+
+def _typed(value, kind, where: str):
+    """`value` as the dataclass field type `kind` (int, float, bool, str, Path, X | None, tuple[X, ...]), or InputError."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        return None if value is None else _typed(value, options[0], where)
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(where, f"expected a list of {_TYPE_NAMES[item]} values, got {value!r}")
+        return tuple(_typed(v, item, where) for v in value)
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str), Path: isinstance(value, (str, Path))}[kind]
+    if not ok:
+        raise InputError(where, f"expected {_TYPE_NAMES[kind]}, got {value!r}")
+    return kind(value)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> AnalysisConfig:
-    """Read a TOML config into an `AnalysisConfig`; `overrides` replace single fields (e.g. device="cuda")."""
+    """Read a TOML config into an `AnalysisConfig`; `overrides` replace single fields (e.g. device="cuda").
+
+    Every field is checked against its dataclass type and range: a wrong value is an InputError naming the file,
+    section and field. Relative paths resolve against the config file's folder, except in the packaged demo
+    config (`DEFAULT_CONFIG`), whose paths resolve against the working directory (the demo is built into
+    ./cache). A relative gene-set path that is not a file there names a bundled library (analysis/genesets/).
+    """
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
         raise InputError(str(path), "config file not found")
     try:
         raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(str(path), f"not valid TOML ({exc})") from None
-    base = path.resolve().parent
+    base = Path.cwd() if path.resolve() == DEFAULT_CONFIG else path.resolve().parent
     values: dict = {}
+    wheres: dict = {}
     for section, content in raw.items():
         if section not in _SECTIONS or not isinstance(content, dict):
             raise InputError(str(path), f"unknown section [{section}]; expected one of {sorted(_SECTIONS)}")
         for key, value in content.items():
             if key not in _SECTIONS[section]:
                 raise InputError(f"{path} [{section}].{key}", f"unknown field; expected one of {sorted(_SECTIONS[section])}")
-            values[_RENAMES.get((section, key), key)] = value
-    values.update(overrides)
+            name = _RENAMES.get((section, key), key)
+            values[name], wheres[name] = value, f"{path} [{section}].{key}"
+    for name, value in overrides.items():
+        values[name], wheres[name] = value, f"override {name}"
     missing = _REQUIRED - values.keys()
     if missing:
         raise InputError(str(path), f"missing required field(s) {sorted(missing)}")
-    for key in _PATHS:
-        values[key] = (base / Path(values[key])).resolve()
-    values["gene_sets"] = tuple((base / Path(p)).resolve() for p in values.get("gene_sets", ()))
-    if isinstance(values.get("kds"), str):
-        values["kds"] = () if values["kds"] == "all" else (values["kds"],)
-    values["kds"] = tuple(values.get("kds", ()))
-    config = AnalysisConfig(source=path.resolve(), **values)
-    _validate(config, path)
-    return config
+    if values.get("kds") == "all":
+        values["kds"] = ()
+    kinds = typing.get_type_hints(AnalysisConfig)
+    fields = {f.name for f in dataclasses.fields(AnalysisConfig)} - {"source"}
+    for name in values:
+        if name not in fields:
+            raise InputError(wheres[name], f"unknown field; expected one of {sorted(fields)}")
+        values[name] = _typed(values[name], kinds[name], wheres[name])
+        check = _RANGES.get(name)
+        if check and not check[0](values[name]):
+            raise InputError(wheres[name], f"expected {check[1]}, got {values[name]!r}")
+    for name in ("run_dir", "h5ad", "cache_dir"):
+        values[name] = (base / values[name]).resolve()
+    values["gene_sets"] = tuple(_gene_set_path(base, p, wheres.get("gene_sets", "gene_sets"))
+                                for p in values.get("gene_sets", ()))
+    return AnalysisConfig(source=path.resolve(), **values)
 
 
-def _validate(config: AnalysisConfig, path: Path) -> None:
-    checks = [
-        ("device", config.device in {"cpu", "cuda", "auto"} or config.device.startswith("cuda:"), "'cpu', 'cuda' or 'auto'"),
-        ("dtype", config.dtype in {"float32", "float64", "bfloat16"}, "'float32', 'float64' or 'bfloat16'"),
-        ("n_draws", config.n_draws >= 1, "an integer >= 1"),
-        ("set_size", config.set_size >= 0, "0 (the model's cell_set_len) or a positive integer"),
-        ("kds_per_call", config.kds_per_call >= 1, "an integer >= 1"),
-        ("shard_kds", config.shard_kds >= 1, "an integer >= 1"),
-        ("n_permutations", config.n_permutations >= 99, "an integer >= 99"),
-        ("alpha", 0 < config.alpha < 1, "a number in (0, 1)"),
-        ("max_clusters", config.max_clusters >= 2, "an integer >= 2"),
-    ]
-    for name, ok, expected in checks:
-        if not ok:
-            raise InputError(f"{path} field {name}", f"expected {expected}, got {getattr(config, name)!r}")
-    for gmt in config.gene_sets:
-        if not gmt.is_file():
-            raise InputError(f"{path} field gene_sets", f"gene-set file {gmt} not found")
+def _gene_set_path(base: Path, path: Path, where: str) -> Path:
+    for candidate in (base / path, PACKAGE_DIR / "genesets" / path):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise InputError(where, f"gene-set file {base / path} not found (nor a bundled library {path.name})")

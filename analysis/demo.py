@@ -30,6 +30,7 @@ import torch
 from . import cache
 from .config import PACKAGE_DIR, AnalysisConfig
 from .console import silenced
+from .errors import CacheError
 
 GENESETS = PACKAGE_DIR / "genesets"
 CELL_LINE = "HepG2"
@@ -210,16 +211,33 @@ def demo_version(seed: int) -> str:
     return cache.content_key(Path(__file__).read_bytes().decode(), seed)
 
 
-def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
-    """Build the demo when the config asks for it and it is missing or was built by another demo definition."""
+def needs_build(config: AnalysisConfig) -> bool:
+    """Whether the config asks for the demo and it is missing or was built by another demo definition."""
     if not config.demo:
-        return
+        return False
     marker = config.run_dir / "demo_build.json"
-    current = marker.is_file() and cache.read_json(marker).get("demo_version") == demo_version(config.demo_seed)
-    if not (current and (config.run_dir / "checkpoints" / config.checkpoint).is_file() and config.h5ad.is_file()):
+    try:
+        current = marker.is_file() and cache.read_json(marker).get("demo_version") == demo_version(config.demo_seed)
+    except (OSError, ValueError):  # an unreadable marker: rebuild
+        current = False
+    return not (current and (config.run_dir / "checkpoints" / config.checkpoint).is_file() and config.h5ad.is_file())
+
+
+def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
+    """Build the demo when `needs_build`; a second process waits for the first one's build and uses it."""
+    if not needs_build(config):
+        return
+    with cache.folder_lock(config.run_dir.parent):
+        if not needs_build(config):
+            return
         if progress:
             print(f"Building the embedded demo into {config.run_dir.parent} (about 2 minutes, first use only) …", flush=True)
-        build_demo(config, progress=progress)
+        try:
+            build_demo(config, progress=progress)
+        except CacheError:
+            raise
+        except OSError as exc:  # a full or read-only disk: one line, not a traceback from deep inside a writer
+            raise CacheError(str(config.run_dir.parent), f"cannot build the demo ({exc.strerror or exc})") from None
 
 
 def load_truth(config: AnalysisConfig) -> tuple[pd.DataFrame, np.ndarray]:

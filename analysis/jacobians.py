@@ -10,9 +10,11 @@ different KDs are independent (the output of KD b's sets depends only on p_b). T
 directions are vmapped. `torch.autograd.functional.jacobian` (reverse mode, one backward
 per output gene) is the seed's method, kept as the oracle (`reverse_mode_jacobian`).
 
-Jacobians are written in shards of KDs, atomically, as they finish: an interrupted run
-resumes at the first missing shard, and the shard folder is keyed by model, data, draws
-and code, so a stale shard is never reused.
+The stage is a list of shard tasks (KD ranges); `jacobian_shard` computes one and writes
+nothing. The pipeline runs the tasks on an executor (`executors.LocalExecutor`) and stores
+each shard as it finishes (`cache.ShardStore`), so an interrupted run resumes at the shards
+that are missing or damaged; the shard folder is keyed by model, data, draws and code, so
+a stale shard is never reused.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.func import jvp, vmap
-from tqdm import tqdm
 
 from . import cache
 from .load import LoadedRun
@@ -118,40 +119,46 @@ class JacobianShards:
                 yield shard["kd_index"], shard["jacobian"]
 
 
-def shard_ranges(n_kds: int, shard_kds: int) -> list[range]:
-    return [range(i, min(i + shard_kds, n_kds)) for i in range(0, n_kds, shard_kds)]
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard of the Jacobian stage: shard number `index` holds the KDs `kds` (indices into run.kd_names)."""
+
+    index: int
+    kds: range
 
 
-def compute_jacobians(run: LoadedRun, pert_repr: np.ndarray, control_repr: np.ndarray, draw_cells: np.ndarray,
-                      stage: cache.StageDir,
-                      shard_kds: int, kds_per_call: int, tangents_per_call: int = 0,
-                      progress: bool = True) -> JacobianShards:
-    """Write J_k for all KDs of `run.kd_names` into shards under `stage`; skip shards already written.
+def shard_tasks(n_kds: int, shard_kds: int) -> list[ShardTask]:
+    return [ShardTask(i, range(start, min(start + shard_kds, n_kds)))
+            for i, start in enumerate(range(0, n_kds, shard_kds))]
 
-    pert_repr [K, H] (at which each J_k is taken), control_repr [H], draw_cells [R, S] control rows. Peak memory is one shard,
-    independent of K.
-    """
-    ranges = shard_ranges(len(run.kd_names), shard_kds)
-    paths = tuple(stage / f"shard_{i:05d}.npz" for i in range(len(ranges)))
-    draw_sets = torch.as_tensor(run.controls[draw_cells], device=run.device, dtype=run.dtype)
+
+@dataclass(frozen=True)
+class JacobianInputs:
+    """What every shard's Jacobians are taken at: pert_repr [K, H] (the point of each J_k), control_repr [H]
+    (for the linear prediction), draw_cells [R, S] (control rows of each draw set), and the batching."""
+
+    pert_repr: np.ndarray
+    control_repr: np.ndarray
+    draw_cells: np.ndarray
+    kds_per_call: int
+    tangents_per_call: int = 0
+
+
+def jacobian_shard(run: LoadedRun, inputs: JacobianInputs, task: ShardTask) -> dict[str, np.ndarray]:
+    """The arrays of one shard: `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] =
+    J_k·(p_k − p_ctrl), for the b KDs of `task`. Pure: writes nothing. Peak memory is one shard."""
+    draw_sets = torch.as_tensor(run.controls[inputs.draw_cells], device=run.device, dtype=run.dtype)
     onehot = run.onehots([run.control_label])[0]
-    todo = [i for i, path in enumerate(paths) if not path.is_file()]
-    bar = tqdm(total=len(run.kd_names), initial=len(run.kd_names) - sum(len(ranges[i]) for i in todo),
-               desc="Jacobians ∂E[Y]/∂pert_repr", unit="KD", disable=not progress)
-    for i in todo:
-        blocks = []
-        for start in range(ranges[i].start, ranges[i].stop, kds_per_call):
-            kd_slice = slice(start, min(start + kds_per_call, ranges[i].stop))
-            p = torch.as_tensor(pert_repr[kd_slice], device=run.device, dtype=run.dtype)
-            blocks.append(forward_mode_jacobian(run.model, p, draw_sets, onehot, tangents_per_call).float().cpu().numpy())
-            bar.update(kd_slice.stop - kd_slice.start)
-        jacobian = np.concatenate(blocks)
-        step = pert_repr[ranges[i].start:ranges[i].stop] - control_repr
-        cache.write_npz(paths[i], jacobian=jacobian, kd_index=np.asarray(ranges[i]),
-                        linear_prediction=np.einsum("kgh,kh->kg", jacobian, step))
-    bar.close()
-    stage.mark_done(n_kds=len(run.kd_names), n_shards=len(paths))
-    return JacobianShards(stage.path, paths, len(run.kd_names), (len(run.gene_names), pert_repr.shape[1]))
+    blocks = []
+    for start in range(task.kds.start, task.kds.stop, inputs.kds_per_call):
+        kd_slice = slice(start, min(start + inputs.kds_per_call, task.kds.stop))
+        p = torch.as_tensor(inputs.pert_repr[kd_slice], device=run.device, dtype=run.dtype)
+        blocks.append(forward_mode_jacobian(run.model, p, draw_sets, onehot, inputs.tangents_per_call)
+                      .float().cpu().numpy())
+    jacobian = np.concatenate(blocks)
+    step = inputs.pert_repr[task.kds.start:task.kds.stop] - inputs.control_repr
+    return {"jacobian": jacobian, "kd_index": np.asarray(task.kds),
+            "linear_prediction": np.einsum("kgh,kh->kg", jacobian, step)}
 
 
 def autograd_check(run: LoadedRun, shards: JacobianShards, pert_repr: np.ndarray, draw_cells: np.ndarray,
@@ -167,13 +174,13 @@ def autograd_check(run: LoadedRun, shards: JacobianShards, pert_repr: np.ndarray
 
 
 def open_shards(folder: Path) -> JacobianShards:
-    """Shards written by `compute_jacobians` (or any folder of `shard_*.npz` files with the same fields)."""
+    """The `shard_*.npz` files of a folder (as the pipeline writes them), from their array headers only."""
     paths = tuple(sorted(Path(folder).glob("shard_*.npz")))
     if not paths:
         raise FileNotFoundError(f"{folder}: no Jacobian shards")
     n_kds = 0
     for path in paths:
-        with np.load(path) as shard:
-            n_kds += len(shard["kd_index"])
-            shape = shard["jacobian"].shape[1:]
+        shapes = cache.npz_shapes(path)
+        n_kds += shapes["kd_index"][0]
+        shape = shapes["jacobian"][1:]
     return JacobianShards(Path(folder), paths, n_kds, tuple(shape))

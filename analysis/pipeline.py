@@ -12,15 +12,18 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from . import cache, clustering, demo, enrichment, jacobians, routing, verdict
 from .config import AnalysisConfig
 from .effects import Effects, compute_effects
+from .executors import LocalExecutor
 from .load import LoadedRun, load_run
 from .verdict import DecisionRule
 
@@ -82,19 +85,31 @@ class Results:
     provenance: dict
 
 
-def run_analysis(config: AnalysisConfig, progress: bool = True) -> Results:
-    """Everything, computing only what the cache lacks."""
+def run_analysis(config: AnalysisConfig, progress: bool = True, executor=None) -> Results:
+    """Everything, computing only what the cache lacks. `executor` runs the Jacobian shards (default: in this process).
+
+    Raises CacheError before any compute when something must be computed and the cache folder is not writable.
+    """
+    if demo.needs_build(config):
+        cache.require_writable(config.cache_dir)
     demo.ensure_demo(config, progress)
     run = load_run(config)
+    p1_key, jac_key = part1_key(config, run), jacobian_key(config, run)
+    stages = [cache.StageDir(config.cache_dir, stage, key)
+              for stage, key in [("part1", p1_key), ("jacobians", jac_key), ("part3", part3_key(config, p1_key, jac_key))]]
+    if not all(stage.has_record for stage in stages):
+        cache.require_writable(config.cache_dir)
     part1 = run_part1(config, run, progress)
-    shards, jacobian_key, jacobian_record = run_part2(config, run, part1, progress)
-    part3 = run_part3(config, part1, shards, jacobian_key, jacobian_record)
+    # Shards are hashed only when Part 3 will read them; with Part 3 cached, their sizes and headers suffice.
+    shards, jac_key, jacobian_record = run_part2(config, run, part1, progress, executor,
+                                                 verify_shards=stages[2].record(quiet=True) is None)
+    part3 = run_part3(config, part1, shards, jac_key, jacobian_record)
     return Results(config, part1, part3, provenance(config, run))
 
 
 # ---------------------------------------------------------------- Part 1
 def part1_key(config: AnalysisConfig, run: LoadedRun) -> str:
-    return cache.content_key("part1", cache.code_version("effects", "clustering", "enrichment", "pipeline"),
+    return cache.content_key("part1", cache.code_version("effects", "clustering", "enrichment", run_part1),
                              run.input_key, run.kd_names, run.set_size, config.n_draws, config.seed,
                              config.max_clusters, config.cluster_bootstrap, config.prerank_permutations,
                              [cache.file_digest(p) for p in config.gene_sets])
@@ -102,26 +117,29 @@ def part1_key(config: AnalysisConfig, run: LoadedRun) -> str:
 
 def run_part1(config: AnalysisConfig, run: LoadedRun, progress: bool = True) -> Part1:
     stage = cache.StageDir(config.cache_dir, "part1", part1_key(config, run))
-    if not stage.done:
+
+    def compute() -> dict:
         started = time.perf_counter()
         effects = compute_effects(run, config.n_draws, config.seed, config.kds_per_call, progress)
         clusters = clustering.cluster_kds(effects.delta_y, config.max_clusters, config.cluster_bootstrap, config.seed)
         libraries = enrichment.read_libraries(config.gene_sets)
         ora, gsea = enrichment.cluster_enrichment(effects.kd_names, clusters.labels, effects.delta_y, effects.gene_names,
                                                   libraries, config.prerank_permutations, config.seed)
-        cache.write_npz(stage / "effects.npz", delta_y=effects.delta_y, delta_y_draws=effects.delta_y_draws,
+        stage.write_npz("effects.npz", delta_y=effects.delta_y, delta_y_draws=effects.delta_y_draws,
                         pert_repr=effects.pert_repr, control_repr=effects.control_repr, draw_cells=effects.draw_cells,
                         bootstrap_ari=clusters.bootstrap_ari, order=clusters.order)
-        cache.write_json(stage / "names.json", {"kd_names": list(effects.kd_names), "gene_names": list(effects.gene_names)})
-        cache.write_parquet(stage / "kds.parquet", clustering.cluster_table(effects.kd_names, clusters, effects.reproducibility()))
-        cache.write_parquet(stage / "silhouette.parquet", clusters.silhouette)
-        cache.write_parquet(stage / "ora.parquet", ora)
-        cache.write_parquet(stage / "gsea.parquet", gsea)
-        stage.mark_done(seconds=time.perf_counter() - started, n_clusters=clusters.n_clusters)
-    return read_part1(stage)
+        stage.write_json("names.json", {"kd_names": list(effects.kd_names), "gene_names": list(effects.gene_names)})
+        stage.write_parquet("kds.parquet", clustering.cluster_table(effects.kd_names, clusters, effects.reproducibility()))
+        stage.write_parquet("silhouette.parquet", clusters.silhouette)
+        stage.write_parquet("ora.parquet", ora)
+        stage.write_parquet("gsea.parquet", gsea)
+        return {"seconds": time.perf_counter() - started, "n_clusters": clusters.n_clusters}
+
+    return read_part1(stage, stage.ensure(compute))
 
 
-def read_part1(stage: cache.StageDir) -> Part1:
+def read_part1(stage: cache.StageDir, record: dict) -> Part1:
+    """Part 1 from its stage folder; `record` is the stage's verified completion record."""
     names = cache.read_json(stage / "names.json")
     with np.load(stage / "effects.npz") as arrays:
         a = {k: arrays[k] for k in arrays.files}
@@ -129,7 +147,7 @@ def read_part1(stage: cache.StageDir) -> Part1:
                       a["pert_repr"], a["control_repr"], a["draw_cells"])
     return Part1(stage.key, effects, pd.read_parquet(stage / "kds.parquet"), pd.read_parquet(stage / "silhouette.parquet"),
                  a["bootstrap_ari"], a["order"], pd.read_parquet(stage / "ora.parquet"),
-                 pd.read_parquet(stage / "gsea.parquet"), stage.meta()["seconds"])
+                 pd.read_parquet(stage / "gsea.parquet"), record["seconds"])
 
 
 # ---------------------------------------------------------------- Part 2
@@ -138,31 +156,54 @@ def jacobian_key(config: AnalysisConfig, run: LoadedRun) -> str:
                              run.set_size, config.n_draws, config.seed, config.shard_kds)
 
 
-def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bool = True):
-    """Jacobian shards, their cache key, and the stage record (time, device, autograd check of one KD)."""
-    key = jacobian_key(config, run)
-    stage = cache.StageDir(config.cache_dir, "jacobians", key)
-    if not stage.done:
-        started = time.perf_counter()
-        effects = part1.effects
-        shards = jacobians.compute_jacobians(run, effects.pert_repr, effects.control_repr, effects.draw_cells, stage,
-                                             config.shard_kds, config.kds_per_call, config.tangents_per_call, progress)
-        seconds = time.perf_counter() - started
-        check = jacobians.autograd_check(run, shards, effects.pert_repr, effects.draw_cells)
-        stage.mark_done(n_kds=shards.n_kds, n_shards=len(shards.paths), seconds=seconds, device=str(run.device),
-                        autograd_check=check)
-    return jacobians.open_shards(stage.path), key, stage.meta()
+def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bool = True, executor=None,
+              verify_shards: bool = True):
+    """Jacobian shards, their cache key, and the stage record (time, device, autograd check of one KD).
+
+    The shard tasks run on `executor` (default `LocalExecutor`); each result is stored as it arrives, with one
+    progress bar over KDs. Shards already stored and intact (a killed run's) are kept. verify_shards=False checks
+    a cached stage's shard sizes, not their sha256 (for a run that will not read them).
+    """
+    stage = cache.StageDir(config.cache_dir, "jacobians", jacobian_key(config, run))
+    effects = part1.effects
+
+    def compute() -> dict:
+        store = cache.ShardStore(stage)
+        tasks = jacobians.shard_tasks(len(run.kd_names), config.shard_kds)
+        todo = [task for task in tasks if not store.valid(task.index, task.kds)]
+        inputs = jacobians.JacobianInputs(effects.pert_repr, effects.control_repr, effects.draw_cells,
+                                          config.kds_per_call, config.tangents_per_call)
+        bar = tqdm(total=len(run.kd_names), initial=len(run.kd_names) - sum(len(t.kds) for t in todo),
+                   desc="Jacobians ∂E[Y]/∂pert_repr", unit="KD", disable=not progress)
+        last = time.perf_counter()
+        for task, arrays in (executor or LocalExecutor()).map(partial(jacobians.jacobian_shard, run, inputs), todo):
+            now = time.perf_counter()
+            store.put(task.index, task.kds, arrays, seconds=now - last)  # wall time since the previous shard
+            last = now
+            bar.update(len(task.kds))
+        bar.close()
+        check = jacobians.autograd_check(run, jacobians.open_shards(stage.path), effects.pert_repr, effects.draw_cells)
+        return {"n_kds": len(run.kd_names), "n_shards": len(tasks), "seconds": store.total_seconds(),
+                "device": str(run.device), "autograd_check": check}
+
+    record = stage.ensure(compute, contents=verify_shards)
+    return jacobians.open_shards(stage.path), stage.key, record
 
 
 # ---------------------------------------------------------------- Part 3
+def part3_key(config: AnalysisConfig, part1_key: str, jac_key: str) -> str:
+    # The code Part 3 computes with: its modules, and the pipeline functions that hold its steps (add new ones here).
+    code = cache.code_version("routing", "verdict", "enrichment", "clustering", run_part3, read_svd)
+    return cache.content_key("part3", code, part1_key, jac_key, config.n_permutations, config.n_bootstrap, config.seed,
+                             DecisionRule.from_config(config), config.fdr, config.n_axes, config.prerank_permutations,
+                             [cache.file_digest(p) for p in config.gene_sets])
+
+
 def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianShards, jac_key: str,
               jacobian_record: dict) -> Part3:
-    key = cache.content_key("part3", cache.code_version("routing", "verdict", "enrichment", "clustering", "pipeline"),
-                            part1.key, jac_key, config.n_permutations, config.n_bootstrap, config.seed,
-                            DecisionRule.from_config(config), config.fdr, config.n_axes, config.prerank_permutations,
-                            [cache.file_digest(p) for p in config.gene_sets])
-    stage = cache.StageDir(config.cache_dir, "part3", key)
-    if not stage.done:
+    stage = cache.StageDir(config.cache_dir, "part3", part3_key(config, part1.key, jac_key))
+
+    def compute() -> dict:
         started = time.perf_counter()
         effects = part1.effects
         gram = routing.stream_gram(shards)
@@ -180,30 +221,33 @@ def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianSh
                                         "jacobian_norm": np.sqrt(np.diag(gram))})
         prior = verdict.prior_work(effects.kd_names, c_out, c_jac, c_rep, part1.labels, evidence,
                                    float(np.median(linear)))
-        cache.write_npz(stage / "matrices.npz", c_out=c_out, c_jac=c_jac, c_rep=c_rep, gram=gram,
+        stage.write_npz("matrices.npz", c_out=c_out, c_jac=c_jac, c_rep=c_rep, gram=gram,
                         variance_explained=svd.variance_explained, kd_scores=svd.kd_scores,
                         gene_loadings=svd.gene_loadings, output_kd_scores=output_scores,
                         output_gene_loadings=output_loadings)
-        cache.write_json(stage / "evidence.json", {"routing": evidence.to_dict(), "svd": svd_evidence.to_dict()})
-        cache.write_json(stage / "verdict.json", call.to_dict())
-        cache.write_parquet(stage / "svd_enrichment.parquet", svd_table)
-        cache.write_parquet(stage / "linearity.parquet", linearity_frame)
-        cache.write_parquet(stage / "prior_work.parquet", prior)
-        stage.mark_done(seconds=time.perf_counter() - started)
-    return read_part3(stage, jac_key, {"part1": part1.seconds, "jacobians": jacobian_record["seconds"]},
+        stage.write_json("evidence.json", {"routing": evidence.to_dict(), "svd": svd_evidence.to_dict()})
+        stage.write_json("verdict.json", call.to_dict())
+        stage.write_parquet("svd_enrichment.parquet", svd_table)
+        stage.write_parquet("linearity.parquet", linearity_frame)
+        stage.write_parquet("prior_work.parquet", prior)
+        return {"seconds": time.perf_counter() - started}
+
+    record = stage.ensure(compute)
+    return read_part3(stage, record, jac_key, {"part1": part1.seconds, "jacobians": jacobian_record["seconds"]},
                       jacobian_record["autograd_check"])
 
 
-SVD_AXES_READ = 3  # leading axes read through enrichment (routing and output)
-OUTPUT_OVERLAP = 0.9  # a routing axis whose gene loading projects less than this onto ΔY's axes carries something new
-
-
 def read_svd(config: AnalysisConfig, part1: Part1, svd: routing.JacobianSVD, output_scores: np.ndarray,
-             output_loadings: np.ndarray) -> tuple[pd.DataFrame, routing.SvdEvidence]:
-    """Enrichment of the leading routing and output axes, and what it shows (see `routing.SvdEvidence`)."""
+             output_loadings: np.ndarray, axes_read: int = 3,
+             output_overlap: float = 0.9) -> tuple[pd.DataFrame, routing.SvdEvidence]:
+    """Enrichment of the leading `axes_read` routing and output axes, and what it shows (`routing.SvdEvidence`).
+
+    A routing axis whose gene loading projects less than `output_overlap` onto the span of ΔY's leading gene loadings
+    carries something the output axes do not.
+    """
     libraries = enrichment.read_libraries(config.gene_sets)
     effects = part1.effects
-    n_axes = min(SVD_AXES_READ, svd.kd_scores.shape[1], output_scores.shape[1])
+    n_axes = min(axes_read, svd.kd_scores.shape[1], output_scores.shape[1])
     tables = {source: enrichment.axis_enrichment(source, scores, loadings, effects.kd_names, effects.gene_names,
                                                  libraries, config.prerank_permutations, config.seed, n_axes)
               for source, scores, loadings in (("routing", svd.kd_scores, svd.gene_loadings),
@@ -224,7 +268,7 @@ def read_svd(config: AnalysisConfig, part1: Part1, svd: routing.JacobianSVD, out
     best = {kind: axis1[axis1["kind"] == kind].head(1) for kind in ("genes", "KDs")}  # tables are sorted by FDR
     first = (lambda frame, col, default: frame[col].iloc[0] if len(frame) else default)
     evidence = routing.SvdEvidence(
-        fdr=config.fdr, overlap_threshold=OUTPUT_OVERLAP, n_axes=n_axes,
+        fdr=config.fdr, overlap_threshold=output_overlap, n_axes=n_axes,
         seed_gene_term=str(first(best["genes"], "term", "")), seed_gene_fdr=float(first(best["genes"], "fdr", 1.0)),
         seed_kd_term=str(first(best["KDs"], "term", "")), seed_kd_fdr=float(first(best["KDs"], "fdr", 1.0)),
         seed_kd_nes=float(first(best["KDs"], "nes", float("nan"))),
@@ -233,7 +277,7 @@ def read_svd(config: AnalysisConfig, part1: Part1, svd: routing.JacobianSVD, out
     return pd.concat(tables.values(), ignore_index=True), evidence
 
 
-def read_part3(stage: cache.StageDir, jac_key: str, seconds: dict, autograd_check: dict) -> Part3:
+def read_part3(stage: cache.StageDir, record: dict, jac_key: str, seconds: dict, autograd_check: dict) -> Part3:
     with np.load(stage / "matrices.npz") as arrays:
         a = {k: arrays[k] for k in arrays.files}
     evidence = cache.read_json(stage / "evidence.json")
@@ -242,7 +286,7 @@ def read_part3(stage: cache.StageDir, jac_key: str, seconds: dict, autograd_chec
                  routing.RoutingEvidence.from_dict(evidence["routing"]), routing.SvdEvidence.from_dict(evidence["svd"]),
                  pd.read_parquet(stage / "svd_enrichment.parquet"), pd.read_parquet(stage / "linearity.parquet"),
                  verdict.Verdict.from_dict(cache.read_json(stage / "verdict.json")),
-                 pd.read_parquet(stage / "prior_work.parquet"), {**seconds, "part3": stage.meta()["seconds"]},
+                 pd.read_parquet(stage / "prior_work.parquet"), {**seconds, "part3": record["seconds"]},
                  autograd_check)
 
 

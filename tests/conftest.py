@@ -4,15 +4,20 @@ the same place the README's command uses, so a later run reuses it."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
-from analysis.config import DEFAULT_CONFIG, load_config
+from analysis.config import load_config
+
+# The repository's demo config (the one the report reads): its paths resolve against its own folder, so the demo is
+# built into <repo>/cache wherever pytest runs from (the packaged twin would use the working directory).
+REPO_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 
 
 @pytest.fixture(scope="session")
 def demo_config():
-    config = load_config(DEFAULT_CONFIG)
+    config = load_config(REPO_DEMO_CONFIG)
     from analysis import demo
 
     demo.ensure_demo(config)
@@ -32,3 +37,13 @@ def demo_run(demo_config):
     from analysis.load import load_run
 
     return load_run(demo_config)
+
+
+# Fixtures that build the demo (a trained model) or the known-answer / null models: the tests using them are slow.
+SLOW_FIXTURES = {"demo_config", "known", "independent"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
