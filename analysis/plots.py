@@ -91,10 +91,12 @@ CHART_HTML = ChartHtml()
 
 
 def raw_html_block(html: str) -> str:
-    """`html` as a Pandoc raw HTML block, fenced with more backticks than any run inside it."""
+    """`html` as a Pandoc raw HTML block, fenced with more backticks than any run inside it.
+
+    The div turns off Quarto's search of raw HTML for tables to convert (Vega's JavaScript mentions `<table`)."""
     longest = max((len(run) for run in re.findall(r"`+", html)), default=0)
     fence = "`" * max(3, longest + 1)
-    return f"{fence}{{=html}}\n{html}\n{fence}\n"
+    return f'::: {{html-table-processing="none"}}\n{fence}{{=html}}\n{html}\n{fence}\n:::\n'
 
 
 def mimebundle(spec: dict, target: str | None = None) -> tuple[dict, dict]:
@@ -292,7 +294,7 @@ def enrichment_heatmap(ora: pd.DataFrame, gsea: pd.DataFrame, fdr: float, per_cl
         scale = (alt.Scale(scheme=scheme, domain=[-extent, extent], reverse=True) if sign
                  else alt.Scale(scheme=scheme, domain=[0, extent]))
         base = alt.Chart(cells).encode(
-            x=alt.X("cluster:O", title="output cluster"),
+            x=alt.X("cluster:O", title="output cluster", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("label:N", title=None, sort=alt.EncodingSortField("cluster", op="min"),
                     axis=alt.Axis(labelLimit=320)))
         heat = base.mark_rect().encode(
@@ -310,7 +312,8 @@ def linearity_by_cluster(linearity: pd.DataFrame) -> alt.LayerChart:
     # Seeded jitter, so the static image is the same on every render.
     jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(linearity))
     frame = linearity.assign(explained=linearity["explained"].clip(lower=-1), jitter=jitter)
-    base = alt.Chart(frame).encode(x=alt.X("cluster:O", title="output cluster (0 = weak effect)"))
+    base = alt.Chart(frame).encode(x=alt.X("cluster:O", title="output cluster (0 = weak effect)",
+                                           axis=alt.Axis(labelAngle=0)))
     box = base.mark_boxplot(extent="min-max", opacity=0.35, color="#4c78a8", size=30).encode(
         y=alt.Y("explained:Q", title="share of ΔY explained by J·Δp (clipped at −1)"))
     points = base.mark_circle(size=18, opacity=0.6, color="#333").encode(

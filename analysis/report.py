@@ -113,7 +113,7 @@ def numbers(results: Results) -> SimpleNamespace:
         draw_cosine_min=fmt(float(reproducibility.min()), 3),
         n_permutations=f"{cfg.n_permutations:,}", n_bootstrap=f"{cfg.n_bootstrap:,}", alpha=f"{cfg.alpha:g}",
         fdr=f"{cfg.fdr:g}", r_threshold=f"{cfg.seed_r_threshold:g}", prerank_permutations=f"{cfg.prerank_permutations:,}",
-        n_axes=f"{cfg.n_axes}", libraries=", ".join(Path(p).stem for p in cfg.gene_sets) or "none",
+        n_axes=f"{cfg.n_axes}", libraries=", ".join(breakable(Path(p).stem) for p in cfg.gene_sets) or "none",
         n_pairs=f"{stats['n_pairs']:,}", pearson_r=fmt(stats["pearson_r"]), spearman_r=fmt(stats["spearman_r"]),
         ci_low=fmt(lo), ci_high=fmt(hi),
         mantel_p=p_phrase(stats["mantel_pearson"]["p_value"], stats["mantel_pearson"]["n_permutations"]),
@@ -254,7 +254,7 @@ def tests_table(results: Results) -> Md:
          "a stated, data-driven criterion; stability against the choice of genes"),
     ]
     frame = pd.DataFrame(rows, columns=["Question", "Statistic", "Inference", "Why this inference"])
-    return markdown_table(frame, [12, 20, 24, 22])
+    return markdown_table(frame, [16, 22, 24, 22])
 
 
 # The verdict table's columns: criterion field -> heading. Everything else a criterion carries (statistic, test,
@@ -285,7 +285,7 @@ def verdict_frame(results: Results) -> pd.DataFrame:
 
 
 def verdict_table(results: Results) -> Md:
-    return markdown_table(verdict_frame(results), [30, 13, 8, 22, 9, 6], "llrlrl")
+    return markdown_table(verdict_frame(results), [27, 17, 8, 22, 9, 6], "llrlrl")
 
 
 def verdict_notes(results: Results) -> Md:
@@ -323,7 +323,7 @@ def cluster_table(results: Results) -> Md:
         rows.append({"Cluster": "0 (weak)" if cluster == 0 else str(cluster), "KDs": len(names), "Members": shown,
                      "KD targets (ORA)": _term_cell(top_ora.loc[q]) if q in top_ora.index else "—",
                      "Response (GSEA)": _term_cell(top_gsea.loc[q], "nes") if q in top_gsea.index else "—"})
-    return markdown_table(pd.DataFrame(rows), [8, 5, 27, 30, 30], "lrlll")
+    return markdown_table(pd.DataFrame(rows), [10, 5, 25, 30, 30], "lrlll")
 
 
 def svd_table(results: Results) -> Md:
@@ -335,10 +335,10 @@ def svd_table(results: Results) -> Md:
     variance = results.part3.variance_explained
     frame = pd.DataFrame({
         "Axis": best["axis"].astype(int), "Share": [f"{100 * variance[a - 1]:.1f}%" for a in best["axis"]],
-        "Ranked": best["kind"].map({"genes": "gene loadings", "KDs": "KD scores"}),
+        "Ranking": best["kind"],
         "Top term [library]": [f"{breakable(t)} [{library_short(lib)}]" for t, lib in zip(best["term"], best["library"])],
         "NES": best["nes"].map(fmt), "FDR": best["fdr"].map(fmt_p)})
-    return markdown_table(frame, [5, 7, 13, 50, 7, 8], "rrllrr")
+    return markdown_table(frame, [5, 7, 9, 55, 7, 8], "rrllrr")
 
 
 def enrichment_legend(results: Results) -> Md:
@@ -365,6 +365,8 @@ def config_values(results: Results) -> dict:
                      else f"all {prov['n_kds']} KDs of the one-hot map in the cell line")
         elif field == "set_size":
             value = f"{prov['set_size']}" + (" (the model's cell_set_len)" if not value else "")
+        elif field == "tangents_per_call" and not value:
+            value = "0 (chosen for the device and set size)"
         elif field == "device":
             value = f"{value}: {prov['device']}" if value == "auto" else value
         elif field == "cell_line" and value is None:
@@ -401,7 +403,7 @@ def provenance_table(results: Results) -> Md:
     for stage, value in seconds.items():
         where = f" on {jacobian_meta['device']}" if stage == "jacobians" and jacobian_meta.get("device") else ""
         rows.append((f"Time: {labels.get(stage, stage)}", f"{value:,.1f} s{where}"))
-    return markdown_table(pd.DataFrame(rows, columns=["Item", "Value"]), [12, 45])
+    return markdown_table(pd.DataFrame(rows, columns=["Item", "Value"]), [16, 45])
 
 
 def _stage_meta(results: Results, stage: str, key: str) -> dict:

@@ -243,8 +243,9 @@ def test_html_target_gives_markdown_raw_html_with_distinct_ids():
     data, metadata = plots.mimebundle(spec, "html")
     assert list(data) == ["text/markdown"] and not metadata
     block = data["text/markdown"]
-    fence = re.match(r"(`+)\{=html\}\n", block).group(1)
-    assert len(fence) > 3 and block.rstrip().endswith("\n" + fence), "the fence must outlast the spec's ```"
+    fence = re.search(r"^(`+)\{=html\}\n", block, re.M).group(1)
+    assert len(fence) > 3 and block.rstrip().endswith(f"\n{fence}\n:::"), "the fence must outlast the spec's ```"
+    assert block.startswith('::: {html-table-processing="none"}'), "Quarto would search Vega's JavaScript for tables"
 
 
 def test_other_targets_give_a_png_no_wider_than_the_text_column():
@@ -327,6 +328,8 @@ def test_verdict_table_against_independent_values(executed, demo_results):
             assert row["p"] == "—"
         elif math.isclose(c.p_value, floor):
             assert row["p"] == f"≤ {fmt_p(floor)}"
+        elif c.p_value == 0:
+            assert row["p"] == "< 1e-300"
         else:
             assert _number(row["p"]) == pytest.approx(c.p_value, rel=0.05)
     notes = _inline_or_chunk_markdown(executed, "report.verdict_notes(R)")
