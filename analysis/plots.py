@@ -320,7 +320,7 @@ def linearity_by_cluster(linearity: pd.DataFrame) -> alt.LayerChart:
         y="explained:Q", xOffset=alt.XOffset("jitter:Q", scale=alt.Scale(domain=[-1, 1])),
         tooltip=["kd", "cluster", alt.Tooltip("explained:Q", format=".3f"), alt.Tooltip("jacobian_norm:Q", format=".3g")])
     rule = alt.Chart(pd.DataFrame({"y": [1.0]})).mark_rule(strokeDash=[4, 3], color="#888").encode(y="y:Q")
-    return (box + points + rule).properties(width=420, height=220)
+    return (box + points + rule).properties(width=420, height=180)
 
 
 # ---------------------------------------------------------------- Part 3
@@ -358,7 +358,7 @@ def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.n
         color=alt.Color("kind:N", title="pair", scale=alt.Scale(domain=kinds, range=["#d62728", "#4c78a8", "#bbbbbb"]),
                         legend=alt.Legend(orient="bottom")),
         tooltip=["pair", "kind", alt.Tooltip("c_out:Q", format=".3f"), alt.Tooltip("c_jac:Q", format=".3f")],
-    ).properties(width=460, height=320, title=alt.Title(title, subtitle=subtitle))
+    ).properties(width=460, height=240, title=alt.Title(title, subtitle=subtitle))
 
 
 def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, stats: dict, bins: int = 40) -> alt.LayerChart:
