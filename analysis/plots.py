@@ -1,20 +1,29 @@
-"""Altair charts for the report, drawn from what `analysis.pipeline.Results` already holds.
+"""Altair charts for the report, drawn from what `analysis.pipeline.Results` already holds, and how they render.
 
 Nothing here computes a statistic: every number a chart states comes from the results
 (`part3.stats`, enrichment tables, SVD arrays). Charts only reshape into long tables and,
 for large K, reduce what is drawn (block means of a heatmap, a random sample of pairs),
 saying so in the chart's subtitle so the caption can point there.
+
+Rendering (`enable_report_rendering`, `mimebundle`): for Quarto's HTML format each chart is interactive raw HTML in
+Markdown (Vega's JavaScript inlined once, one container id per chart, no `text/html` output and so no CDN scripts);
+for the typst PDF a PNG sized to the text column. Charts are designed at most TEXT_WIDTH_PX wide with no font below
+MIN_FONT_PX, so the PDF shows them at print size.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import re
+from pathlib import Path
 
 import altair as alt
 import numpy as np
 import pandas as pd
 
-from .report import fmt_p as _fmt_p
+from .formatting import p_phrase
 from .verdict import GROUPS
 
 # Heatmaps above this many KDs a side are drawn as block means: K = 1,035 would otherwise be
@@ -22,6 +31,115 @@ from .verdict import GROUPS
 MAX_HEATMAP_SIDE = 200
 # Scatter plots above this many pairs draw a seeded random sample; the statistics use all pairs.
 MAX_SCATTER_POINTS = 5000
+
+RENDERER = "report_chart"
+# The text column of the typst PDF (A4, 2 cm margins) in CSS pixels (96 per inch): charts are drawn at most this
+# wide, so a chart's PNG is shown at its own size (fonts as designed) or, if wider, scaled to the column.
+TEXT_WIDTH_PX = 17 / 2.54 * 96
+# Smallest font in any chart, in CSS pixels (8.25 pt on paper at 1:1).
+MIN_FONT_PX = 11
+
+
+def _vl_version() -> str:
+    return "_".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+
+
+def quarto_format() -> str | None:
+    """The Pandoc writer Quarto is executing this kernel for ('html', 'typst', …); None outside Quarto.
+
+    Quarto writes the format of each execution to the JSON file named by QUARTO_EXECUTE_INFO and starts one kernel
+    per format, so the answer holds for the whole kernel."""
+    info = os.environ.get("QUARTO_EXECUTE_INFO")
+    if not info:
+        return None
+    try:
+        return json.loads(Path(info).read_text())["format"]["pandoc"]["to"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class ChartHtml:
+    """Interactive HTML for Vega-Lite charts that share one page: Vega's JavaScript once, then one container each.
+
+    Every chart gets its own element id (`vega-chart-1`, `vega-chart-2`, …): vl-convert's stand-alone pages all use
+    `vega-chart`, and several of them in one page all draw into the first container.
+    """
+
+    def __init__(self):
+        self._count = 0
+
+    def fragment(self, spec: dict) -> str:
+        """`<div>` + `<script>` for one chart; the first fragment also carries the library (inlined, no network)."""
+        import vl_convert as vlc
+
+        self._count += 1
+        chart_id = f"vega-chart-{self._count}"
+        head = ""
+        if self._count == 1:
+            library = vlc.javascript_bundle(vl_version=_vl_version()).replace("</script", "<\\/script")
+            # The SVG scales down to the column instead of overflowing it.
+            head = (f"<style>.report-chart svg {{ max-width: 100%; height: auto; }}</style>\n"
+                    f"<script>{library}</script>\n")
+        data = json.dumps(spec).replace("</", "<\\/")
+        options = json.dumps({"renderer": "svg", "actions": {"export": True, "source": False, "compiled": False,
+                                                             "editor": False}})
+        return (f'{head}<div id="{chart_id}" class="report-chart"></div>\n'
+                f"<script>vegaEmbed('#{chart_id}', {data}, {options}).catch(console.error);</script>")
+
+
+CHART_HTML = ChartHtml()
+
+
+def raw_html_block(html: str) -> str:
+    """`html` as a Pandoc raw HTML block, fenced with more backticks than any run inside it.
+
+    The div turns off Quarto's search of raw HTML for tables to convert (Vega's JavaScript mentions `<table`)."""
+    longest = max((len(run) for run in re.findall(r"`+", html)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f'::: {{html-table-processing="none"}}\n{fence}{{=html}}\n{html}\n{fence}\n:::\n'
+
+
+def mimebundle(spec: dict, target: str | None = None) -> tuple[dict, dict]:
+    """(data, metadata) for a Vega-Lite spec, shaped for the format Quarto renders (`target`, default: asked).
+
+    HTML: the interactive chart as a raw-HTML Markdown block. Any `text/html` output would make Quarto add require.js
+    and jQuery `<script src>` tags from a CDN to the page, which then needs the network. Other formats (typst): a PNG
+    at twice the chart's pixel size, shown at the chart's own width or the text column's, whichever is smaller.
+    Outside Quarto (Jupyter, tests): the PNG and the HTML fragment.
+    """
+    import vl_convert as vlc
+
+    target = quarto_format() if target is None else target
+    if target is not None and target.startswith("html"):
+        return {"text/markdown": raw_html_block(CHART_HTML.fragment(spec))}, {}
+    png = vlc.vegalite_to_png(spec, vl_version=_vl_version(), scale=2)
+    width_px = int.from_bytes(png[16:20], "big") / 2  # PNG header: width at bytes 16-19
+    shown = f"{min(100.0, 100 * width_px / TEXT_WIDTH_PX):.0f}%"
+    data = {"image/png": base64.b64encode(png).decode("ascii")}
+    if target is None:
+        data["text/html"] = CHART_HTML.fragment(spec)
+    return data, {"image/png": {"width": shown}}
+
+
+def _theme() -> dict:
+    """Chart defaults for print: no font below MIN_FONT_PX."""
+    text = {"labelFontSize": MIN_FONT_PX, "titleFontSize": MIN_FONT_PX + 1}
+    return {"config": {"axis": text, "legend": text, "header": text,
+                       "title": {"fontSize": MIN_FONT_PX + 2, "subtitleFontSize": MIN_FONT_PX},
+                       "text": {"fontSize": MIN_FONT_PX}}}
+
+
+def enable_report_rendering() -> None:
+    """Register and enable the report's Altair renderer and theme; allow the large inline tables the heatmaps need."""
+    if RENDERER not in alt.renderers.names():
+        alt.renderers.register(RENDERER, lambda spec, **_: mimebundle(spec))
+    alt.renderers.enable(RENDERER)
+    if RENDERER not in alt.theme.names():
+        alt.theme.register(RENDERER, enable=False)(lambda: alt.theme.ThemeConfig(_theme()))
+    alt.theme.enable(RENDERER)
+    # Heatmaps are already reduced to at most plots.MAX_HEATMAP_SIDE² cells; Altair's 5,000-row guard would refuse them.
+    alt.data_transformers.disable_max_rows()
+
 
 SIMILARITY_SCALE = alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True)
 GROUP_COLOURS = {
@@ -43,7 +161,7 @@ def kd_groups(kd_names) -> np.ndarray:
 
 def _group_colour():
     return alt.Color("group:N", scale=alt.Scale(domain=list(GROUP_COLOURS), range=list(GROUP_COLOURS.values())),
-                     title="KD group")
+                     title="KD group", legend=alt.Legend(orient="bottom", columns=2))
 
 
 # ---------------------------------------------------------------- heatmaps
@@ -64,8 +182,10 @@ def _block_means(matrix: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
 
 
 def similarity_heatmaps(matrices: dict, kd_names, labels: np.ndarray, order: np.ndarray,
-                        max_side: int = MAX_HEATMAP_SIDE, size: int = 300) -> alt.HConcatChart:
-    """K × K similarity matrices side by side, rows and columns in `order` (clusters contiguous), cluster strip on top.
+                        max_side: int = MAX_HEATMAP_SIDE, size: int = 270) -> alt.ConcatChart:
+    """K × K similarity matrices, two a row, rows and columns in `order` (clusters contiguous), cluster strip on top.
+
+    size: side of one heatmap in pixels (two a row fit the report's text column).
 
     matrices: {panel title: [K, K] array}. Above `max_side` KDs each cell is the mean over a block of consecutive
     KDs in that order (the subtitle says so).
@@ -102,7 +222,7 @@ def similarity_heatmaps(matrices: dict, kd_names, labels: np.ndarray, order: np.
         alt.Chart(axis).mark_rect(width=size / n + 0.5).encode(
             x=x_pos, color=alt.Color("cluster:N", legend=None, scale=alt.Scale(scheme="tableau20")),
             tooltip=["kd", "cluster"]),
-        alt.Chart(segments[segments["end"] - segments["start"] >= 2]).mark_text(fontSize=9, color="black").encode(
+        alt.Chart(segments[segments["end"] - segments["start"] >= 2]).mark_text(fontSize=MIN_FONT_PX, color="black").encode(
             x=alt.X("mid:Q", axis=None, scale=alt.Scale(domain=[-0.5, n - 0.5], nice=False, zero=False)),
             text="cluster:N"),
     ).properties(width=size, height=12)
@@ -120,7 +240,7 @@ def similarity_heatmaps(matrices: dict, kd_names, labels: np.ndarray, order: np.
                      alt.Tooltip("row_cluster:N", title="row cluster"), alt.Tooltip(f"{key}:Q", title=title, format=".3f")],
         ).properties(width=size, height=size)
         panels.append(alt.vconcat(strip, heat, spacing=2, title=alt.Title(title, anchor="middle")))
-    return (alt.hconcat(*panels).resolve_scale(color="independent")
+    return (alt.concat(*panels, columns=2).resolve_scale(color="independent")
             .properties(title=alt.Title("KDs ordered by output cluster and dendrogram", subtitle=resolution)))
 
 
@@ -153,8 +273,10 @@ def _top_terms(table: pd.DataFrame, fdr: float, per_cluster: int) -> pd.DataFram
     return cells
 
 
-def enrichment_heatmap(ora: pd.DataFrame, gsea: pd.DataFrame, fdr: float, per_cluster: int = 2) -> alt.HConcatChart:
-    """Cluster × pathway: KD-target ORA (−log10 FDR) and response GSEA (sign(NES) · −log10 FDR); • marks FDR < fdr."""
+def enrichment_heatmap(ora: pd.DataFrame, gsea: pd.DataFrame, fdr: float, per_cluster: int = 2) -> alt.VConcatChart:
+    """Cluster × pathway: KD-target ORA (−log10 FDR) above response GSEA (sign(NES) · −log10 FDR); • marks FDR < fdr.
+
+    One heatmap a row, so the term labels keep their full width and print size."""
     panels = []
     specs = [
         (ora, "KD targets: over-representation (background: screen KDs)", "−log10 FDR", None, "oranges"),
@@ -172,7 +294,7 @@ def enrichment_heatmap(ora: pd.DataFrame, gsea: pd.DataFrame, fdr: float, per_cl
         scale = (alt.Scale(scheme=scheme, domain=[-extent, extent], reverse=True) if sign
                  else alt.Scale(scheme=scheme, domain=[0, extent]))
         base = alt.Chart(cells).encode(
-            x=alt.X("cluster:O", title="output cluster"),
+            x=alt.X("cluster:O", title="output cluster", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("label:N", title=None, sort=alt.EncodingSortField("cluster", op="min"),
                     axis=alt.Axis(labelLimit=320)))
         heat = base.mark_rect().encode(
@@ -181,7 +303,7 @@ def enrichment_heatmap(ora: pd.DataFrame, gsea: pd.DataFrame, fdr: float, per_cl
             + ([alt.Tooltip("nes:Q", format=".2f")] if sign else ["overlap"]))
         dots = base.mark_text(color="black", fontSize=14, baseline="middle").encode(text="significant:N")
         panels.append((heat + dots).properties(title=title, width=alt.Step(22), height=alt.Step(14)))
-    return alt.hconcat(*panels).resolve_scale(color="independent")
+    return alt.vconcat(*panels, spacing=24).resolve_scale(color="independent")
 
 
 # ---------------------------------------------------------------- Part 2
@@ -190,14 +312,15 @@ def linearity_by_cluster(linearity: pd.DataFrame) -> alt.LayerChart:
     # Seeded jitter, so the static image is the same on every render.
     jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(linearity))
     frame = linearity.assign(explained=linearity["explained"].clip(lower=-1), jitter=jitter)
-    base = alt.Chart(frame).encode(x=alt.X("cluster:O", title="output cluster (0 = weak effect)"))
+    base = alt.Chart(frame).encode(x=alt.X("cluster:O", title="output cluster (0 = weak effect)",
+                                           axis=alt.Axis(labelAngle=0)))
     box = base.mark_boxplot(extent="min-max", opacity=0.35, color="#4c78a8", size=30).encode(
         y=alt.Y("explained:Q", title="share of ΔY explained by J·Δp (clipped at −1)"))
     points = base.mark_circle(size=18, opacity=0.6, color="#333").encode(
         y="explained:Q", xOffset=alt.XOffset("jitter:Q", scale=alt.Scale(domain=[-1, 1])),
         tooltip=["kd", "cluster", alt.Tooltip("explained:Q", format=".3f"), alt.Tooltip("jacobian_norm:Q", format=".3g")])
     rule = alt.Chart(pd.DataFrame({"y": [1.0]})).mark_rule(strokeDash=[4, 3], color="#888").encode(y="y:Q")
-    return (box + points + rule).properties(width=420, height=220)
+    return (box + points + rule).properties(width=420, height=180)
 
 
 # ---------------------------------------------------------------- Part 3
@@ -224,7 +347,7 @@ def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.n
     mantel = stats["mantel_pearson"]
     lo, hi = stats["pearson_ci"]
     title = (f"Pearson r = {stats['pearson_r']:.2f} (95% KD-bootstrap CI {lo:.2f} to {hi:.2f}), "
-             f"Mantel p {_fmt_p(mantel['p_value'], mantel['n_permutations'])}; "
+             f"Mantel {p_phrase(mantel['p_value'], mantel['n_permutations'])}; "
              f"Spearman {stats['spearman_r']:.2f}")
     subtitle = (f"all {n_pairs:,} pairs" if len(shown) == n_pairs
                 else f"{len(shown):,} of {n_pairs:,} pairs drawn at random (statistics use all pairs)")
@@ -232,9 +355,10 @@ def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.n
     return alt.Chart(frame).mark_circle(size=12, opacity=0.45).encode(
         x=alt.X("c_out:Q", title="output similarity C_out (cosine of ΔY)"),
         y=alt.Y("c_jac:Q", title="routing similarity C_jac (cosine of J)"),
-        color=alt.Color("kind:N", title="pair", scale=alt.Scale(domain=kinds, range=["#d62728", "#4c78a8", "#bbbbbb"])),
+        color=alt.Color("kind:N", title="pair", scale=alt.Scale(domain=kinds, range=["#d62728", "#4c78a8", "#bbbbbb"]),
+                        legend=alt.Legend(orient="bottom")),
         tooltip=["pair", "kind", alt.Tooltip("c_out:Q", format=".3f"), alt.Tooltip("c_jac:Q", format=".3f")],
-    ).properties(width=420, height=340, title=alt.Title(title, subtitle=subtitle, fontSize=12))
+    ).properties(width=460, height=240, title=alt.Title(title, subtitle=subtitle))
 
 
 def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, stats: dict, bins: int = 40) -> alt.LayerChart:
@@ -252,31 +376,32 @@ def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, stats: dict, bins: i
     c = stats["contrast"]
     means = pd.DataFrame({"kind": ["same cluster", "different clusters"], "mean": [c["mean_same"], c["mean_cross"]]})
     colour = alt.Color("kind:N", title="pair", scale=alt.Scale(domain=["same cluster", "different clusters"],
-                                                               range=["#d62728", "#4c78a8"]))
+                                                               range=["#d62728", "#4c78a8"]),
+                       legend=alt.Legend(orient="bottom"))
     bars = alt.Chart(hist).mark_rect(opacity=0.5).encode(
         x=alt.X("start:Q", title="routing similarity C_jac"), x2="end:Q", y=alt.Y("density:Q", stack=None), y2=alt.datum(0),
         color=colour, tooltip=["kind", alt.Tooltip("start:Q", format=".2f"), alt.Tooltip("density:Q", format=".2f")])
     rules = alt.Chart(means).mark_rule(strokeDash=[5, 3], size=2).encode(x="mean:Q", color=colour,
                                                                           tooltip=["kind", alt.Tooltip("mean:Q", format=".3f")])
-    title = (f"same − cross = {c['difference']:.3f}, AUC {c['auc']:.2f}; cluster-label permutation p "
-             f"{_fmt_p(c['permutation_p'], c['n_permutations'])}")
-    subtitle = (f"{c['n_same']:,} same-cluster and {c['n_cross']:,} cross-cluster pairs; pair-level rank-sum p "
-                f"{_fmt_p(c['rank_sum_p'])} (anti-conservative); dashed lines: means")
-    return (bars + rules).properties(width=420, height=220, title=alt.Title(title, subtitle=subtitle, fontSize=12))
+    title = (f"same − cross = {c['difference']:.3f}, AUC {c['auc']:.2f}; cluster-label permutation "
+             f"{p_phrase(c['permutation_p'], c['n_permutations'])}")
+    subtitle = (f"{c['n_same']:,} same-cluster and {c['n_cross']:,} cross-cluster pairs; pair-level rank-sum "
+                f"{p_phrase(c['rank_sum_p'])} (anti-conservative); dashed lines: means")
+    return (bars + rules).properties(width=460, height=220, title=alt.Title(title, subtitle=subtitle))
 
 
-def svd_overview(variance_explained: np.ndarray, kd_scores: np.ndarray, kd_names, n_show: int = 20,
+def svd_overview(variance_explained: np.ndarray, kd_scores: np.ndarray, kd_names, n_show: int = 12,
                  annotate=ANNOTATED_KDS) -> alt.HConcatChart:
     """Scree of the stacked-Jacobian SVD and the KDs' scores on the two leading axes, KD families coloured."""
     n_show = min(n_show, len(variance_explained))
     scree = pd.DataFrame({"axis": np.arange(1, n_show + 1), "share": variance_explained[:n_show],
                           "cumulative": np.cumsum(variance_explained)[:n_show]})
-    base = alt.Chart(scree).encode(x=alt.X("axis:O", title="SVD axis"))
+    base = alt.Chart(scree).encode(x=alt.X("axis:O", title="SVD axis", axis=alt.Axis(labelAngle=0)))
     scree_chart = (base.mark_bar(color="#4c78a8").encode(
-        y=alt.Y("share:Q", title="share of Σ‖J‖² (bars) / cumulative (line)", axis=alt.Axis(format="%")),
+        y=alt.Y("share:Q", title="share of Σ‖J‖²", axis=alt.Axis(format="%")),
         tooltip=["axis", alt.Tooltip("share:Q", format=".1%"), alt.Tooltip("cumulative:Q", format=".1%")])
         + base.mark_line(color="#d62728", point=True).encode(y="cumulative:Q")).properties(
-        width=260, height=240, title="Variance explained")
+        width=alt.Step(18), height=220, title=alt.Title("Variance explained", subtitle="bars: each axis; line: cumulative"))
 
     kd_names = np.asarray(kd_names)
     two = kd_scores.shape[1] >= 2
@@ -295,9 +420,9 @@ def svd_overview(variance_explained: np.ndarray, kd_scores: np.ndarray, kd_names
     for k, dy in enumerate(offsets):
         rows = named[named.index % len(offsets) == k]
         if len(rows):
-            layers.append(alt.Chart(rows).mark_text(align="left", dx=5, dy=dy, fontSize=11, fontWeight="bold").encode(
+            layers.append(alt.Chart(rows).mark_text(align="left", dx=5, dy=dy, fontSize=MIN_FONT_PX, fontWeight="bold").encode(
                 x="axis1:Q", y="axis2:Q", text="label:N"))
-    return alt.hconcat(scree_chart, alt.layer(*layers).properties(width=330, height=240, title="KD scores"))
+    return alt.hconcat(scree_chart, alt.layer(*layers).properties(width=300, height=220, title="KD scores"))
 
 
 def gene_loadings(gene_loadings: np.ndarray, gene_names, n_axes: int = 3, top: int = 12) -> alt.HConcatChart:
@@ -312,7 +437,8 @@ def gene_loadings(gene_loadings: np.ndarray, gene_names, n_axes: int = 3, top: i
             x=alt.X("loading:Q", title="loading"), y=alt.Y("gene:N", sort=alt.EncodingSortField("loading", order="descending"),
                                                            title=None),
             color=alt.Color("kind:N", title="output gene", scale=alt.Scale(domain=["ribosomal protein (RPL/RPS)", "other"],
-                                                                          range=["#d62728", "#9e9e9e"])),
-            tooltip=["gene", alt.Tooltip("loading:Q", format=".3f")]).properties(width=150, height=alt.Step(13),
+                                                                          range=["#d62728", "#9e9e9e"]),
+                            legend=alt.Legend(orient="bottom")),
+            tooltip=["gene", alt.Tooltip("loading:Q", format=".3f")]).properties(width=130, height=alt.Step(14),
                                                                                 title=f"axis {a + 1}"))
     return alt.hconcat(*panels)

@@ -5,108 +5,83 @@ from `numbers(results)` through inline expressions, every table from a `*_table`
 here, and the abstract's verdict sentence from `abstract(results)`. Nothing here computes a
 statistic; it formats what the pipeline stored.
 
-`setup()` registers the Altair renderer the report needs: a MIME bundle with `image/png`
-first (what the typst PDF takes) and self-contained `text/html` second (what the HTML page
-shows, interactive, with Vega's JavaScript inlined rather than fetched from a CDN).
+Charts render through `plots.enable_report_rendering()` (called by `load`): for the HTML format
+the interactive chart as raw HTML in Markdown (Vega's JavaScript inlined once, one container
+id per chart, no `text/html` output and so no CDN scripts); for the typst PDF a PNG sized to
+the text column.
 """
 
 from __future__ import annotations
 
-import base64
-import math
-import platform
+import dataclasses
+import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
-from . import cache, enrichment
+from . import cache, enrichment, plots
 from .config import load_config
+from .formatting import Md, breakable, fmt, fmt_p, p_phrase
 from .pipeline import Results, result_paths, run_analysis
 
-RENDERER = "report_png_html"
-
-
-class Md(str):
-    """A string shown as itself: Markdown for Quarto, and no quotes in its plain-text repr (inline expressions)."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    def _repr_markdown_(self) -> str:
-        return str(self)
-
-
-# ---------------------------------------------------------------- setup
-def _vl_version() -> str:
-    import altair as alt
-
-    return "_".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
-
-
-def mimebundle(spec: dict) -> dict:
-    """{image/png (base64), text/html} for a Vega-Lite spec, PNG first: the order decides what the typst PDF shows."""
-    import vl_convert as vlc
-
-    version = _vl_version()
-    png = vlc.vegalite_to_png(spec, vl_version=version, scale=2)
-    html = vlc.vegalite_to_html(spec, vl_version=version, bundle=True)
-    return {"image/png": base64.b64encode(png).decode("ascii"), "text/html": html}
-
-
-def setup() -> None:
-    """Register and enable the report's Altair renderer; allow the large inline tables the heatmaps need."""
-    import altair as alt
-
-    if RENDERER not in alt.renderers.names():
-        alt.renderers.register(RENDERER, lambda spec, **_: mimebundle(spec))
-    alt.renderers.enable(RENDERER)
-    # Heatmaps are already reduced to at most plots.MAX_HEATMAP_SIDE² cells; Altair's 5,000-row guard would refuse them.
-    alt.data_transformers.disable_max_rows()
-
-
 def load(config_path: str | Path) -> Results:
-    """Set up rendering and return the results for `config_path`, computing what the cache lacks."""
-    setup()
+    """Set up chart rendering and return the results for `config_path`, computing what the cache lacks."""
+    plots.enable_report_rendering()
     return run_analysis(load_config(config_path), progress=False)
 
 
 # ---------------------------------------------------------------- formatting
-def fmt(x: float, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    return f"{x:.{digits}f}".replace("-", "−")
+def config_relative(results: Results, path: str | Path) -> str:
+    """`path` as the config file would name it: relative to the config's folder, the same on every machine."""
+    base = results.config.source.parent if results.config.source else Path.cwd()
+    return os.path.relpath(path, base)
 
 
-def fmt_p(p: float | None, n_permutations: int | None = None) -> str:
-    """A p-value as printed; a permutation p at its floor 1/(n+1) is shown as that bound ('≤ 0.0001')."""
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "—"
-    if n_permutations and p <= 1.0 / (n_permutations + 1) + 1e-15:
-        return f"≤ {1.0 / (n_permutations + 1):.2g}"
-    if p == 0:
-        return "< 1e-300"
-    return f"{p:.2g}"
-
-
-def p_phrase(p: float | None, n_permutations: int | None = None) -> str:
-    """'p = 0.03' or 'p ≤ 0.0001' (for prose)."""
-    text = fmt_p(p, n_permutations)
-    return f"p {text}" if text[0] in "≤<" else f"p = {text}"
+def config_file(results: Results) -> str:
+    """The config file relative to the Quarto project (or working) folder; absolute when it lies outside."""
+    if results.config.source is None:
+        return "(built in code, no file)"
+    root = os.environ.get("QUARTO_PROJECT_ROOT") or os.getcwd()
+    relative = os.path.relpath(results.config.source, root)
+    return str(results.config.source) if relative.startswith("..") else relative
 
 
 def _cell(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(frame: pd.DataFrame, widths: list[int] | None = None) -> Md:
-    """A pipe table. `widths` (relative) sets the dash counts, which Pandoc uses as column widths when cells wrap."""
-    widths = widths or [max(3, len(str(c))) for c in frame.columns]
+def markdown_table(frame: pd.DataFrame, widths: list[int], align: str | None = None) -> Md:
+    """A pipe table with explicit column widths and alignment, for both HTML and typst.
+
+    widths: relative column widths; Pandoc turns the dash counts into the typst table's `columns: (…%, …)`, so the
+    PDF does not size columns from their content (long cells would overprint their neighbours). align: one letter per
+    column, 'l' (default) or 'r' (numbers).
+    """
+    align = align or "l" * len(frame.columns)
+    rule = {"l": ":{}", "r": "{}:"}
     lines = ["| " + " | ".join(_cell(c) for c in frame.columns) + " |",
-             "|" + "|".join("-" * max(3, w) for w in widths) + "|"]
+             "|" + "|".join(rule[a].format("-" * max(3, w)) for w, a in zip(widths, align)) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return Md("\n".join(lines))
+
+
+# Library file stems -> short names for tables (a legend beneath each table spells them out).
+LIBRARY_ABBREVIATIONS = {"GO_Biological_Process": "GO BP", "GO_Molecular_Function": "GO MF",
+                         "GO_Cellular_Component": "GO CC", "MSigDB_Hallmark": "Hallmark", "KEGG": "KEGG",
+                         "Reactome": "Reactome"}
+
+
+def library_short(library: str) -> str:
+    return next((short for prefix, short in LIBRARY_ABBREVIATIONS.items() if library.startswith(prefix)), library)
+
+
+def library_legend(libraries) -> str:
+    """'GO BP: GO_Biological_Process_2021; Hallmark: MSigDB_Hallmark_v7.0' for the libraries a table names."""
+    named = sorted({str(lib) for lib in libraries if library_short(str(lib)) != str(lib)})
+    return "; ".join(f"{library_short(lib)}: {breakable(lib)}" for lib in named)
 
 
 def _criterion(results: Results, name_start: str, family: str):
@@ -138,7 +113,7 @@ def numbers(results: Results) -> SimpleNamespace:
         draw_cosine_min=fmt(float(reproducibility.min()), 3),
         n_permutations=f"{cfg.n_permutations:,}", n_bootstrap=f"{cfg.n_bootstrap:,}", alpha=f"{cfg.alpha:g}",
         fdr=f"{cfg.fdr:g}", r_threshold=f"{cfg.seed_r_threshold:g}", prerank_permutations=f"{cfg.prerank_permutations:,}",
-        n_axes=f"{cfg.n_axes}", libraries=", ".join(Path(p).stem for p in cfg.gene_sets) or "none",
+        n_axes=f"{cfg.n_axes}", libraries=", ".join(breakable(Path(p).stem) for p in cfg.gene_sets) or "none",
         n_pairs=f"{stats['n_pairs']:,}", pearson_r=fmt(stats["pearson_r"]), spearman_r=fmt(stats["spearman_r"]),
         ci_low=fmt(lo), ci_high=fmt(hi),
         mantel_p=p_phrase(stats["mantel_pearson"]["p_value"], stats["mantel_pearson"]["n_permutations"]),
@@ -159,10 +134,10 @@ def numbers(results: Results) -> SimpleNamespace:
         linearity_median=fmt(float(p3.linearity["explained"].median())),
         linearity_q1=fmt(float(p3.linearity["explained"].quantile(0.25))),
         linearity_q3=fmt(float(p3.linearity["explained"].quantile(0.75))),
-        call=p3.verdict.call, meaning=p3.verdict.meaning,
-        checkpoint=str(Path(cfg.run_dir) / "checkpoints" / cfg.checkpoint),
-        checkpoint_sha=prov["checkpoint_sha256"], data=str(cfg.h5ad), data_sha=prov["data_sha256"],
-        input_key=prov["input_key"], code_version=prov["code_version"], config_file=prov["config_file"],
+        call=p3.verdict.call, call_phrase=call_phrase(results),
+        checkpoint=config_relative(results, Path(cfg.run_dir) / "checkpoints" / cfg.checkpoint),
+        checkpoint_sha=prov["checkpoint_sha256"], data=config_relative(results, cfg.h5ad), data_sha=prov["data_sha256"],
+        input_key=prov["input_key"], code_version=prov["code_version"], config_file=config_file(results),
         device=prov["device"], jacobian_seconds=f"{p3.seconds.get('jacobians', float('nan')):.0f}",
         jvp_ratio=f"{n_genes / hidden:.1f}", weak_fraction=f"{_weak_fraction():g}",
         autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
@@ -184,6 +159,14 @@ def is_demo(results: Results) -> bool:
 
 
 # ---------------------------------------------------------------- abstract
+def call_phrase(results: Results) -> Md:
+    """'**positive**: Model B (internalized circuits) — the transformer uses …': the call, then its meaning with
+    the call's own name dropped and at most one colon in the sentence."""
+    verdict = results.part3.verdict
+    meaning = re.sub(rf"^{re.escape(verdict.call)}\s*[:—–-]\s*", "", verdict.meaning)
+    return Md(f"**{verdict.call}**: {meaning.replace(': ', ' — ', 1)}")
+
+
 def abstract(results: Results) -> Md:
     """The abstract's result sentences, worded from which dependence-aware criteria held."""
     n = numbers(results)
@@ -202,8 +185,7 @@ def abstract(results: Results) -> Md:
               else f"same-output-cluster KDs did not route detectably more similarly than KDs of different clusters ({c_part})")
     third = (f"Routing similarity {'added' if partial.held else 'did not add'} to what the encoder geometry C_rep "
              f"already predicts (partial Mantel r = {n.partial_r}, {n.partial_p}).")
-    call = {"positive": "positive", "negative": "negative", "mixed": "mixed"}[results.part3.verdict.call]
-    verdict = f"The verdict is **{call}**: {results.part3.verdict.meaning}."
+    verdict = f"The verdict is {call_phrase(results)}."
     return Md(f"{first}, {joint} {second}. {third} {verdict}")
 
 
@@ -272,31 +254,64 @@ def tests_table(results: Results) -> Md:
          "a stated, data-driven criterion; stability against the choice of genes"),
     ]
     frame = pd.DataFrame(rows, columns=["Question", "Statistic", "Inference", "Why this inference"])
-    return markdown_table(frame, [12, 20, 24, 22])
+    return markdown_table(frame, [16, 22, 24, 22])
+
+
+# The verdict table's columns: criterion field -> heading. Everything else a criterion carries (statistic, test,
+# note, and any field added later) is written beneath the table, numbered like the rows.
+VERDICT_COLUMNS = {"name": "Criterion", "family": "Family", "value": "Value", "threshold": "Threshold",
+                   "p_value": "p", "held": "Held"}
+
+
+def _verdict_cell(field: str, value, n_permutations: int) -> str:
+    if field == "value":
+        return fmt(value, 3)
+    if field == "p_value":
+        return fmt_p(value, n_permutations)
+    if field == "held":
+        return "yes" if value else "no"
+    return str(value)
 
 
 def verdict_frame(results: Results) -> pd.DataFrame:
-    """The verdict criteria, formatted: seed criteria beside their dependence-aware versions."""
+    """One row per verdict criterion, the columns of VERDICT_COLUMNS, formatted; row i is numbered (i)."""
+    n = results.config.n_permutations
     rows = []
-    for c in results.part3.verdict.criteria:
-        rows.append({"Criterion": c.name, "Version": c.family, "Statistic": c.statistic, "Value": f"{c.value:.3f}",
-                     "Test": c.test, "Threshold": c.threshold, "p": fmt_p(c.p_value),
-                     "Held": "held" if c.held else "not held", "Note": c.note})
-    return pd.DataFrame(rows)
+    for number, c in enumerate(results.part3.verdict.criteria, 1):
+        row = {heading: _verdict_cell(field, getattr(c, field), n) for field, heading in VERDICT_COLUMNS.items()}
+        row["Criterion"] = f"{row['Criterion']} ({number})"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS.values()))
 
 
 def verdict_table(results: Results) -> Md:
-    return markdown_table(verdict_frame(results), [14, 9, 14, 6, 18, 10, 7, 6, 16])
+    return markdown_table(verdict_frame(results), [27, 17, 8, 22, 9, 6], "llrlrl")
+
+
+def verdict_notes(results: Results) -> Md:
+    """Beneath the verdict table: for each numbered criterion, what it measures, the test and the note."""
+    lines = []
+    for number, c in enumerate(results.part3.verdict.criteria, 1):
+        extra = {k: v for k, v in dataclasses.asdict(c).items() if k not in VERDICT_COLUMNS and v not in ("", None)}
+        parts = [f"{k.replace('_', ' ')}: {v}" for k, v in extra.items()]
+        lines.append(f"({number}) " + "; ".join(parts) + ".")
+    return Md("\n\n".join(lines))
 
 
 def prior_work_table(results: Results) -> Md:
-    frame = results.part3.prior_work.rename(columns={"prior": "Prior analysis", "finding": "Finding",
+    frame = results.part3.prior_work.rename(columns={"prior": "Prior", "finding": "Finding",
                                                      "question": "What this tests", "this_run": "This run"})
-    return markdown_table(frame, [6, 22, 20, 40])
+    return markdown_table(frame, [7, 22, 22, 40])
+
+
+def _term_cell(row: pd.Series, statistic: str | None = None) -> str:
+    """'term [library]' with its FDR (and NES), the name wrappable at underscores."""
+    stat = f"NES {fmt(row[statistic])}, " if statistic else ""
+    return f"{breakable(row['term'])} [{library_short(row['library'])}] ({stat}FDR {fmt_p(row['fdr'])})"
 
 
 def cluster_table(results: Results) -> Md:
-    """Per output cluster: size, members, best KD-target ORA term and best response GSEA term (with FDR)."""
+    """Per output cluster: size and members, the best KD-target ORA term and the best response GSEA term."""
     p1 = results.part1
     top_ora = enrichment.top_terms(p1.ora).set_index("query")
     top_gsea = enrichment.top_terms(p1.gsea).set_index("query")
@@ -305,12 +320,10 @@ def cluster_table(results: Results) -> Md:
         q = f"cluster {cluster}"
         names = list(members["kd"])
         shown = ", ".join(names[:6]) + (f", … (+{len(names) - 6})" if len(names) > 6 else "")
-        ora = f"{top_ora.loc[q, 'term']} (FDR {fmt_p(top_ora.loc[q, 'fdr'])})" if q in top_ora.index else "—"
-        gsea = (f"{top_gsea.loc[q, 'term']} (NES {fmt(top_gsea.loc[q, 'nes'])}, FDR {fmt_p(top_gsea.loc[q, 'fdr'])})"
-                if q in top_gsea.index else "—")
-        rows.append({"Cluster": "0 (weak effect)" if cluster == 0 else str(cluster), "KDs": len(names),
-                     "Members": shown, "Top KD-target term (ORA)": ora, "Top response term (GSEA)": gsea})
-    return markdown_table(pd.DataFrame(rows), [8, 4, 26, 24, 26])
+        rows.append({"Cluster": "0 (weak)" if cluster == 0 else str(cluster), "KDs": len(names), "Members": shown,
+                     "KD targets (ORA)": _term_cell(top_ora.loc[q]) if q in top_ora.index else "—",
+                     "Response (GSEA)": _term_cell(top_gsea.loc[q], "nes") if q in top_gsea.index else "—"})
+    return markdown_table(pd.DataFrame(rows), [10, 5, 25, 30, 30], "lrlll")
 
 
 def svd_table(results: Results) -> Md:
@@ -321,16 +334,50 @@ def svd_table(results: Results) -> Md:
     best = table.sort_values(["fdr", "p_value"]).groupby(["axis", "kind"], sort=True).head(1).sort_values(["axis", "kind"])
     variance = results.part3.variance_explained
     frame = pd.DataFrame({
-        "Axis": best["axis"].astype(int), "Share of Σ‖J‖²": [f"{100 * variance[a - 1]:.1f}%" for a in best["axis"]],
-        "Ranked": best["kind"].map({"genes": "output-gene loadings", "KDs": "KD scores"}),
-        "Top term": best["term"], "Library": best["library"], "NES": best["nes"].map(fmt),
-        "FDR": best["fdr"].map(fmt_p)})
-    return markdown_table(frame, [4, 7, 12, 30, 14, 5, 6])
+        "Axis": best["axis"].astype(int), "Share": [f"{100 * variance[a - 1]:.1f}%" for a in best["axis"]],
+        "Ranking": best["kind"],
+        "Top term [library]": [f"{breakable(t)} [{library_short(lib)}]" for t, lib in zip(best["term"], best["library"])],
+        "NES": best["nes"].map(fmt), "FDR": best["fdr"].map(fmt_p)})
+    return markdown_table(frame, [5, 7, 9, 55, 7, 8], "rrllrr")
+
+
+def enrichment_legend(results: Results) -> Md:
+    """Beneath the tables that name gene-set libraries: what the short names stand for."""
+    libraries = pd.concat([results.part1.ora["library"], results.part1.gsea["library"],
+                           results.part3.svd_enrichment.get("library", pd.Series(dtype=str))])
+    legend = library_legend(libraries)
+    return Md(f"Libraries: {legend}." if legend else "")
+
+
+def config_values(results: Results) -> dict:
+    """The configuration as it was used: paths relative to the config file, defaults resolved to what the run took
+    (K KDs, S cells a set, the device), so the table agrees with the text."""
+    cfg, prov = results.config, results.provenance
+    described = cfg.describe()
+    values = {}
+    for field, value in described.items():
+        if field in ("run_dir", "h5ad", "cache_dir"):
+            value = config_relative(results, value)
+        elif field == "gene_sets":
+            value = ", ".join(config_relative(results, v) for v in value) or "none"
+        elif field == "kds":
+            value = (f"{', '.join(value)} ({prov['n_kds']} KDs)" if value
+                     else f"all {prov['n_kds']} KDs of the one-hot map in the cell line")
+        elif field == "set_size":
+            value = f"{prov['set_size']}" + (" (the model's cell_set_len)" if not value else "")
+        elif field == "tangents_per_call" and not value:
+            value = "0 (chosen for the device and set size)"
+        elif field == "device":
+            value = f"{value}: {prov['device']}" if value == "auto" else value
+        elif field == "cell_line" and value is None:
+            value = "the single cell type of the data"
+        values[field] = value
+    return values
 
 
 def config_table(results: Results) -> Md:
-    described = results.config.describe()
-    frame = pd.DataFrame({"Field": list(described), "Value": [f"`{v}`" for v in described.values()]})
+    values = config_values(results)
+    frame = pd.DataFrame({"Field": list(values), "Value": [f"`{v}`" for v in values.values()]})
     return markdown_table(frame, [12, 40])
 
 
@@ -346,17 +393,17 @@ def provenance_table(results: Results) -> Md:
     """Hashes, cache folders and stage timings."""
     prov, paths = results.provenance, result_paths(results)
     jacobian_meta = _stage_meta(results, "jacobians", results.part3.jacobian_key)
-    rows = [("Config file", f"`{prov['config_file']}`"),
+    rows = [("Config file", f"`{config_file(results)}`"),
             ("Checkpoint sha256", f"`{prov['checkpoint_sha256']}`"), ("Control data sha256", f"`{prov['data_sha256']}`"),
             ("Input key (model + data + code)", f"`{prov['input_key']}`"), ("Code version", f"`{prov['code_version']}`")]
-    rows += [(f"Cache: {stage}", f"`{path}`") for stage, path in paths.items()]
+    rows += [(f"Cache: {stage}", f"`{config_relative(results, path)}`") for stage, path in paths.items()]
     seconds = results.part3.seconds
     labels = {"part1": "Part 1 (ΔY, clusters, enrichment)", "jacobians": "Part 2 (Jacobians)",
               "part3": "Part 3 (Gram, SVD, statistics)"}
     for stage, value in seconds.items():
         where = f" on {jacobian_meta['device']}" if stage == "jacobians" and jacobian_meta.get("device") else ""
         rows.append((f"Time: {labels.get(stage, stage)}", f"{value:,.1f} s{where}"))
-    return markdown_table(pd.DataFrame(rows, columns=["Item", "Value"]), [14, 40])
+    return markdown_table(pd.DataFrame(rows, columns=["Item", "Value"]), [16, 45])
 
 
 def _stage_meta(results: Results, stage: str, key: str) -> dict:
@@ -365,7 +412,3 @@ def _stage_meta(results: Results, stage: str, key: str) -> dict:
         return cache.StageDir(results.config.cache_dir, stage, key).meta()
     except (FileNotFoundError, OSError, ValueError):
         return {}
-
-
-def rendered_on() -> Md:
-    return Md(f"{platform.node() or 'unknown host'} ({platform.platform()})")
