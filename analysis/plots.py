@@ -1,7 +1,7 @@
 """Altair charts for the report, drawn from what `analysis.pipeline.Results` already holds, and how they render.
 
 Nothing here computes a statistic: every number a chart states comes from the results
-(`part3.stats`, enrichment tables, SVD arrays). Charts only reshape into long tables and,
+(`part3.evidence`, enrichment tables, SVD arrays). Charts only reshape into long tables and,
 for large K, reduce what is drawn (block means of a heatmap, a random sample of pairs),
 saying so in the chart's subtitle so the caption can point there.
 
@@ -332,9 +332,10 @@ def _pairs(labels: np.ndarray):
     return i, j, kind
 
 
-def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.ndarray, stats: dict,
+def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.ndarray, evidence,
                     max_points: int = MAX_SCATTER_POINTS, seed: int = 0) -> alt.Chart:
-    """One point per KD pair: C_out against C_jac, with r, its KD-bootstrap CI and the Mantel p in the title."""
+    """One point per KD pair: C_out against C_jac, with r, its KD-bootstrap CI and the studentized Mantel p in the
+    title (`evidence`: `routing.RoutingEvidence`)."""
     kd_names = np.asarray(kd_names)
     i, j, kind = _pairs(np.asarray(labels))
     n_pairs = len(i)
@@ -344,11 +345,11 @@ def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.n
     frame = pd.DataFrame({"c_out": np.round(c_out[i[shown], j[shown]], 4), "c_jac": np.round(c_jac[i[shown], j[shown]], 4),
                           "pair": [f"{a}–{b}" for a, b in zip(kd_names[i[shown]], kd_names[j[shown]])],
                           "kind": kind[shown]})
-    mantel = stats["mantel_pearson"]
-    lo, hi = stats["pearson_ci"]
-    title = (f"Pearson r = {stats['pearson_r']:.2f} (95% KD-bootstrap CI {lo:.2f} to {hi:.2f}), "
-             f"Mantel {p_phrase(mantel['p_value'], mantel['n_permutations'])}; "
-             f"Spearman {stats['spearman_r']:.2f}")
+    mantel = evidence.mantel_pearson
+    lo, hi = evidence.pearson_ci
+    title = (f"Pearson r = {mantel.statistic:.2f} (95% KD-bootstrap CI {lo:.2f} to {hi:.2f}), "
+             f"studentized Mantel {p_phrase(mantel.p_value, mantel.n_permutations)}; "
+             f"Spearman {evidence.mantel_spearman.statistic:.2f}")
     subtitle = (f"all {n_pairs:,} pairs" if len(shown) == n_pairs
                 else f"{len(shown):,} of {n_pairs:,} pairs drawn at random (statistics use all pairs)")
     kinds = ["same cluster", "different clusters", "involves a weak-effect KD"]
@@ -361,8 +362,9 @@ def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.n
     ).properties(width=460, height=240, title=alt.Title(title, subtitle=subtitle))
 
 
-def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, stats: dict, bins: int = 40) -> alt.LayerChart:
-    """Distributions of C_jac over same- and cross-cluster pairs (clusters ≥ 1), each normalised to density."""
+def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, contrast, bins: int = 40) -> alt.LayerChart:
+    """Distributions of C_jac over same- and cross-cluster pairs (clusters ≥ 1), each normalised to density
+    (`contrast`: `routing.ClusterContrast`)."""
     labels = np.asarray(labels)
     keep = labels > 0
     i, j, kind = _pairs(labels[keep])
@@ -373,8 +375,8 @@ def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, stats: dict, bins: i
         density, _ = np.histogram(values[kind == name], bins=edges, density=True)
         frames.append(pd.DataFrame({"kind": name, "start": edges[:-1], "end": edges[1:], "density": density}))
     hist = pd.concat(frames, ignore_index=True)
-    c = stats["contrast"]
-    means = pd.DataFrame({"kind": ["same cluster", "different clusters"], "mean": [c["mean_same"], c["mean_cross"]]})
+    c = contrast
+    means = pd.DataFrame({"kind": ["same cluster", "different clusters"], "mean": [c.mean_same, c.mean_cross]})
     colour = alt.Color("kind:N", title="pair", scale=alt.Scale(domain=["same cluster", "different clusters"],
                                                                range=["#d62728", "#4c78a8"]),
                        legend=alt.Legend(orient="bottom"))
@@ -383,10 +385,10 @@ def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, stats: dict, bins: i
         color=colour, tooltip=["kind", alt.Tooltip("start:Q", format=".2f"), alt.Tooltip("density:Q", format=".2f")])
     rules = alt.Chart(means).mark_rule(strokeDash=[5, 3], size=2).encode(x="mean:Q", color=colour,
                                                                           tooltip=["kind", alt.Tooltip("mean:Q", format=".3f")])
-    title = (f"same − cross = {c['difference']:.3f}, AUC {c['auc']:.2f}; cluster-label permutation "
-             f"{p_phrase(c['permutation_p'], c['n_permutations'])}")
-    subtitle = (f"{c['n_same']:,} same-cluster and {c['n_cross']:,} cross-cluster pairs; pair-level rank-sum "
-                f"{p_phrase(c['rank_sum_p'])} (anti-conservative); dashed lines: means")
+    title = (f"same − cross = {c.difference:.3f} ({c.test.statistic:.2f} SD of C_jac), AUC {c.auc:.2f}; "
+             f"studentized cluster-label permutation {p_phrase(c.test.p_value, c.test.n_permutations)}")
+    subtitle = (f"{c.n_same:,} same-cluster and {c.n_cross:,} cross-cluster pairs; pair-level rank-sum "
+                f"{p_phrase(c.rank_sum_p)} (anti-conservative); dashed lines: means")
     return (bars + rules).properties(width=460, height=220, title=alt.Title(title, subtitle=subtitle))
 
 

@@ -26,6 +26,7 @@ from . import cache, enrichment, plots
 from .config import load_config
 from .formatting import Md, breakable, fmt, fmt_p, p_phrase
 from .pipeline import Results, result_paths, run_analysis
+from .verdict import DecisionRule
 
 def load(config_path: str | Path) -> Results:
     """Set up chart rendering and return the results for `config_path`, computing what the cache lacks."""
@@ -84,18 +85,15 @@ def library_legend(libraries) -> str:
     return "; ".join(f"{library_short(lib)}: {breakable(lib)}" for lib in named)
 
 
-def _criterion(results: Results, name_start: str, family: str):
-    return next(c for c in results.part3.verdict.criteria if c.name.startswith(name_start) and c.family == family)
-
-
 # ---------------------------------------------------------------- numbers for the prose
 def numbers(results: Results) -> SimpleNamespace:
     """Every number the article's prose quotes, formatted (inline `{python} N.name`)."""
     cfg, p1, p3, prov = results.config, results.part1, results.part3, results.provenance
-    stats, contrast = p3.stats, p3.stats["contrast"]
+    ev, svd, rule = p3.evidence, p3.svd, DecisionRule.from_config(cfg)
+    mantel, contrast = ev.mantel_pearson, ev.contrast
     labels = p1.labels
     n_kds, n_genes, hidden = prov["n_kds"], prov["n_genes"], prov["hidden_dim"]
-    lo, hi = stats["pearson_ci"]
+    lo, hi = ev.pearson_ci
     ari = p1.bootstrap_ari
     reproducibility = p1.kd_table["draw_cosine"]
     chosen = p1.silhouette.loc[p1.silhouette["silhouette"].idxmax()]
@@ -114,23 +112,32 @@ def numbers(results: Results) -> SimpleNamespace:
         n_permutations=f"{cfg.n_permutations:,}", n_bootstrap=f"{cfg.n_bootstrap:,}", alpha=f"{cfg.alpha:g}",
         fdr=f"{cfg.fdr:g}", r_threshold=f"{cfg.seed_r_threshold:g}", prerank_permutations=f"{cfg.prerank_permutations:,}",
         n_axes=f"{cfg.n_axes}", libraries=", ".join(breakable(Path(p).stem) for p in cfg.gene_sets) or "none",
-        n_pairs=f"{stats['n_pairs']:,}", pearson_r=fmt(stats["pearson_r"]), spearman_r=fmt(stats["spearman_r"]),
-        ci_low=fmt(lo), ci_high=fmt(hi),
-        mantel_p=p_phrase(stats["mantel_pearson"]["p_value"], stats["mantel_pearson"]["n_permutations"]),
-        mantel_spearman_p=p_phrase(stats["mantel_spearman"]["p_value"], stats["mantel_spearman"]["n_permutations"]),
-        partial_r=fmt(stats["partial_mantel"]["statistic"]),
-        partial_p=p_phrase(stats["partial_mantel"]["p_value"], stats["partial_mantel"]["n_permutations"]),
-        rep_out_r=fmt(stats["mantel_out_rep"]["statistic"]),
-        rep_out_p=p_phrase(stats["mantel_out_rep"]["p_value"], stats["mantel_out_rep"]["n_permutations"]),
-        mean_same=fmt(contrast["mean_same"]), mean_cross=fmt(contrast["mean_cross"]),
-        difference=fmt(contrast["difference"], 3), auc=fmt(contrast["auc"]),
-        n_same=f"{contrast['n_same']:,}", n_cross=f"{contrast['n_cross']:,}",
-        contrast_p=p_phrase(contrast["permutation_p"], contrast["n_permutations"]),
-        rank_sum_p=p_phrase(contrast["rank_sum_p"]),
+        n_pairs=f"{ev.n_pairs:,}", pearson_r=fmt(mantel.statistic), r_se=fmt(mantel.standard_error, 3),
+        r_bound=fmt(mantel.upper_bound, 3), spearman_r=fmt(ev.mantel_spearman.statistic), ci_low=fmt(lo), ci_high=fmt(hi),
+        mantel_p=p_phrase(mantel.p_value, mantel.n_permutations),
+        mantel_spearman_p=p_phrase(ev.mantel_spearman.p_value, ev.mantel_spearman.n_permutations),
+        partial_r=fmt(ev.partial_mantel.statistic),
+        partial_p=p_phrase(ev.partial_mantel.p_value, ev.partial_mantel.n_permutations),
+        rep_out_r=fmt(ev.mantel_out_rep.statistic),
+        rep_out_p=p_phrase(ev.mantel_out_rep.p_value, ev.mantel_out_rep.n_permutations),
+        keyed_r=fmt(ev.keyed_lookup_r),
+        mean_same=fmt(contrast.mean_same), mean_cross=fmt(contrast.mean_cross),
+        difference=fmt(contrast.difference, 3), contrast_sd=fmt(contrast.test.statistic),
+        contrast_bound=fmt(contrast.test.upper_bound), jac_sd=fmt(contrast.spread, 3), auc=fmt(contrast.auc),
+        n_same=f"{contrast.n_same:,}", n_cross=f"{contrast.n_cross:,}",
+        contrast_p=p_phrase(contrast.test.p_value, contrast.test.n_permutations),
+        rank_sum_p=p_phrase(contrast.rank_sum_p),
+        jac_mean=fmt(ev.spread.jac_mean, 3), out_mean=fmt(ev.spread.out_mean, 3),
+        equivalence_r=f"{rule.equivalence_r:g}", min_contrast=f"{rule.min_contrast:g}",
+        equivalence_contrast=f"{rule.equivalence_contrast:g}", min_dissimilarity=f"{rule.min_dissimilarity:g}",
         var_axis1=f"{100 * p3.variance_explained[0]:.0f}%",
         var_top=f"{100 * float(np.sum(p3.variance_explained[: cfg.n_axes])):.0f}%",
-        svd_gene_term=str(stats["svd_enrichment"]["gene_term"]), svd_gene_fdr=fmt_p(stats["svd_enrichment"]["gene_fdr"]),
-        svd_kd_term=str(stats["svd_enrichment"]["kd_term"]), svd_kd_fdr=fmt_p(stats["svd_enrichment"]["kd_fdr"]),
+        svd_gene_term=str(svd.seed_gene_term), svd_gene_fdr=fmt_p(svd.seed_gene_fdr),
+        svd_kd_term=str(svd.seed_kd_term), svd_kd_fdr=fmt_p(svd.seed_kd_fdr),
+        svd_axes_read=f"{svd.n_axes}", svd_interpretable=f"{svd.n_interpretable}",
+        svd_axes_described=svd.describe_axes(), svd_output_interpretable=f"{svd.n_output_interpretable}",
+        svd_beyond=f"{svd.n_beyond_output}", principal_cosine=fmt(svd.min_principal_cosine),
+        reason=p3.verdict.reason, caveat=p3.verdict.caveat,
         linearity_median=fmt(float(p3.linearity["explained"].median())),
         linearity_q1=fmt(float(p3.linearity["explained"].quantile(0.25))),
         linearity_q3=fmt(float(p3.linearity["explained"].quantile(0.75))),
@@ -168,25 +175,30 @@ def call_phrase(results: Results) -> Md:
 
 
 def abstract(results: Results) -> Md:
-    """The abstract's result sentences, worded from which dependence-aware criteria held."""
+    """The abstract's result sentences, worded from what each deciding criterion supports."""
     n = numbers(results)
-    mantel = _criterion(results, "Output similarity", "dependence-aware")
-    contrast = _criterion(results, "Same-cluster", "dependence-aware")
-    partial = _criterion(results, "Routing adds", "dependence-aware")
-    r_part = (f"Pearson r = {n.pearson_r}, 95% KD-bootstrap CI {n.ci_low} to {n.ci_high}, Mantel {n.mantel_p}")
-    if mantel.held:
-        first = f"Across {n.n_kds} knock-downs, routing similarity tracked output similarity ({r_part})"
-    else:
-        first = (f"Across {n.n_kds} knock-downs, routing similarity did not track output similarity at the "
-                 f"pre-set bar of r > {n.r_threshold} with Mantel p < {n.alpha} ({r_part})")
-    c_part = f"difference in mean C_jac {n.difference}, AUC {n.auc}, cluster-label permutation {n.contrast_p}"
-    joint = "and" if mantel.held == contrast.held else "but"
-    second = (f"same-output-cluster KDs routed more similarly than KDs of different clusters ({c_part})" if contrast.held
-              else f"same-output-cluster KDs did not route detectably more similarly than KDs of different clusters ({c_part})")
-    third = (f"Routing similarity {'added' if partial.held else 'did not add'} to what the encoder geometry C_rep "
-             f"already predicts (partial Mantel r = {n.partial_r}, {n.partial_p}).")
+    mantel, contrast = results.part3.verdict.deciding
+    r_part = (f"Pearson r = {n.pearson_r}, one-sided 95% upper bound {n.r_bound}, studentized Mantel {n.mantel_p}")
+    first = {"Model B": f"Across {n.n_kds} knock-downs, routing similarity tracked output similarity ({r_part})",
+             "Model A": f"Across {n.n_kds} knock-downs, routing similarity was shown not to track output similarity "
+                        f"beyond r = {n.equivalence_r} ({r_part})",
+             "neither": f"Across {n.n_kds} knock-downs, the data neither showed nor ruled out that routing similarity "
+                        f"tracks output similarity ({r_part})"}[mantel.supports]
+    c_part = (f"same − cross mean C_jac {n.contrast_sd} SD, upper bound {n.contrast_bound} SD, studentized "
+              f"cluster-label permutation {n.contrast_p}")
+    second = {"Model B": f"same-output-cluster KDs routed more similarly than KDs of different clusters ({c_part})",
+              "Model A": f"same-output-cluster KDs were shown to route no more similarly than KDs of different clusters "
+                         f"beyond {n.equivalence_contrast} SD ({c_part})",
+              "neither": f"whether same-output-cluster KDs route more similarly stays open ({c_part})"}[contrast.supports]
     verdict = f"The verdict is {call_phrase(results)}."
-    return Md(f"{first}, {joint} {second}. {third} {verdict}")
+    caveat = f" {results.part3.verdict.caveat}" if results.part3.verdict.caveat else ""
+    return Md(f"{first}; {second}. {verdict}{caveat}")
+
+
+def caveat_callout(results: Results) -> Md:
+    """The construct's caveat as a callout beneath a positive call (nothing otherwise)."""
+    caveat = results.part3.verdict.caveat
+    return Md(f"::: {{.callout-note}}\n{caveat}\n:::" if caveat else "")
 
 
 def demo_note(results: Results) -> Md:
@@ -202,24 +214,29 @@ def discussion(results: Results) -> Md:
     """The opening paragraph of the discussion, worded for the call this run reached."""
     n = numbers(results)
     call = results.part3.verdict.call
-    if call == "positive":
-        text = (f"Both dependence-aware core criteria held: KDs with similar predicted responses also have similar "
-                f"Jacobians with respect to the perturbation representation (r = {n.pearson_r}), and KDs of one output "
-                f"cluster share routing more than KDs of different clusters ({n.contrast_p} under cluster-label "
-                f"permutation). In this model the transformer reads the perturbation representation through shared "
-                f"directions, as Model B (internalized circuits) predicts, rather than treating each KD as a separate "
-                f"lookup.")
-    elif call == "negative":
-        text = (f"Neither dependence-aware core criterion held: routing similarity does not track output similarity "
-                f"(r = {n.pearson_r}, Mantel {n.mantel_p}) and same-cluster KDs do not share routing ({n.contrast_p}). "
-                f"KDs reach similar outputs through unrelated directions of the perturbation representation, as Model A "
-                f"(statistical compression) predicts: whatever geometry the encoder has is not what the transformer uses.")
-    else:
-        text = (f"The dependence-aware core criteria disagree (output–routing r = {n.pearson_r}, Mantel {n.mantel_p}; "
-                f"same- vs cross-cluster routing {n.contrast_p}), so neither Model A nor Model B describes the model as a "
-                f"whole. @tbl-verdict shows which criterion failed; the prior-work rows in @tbl-prior show where the "
-                f"routing structure is and is not shared.")
-    return Md(text)
+    opening = {
+        "positive": (f"Both deciding criteria support Model B: KDs with similar predicted responses also have similar "
+                     f"Jacobians with respect to the perturbation representation (r = {n.pearson_r}), and KDs of one "
+                     f"output cluster share routing more than KDs of different clusters ({n.contrast_sd} SD, "
+                     f"{n.contrast_p}). The transformer reads the perturbation representation through shared directions "
+                     f"rather than treating each KD as a separate lookup — with the one exception discussed below."),
+        "negative": (f"Both deciding criteria support Model A, and not by default: the upper bound of the output–routing "
+                     f"correlation ({n.r_bound}) and of the same − cross routing contrast ({n.contrast_bound} SD) lie "
+                     f"below the smallest effects of interest ({n.equivalence_r} and {n.equivalence_contrast} SD). KDs "
+                     f"reach similar outputs through unrelated directions of the perturbation representation: whatever "
+                     f"geometry the encoder has is not what the transformer uses."),
+        "mixed": (f"The deciding criteria point in opposite directions (output–routing r = {n.pearson_r}, "
+                  f"{n.mantel_p}; same − cross routing {n.contrast_sd} SD, {n.contrast_p}), so neither Model A nor "
+                  f"Model B describes the model as a whole; @tbl-verdict shows which supports which."),
+        "inconclusive": (f"The data do not decide: at least one criterion neither reaches its minimum effect with "
+                         f"significance nor has an upper bound below its smallest effect of interest (r = {n.pearson_r}, "
+                         f"bound {n.r_bound}; contrast {n.contrast_sd} SD, bound {n.contrast_bound} SD). More KDs narrow "
+                         f"the bounds; a negative must be shown, not inferred from non-significance."),
+        "degenerate": (f"Routing is degenerate: {results.part3.verdict.reason} A model in this state (for example one "
+                       f"stopped early in training) answers neither question; train further or choose another "
+                       f"checkpoint."),
+    }[call]
+    return Md(opening)
 
 
 # ---------------------------------------------------------------- tables
@@ -230,12 +247,15 @@ def tests_table(results: Results) -> Md:
     pair_note = "pairs share KDs, so pairs are not independent units"
     rows = [
         ("Output vs routing similarity", "Pearson r of the upper triangles of C_out and C_jac",
-         f"Mantel test: KD labels of one matrix permuted ({perm} permutations), one-sided", pair_note),
-        ("", "Spearman r (same pairs)", f"Mantel test on ranks ({perm})", pair_note),
+         f"studentized Mantel test: r / its delete-one-KD jackknife SE, KD labels of one matrix permuted ({perm}), "
+         "one-sided; one-sided 95% upper bound r + 1.645 SE for equivalence",
+         pair_note + "; studentized because a plain permutation test assumes independence, not mere uncorrelation"),
+        ("", "Spearman r (same pairs)", f"studentized Mantel test on ranks ({perm})", pair_note),
         ("", "95% CI of the Pearson r", f"KD-level bootstrap: KDs resampled with replacement ({boot}), percentile CI",
          "resampling KDs, not pairs, keeps each KD's pairs together"),
-        ("Same- vs cross-cluster routing", "mean C_jac(same) − mean C_jac(cross), clusters ≥ 1; AUC as effect size",
-         f"cluster labels permuted over KDs ({perm}), one-sided", pair_note + "; labels are a KD-level property"),
+        ("Same- vs cross-cluster routing", "(mean C_jac(same) − mean C_jac(cross)) / SD(C_jac), clusters ≥ 1; AUC",
+         f"cluster labels permuted over KDs ({perm}), difference / jackknife SE, one-sided; upper bound for equivalence",
+         pair_note + "; labels are a KD-level property"),
         ("", "the same contrast, as the seed wrote it",
          "Wilcoxon rank-sum on pairs", "reported for comparison; anti-conservative because " + pair_note),
         ("Routing beyond encoder geometry", "partial Mantel r(C_jac, C_out | C_rep)",
@@ -329,6 +349,7 @@ def cluster_table(results: Results) -> Md:
 def svd_table(results: Results) -> Md:
     """The best prerank term of each leading axis, for gene loadings and for KD scores."""
     table = results.part3.svd_enrichment
+    table = table[table["source"] == "routing"] if "source" in table else table
     if table.empty:
         return Md("No SVD enrichment was computed.")
     best = table.sort_values(["fdr", "p_value"]).groupby(["axis", "kind"], sort=True).head(1).sort_values(["axis", "kind"])
@@ -339,6 +360,33 @@ def svd_table(results: Results) -> Md:
         "Top term [library]": [f"{breakable(t)} [{library_short(lib)}]" for t, lib in zip(best["term"], best["library"])],
         "NES": best["nes"].map(fmt), "FDR": best["fdr"].map(fmt_p)})
     return markdown_table(frame, [5, 7, 9, 55, 7, 8], "rrllrr")
+
+
+CALIBRATION_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "calibration.json"
+
+
+def calibration_frame(path: Path = CALIBRATION_FILE) -> pd.DataFrame | None:
+    """The calibration script's table (`benchmarks/calibration.py` writes it): per world, the rejection rates of the
+    two tests that decide and of the seed's rank-sum test, and the share of positive and negative calls."""
+    if not Path(path).is_file():
+        return None
+    data = cache.read_json(path)
+    rows = []
+    for rates in data["rates"]:
+        rej = rates["rejections"]
+        pct = (lambda v: f"{100 * v:.1f}%")
+        rows.append({"World (replicates)": f"{breakable(rates['world'])} ({rates['n_replicates']:,})",
+                     "Mantel": pct(rej["Mantel (studentized)"]), "Contrast": pct(rej["cluster contrast (studentized)"]),
+                     "Rank-sum": pct(rej["pair-level rank-sum"]), "Positive": pct(rates["calls"]["positive"]),
+                     "Negative": pct(rates["calls"]["negative"])})
+    return pd.DataFrame(rows)
+
+
+def calibration_table(results: Results) -> Md:
+    frame = calibration_frame()
+    if frame is None:
+        return Md("The calibration table is written by `python benchmarks/calibration.py`; it was not found here.")
+    return markdown_table(frame, [34, 13, 13, 13, 13, 13], "lrrrrr")
 
 
 def enrichment_legend(results: Results) -> Md:
