@@ -6,9 +6,11 @@ representation p is substituted for the pert_encoder output of every cell of the
 
 H ≪ G, so forward mode is the efficient direction: one Jacobian-vector product per
 pert_repr direction gives a whole column for every KD of the call, because the sets of
-different KDs are independent (the output of KD b's sets depends only on p_b). The H
-directions are vmapped. `torch.autograd.functional.jacobian` (reverse mode, one backward
-per output gene) is the seed's method, kept as the oracle (`reverse_mode_jacobian`).
+different KDs are independent (the output of KD b's sets depends only on p_b). The JVP,
+vmapped over a chunk of directions, is traced once per input shape (`tangent_graph`): its
+primal part runs once per call, its tangent part once per chunk, optionally compiled by
+Inductor. `torch.autograd.functional.jacobian` (reverse mode, one backward per output gene)
+is the seed's method, kept as the oracle (`reverse_mode_jacobian`).
 
 Jacobians are written in shards of KDs, atomically, as they finish: an interrupted run
 resumes at the first missing shard, and the shard folder is keyed by model, data, draws
