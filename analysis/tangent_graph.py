@@ -103,7 +103,8 @@ class LinearizedFunction:
         try:
             out = self._run(*kept, directions)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to the same graph, eagerly
-            warnings.warn(f"torch.compile unavailable ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            first_line = (str(error).splitlines() or [""])[0][:200]
+            warnings.warn(f"torch.compile unavailable ({type(error).__name__}: {first_line}); "
                           "running the traced tangent graph eagerly", RuntimeWarning, stacklevel=2)
             self._run = self.tangent
             out = self._run(*kept, directions)
