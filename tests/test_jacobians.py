@@ -110,9 +110,9 @@ def test_compile_failure_falls_back_to_the_eager_graph(monkeypatch):
             raise RuntimeError("no C++ compiler")
         return run
 
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    model = tiny_model()
+    model = tiny_model()  # first: importing Lightning (with the model) wraps torch.compile
     pert_repr, draw_sets, onehot = inputs(model)
+    monkeypatch.setattr(torch, "compile", broken_compile)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         fallback = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, compile=True)
     assert torch.equal(fallback, jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot))
