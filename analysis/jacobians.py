@@ -51,16 +51,18 @@ def expected_output(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, per
 # too (measured at the seed's size, 128 cells, min of interleaved runs: 141, 90 and 82 ms per tangent at 1,024, 4,096
 # and 12,288 rows; eagerly, 4,096 beat 16,384 by 1.7×: the unfused element-wise passes then fall out of cache). On
 # a GPU a chunk should fill the device without exhausting its memory.
-ROWS_PER_CHUNK = {"cpu": 12_288, "cuda": 262_144}
+ROWS_PER_CHUNK = {"cpu": 4_096, "cuda": 262_144}  # eager
+COMPILED_ROWS_PER_CHUNK = {"cpu": 12_288, "cuda": 262_144}
 
 
-def tangent_chunk(n_cells: int, hidden: int, device: torch.device) -> int:
+def tangent_chunk(n_cells: int, hidden: int, device: torch.device, compiled: bool = False) -> int:
     """Tangent directions per chunk for `n_cells` cells: the 'auto' value of tangents_per_call.
 
     The H directions are split into equal chunks of at most ROWS_PER_CHUNK rows, so the zero-padding of the last
     chunk wastes less than one direction per chunk.
     """
-    rows = ROWS_PER_CHUNK.get(device.type, ROWS_PER_CHUNK["cpu"])
+    table = COMPILED_ROWS_PER_CHUNK if compiled else ROWS_PER_CHUNK
+    rows = table.get(device.type, table["cpu"])
     n_chunks = -(-hidden * max(n_cells, 1) // rows)
     return -(-hidden // n_chunks)
 
@@ -103,7 +105,7 @@ def forward_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tenso
     """
     n_kds, hidden = pert_repr.shape
     n_cells = n_kds * draw_sets.shape[0] * draw_sets.shape[1]
-    chunk = min(hidden, tangents_per_call or tangent_chunk(n_cells, hidden, pert_repr.device))
+    chunk = min(hidden, tangents_per_call or tangent_chunk(n_cells, hidden, pert_repr.device, compile))
     linearized = linearized_jacobian(model, pert_repr, draw_sets, pert_onehot, chunk, compile)
     kept = linearized.keep(pert_repr, draw_sets, pert_onehot)
     n_chunks = -(-hidden // chunk)
