@@ -1,13 +1,17 @@
 """Benchmark: the Jacobian engine against the seed's method, on identical model and inputs in one run.
 
-    python benchmarks/bench_jacobian.py [--device cpu|cuda] [--sizes demo,seed] [--draws 1] [--scale-kds 10000]
+    python benchmarks/bench_jacobian.py [--device cpu|cuda] [--sizes demo,seed] [--draws 1] [--bf16] [--tf32]
+                                        [--methods vmap,traced,compiled] [--kds-per-call 4] [--engine-kds N]
 
-For each size it prints, side by side for the seed's method (`torch.autograd.functional.jacobian`,
-reverse mode, one KD at a time) and the engine (forward mode, vmapped, several KDs per call):
-time per KD, the speed-up, the max relative error between the two, achieved FLOP/s (counted with
-torch.utils.flop_counter) against this machine's measured fp32 matmul rate, and peak memory (each method
-in a fresh process on CPU; torch.cuda.max_memory_allocated on CUDA). Then the streamed Gram + SVD on
-synthetic KD shards, with its stated memory bound and the measured peak.
+For each size it prints, side by side: the seed's method (`torch.autograd.functional.jacobian`,
+reverse mode, one KD at a time), the previous engine (vmap(jvp), primal re-run per chunk) and the
+engine (`forward_mode_jacobian`: the JVP traced once, its primal part run once per call, its tangent
+part replayed per chunk of directions, eagerly and compiled by Inductor): time per KD, the speed-up,
+the max relative error against the seed's method, achieved FLOP/s (counted with
+torch.utils.flop_counter) against this machine's measured fp32 matmul rate, peak memory (each method
+in a fresh process on CPU; torch.cuda.max_memory_allocated on CUDA), the one-off set-up (trace and
+compile) and the time for all K KDs with it amortised. Then the streamed Gram + SVD on synthetic KD
+shards, with its stated memory bound and the measured peak.
 Sizes: "demo" (the embedded demo's model shape, random weights) and "seed" (the seed's model: hidden 328,
 GPT2 8 layers × 8 heads, G = 2,000, 1,035 one-hot KDs, S = 128; a timed subset of KDs).
 """
@@ -15,6 +19,7 @@ GPT2 8 layers × 8 heads, G = 2,000, 1,035 one-hot KDs, S = 128; a timed subset 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import resource
 import sys
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.func import jvp, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,51 +67,131 @@ def inputs(model, size: dict, n_draws: int, n_kds: int, device: str, dtype=torch
     return pert_repr, draw_sets.to(device, dtype), torch.zeros(size["n_kds"] + 1, device=device, dtype=dtype)
 
 
-def run_method(method: str, size_name: str, device: str, n_draws: int, dtype_name: str = "float32",
-               threads: int = 0) -> dict:
-    """One method on one size, in this process: per-KD seconds, FLOPs of one call, peak memory, the Jacobians."""
+# Methods compared, in the order printed. "vmap" is the engine before the traced graph (kept here as the baseline of
+# the trace-once direction); "traced" and "compiled" are `jacobians.forward_mode_jacobian` with compile off and on.
+METHODS = {
+    "reverse": "seed's method (reverse, autograd.functional.jacobian)",
+    "vmap": "vmap(jvp), primal per chunk (previous engine)",
+    "traced": "engine: traced JVP graph, eager",
+    "compiled": "engine: traced JVP graph, Inductor",
+}
+
+
+def run_method(method: str, size_name: str, device: str, n_draws: int, precision: str = "float32",
+               threads: int = 0, kds_per_call: int = 4, engine_kds: int = 0) -> dict:
+    """One method on one size, in this process: per-KD seconds, FLOPs per KD, set-up seconds, peak memory, the Jacobians.
+
+    precision: "float32", "bfloat16", or "tf32" (float32 storage, TF32 matrix products on CUDA).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     if threads:
         torch.set_num_threads(threads)
-
-    size, dtype = SIZES[size_name], getattr(torch, dtype_name)
+    # Compile from scratch: Inductor's on-disk cache would turn a repeated benchmark's set-up into a cache hit.
+    torch._inductor.config.force_disable_caches = True
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    size, dtype = SIZES[size_name], getattr(torch, "float32" if tf32 else precision)
     model = build_model(size, device, dtype)
-    n_kds = size["reverse_kds"] if method == "reverse" else size["engine_kds"]
+    n_kds = size["reverse_kds"] if method == "reverse" else engine_kds or size["engine_kds"]
     pert_repr, draw_sets, onehot = inputs(model, size, n_draws, n_kds, device, dtype)
+    batches = pert_repr.split(kds_per_call)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def call(rows=None):
         if method == "reverse":
             return torch.stack([reverse_rows(model, p, draw_sets, onehot, rows) for p in pert_repr])
-        return jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
+        if method == "vmap":
+            return torch.cat([vmap_jacobian(model, p, draw_sets, onehot) for p in batches])
+        return torch.cat([jacobians.forward_mode_jacobian(model, p, draw_sets, onehot, compile=method == "compiled")
+                          for p in batches])
 
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def measure(rows=None):
+    def timed(rows=None):
         sync()
         started = time.perf_counter()
         result = call(rows)
         sync()
-        seconds = time.perf_counter() - started
-        counter = FlopCounterMode(display=False)
-        with counter:
-            call(rows)
-        return seconds, counter.get_total_flops(), result
+        return time.perf_counter() - started, result
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    call(size["reverse_rows"] and size["reverse_rows"][0])  # warm-up (allocator, kernels)
+    # Warm-up: allocator, kernels, trace, compile. Untraced methods' FLOPs are counted here; the traced engines are
+    # counted on their graphs below (a dispatch mode active while tracing or compiling would be traced into them).
+    traced = method in ("traced", "compiled")
+    warm_up = contextlib.nullcontext() if traced else FlopCounterMode(display=False)
+    with warm_up:
+        setup = timed(size["reverse_rows"] and size["reverse_rows"][0])[0]
+    extra = {}
     if method == "reverse" and size["reverse_rows"]:
-        (t1, f1, _), (t2, f2, result) = (measure(r) for r in size["reverse_rows"])
-        slope_t, slope_f = (t2 - t1) / (size["reverse_rows"][1] - size["reverse_rows"][0]), (f2 - f1) / (size["reverse_rows"][1] - size["reverse_rows"][0])
-        seconds = t2 + slope_t * (size["genes"] - size["reverse_rows"][1])
-        flops = f2 + slope_f * (size["genes"] - size["reverse_rows"][1])
+        (a, b), counts = size["reverse_rows"], []
+        for rows in (a, b):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                call(rows)
+            counts.append((*timed(rows), counter.get_total_flops()))
+        (t1, _, f1), (t2, result, f2) = counts
+        seconds = t2 + (t2 - t1) / (b - a) * (size["genes"] - b)
+        flops = f2 + (f2 - f1) / (b - a) * (size["genes"] - b)
     else:
-        seconds, flops, result = measure()
+        seconds, result = timed()
+        if not traced:
+            flops, extra = warm_up.get_total_flops(), {"setup_seconds": max(setup - seconds, 0.0)}
+        else:
+            graphs = traced_graphs(model)
+            flops = graph_flops(graphs, batches, draw_sets, onehot)
+            extra = {"setup_seconds": sum(g.trace_seconds + g.compile_seconds for g in graphs),
+                     "kept_bytes": kept_bytes(graphs[0], batches[0], draw_sets, onehot), "chunk": graphs[0].chunk,
+                     "cells_per_call": len(batches[0]) * draw_sets.shape[0] * draw_sets.shape[1]}
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"seconds_per_kd": seconds / n_kds, "flops_per_kd": flops / n_kds, "peak_bytes": peak,
-            "jacobian": result.float().cpu().numpy(), "extrapolated": method == "reverse" and bool(size["reverse_rows"])}
+            "jacobian": result.float().cpu().numpy(), "extrapolated": method == "reverse" and bool(size["reverse_rows"]),
+            **extra}
+
+
+def traced_graphs(model) -> list:
+    """The engine's traced graphs for `model` (one per KD-batch shape)."""
+    return list(jacobians._LINEARIZED[model].values())
+
+
+def graph_flops(graphs: list, batches, draw_sets, onehot) -> int:
+    """FLOPs of the engine's calls, counted on the traced graphs run eagerly (Inductor's kernels are opaque to the
+    counter): per batch, the primal part once and the tangent part once per chunk."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    total = 0
+    for p in batches:
+        graph = next(g for g in graphs if g.input_shapes[0] == tuple(p.shape))
+        counter = FlopCounterMode(display=False)
+        with counter:
+            kept = graph.keep(p, draw_sets, onehot)
+        primal = counter.get_total_flops()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            graph.tangent(*kept, torch.zeros(graph.chunk, p.shape[1], device=p.device, dtype=p.dtype))
+        total += primal + counter.get_total_flops() * -(-p.shape[1] // graph.chunk)
+    return total
+
+
+def kept_bytes(graph, p, draw_sets, onehot) -> int:
+    """Bytes of the primal values one call keeps for its tangent chunks (distinct storages)."""
+    storages = {}
+    for t in graph.keep(p, draw_sets, onehot):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def vmap_jacobian(model, pert_repr, draw_sets, onehot):
+    """The previous engine: vmap(jvp) over the H basis directions in chunks, the primal forward re-run in every chunk."""
+    n_kds, hidden = pert_repr.shape
+    chunk = jacobians.tangent_chunk(n_kds * draw_sets.shape[0] * draw_sets.shape[1], hidden, pert_repr.device)
+
+    def column(direction):
+        return jvp(lambda p: jacobians.expected_output(model, p, draw_sets, onehot), (pert_repr,),
+                   (direction.expand_as(pert_repr),))[1]
+
+    basis = torch.eye(hidden, device=pert_repr.device, dtype=pert_repr.dtype)
+    return vmap(column, chunk_size=chunk)(basis).permute(1, 2, 0)
 
 
 def reverse_rows(model, p, draw_sets, onehot, rows=None):
@@ -135,30 +221,43 @@ def matmul_rate(device: str, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - started)
 
 
-def benchmark_size(name: str, device: str, n_draws: int, peak_rate: float, dtypes=("float32",), threads: int = 0) -> list[str]:
+def benchmark_size(name: str, device: str, n_draws: int, peak_rate: float, methods: list, threads: int = 0,
+                   kds_per_call: int = 4, engine_kds: int = 0) -> list[str]:
+    """Run each (method, precision) of `methods` on one size and format the table, errors against the seed's method."""
     run = in_fresh_process if device == "cpu" else run_method
-    seed = run("reverse", name, device, n_draws, "float32", threads)
-    rows = {"seed's method (reverse, autograd.functional.jacobian)": seed}
-    for dtype in dtypes:
-        rows[f"engine (forward, vmap, {dtype})"] = run("forward", name, device, n_draws, dtype, threads)
+    seed = run("reverse", name, device, n_draws, "float32", threads, kds_per_call, engine_kds)
+    rows = {METHODS["reverse"]: seed}
+    for method, precision in methods:
+        rows[f"{METHODS[method]} ({precision})"] = run(method, name, device, n_draws, precision, threads,
+                                                       kds_per_call, engine_kds)
     size = SIZES[name]
     reference = seed["jacobian"]
     lines = [f"\n== {name}: G={size['genes']}, H={size['hidden']}, GPT2 {size['layers']}×{size['heads']}, S={size['set_size']}, "
-             f"R={n_draws} draw(s), device {device}; KDs timed: reverse {size['reverse_kds']}, engine {size['engine_kds']} ==",
-             f"{'method':<56}{'s/KD':>9}{'speed-up':>10}{'max rel err':>13}{'GFLOP/s':>10}{'% matmul':>10}"
-             f"{'peak MiB':>10}{'full K (h)':>11}   (peak: whole process, model included)"]
+             f"R={n_draws} draw(s), device {device}; KDs timed: reverse {size['reverse_kds']}, "
+             f"engines {engine_kds or size['engine_kds']} ({kds_per_call} per call) ==",
+             f"{'method':<62}{'s/KD':>9}{'speed-up':>10}{'max rel err':>13}{'GFLOP/s':>9}{'% matmul':>10}"
+             f"{'peak MiB':>10}{'set-up s':>10}{'full K (h)':>11}"]
+    notes = []
     for label, r in rows.items():
         n, g = min(len(reference), len(r["jacobian"])), reference.shape[1]  # the reverse rows computed
         error = np.abs(r["jacobian"][:n, :g] - reference[:n]).max() / np.abs(reference[:n]).max()
         rate = r["flops_per_kd"] / r["seconds_per_kd"]
-        lines.append(f"{label:<56}{r['seconds_per_kd']:>9.3f}{seed['seconds_per_kd'] / r['seconds_per_kd']:>9.1f}×"
-                     f"{error:>13.1e}{rate / 1e9:>10.1f}{100 * rate / peak_rate:>9.0f}%{r['peak_bytes'] / 2**20:>10.0f}"
-                     f"{r['seconds_per_kd'] * size['n_kds'] / 3600:>11.2f}")
+        setup = r.get("setup_seconds", 0.0)
+        lines.append(f"{label:<62}{r['seconds_per_kd']:>9.3f}{seed['seconds_per_kd'] / r['seconds_per_kd']:>9.1f}×"
+                     f"{error:>13.1e}{rate / 1e9:>9.1f}{100 * rate / peak_rate:>9.0f}%{r['peak_bytes'] / 2**20:>10.0f}"
+                     f"{setup:>10.0f}{(setup + r['seconds_per_kd'] * size['n_kds']) / 3600:>11.2f}")
+        if "kept_bytes" in r:
+            notes.append(f"{label}: {r['chunk']} tangents × {r['cells_per_call']} cells per chunk; primal values kept "
+                         f"per call {r['kept_bytes'] / 2**20:.0f} MiB ({r['kept_bytes'] / r['cells_per_call'] / 2**10:.0f} KiB "
+                         f"per cell; bounded by kds_per_call × R × S, independent of K and H)")
     if seed["extrapolated"]:
         a, b = size["reverse_rows"]
-        lines.append(f"(seed's method timed on the first {a} and {b} of G = {size['genes']} output genes and extrapolated "
-                     f"linearly to G; its error column compares those {b} rows)")
-    return lines
+        notes.append(f"seed's method timed on the first {a} and {b} of G = {size['genes']} output genes and extrapolated "
+                     f"linearly to G; error columns compare those {b} rows")
+    notes.append("peak: whole process (model and compiler included) on CPU, torch.cuda.max_memory_allocated on CUDA; "
+                 "set-up: trace + compile (engines) or warm-up overhead, once per process; "
+                 "full K: set-up + all KDs of the size at this s/KD")
+    return lines + [f"  {note}" for note in notes]
 
 
 def benchmark_scale(n_kds: int, genes: int, hidden: int, shard_kds: int, memory_bytes: int) -> list[str]:
@@ -197,7 +296,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", default="demo,seed")
     parser.add_argument("--draws", type=int, default=1, help="R control draws per KD (the pipeline's default is 4)")
-    parser.add_argument("--bf16", action="store_true", help="also time the engine in bfloat16 (opt-in precision)")
+    parser.add_argument("--methods", default="vmap,traced,compiled", help="engines to time besides the seed's method")
+    parser.add_argument("--bf16", action="store_true", help="also time the compiled engine in bfloat16 (opt-in precision)")
+    parser.add_argument("--tf32", action="store_true", help="also time the compiled engine with TF32 matmuls (CUDA)")
+    parser.add_argument("--kds-per-call", type=int, default=4)
+    parser.add_argument("--engine-kds", type=int, default=0, help="KDs the engines time (0: the size's default; "
+                        "1035 times the seed's full K)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--scale-kds", type=int, default=10_000)
     parser.add_argument("--scale-memory-mib", type=int, default=64)
@@ -206,12 +310,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     peak_rate = matmul_rate(args.device)
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"device {args.device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
           f"measured fp32 matmul (2048²): {peak_rate / 1e9:.1f} GFLOP/s")
-    print("targets: CPU ≥ 3× the seed's method at the seed's size and ≥ 50 % of the matmul rate; GPU ≥ 50×")
-    dtypes = ("float32", "bfloat16") if args.bf16 else ("float32",)
-    for name in args.sizes.split(","):
-        print("\n".join(benchmark_size(name, args.device, args.draws, peak_rate, dtypes, args.threads)), flush=True)
+    print("targets at the seed's size: CPU ≥ 6× the seed's method and ≥ 50 % of the matmul rate, max rel err ≤ 1e-5 (fp32)")
+    methods = [(m, "float32") for m in args.methods.split(",") if m]
+    methods += [("compiled", p) for p, on in (("bfloat16", args.bf16), ("tf32", args.tf32)) if on]
+    for size in args.sizes.split(","):
+        print("\n".join(benchmark_size(size, args.device, args.draws, peak_rate, methods, args.threads,
+                                       args.kds_per_call, args.engine_kds)), flush=True)
     if args.scale_kds:
         print("\n".join(benchmark_scale(args.scale_kds, 64, 16, 50, args.scale_memory_mib * 2**20)), flush=True)
     return 0

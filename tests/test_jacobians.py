@@ -66,9 +66,56 @@ def test_model_is_left_clean_after_differentiation():
 def test_tangent_chunking_gives_the_same_jacobian():
     model = tiny_model()
     pert_repr, draw_sets, onehot = inputs(model)
-    whole = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
-    chunked = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, tangents_per_call=5)
+    whole = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, tangents_per_call=16)
+    chunked = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, tangents_per_call=5)  # 16 = 5+5+5+1
     assert torch.allclose(whole, chunked, rtol=1e-5, atol=1e-7)
+
+
+def test_kept_primal_values_do_not_grow_with_the_chunk():
+    """The primal part is kept once per call; activations functorch expands to the chunk are recomputed, not kept."""
+    model = tiny_model()
+    pert_repr, draw_sets, onehot = inputs(model)
+
+    def kept_bytes(chunk):
+        graph = jacobians.linearized_jacobian(model, pert_repr, draw_sets, onehot, chunk, compile=False)
+        return sum(t.untyped_storage().nbytes() for t in graph.keep(pert_repr, draw_sets, onehot))
+
+    assert kept_bytes(2) == kept_bytes(8)
+
+
+def test_traced_graph_follows_in_place_weight_changes():
+    model = tiny_model()
+    pert_repr, draw_sets, onehot = inputs(model)
+    before = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
+    with torch.no_grad():
+        model.project_out[0].weight.mul_(2.0)
+    after = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
+    reverse = jacobians.reverse_mode_jacobian(model, pert_repr[0], draw_sets, onehot)
+    assert relative_error(after[0], reverse) <= 1e-4
+    assert relative_error(before[0], reverse) > 1e-2
+
+
+def test_compiled_engine_matches_autograd():
+    """Inductor's kernels for the tangent graph agree with reverse mode (one configuration: compiling is slow)."""
+    model = tiny_model()
+    pert_repr, draw_sets, onehot = inputs(model)
+    compiled = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, compile=True)
+    reverse = jacobians.reverse_mode_jacobian(model, pert_repr[1], draw_sets, onehot)
+    assert relative_error(compiled[1], reverse) <= 1e-4
+
+
+def test_compile_failure_falls_back_to_the_eager_graph(monkeypatch):
+    def broken_compile(graph, **_):
+        def run(*_args):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    model = tiny_model()  # first: importing Lightning (with the model) wraps torch.compile
+    pert_repr, draw_sets, onehot = inputs(model)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        fallback = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, compile=True)
+    assert torch.equal(fallback, jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot))
 
 
 def test_demo_run_checks_a_stored_jacobian_against_autograd(demo_results):
