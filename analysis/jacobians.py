@@ -175,13 +175,15 @@ def shard_tasks(n_kds: int, shard_kds: int) -> list[ShardTask]:
 @dataclass(frozen=True)
 class JacobianInputs:
     """What every shard's Jacobians are taken at: pert_repr [K, H] (the point of each J_k), control_repr [H]
-    (for the linear prediction), draw_cells [R, S] (control rows of each draw set), and the batching."""
+    (for the linear prediction), draw_cells [R, S] (control rows of each draw set), the batching, and whether the
+    tangent graph is Inductor-compiled."""
 
     pert_repr: np.ndarray
     control_repr: np.ndarray
     draw_cells: np.ndarray
     kds_per_call: int
     tangents_per_call: int = 0
+    compile: bool = False
 
 
 def jacobian_shard(run: LoadedRun, inputs: JacobianInputs, task: ShardTask) -> dict[str, np.ndarray]:
@@ -193,8 +195,8 @@ def jacobian_shard(run: LoadedRun, inputs: JacobianInputs, task: ShardTask) -> d
     for start in range(task.kds.start, task.kds.stop, inputs.kds_per_call):
         kd_slice = slice(start, min(start + inputs.kds_per_call, task.kds.stop))
         p = torch.as_tensor(inputs.pert_repr[kd_slice], device=run.device, dtype=run.dtype)
-        blocks.append(forward_mode_jacobian(run.model, p, draw_sets, onehot, inputs.tangents_per_call)
-                      .float().cpu().numpy())
+        blocks.append(forward_mode_jacobian(run.model, p, draw_sets, onehot, inputs.tangents_per_call,
+                                            compile=inputs.compile).float().cpu().numpy())
     jacobian = np.concatenate(blocks)
     step = inputs.pert_repr[task.kds.start:task.kds.stop] - inputs.control_repr
     return {"jacobian": jacobian, "kd_index": np.asarray(task.kds),

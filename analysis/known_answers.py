@@ -360,6 +360,7 @@ seed = 0
 [jacobian]
 kds_per_call = {s['kds_per_call']}
 shard_kds = {s['shard_kds']}
+compile_jacobian = false
 dtype = "{s['dtype']}"
 
 [statistics]

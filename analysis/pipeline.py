@@ -152,8 +152,10 @@ def read_part1(stage: cache.StageDir, record: dict) -> Part1:
 
 # ---------------------------------------------------------------- Part 2
 def jacobian_key(config: AnalysisConfig, run: LoadedRun) -> str:
-    return cache.content_key("jacobians", cache.code_version("jacobians", "effects"), run.input_key, run.kd_names,
-                             run.set_size, config.n_draws, config.seed, config.shard_kds)
+    # Batching and compilation change the float rounding of J (≈ 1e-7), so they are inputs of the result too.
+    return cache.content_key("jacobians", cache.code_version("jacobians", "tangent_graph", "model_call", "effects"),
+                             run.input_key, run.kd_names, run.set_size, config.n_draws, config.seed, config.shard_kds,
+                             config.kds_per_call, config.tangents_per_call, config.compile_jacobian)
 
 
 def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bool = True, executor=None,
@@ -172,7 +174,7 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
         tasks = jacobians.shard_tasks(len(run.kd_names), config.shard_kds)
         todo = [task for task in tasks if not store.valid(task.index, task.kds)]
         inputs = jacobians.JacobianInputs(effects.pert_repr, effects.control_repr, effects.draw_cells,
-                                          config.kds_per_call, config.tangents_per_call)
+                                          config.kds_per_call, config.tangents_per_call, config.compile_jacobian)
         bar = tqdm(total=len(run.kd_names), initial=len(run.kd_names) - sum(len(t.kds) for t in todo),
                    desc="Jacobians ∂E[Y]/∂pert_repr", unit="KD", disable=not progress)
         last = time.perf_counter()
