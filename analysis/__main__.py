@@ -21,7 +21,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    from .pipeline import result_paths, run_analysis, summary_lines
+    from .pipeline import run_analysis, summary_lines
+    from .results import result_paths
 
     try:
         overrides = {"device": args.device} if args.device else {}

@@ -6,50 +6,14 @@ E is the mean over a set of S control cells (cells attend to each other inside a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from .load import LoadedRun
+from .results import Effects
 from .model_call import encode_perturbations, mean_output
-
-
-@dataclass(frozen=True)
-class Effects:
-    """ΔY and the perturbation representations, for the K KDs in `kd_names` order.
-
-    delta_y [K, G] (output units, e.g. log-normalised expression); delta_y_draws [R, K, G];
-    pert_repr [K, H] and control_repr [H] (pert_encoder outputs); draw_cells [R, S] control-cell rows.
-    """
-
-    kd_names: tuple
-    gene_names: tuple
-    delta_y: np.ndarray
-    delta_y_draws: np.ndarray
-    pert_repr: np.ndarray
-    control_repr: np.ndarray
-    draw_cells: np.ndarray
-
-    def reproducibility(self) -> pd.DataFrame:
-        """Per KD: mean cosine between ΔY of different draws, and the split-half Pearson r (first vs second half of draws)."""
-        draws = self.delta_y_draws
-        n_draws = draws.shape[0]
-        unit = draws / np.maximum(np.linalg.norm(draws, axis=2, keepdims=True), 1e-12)
-        cos = np.einsum("rkg,skg->krs", unit, unit)
-        off = ~np.eye(n_draws, dtype=bool)
-        draw_cosine = cos[:, off].mean(axis=1) if n_draws > 1 else np.full(len(self.kd_names), np.nan)
-        half = n_draws // 2
-        if half:
-            a, b = draws[:half].mean(0), draws[half:].mean(0)
-            a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-            split = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-        else:
-            split = np.full(len(self.kd_names), np.nan)
-        return pd.DataFrame({"kd": self.kd_names, "draw_cosine": draw_cosine, "split_half_r": split,
-                             "effect_norm": np.linalg.norm(self.delta_y, axis=1)})
 
 
 def draw_control_sets(n_controls: int, set_size: int, n_draws: int, seed: int) -> np.ndarray:

@@ -11,10 +11,8 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,67 +20,13 @@ from tqdm import tqdm
 
 from . import cache, clustering, demo, enrichment, jacobians, routing, verdict
 from .config import AnalysisConfig
-from .effects import Effects, compute_effects
+from .effects import compute_effects
 from .executors import LocalExecutor
 from .load import LoadedRun, load_run
+from .results import Part1, Part3, Results, read_part1, read_part3
 from .verdict import DecisionRule
 
 PACKAGES = ("torch", "arc-state", "transformers", "numpy", "scipy", "pandas", "scikit-learn", "gseapy", "altair", "anndata")
-
-
-@dataclass(frozen=True)
-class Part1:
-    """Part 1 results. kd_table: kd, cluster, reproducibility; ora / gsea: enrichment tables (query = 'cluster c')."""
-
-    key: str
-    effects: Effects
-    kd_table: pd.DataFrame
-    silhouette: pd.DataFrame
-    bootstrap_ari: np.ndarray
-    order: np.ndarray
-    ora: pd.DataFrame
-    gsea: pd.DataFrame
-    seconds: float
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.kd_table["cluster"].to_numpy()
-
-    @property
-    def c_out(self) -> np.ndarray:
-        return clustering.cosine_similarity(self.effects.delta_y)
-
-
-@dataclass(frozen=True)
-class Part3:
-    """Part 2–3 results: similarity matrices [K, K], SVD summaries, statistics, verdict, prior-work table."""
-
-    key: str
-    jacobian_key: str
-    c_out: np.ndarray
-    c_jac: np.ndarray
-    c_rep: np.ndarray
-    variance_explained: np.ndarray
-    kd_scores: np.ndarray  # [K, A] routing SVD (unit-norm Jacobians)
-    gene_loadings: np.ndarray  # [A, G]
-    output_kd_scores: np.ndarray  # [K, A] SVD of unit-norm ΔY
-    output_gene_loadings: np.ndarray  # [A, G]
-    evidence: routing.RoutingEvidence
-    svd: routing.SvdEvidence
-    svd_enrichment: pd.DataFrame
-    linearity: pd.DataFrame
-    verdict: verdict.Verdict
-    prior_work: pd.DataFrame
-    seconds: dict
-    autograd_check: dict  # {"kd", "relative_error"}: one stored J_k against reverse mode on this run
-
-
-@dataclass(frozen=True)
-class Results:
-    config: AnalysisConfig
-    part1: Part1
-    part3: Part3
-    provenance: dict
 
 
 def run_analysis(config: AnalysisConfig, progress: bool = True, executor=None) -> Results:
@@ -136,18 +80,6 @@ def run_part1(config: AnalysisConfig, run: LoadedRun, progress: bool = True) -> 
         return {"seconds": time.perf_counter() - started, "n_clusters": clusters.n_clusters}
 
     return read_part1(stage, stage.ensure(compute))
-
-
-def read_part1(stage: cache.StageDir, record: dict) -> Part1:
-    """Part 1 from its stage folder; `record` is the stage's verified completion record."""
-    names = cache.read_json(stage / "names.json")
-    with np.load(stage / "effects.npz") as arrays:
-        a = {k: arrays[k] for k in arrays.files}
-    effects = Effects(tuple(names["kd_names"]), tuple(names["gene_names"]), a["delta_y"], a["delta_y_draws"],
-                      a["pert_repr"], a["control_repr"], a["draw_cells"])
-    return Part1(stage.key, effects, pd.read_parquet(stage / "kds.parquet"), pd.read_parquet(stage / "silhouette.parquet"),
-                 a["bootstrap_ari"], a["order"], pd.read_parquet(stage / "ora.parquet"),
-                 pd.read_parquet(stage / "gsea.parquet"), record["seconds"])
 
 
 # ---------------------------------------------------------------- Part 2
@@ -279,19 +211,6 @@ def read_svd(config: AnalysisConfig, part1: Part1, svd: routing.JacobianSVD, out
     return pd.concat(tables.values(), ignore_index=True), evidence
 
 
-def read_part3(stage: cache.StageDir, record: dict, jac_key: str, seconds: dict, autograd_check: dict) -> Part3:
-    with np.load(stage / "matrices.npz") as arrays:
-        a = {k: arrays[k] for k in arrays.files}
-    evidence = cache.read_json(stage / "evidence.json")
-    return Part3(stage.key, jac_key, a["c_out"], a["c_jac"], a["c_rep"], a["variance_explained"], a["kd_scores"],
-                 a["gene_loadings"], a["output_kd_scores"], a["output_gene_loadings"],
-                 routing.RoutingEvidence.from_dict(evidence["routing"]), routing.SvdEvidence.from_dict(evidence["svd"]),
-                 pd.read_parquet(stage / "svd_enrichment.parquet"), pd.read_parquet(stage / "linearity.parquet"),
-                 verdict.Verdict.from_dict(cache.read_json(stage / "verdict.json")),
-                 pd.read_parquet(stage / "prior_work.parquet"), {**seconds, "part3": record["seconds"]},
-                 autograd_check)
-
-
 # ---------------------------------------------------------------- provenance
 def provenance(config: AnalysisConfig, run: LoadedRun) -> dict:
     """Versions, hardware and hashes for the reproducibility appendix."""
@@ -345,12 +264,6 @@ def summary_lines(results: Results) -> list[str]:
         lines.append(f"  [{'held' if c.held else 'not held'}] ({c.family}) {c.name}: {c.statistic} = {c.value:.3g}{p}"
                      f"{basis}; threshold {c.threshold}")
     return lines
-
-
-def result_paths(results: Results) -> dict:
-    c = results.config.cache_dir
-    return {"part1": str(Path(c) / "part1" / results.part1.key), "jacobians": str(Path(c) / "jacobians" / results.part3.jacobian_key),
-            "part3": str(Path(c) / "part3" / results.part3.key)}
 
 
 def dumps(obj) -> str:

@@ -1,4 +1,4 @@
-"""Altair charts for the report, drawn from what `analysis.pipeline.Results` already holds, and how they render.
+"""Altair charts for the report, drawn from what `analysis.results.Results` already holds, and how they render.
 
 Nothing here computes a statistic: every number a chart states comes from the results
 (`part3.evidence`, enrichment tables, SVD arrays). Charts only reshape into long tables and,

@@ -1,4 +1,4 @@
-"""Text and tables for the Quarto report, generated from `analysis.pipeline.Results`.
+"""Text and tables for the Quarto report, generated from `analysis.results.Results`.
 
 The article (`report/index.qmd`) types no result by hand: every number in its prose comes
 from `numbers(results)` through inline expressions, every table from a `*_table` function
@@ -25,11 +25,18 @@ import pandas as pd
 from . import cache, enrichment, plots
 from .config import load_config
 from .formatting import Md, breakable, fmt, fmt_p, p_phrase
-from .pipeline import Results, result_paths, run_analysis
+from .results import Results, result_paths
 from .verdict import DecisionRule
 
+
 def load(config_path: str | Path) -> Results:
-    """Set up chart rendering and return the results for `config_path`, computing what the cache lacks."""
+    """Set up chart rendering and return the results for `config_path`, computing what the cache lacks.
+
+    The one place the report reaches the pipeline (imported here, so that formatting and plotting never load
+    torch or the demo trainer): a render from a cold cache computes everything first.
+    """
+    from .pipeline import run_analysis
+
     plots.enable_report_rendering()
     return run_analysis(load_config(config_path), progress=False)
 

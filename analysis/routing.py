@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu, rankdata
 
-from .jacobians import JacobianShards
+if TYPE_CHECKING:  # the statistics need no torch: plots and the report import them through `verdict`
+    from .jacobians import JacobianShards
 
 
 # ---------------------------------------------------------------- streamed Gram and SVD
@@ -226,7 +228,7 @@ def _products_under_permutations(fixed: np.ndarray, moving: np.ndarray, perms: n
     return np.einsum("kl,bkl->bk", f, m[perms[:, :, None], perms[:, None, :]])
 
 
-def permutations(n_kds: int, n_permutations: int, seed: int, batch: int) -> "Iterator[np.ndarray]":
+def permutations(n_kds: int, n_permutations: int, seed: int, batch: int) -> Iterator[np.ndarray]:
     """Seeded KD-label permutations [b, K] in batches of at most `batch`."""
     rng = np.random.default_rng(seed)
     for start in range(0, n_permutations, batch):
