@@ -19,7 +19,7 @@ import pytest
 
 from analysis import cache, jacobians, pipeline
 from analysis.__main__ import main
-from analysis.errors import CacheError, InputError
+from analysis.errors import CacheError
 from analysis.load import load_run
 from tiny import write_tiny_run
 

@@ -1,6 +1,5 @@
 """The forward-mode engine against two independent oracles on arc-state models of several configurations."""
 
-import numpy as np
 import pytest
 import torch
 
