@@ -22,6 +22,7 @@ from . import cache, clustering, demo, enrichment, jacobians, routing, verdict
 from .config import AnalysisConfig
 from .effects import compute_effects
 from .executors import LocalExecutor
+from .formatting import p_phrase
 from .load import LoadedRun, load_run
 from .results import Part1, Part3, Results, read_part1, read_part3
 from .verdict import DecisionRule
@@ -259,7 +260,7 @@ def summary_lines(results: Results) -> list[str]:
         lines.append(f"  Caveat: {p3.verdict.caveat}")
     lines.append("")
     for c in p3.verdict.criteria:
-        p = "" if c.p_value is None else f", p = {c.p_value:.3g}"
+        p = "" if c.p_value is None else ", " + p_phrase(c.p_value, results.config.n_permutations)
         basis = f" → {c.supports}" if c.supports else ""
         lines.append(f"  [{'held' if c.held else 'not held'}] ({c.family}) {c.name}: {c.statistic} = {c.value:.3g}{p}"
                      f"{basis}; threshold {c.threshold}")
