@@ -20,11 +20,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import cache, clustering, demo, enrichment, jacobians, routing, verdict
+from . import cache, clustering, demo, enrichment, executors, jacobians, routing, verdict
 from .config import AnalysisConfig
 from .effects import Effects, compute_effects
-from .executors import LocalExecutor
-from .load import LoadedRun, load_run
+from .load import LoadedRun, ShippedRun, load_run
 
 PACKAGES = ("torch", "arc-state", "transformers", "numpy", "scipy", "pandas", "scikit-learn", "gseapy", "altair", "anndata")
 
@@ -82,7 +81,8 @@ class Results:
 
 
 def run_analysis(config: AnalysisConfig, progress: bool = True, executor=None) -> Results:
-    """Everything, computing only what the cache lacks. `executor` runs the Jacobian shards (default: in this process).
+    """Everything, computing only what the cache lacks. `executor` runs the Jacobian shards (default: the config's
+    [runtime] executor).
 
     Raises CacheError before any compute when something must be computed and the cache folder is not writable.
     """
@@ -156,8 +156,9 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
               verify_shards: bool = True):
     """Jacobian shards, their cache key, and the stage record (time, device, autograd check of one KD).
 
-    The shard tasks run on `executor` (default `LocalExecutor`); each result is stored as it arrives, with one
-    progress bar over KDs. Shards already stored and intact (a killed run's) are kept. verify_shards=False checks
+    The shard tasks run on `executor` (default: the config's, `executors.for_config`), which gets the loaded run
+    as its worker state (shipped as checkpoint bytes and control cells to remote workers); each result is stored
+    here, as it arrives, with one progress bar over KDs, whichever executor computed it. Shards already stored and intact (a killed run's) are kept. verify_shards=False checks
     a cached stage's shard sizes, not their sha256 (for a run that will not read them).
     """
     stage = cache.StageDir(config.cache_dir, "jacobians", jacobian_key(config, run))
@@ -172,7 +173,9 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
         bar = tqdm(total=len(run.kd_names), initial=len(run.kd_names) - sum(len(t.kds) for t in todo),
                    desc="Jacobians ∂E[Y]/∂pert_repr", unit="KD", disable=not progress)
         last = time.perf_counter()
-        for task, arrays in (executor or LocalExecutor()).map(partial(jacobians.jacobian_shard, run, inputs), todo):
+        pool = executor or executors.for_config(config)
+        state = executors.WorkerState(run, partial(ShippedRun.of, config, run))
+        for task, arrays in pool.map(partial(jacobians.jacobian_shard, inputs=inputs), todo, state):
             now = time.perf_counter()
             store.put(task.index, task.kds, arrays, seconds=now - last)  # wall time since the previous shard
             last = now
@@ -180,7 +183,7 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
         bar.close()
         check = jacobians.autograd_check(run, jacobians.open_shards(stage.path), effects.pert_repr, effects.draw_cells)
         return {"n_kds": len(run.kd_names), "n_shards": len(tasks), "seconds": store.total_seconds(),
-                "device": str(run.device), "autograd_check": check}
+                "device": str(run.device), "executor": pool.describe(), "autograd_check": check}
 
     record = stage.ensure(compute, contents=verify_shards)
     return jacobians.open_shards(stage.path), stage.key, record
