@@ -55,21 +55,25 @@ class LocalExecutor:
 
 
 class _Worker:
-    """A Ray actor's body: builds the state on its first call (again after a restart), then runs tasks on it.
+    """A Ray actor's body: builds the state on its first call (again after a restart, and when a later `map`
+    ships another state), then runs tasks on it.
 
     Calls carry `refs`, [recipe, fn] as object references in a list, which Ray passes through unresolved: the
-    worker fetches them only to build. (Not constructor arguments: Ray cannot promise those to a restarted actor.)
+    worker fetches each only when it changes. (Not constructor arguments: Ray cannot promise those to a
+    restarted actor.)
     """
 
     def __init__(self):
-        self.state = self.fn = None
+        self.held = {}  # "state" / "fn" -> (object id it came from, value)
 
     def _ready(self, refs: list) -> None:
-        if self.fn is None:
-            import ray
+        import ray
 
-            shipped, fn = ray.get(refs)
-            self.state, self.fn = shipped.build(), fn
+        shipped, fn = refs
+        if self.held.get("state", (None,))[0] != shipped.hex():
+            self.held["state"] = (shipped.hex(), ray.get(shipped).build())
+        if self.held.get("fn", (None,))[0] != fn.hex():
+            self.held["fn"] = (fn.hex(), ray.get(fn))
 
     def start(self, refs: list) -> int:
         """Build the state; returns this worker's process id."""
@@ -78,7 +82,7 @@ class _Worker:
 
     def run(self, refs: list, task):
         self._ready(refs)
-        return self.fn(self.state, task)
+        return self.held["fn"][1](self.held["state"][1], task)
 
 
 class RayExecutor:
@@ -92,6 +96,7 @@ class RayExecutor:
     many results sit in the object store (each task is handed to a worker when one of its previous tasks is
     collected with `ray.wait`). `max_in_flight` records the largest number seen in the last `map`.
 
+    Consecutive maps with the same `WorkerState.local` reuse the workers (the state is built once per worker).
     Faults: a worker process that dies is restarted (up to `max_restarts` times, rebuilding its state) and its
     unfinished tasks are re-run (up to `max_task_retries` times), so no result is lost or duplicated.
     `address`: None starts a local Ray instance when none is running; "auto" or "ray://host:port" joins a cluster.
@@ -108,7 +113,8 @@ class RayExecutor:
         self.max_in_flight = 0
         self.pids: list[int] = []  # the worker processes of the last `map`, as first started
         self.layout = "no tasks run"
-        self.startup_seconds = 0.0  # from creating the workers to all of them holding their state, in the last `map`
+        self._pool = None  # (the state's local value, workers, the state's object reference), kept between maps
+        self.startup_seconds = 0.0  # until every worker held the state and fn, in the last `map`
 
     def describe(self) -> str:
         """The worker layout of the last `map`, for the stage record."""
@@ -140,15 +146,9 @@ class RayExecutor:
         if not tasks:
             return
         self._connect()
-        gpus = self._gpus()
-        actor = ray.remote(_Worker).options(
-            num_gpus=1 if gpus else 0, num_cpus=self.cpus_per_worker,
-            max_restarts=self.max_restarts, max_task_retries=self.max_task_retries)
-        # Once each, whatever the number of workers and restarts: the state's recipe, and fn with its shared inputs.
-        refs = [ray.put(state.ship()), ray.put(fn)]
         started = time.perf_counter()
-        workers = [actor.remote() for _ in range(self._n_workers(len(tasks)))]
-        self.layout = f"{len(workers)} workers × " + ("1 GPU" if gpus else f"{self.cpus_per_worker} CPU")
+        workers, shipped = self._pool_for(state, len(tasks))
+        refs = [shipped, ray.put(fn)]  # fn with its shared inputs: once per map, whatever the number of workers
         self.pids = ray.get([w.start.remote(refs) for w in workers])
         self.startup_seconds = time.perf_counter() - started
         queue = iter(tasks)
@@ -159,6 +159,7 @@ class RayExecutor:
             if task is not None:
                 pending[worker.run.remote(refs, task)] = (task, worker)
 
+        finished = False
         try:
             for worker in workers:
                 for _ in range(self.tasks_per_worker):
@@ -171,9 +172,36 @@ class RayExecutor:
                 del ref  # the driver's reference was the last one: the object store frees the result
                 submit(worker)
                 yield task, result
+            finished = True
         finally:
-            for worker in workers:
-                ray.kill(worker)
+            if not finished:  # abandoned or failed: its workers may still hold tasks, so none is reused
+                self.close()
+
+    def _pool_for(self, state: WorkerState, n_tasks: int) -> tuple[list, Any]:
+        """The workers and the state's object reference: the previous map's when it had the same state (Part 1
+        and Part 2 share one pool, so the model is built once per worker for both), else new ones."""
+        import ray
+
+        if self._pool is not None and self._pool[0] is state.local:
+            return self._pool[1], self._pool[2]
+        self.close()
+        gpus = self._gpus()
+        actor = ray.remote(_Worker).options(
+            num_gpus=1 if gpus else 0, num_cpus=self.cpus_per_worker,
+            max_restarts=self.max_restarts, max_task_retries=self.max_task_retries)
+        shipped = ray.put(state.ship())  # once; every worker (and every restart) builds from this object
+        workers = [actor.remote() for _ in range(self._n_workers(n_tasks))]
+        self.layout = f"{len(workers)} workers × " + ("1 GPU" if gpus else f"{self.cpus_per_worker} CPU")
+        self._pool = (state.local, workers, shipped)
+        return workers, shipped
+
+    def close(self) -> None:
+        """End the workers (they also end with this process)."""
+        import ray
+
+        for worker in self._pool[1] if self._pool else ():
+            ray.kill(worker)
+        self._pool = None
 
 
 def init_ray(address: str | None = None, **options) -> None:

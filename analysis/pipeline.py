@@ -81,8 +81,8 @@ class Results:
 
 
 def run_analysis(config: AnalysisConfig, progress: bool = True, executor=None) -> Results:
-    """Everything, computing only what the cache lacks. `executor` runs the Jacobian shards (default: the config's
-    [runtime] executor).
+    """Everything, computing only what the cache lacks. `executor` runs Part 1's ΔY batches and the Jacobian shards
+    (default: the config's [runtime] executor).
 
     Raises CacheError before any compute when something must be computed and the cache folder is not writable.
     """
@@ -95,7 +95,8 @@ def run_analysis(config: AnalysisConfig, progress: bool = True, executor=None) -
               for stage, key in [("part1", p1_key), ("jacobians", jac_key), ("part3", part3_key(config, p1_key, jac_key))]]
     if not all(stage.has_record for stage in stages):
         cache.require_writable(config.cache_dir)
-    part1 = run_part1(config, run, progress)
+    executor = executor or executors.for_config(config)
+    part1 = run_part1(config, run, progress, executor)
     # Shards are hashed only when Part 3 will read them; with Part 3 cached, their sizes and headers suffice.
     shards, jac_key, jacobian_record = run_part2(config, run, part1, progress, executor,
                                                  verify_shards=stages[2].record(quiet=True) is None)
@@ -111,12 +112,14 @@ def part1_key(config: AnalysisConfig, run: LoadedRun) -> str:
                              [cache.file_digest(p) for p in config.gene_sets])
 
 
-def run_part1(config: AnalysisConfig, run: LoadedRun, progress: bool = True) -> Part1:
+def run_part1(config: AnalysisConfig, run: LoadedRun, progress: bool = True, executor=None) -> Part1:
+    """Part 1, its ΔY batches run on `executor` (default: the config's)."""
     stage = cache.StageDir(config.cache_dir, "part1", part1_key(config, run))
 
     def compute() -> dict:
         started = time.perf_counter()
-        effects = compute_effects(run, config.n_draws, config.seed, config.kds_per_call, progress)
+        effects = compute_effects(run, config.n_draws, config.seed, config.kds_per_call, progress,
+                                  executor or executors.for_config(config), worker_state(config, run))
         clusters = clustering.cluster_kds(effects.delta_y, config.max_clusters, config.cluster_bootstrap, config.seed)
         libraries = enrichment.read_libraries(config.gene_sets)
         ora, gsea = enrichment.cluster_enrichment(effects.kd_names, clusters.labels, effects.delta_y, effects.gene_names,
@@ -144,6 +147,11 @@ def read_part1(stage: cache.StageDir, record: dict) -> Part1:
     return Part1(stage.key, effects, pd.read_parquet(stage / "kds.parquet"), pd.read_parquet(stage / "silhouette.parquet"),
                  a["bootstrap_ari"], a["order"], pd.read_parquet(stage / "ora.parquet"),
                  pd.read_parquet(stage / "gsea.parquet"), record["seconds"])
+
+
+def worker_state(config: AnalysisConfig, run: LoadedRun) -> executors.WorkerState:
+    """The loaded run as executors' worker state: itself here, checkpoint bytes and control cells elsewhere."""
+    return executors.WorkerState(run, partial(ShippedRun.of, config, run))
 
 
 # ---------------------------------------------------------------- Part 2
@@ -174,8 +182,7 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
                    desc="Jacobians ∂E[Y]/∂pert_repr", unit="KD", disable=not progress)
         last = time.perf_counter()
         pool = executor or executors.for_config(config)
-        state = executors.WorkerState(run, partial(ShippedRun.of, config, run))
-        for task, arrays in pool.map(partial(jacobians.jacobian_shard, inputs=inputs), todo, state):
+        for task, arrays in pool.map(partial(jacobians.jacobian_shard, inputs=inputs), todo, worker_state(config, run)):
             now = time.perf_counter()
             store.put(task.index, task.kds, arrays, seconds=now - last)  # wall time since the previous shard
             last = now

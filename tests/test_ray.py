@@ -23,6 +23,7 @@ if not os.environ.get("CI"):
 import ray  # noqa: E402
 
 from analysis import executors, pipeline  # noqa: E402
+from analysis.errors import InputError  # noqa: E402
 from analysis.executors import RayExecutor, WorkerState  # noqa: E402
 from tiny import tiny_config, write_tiny_run  # noqa: E402
 
@@ -80,15 +81,27 @@ def fresh_copy(config, tmp_path: Path, keep_shards: set[int] = frozenset()):
 
 
 @pytest.mark.slow
-def test_ray_gives_the_local_shard_bytes_and_verdict(ray_instance, local, tmp_path):
+def test_ray_gives_the_local_bytes_and_verdict_with_one_pool_for_both_parts(ray_instance, local, tmp_path):
     config, digests, verdict = local
-    ray_config = fresh_copy(config, tmp_path).replace(executor="ray")
-    results = pipeline.run_analysis(ray_config, progress=False)
-    assert stage_digests(ray_config.cache_dir) == digests
+    ray_config = config.replace(cache_dir=tmp_path / "cache", executor="ray")
+    executor = Watched(RayExecutor())
+    results = pipeline.run_analysis(ray_config, progress=False, executor=executor)
+    assert stage_digests(ray_config.cache_dir) == digests  # Part 1 (ΔY batches), shards and Part 3, byte for byte
     assert shard_bytes(ray_config.cache_dir) == shard_bytes(config.cache_dir)
     assert results.part3.verdict.to_dict() == verdict
     record = json.loads((stage_folder(ray_config.cache_dir, "jacobians") / "_done.json").read_text())
     assert record["executor"] == "ray: 2 workers × 1 CPU"
+    (delta_y, _, first_pids), (shards, _, pids) = executor.maps
+    assert len(delta_y) == 3 and len(shards) == N_SHARDS  # 6 KDs in batches of kds_per_call = 2; 6 shards
+    assert pids == first_pids  # Part 2 ran on the workers Part 1 started: the model was built once per worker
+
+
+def test_the_config_chooses_the_executor(tmp_path):
+    config = tiny_config(tmp_path)
+    assert config.executor == "local" and isinstance(executors.for_config(config), executors.LocalExecutor)
+    assert isinstance(executors.for_config(config.replace(executor="ray")), RayExecutor)
+    with pytest.raises(InputError, match=r"override executor: expected 'local' or 'ray', got 'dask'"):
+        tiny_config(tmp_path, executor="dask")
 
 
 @pytest.mark.slow
@@ -97,28 +110,32 @@ def test_a_run_started_locally_is_finished_on_ray_computing_only_the_missing_sha
     resumed = fresh_copy(config, tmp_path, keep_shards={0, 2, 3})
     folder = stage_folder(resumed.cache_dir, "jacobians")
     kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard_*.npz")}
-    executor = Counting(RayExecutor())
+    executor = Watched(RayExecutor())
     pipeline.run_analysis(resumed, progress=False, executor=executor)
-    assert executor.indices == [1, 4, 5]
+    ((tasks, _, _),) = executor.maps  # Part 1 was cached: one map, the missing shards only
+    assert [task.index for task in tasks] == [1, 4, 5]
     assert {name: (folder / name).stat().st_mtime_ns for name in kept} == kept  # not rewritten
     assert stage_digests(resumed.cache_dir) == digests
 
 
-class Counting:
-    """Wraps an executor, noting which shard tasks it was given and running `after_first` after the first result."""
+class Watched:
+    """Wraps an executor, noting each map's tasks, results and worker pids, and running `after_first` after the
+    first result of the last map."""
 
     def __init__(self, inner, after_first=lambda inner: None):
-        self.inner, self.after_first, self.indices = inner, after_first, []
+        self.inner, self.after_first, self.maps = inner, after_first, []
 
     def describe(self):
         return self.inner.describe()
 
     def map(self, fn, tasks, state):
-        tasks = list(tasks)
-        self.indices = [task.index for task in tasks]
-        for n, item in enumerate(self.inner.map(fn, tasks, state)):
-            if n == 0:
+        tasks, results = list(tasks), []
+        self.maps.append((tasks, results, None))
+        for item in self.inner.map(fn, tasks, state):
+            if not results:
+                self.maps[-1] = (tasks, results, list(self.inner.pids))
                 self.after_first(self.inner)
+            results.append(item)
             yield item
 
 
@@ -133,7 +150,7 @@ def test_a_worker_killed_by_pid_mid_run_is_replaced_and_the_results_are_identica
         os.kill(inner.pids[0], signal.SIGKILL)
 
     faulted = fresh_copy(config, tmp_path)
-    pipeline.run_analysis(faulted, progress=False, executor=Counting(RayExecutor(), kill_a_worker))
+    pipeline.run_analysis(faulted, progress=False, executor=Watched(RayExecutor(), kill_a_worker))
     assert not alive(killed["pid"])
     assert stage_digests(faulted.cache_dir) == digests
     assert shard_bytes(faulted.cache_dir) == shard_bytes(config.cache_dir)
