@@ -87,7 +87,7 @@ class _Worker:
 
 class RayExecutor:
     """Runs tasks on Ray actors: `workers` actors (0: one per GPU of the cluster, or one per `cpus_per_worker`
-    CPUs when it has no GPU), each holding the state built once from `WorkerState.ship()`, which goes through
+    CPUs when it has none or `use_gpus` is False), each holding the state built once from `WorkerState.ship()`, which goes through
     the object store once (`ray.put`), so workers need no shared filesystem. When this executor starts or joins
     Ray itself (`init_ray`), the package's own code is shipped too, so workers compute with the driver's code;
     its dependencies (torch, arc-state) must be installed on every node.
@@ -103,15 +103,16 @@ class RayExecutor:
     """
 
     def __init__(self, address: str | None = None, workers: int = 0, cpus_per_worker: int = 1,
-                 tasks_per_worker: int = 2, max_restarts: int = 3, max_task_retries: int = 3):
+                 tasks_per_worker: int = 2, max_restarts: int = 3, max_task_retries: int = 3, use_gpus: bool = True):
         try:
             import ray  # noqa: F401  (fail here, with the fix, rather than mid-run)
         except ImportError:
             raise InputError("[runtime].executor", "'ray' needs Ray installed: pip install 'state-routing-report[ray]'") from None
         self.address, self.workers, self.cpus_per_worker = address, workers, cpus_per_worker
         self.tasks_per_worker, self.max_restarts, self.max_task_retries = tasks_per_worker, max_restarts, max_task_retries
+        self.use_gpus = use_gpus
         self.max_in_flight = 0
-        self.pids: list[int] = []  # the worker processes of the last `map`, as first started
+        self.pids: list[int] = []  # the worker processes as the last `map` started
         self.layout = "no tasks run"
         self._pool = None  # (the state's local value, workers, the state's object reference), kept between maps
         self.startup_seconds = 0.0  # until every worker held the state and fn, in the last `map`
@@ -129,7 +130,7 @@ class RayExecutor:
     def _gpus(self) -> int:
         import ray
 
-        return int(ray.cluster_resources().get("GPU", 0))
+        return int(ray.cluster_resources().get("GPU", 0)) if self.use_gpus else 0
 
     def _n_workers(self, n_tasks: int) -> int:
         import ray
@@ -220,4 +221,6 @@ def init_ray(address: str | None = None, **options) -> None:
 
 def for_config(config) -> LocalExecutor | RayExecutor:
     """The executor the config's [runtime] section names (Ray is imported only for executor = "ray")."""
-    return RayExecutor(config.ray_address) if config.executor == "ray" else LocalExecutor()
+    if config.executor == "ray":
+        return RayExecutor(config.ray_address, use_gpus=config.device != "cpu")
+    return LocalExecutor()

@@ -3,7 +3,7 @@
     python benchmarks/bench_executors.py [--config configs/demo.toml] [--shard-kds 8] [--workers 1,2]
                                          [--per-kd-seconds 10.35] [--n-kds 10000] [--gpus 1,2,4,8,16]
 
-On the demo (its Part 1 computed or read from the cache first), every executor computes the same shard tasks
+On the demo (its ΔY and pert_repr computed first, in this process), every executor computes the same shard tasks
 (`shard_kds` KDs each, so the 153 KDs make enough tasks to share between workers), and the shards are checked
 byte-identical to the local executor's. Printed per executor: wall time, Ray's start-up (workers created and
 the model built in each from checkpoint bytes), the compute phase after it, seconds per KD, speed-up and
@@ -26,13 +26,13 @@ import time
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import cache, demo, executors, jacobians, pipeline  # noqa: E402
+from analysis import cache, demo, executors, jacobians  # noqa: E402
 from analysis.config import load_config  # noqa: E402
+from analysis.effects import compute_effects  # noqa: E402
 from analysis.load import ShippedRun, load_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,8 +90,7 @@ def main(argv=None) -> int:
     config = load_config(args.config).replace(shard_kds=args.shard_kds, device="cpu")
     demo.ensure_demo(config, progress=False)
     run = load_run(config)
-    part1 = pipeline.run_part1(config, run, progress=False)
-    effects = part1.effects
+    effects = compute_effects(run, config.n_draws, config.seed, config.kds_per_call, progress=False)
     tasks = jacobians.shard_tasks(len(run.kd_names), config.shard_kds)
     inputs = jacobians.JacobianInputs(effects.pert_repr, effects.control_repr, effects.draw_cells,
                                       config.kds_per_call, config.tangents_per_call)
