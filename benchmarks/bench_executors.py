@@ -62,7 +62,9 @@ def round_trip_seconds(n_tasks: int = 200) -> float:
     executor = executors.RayExecutor(workers=1)
     started = time.perf_counter()
     list(executor.map(no_op, range(n_tasks), executors.WorkerState(None, Nothing)))
-    return (time.perf_counter() - started - executor.startup_seconds) / n_tasks
+    seconds = time.perf_counter() - started - executor.startup_seconds
+    executor.close()
+    return seconds / n_tasks
 
 
 def matmul_rate(dtype=torch.float64, n: int = 2048) -> float:
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(n_threads)
         wall, reference = run_stage(executors.LocalExecutor(), fn, tasks, state)
         rows.append((f"local, {n_threads} thread(s)", wall, 0.0, wall))
+        print(f"  measured {rows[-1][0]}: {wall:.1f} s", flush=True)
         local_one_thread = wall
         if n_threads == threads:
             local_shards = reference
@@ -117,10 +120,12 @@ def main(argv=None) -> int:
     for n_workers in [int(w) for w in args.workers.split(",")]:
         executor = executors.RayExecutor(workers=n_workers)
         wall, shards = run_stage(executor, fn, tasks, state)
+        executor.close()  # free its CPUs for the next measurement
         assert shards == local_shards, f"Ray with {n_workers} worker(s): shard bytes differ from the local executor's"
         compute = wall - executor.startup_seconds
         one_worker = one_worker or (n_workers, compute)
         rows.append((f"ray, {n_workers} worker(s) × 1 CPU", wall, executor.startup_seconds, compute))
+        print(f"  measured {rows[-1][0]}: {wall:.1f} s", flush=True)
     overhead = round_trip_seconds()
 
     print(f"\n{'executor':<28}{'wall s':>9}{'start-up s':>12}{'compute s':>11}{'s/KD':>8}{'speed-up':>10}{'efficiency':>12}")
