@@ -152,7 +152,7 @@ def main(argv=None) -> int:
           + (" (the README's CPU engine time, R = 1: no GPU time has been measured; pass a GPU's with --per-kd-seconds)"
              if args.per_kd_seconds == parser.get_default("per_kd_seconds") else ""))
     print(f"{'workers':>8}{'Jacobian stage h':>18}   (= KDs × s/KD / workers + tasks / workers × "
-          f"{max(shard_overhead, overhead):.2f} s overhead + {startup:.0f} s start-up)")
+          f"{max(shard_overhead, overhead) * 1e3:.1f} ms overhead + {startup:.0f} s start-up)")
     for n in [int(g) for g in args.gpus.split(",")]:
         hours = (k * args.per_kd_seconds / n + n_tasks / n * max(shard_overhead, overhead) + startup) / 3600
         print(f"{n:>8}{hours:>18.2f}")
