@@ -20,7 +20,7 @@ def main(argv=None) -> int:
                         help="TOML config (default: the packaged demo, built and cached in ./cache)")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
     parser.add_argument("--executor", choices=["local", "ray"],
-                        help="override the config's executor: where Jacobian shards run (ray: GPUs auto-detected)")
+                        help="override the config's executor: where ΔY batches and Jacobian shards run (ray: GPUs auto-detected)")
     parser.add_argument("--ray-address", help="with --executor ray: 'auto' joins the running Ray cluster, "
                                               "'ray://host:10001' a remote one (default: a local Ray instance)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

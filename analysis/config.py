@@ -52,7 +52,7 @@ class AnalysisConfig:
     n_axes: int = 5
     gene_sets: tuple[Path, ...] = ()
     prerank_permutations: int = 1000
-    executor: str = "local"  # where Jacobian shards run: "local" (this process) or "ray" (Ray workers)
+    executor: str = "local"  # where ΔY batches and Jacobian shards run: "local" (this process) or "ray" (Ray workers)
     ray_address: str | None = None  # None: a local Ray instance; "auto" or "ray://host:port": an existing cluster
     demo: bool = False  # build the embedded demo run into run_dir/h5ad when they are missing
     demo_seed: int = 0
