@@ -1,4 +1,4 @@
-"""Command line: `python -m analysis [run] [--config FILE] [--device cpu|cuda|auto]`.
+"""Command line: `python -m analysis [run] [--config FILE] [--device cpu|cuda|auto] [--executor local|ray]`.
 
 Runs Parts 1–3 (computing only what the cache lacks), prints the cluster table with each
 cluster's top enrichment and the verdict with its criteria, and says where results landed.
@@ -19,13 +19,18 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="TOML config (default: the packaged demo, built and cached in ./cache)")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
+    parser.add_argument("--executor", choices=["local", "ray"],
+                        help="override the config's executor: where ΔY batches and Jacobian shards run (ray: GPUs auto-detected)")
+    parser.add_argument("--ray-address", help="with --executor ray: 'auto' joins the running Ray cluster, "
+                                              "'ray://host:10001' a remote one (default: a local Ray instance)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     from .pipeline import run_analysis, summary_lines
     from .results import result_paths
 
     try:
-        overrides = {"device": args.device} if args.device else {}
+        overrides = {name: value for name, value in [("device", args.device), ("executor", args.executor),
+                                                     ("ray_address", args.ray_address)] if value}
         config = load_config(args.config, **overrides)
         results = run_analysis(config, progress=not args.quiet)
     except (InputError, CacheError) as exc:  # bad config or input (the field named), unusable cache (the path named)

@@ -57,6 +57,8 @@ class AnalysisConfig:
     n_axes: int = 5
     gene_sets: tuple[Path, ...] = ()
     prerank_permutations: int = 1000
+    executor: str = "local"  # where ΔY batches and Jacobian shards run: "local" (this process) or "ray" (Ray workers)
+    ray_address: str | None = None  # None: a local Ray instance; "auto" or "ray://host:port": an existing cluster
     demo: bool = False  # build the embedded demo run into run_dir/h5ad when they are missing
     demo_seed: int = 0
     source: Path | None = field(default=None, compare=False)
@@ -89,7 +91,7 @@ _SECTIONS = {
                    "seed_r_threshold", "equivalence_r", "min_contrast", "equivalence_contrast", "min_dissimilarity",
                    "n_axes"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
-    "runtime": {"device", "cache_dir"},
+    "runtime": {"device", "cache_dir", "executor", "ray_address"},
     "demo": {"enabled", "seed"},
 }
 _RENAMES = {("demo", "enabled"): "demo", ("demo", "seed"): "demo_seed"}
@@ -100,6 +102,7 @@ _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str:
 _RANGES = {
     "device": (lambda v: v in {"cpu", "cuda", "auto"} or v.startswith("cuda:"), "'cpu', 'cuda', 'cuda:N' or 'auto'"),
     "dtype": (lambda v: v in {"float32", "float64", "bfloat16"}, "'float32', 'float64' or 'bfloat16'"),
+    "executor": (lambda v: v in {"local", "ray"}, "'local' or 'ray'"),
     "set_size": (lambda v: v >= 0, "0 (the model's cell_set_len) or a positive integer"),
     "n_draws": (lambda v: v >= 1, "an integer >= 1"),
     "seed": (lambda v: v >= 0, "an integer >= 0"),

@@ -6,6 +6,8 @@ E is the mean over a set of S control cells (cells attend to each other inside a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -22,25 +24,59 @@ def draw_control_sets(n_controls: int, set_size: int, n_draws: int, seed: int) -
     return np.stack([rng.choice(n_controls, size=set_size, replace=False) for _ in range(n_draws)])
 
 
+@dataclass(frozen=True)
+class EffectTask:
+    """One batch of Part 1's forward calls: the KDs `kds` (indices into run.kd_names) with their one-hot rows
+    `onehots` [b, P] (carried by the task, so a worker needs no one-hot map), over every draw set."""
+
+    index: int
+    kds: range
+    onehots: np.ndarray
+
+
+def effect_tasks(run: LoadedRun, kds_per_call: int) -> list[EffectTask]:
+    onehots = run.onehots(run.kd_names).cpu().numpy()
+    return [EffectTask(i, range(start, min(start + kds_per_call, len(run.kd_names))),
+                       onehots[start:start + kds_per_call])
+            for i, start in enumerate(range(0, len(run.kd_names), kds_per_call))]
+
+
 @torch.no_grad()
-def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, progress: bool = True) -> Effects:
-    """ΔY for every KD of `run.kd_names`, batched `kds_per_call` sets per forward call on the run's device."""
-    draw_cells = draw_control_sets(len(run.controls), run.set_size, n_draws, seed)
-    kd_names = list(run.kd_names)
-    kd_onehots = run.onehots(kd_names)
-    control_onehot = run.onehots([run.control_label])
-    draws = np.zeros((n_draws, len(kd_names), len(run.gene_names)), dtype=np.float64)
-    chunks = [slice(i, i + kds_per_call) for i in range(0, len(kd_names), kds_per_call)]
-    bar = tqdm(total=n_draws * len(chunks), desc="ΔY (KD sets × draws)", disable=not progress, unit="call")
-    for r, rows in enumerate(draw_cells):
+def kd_means(run: LoadedRun, task: EffectTask, draw_cells: np.ndarray) -> np.ndarray:
+    """E[Y | KD] [R, b, G] in the model's dtype (as float32 or float64 numpy) for the b KDs of `task`: one
+    forward call of b sets per draw [R, S]. Pure; the same calls whichever executor runs it (the KD batches fix
+    the arithmetic, so results are bit-identical)."""
+    onehots = torch.as_tensor(task.onehots, device=run.device, dtype=run.dtype)
+    out = []
+    for rows in draw_cells:
         basal = torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None]
-        control_mean = mean_output(run.model, control_onehot, basal)[0]
-        for chunk in chunks:
-            onehots = kd_onehots[chunk]
-            kd_means = mean_output(run.model, onehots, basal.expand(len(onehots), -1, -1))
-            draws[r, chunk] = (kd_means - control_mean).double().cpu().numpy()
-            bar.update()
+        out.append(mean_output(run.model, onehots, basal.expand(len(onehots), -1, -1)).cpu())
+    return torch.stack(out).numpy() if run.dtype != torch.bfloat16 else torch.stack(out).float().numpy()
+
+
+@torch.no_grad()
+def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, progress: bool = True,
+                    executor=None, state=None) -> Effects:
+    """ΔY for every KD of `run.kd_names`: KD batches of `kds_per_call` sets per forward call (`kd_means`) run on
+    `executor` with worker state `state` (default: in this process, on `run`), with one progress bar over KDs;
+    the control means and the differences are taken here."""
+    from .executors import LocalExecutor, WorkerState
+
+    draw_cells = draw_control_sets(len(run.controls), run.set_size, n_draws, seed)
+    control_onehot = run.onehots([run.control_label])
+    control_means = torch.stack([
+        mean_output(run.model, control_onehot, torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None])[0]
+        for rows in draw_cells]).cpu()  # [R, G]
+    draws = np.zeros((n_draws, len(run.kd_names), len(run.gene_names)), dtype=np.float64)
+    tasks = effect_tasks(run, kds_per_call)
+    bar = tqdm(total=len(run.kd_names), desc="ΔY (KDs × draws)", disable=not progress, unit="KD")
+    for task, means in (executor or LocalExecutor()).map(partial(kd_means, draw_cells=draw_cells), tasks,
+                                                           state or WorkerState(run, None)):
+        means = torch.as_tensor(means).to(run.dtype)
+        draws[:, task.kds.start:task.kds.stop] = (means - control_means[:, None]).double().numpy()
+        bar.update(len(task.kds))
     bar.close()
+    kd_onehots = run.onehots(run.kd_names)
     pert_repr = encode_perturbations(run.model, kd_onehots).double().cpu().numpy()
     control_repr = encode_perturbations(run.model, control_onehot)[0].double().cpu().numpy()
-    return Effects(tuple(kd_names), run.gene_names, draws.mean(axis=0), draws, pert_repr, control_repr, draw_cells)
+    return Effects(tuple(run.kd_names), run.gene_names, draws.mean(axis=0), draws, pert_repr, control_repr, draw_cells)

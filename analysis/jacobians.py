@@ -13,7 +13,7 @@ Inductor. `torch.autograd.functional.jacobian` (reverse mode, one backward per o
 is the seed's method, kept as the oracle (`reverse_mode_jacobian`).
 
 The stage is a list of shard tasks (KD ranges); `jacobian_shard` computes one and writes
-nothing. The pipeline runs the tasks on an executor (`executors.LocalExecutor`) and stores
+nothing. The pipeline runs the tasks on an executor (`executors`: in process, or on Ray workers) and stores
 each shard as it finishes (`cache.ShardStore`), so an interrupted run resumes at the shards
 that are missing or damaged; the shard folder is keyed by model, data, draws and code, so
 a stale shard is never reused.
@@ -186,9 +186,10 @@ class JacobianInputs:
     compile: bool = False
 
 
-def jacobian_shard(run: LoadedRun, inputs: JacobianInputs, task: ShardTask) -> dict[str, np.ndarray]:
+def jacobian_shard(run: LoadedRun, task: ShardTask, inputs: JacobianInputs) -> dict[str, np.ndarray]:
     """The arrays of one shard: `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] =
-    J_k·(p_k − p_ctrl), for the b KDs of `task`. Pure: writes nothing. Peak memory is one shard."""
+    J_k·(p_k − p_ctrl), for the b KDs of `task`. Pure: writes nothing. Peak memory is one shard.
+    (The run comes first and the task second, as an executor calls it: `partial(jacobian_shard, inputs=...)`.)"""
     draw_sets = torch.as_tensor(run.controls[inputs.draw_cells], device=run.device, dtype=run.dtype)
     onehot = run.onehots([run.control_label])[0]
     blocks = []

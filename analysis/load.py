@@ -76,7 +76,7 @@ def load_run(config: AnalysisConfig) -> LoadedRun:
 
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
-    model = _load_model(ckpt, device, dtype)
+    model = _load_model(ckpt, str(ckpt), device, dtype)
     var_dims = _load_pickle(run_dir / "var_dims.pkl")
     pert_onehot = _load_onehot_map(run_dir / "pert_onehot_map.pt", model.pert_dim)
     if config.control_label not in pert_onehot:
@@ -102,20 +102,55 @@ def load_run(config: AnalysisConfig) -> LoadedRun:
                      controls, set_size, input_key)
 
 
-def _load_model(ckpt: Path, device: torch.device, dtype: torch.dtype):
+def _load_model(source: Path | io.BytesIO, name: str, device: torch.device, dtype: torch.dtype):
+    """The model of a checkpoint file or of its bytes (`name`: the file, for the error message)."""
     from state.tx.models.state_transition import StateTransitionPerturbationModel
 
     try:
         # arc-state prints the whole module on construction and logs at INFO; keep the user's console readable.
         with contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
-            model = StateTransitionPerturbationModel.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=False)
+            model = StateTransitionPerturbationModel.load_from_checkpoint(source, map_location="cpu", weights_only=False)
     except Exception as exc:  # a corrupt or foreign checkpoint: say which file, not a pickle traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(str(ckpt), f"could not be loaded as a StateTransitionPerturbationModel checkpoint ({first[:200]})") from None
+        raise InputError(name, f"could not be loaded as a StateTransitionPerturbationModel checkpoint ({first[:200]})") from None
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model.to(device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class ShippedRun:
+    """A `LoadedRun` as bytes and arrays, for a worker without the run folder (`executors.WorkerState.ship`).
+
+    checkpoint: the checkpoint file's bytes; device: the config's device, resolved on the worker ("auto" is the
+    worker's GPU when Ray gave it one); control_onehot: [P] the control's one-hot, the only map entry Part 2 reads.
+    """
+
+    checkpoint: bytes
+    checkpoint_name: str
+    device: str
+    dtype: str
+    control_label: str
+    control_onehot: np.ndarray
+    kd_names: tuple
+    gene_names: tuple
+    controls: np.ndarray
+    set_size: int
+    input_key: str
+
+    @classmethod
+    def of(cls, config: AnalysisConfig, run: LoadedRun) -> "ShippedRun":
+        ckpt = config.run_dir / "checkpoints" / config.checkpoint
+        return cls(ckpt.read_bytes(), str(ckpt), config.device, config.dtype, run.control_label,
+                   run.pert_onehot[run.control_label], run.kd_names, run.gene_names, run.controls, run.set_size,
+                   run.input_key)
+
+    def build(self) -> LoadedRun:
+        device, dtype = resolve_device(self.device), DTYPES[self.dtype]
+        model = _load_model(io.BytesIO(self.checkpoint), self.checkpoint_name, device, dtype)
+        return LoadedRun(model, device, dtype, {self.control_label: self.control_onehot}, self.control_label,
+                         self.kd_names, self.gene_names, self.controls, self.set_size, self.input_key)
 
 
 @contextlib.contextmanager

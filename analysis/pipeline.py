@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import cache, clustering, demo, enrichment, jacobians, routing, verdict
+from . import cache, clustering, demo, enrichment, executors, jacobians, routing, verdict
 from .config import AnalysisConfig
 from .effects import compute_effects
-from .executors import LocalExecutor
 from .formatting import p_phrase
-from .load import LoadedRun, load_run
+from .load import LoadedRun, ShippedRun, load_run
 from .results import Part1, Part3, Results, read_part1, read_part3
 from .verdict import DecisionRule
 
@@ -31,7 +30,8 @@ PACKAGES = ("torch", "arc-state", "transformers", "numpy", "scipy", "pandas", "s
 
 
 def run_analysis(config: AnalysisConfig, progress: bool = True, executor=None) -> Results:
-    """Everything, computing only what the cache lacks. `executor` runs the Jacobian shards (default: in this process).
+    """Everything, computing only what the cache lacks. `executor` runs Part 1's ΔY batches and the Jacobian shards
+    (default: the config's [runtime] executor).
 
     Raises CacheError before any compute when something must be computed and the cache folder is not writable.
     """
@@ -44,7 +44,8 @@ def run_analysis(config: AnalysisConfig, progress: bool = True, executor=None) -
               for stage, key in [("part1", p1_key), ("jacobians", jac_key), ("part3", part3_key(config, p1_key, jac_key))]]
     if not all(stage.has_record for stage in stages):
         cache.require_writable(config.cache_dir)
-    part1 = run_part1(config, run, progress)
+    executor = executor or executors.for_config(config)
+    part1 = run_part1(config, run, progress, executor)
     # Shards are hashed only when Part 3 will read them; with Part 3 cached, their sizes and headers suffice.
     shards, jac_key, jacobian_record = run_part2(config, run, part1, progress, executor,
                                                  verify_shards=stages[2].record(quiet=True) is None)
@@ -60,12 +61,14 @@ def part1_key(config: AnalysisConfig, run: LoadedRun) -> str:
                              [cache.file_digest(p) for p in config.gene_sets])
 
 
-def run_part1(config: AnalysisConfig, run: LoadedRun, progress: bool = True) -> Part1:
+def run_part1(config: AnalysisConfig, run: LoadedRun, progress: bool = True, executor=None) -> Part1:
+    """Part 1, its ΔY batches run on `executor` (default: the config's)."""
     stage = cache.StageDir(config.cache_dir, "part1", part1_key(config, run))
 
     def compute() -> dict:
         started = time.perf_counter()
-        effects = compute_effects(run, config.n_draws, config.seed, config.kds_per_call, progress)
+        effects = compute_effects(run, config.n_draws, config.seed, config.kds_per_call, progress,
+                                  executor or executors.for_config(config), worker_state(config, run))
         clusters = clustering.cluster_kds(effects.delta_y, config.max_clusters, config.cluster_bootstrap, config.seed)
         libraries = enrichment.read_libraries(config.gene_sets)
         ora, gsea = enrichment.cluster_enrichment(effects.kd_names, clusters.labels, effects.delta_y, effects.gene_names,
@@ -83,6 +86,11 @@ def run_part1(config: AnalysisConfig, run: LoadedRun, progress: bool = True) -> 
     return read_part1(stage, stage.ensure(compute))
 
 
+def worker_state(config: AnalysisConfig, run: LoadedRun) -> executors.WorkerState:
+    """The loaded run as executors' worker state: itself here, checkpoint bytes and control cells elsewhere."""
+    return executors.WorkerState(run, partial(ShippedRun.of, config, run))
+
+
 # ---------------------------------------------------------------- Part 2
 def jacobian_key(config: AnalysisConfig, run: LoadedRun) -> str:
     # Batching and compilation change the float rounding of J (≈ 1e-7), so they are inputs of the result too.
@@ -95,8 +103,9 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
               verify_shards: bool = True):
     """Jacobian shards, their cache key, and the stage record (time, device, autograd check of one KD).
 
-    The shard tasks run on `executor` (default `LocalExecutor`); each result is stored as it arrives, with one
-    progress bar over KDs. Shards already stored and intact (a killed run's) are kept. verify_shards=False checks
+    The shard tasks run on `executor` (default: the config's, `executors.for_config`), which gets the loaded run
+    as its worker state (shipped as checkpoint bytes and control cells to remote workers); each result is stored
+    here, as it arrives, with one progress bar over KDs, whichever executor computed it. Shards already stored and intact (a killed run's) are kept. verify_shards=False checks
     a cached stage's shard sizes, not their sha256 (for a run that will not read them).
     """
     stage = cache.StageDir(config.cache_dir, "jacobians", jacobian_key(config, run))
@@ -111,7 +120,8 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
         bar = tqdm(total=len(run.kd_names), initial=len(run.kd_names) - sum(len(t.kds) for t in todo),
                    desc="Jacobians ∂E[Y]/∂pert_repr", unit="KD", disable=not progress)
         last = time.perf_counter()
-        for task, arrays in (executor or LocalExecutor()).map(partial(jacobians.jacobian_shard, run, inputs), todo):
+        pool = executor or executors.for_config(config)
+        for task, arrays in pool.map(partial(jacobians.jacobian_shard, inputs=inputs), todo, worker_state(config, run)):
             now = time.perf_counter()
             store.put(task.index, task.kds, arrays, seconds=now - last)  # wall time since the previous shard
             last = now
@@ -119,7 +129,7 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
         bar.close()
         check = jacobians.autograd_check(run, jacobians.open_shards(stage.path), effects.pert_repr, effects.draw_cells)
         return {"n_kds": len(run.kd_names), "n_shards": len(tasks), "seconds": store.total_seconds(),
-                "device": str(run.device), "autograd_check": check}
+                "device": str(run.device), "executor": pool.describe(), "autograd_check": check}
 
     record = stage.ensure(compute, contents=verify_shards)
     return jacobians.open_shards(stage.path), stage.key, record

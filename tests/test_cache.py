@@ -183,12 +183,15 @@ def test_opening_shards_reads_headers_not_arrays(clean, monkeypatch):
 
 
 def test_an_executor_yielding_out_of_order_gives_the_same_shards(copy, clean):
-    """The executor seam: any `map(fn, tasks)` that yields (task, result) as results finish, in any order."""
+    """The executor seam: any `map(fn, tasks, state)` that yields (task, result) as results finish, in any order."""
 
     class Reversed:
-        def map(self, fn, tasks):
+        def describe(self):
+            return "reversed"
+
+        def map(self, fn, tasks, state):
             for task in reversed(list(tasks)):
-                yield task, fn(task)
+                yield task, fn(state.local, task)
 
     shutil.rmtree(copy.cache_dir / "jacobians")
     shutil.rmtree(copy.cache_dir / "part3")
