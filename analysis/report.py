@@ -320,7 +320,7 @@ def verdict_notes(results: Results) -> Md:
     lines = []
     for number, c in enumerate(results.part3.verdict.criteria, 1):
         extra = {k: v for k, v in dataclasses.asdict(c).items() if k not in VERDICT_COLUMNS and v not in ("", None)}
-        parts = [f"{k.replace('_', ' ')}: {v}" for k, v in extra.items()]
+        parts = [f"{k.replace('_', ' ')}: {fmt(v, 3) if isinstance(v, float) else v}" for k, v in extra.items()]
         lines.append(f"({number}) " + "; ".join(parts) + ".")
     return Md("\n\n".join(lines))
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from .formatting import p_phrase
 from .routing import RoutingEvidence, SvdEvidence
 
 CALLS = {
@@ -302,7 +303,8 @@ def prior_work(kd_names, c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray
          "Do MYC and ribosomal KDs share routing directions?", myc),
         ("NB04", "in-silico KO mean cross-cell-line r = 0.057",
          "Input routing is not backbone-level; does pert routing compensate?",
-         f"Mantel r(C_out, C_jac) = {evidence.mantel_pearson.statistic:.2f} (p {evidence.mantel_pearson.p_value:.2g}); "
+         f"Mantel r(C_out, C_jac) = {evidence.mantel_pearson.statistic:.2f} "
+         f"({p_phrase(evidence.mantel_pearson.p_value, evidence.mantel_pearson.n_permutations)}); "
          f"median share of ΔY explained by J·Δp = {linearity_median:.2f}"),
     ]
     return pd.DataFrame(rows, columns=["prior", "finding", "question", "this_run"])
