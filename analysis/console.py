@@ -8,12 +8,18 @@ import logging
 
 
 @contextlib.contextmanager
-def silenced():
-    """Discard stdout, stderr and log records up to WARNING for the duration of the block."""
+def quiet_logs():
+    """Discard log records up to WARNING (Lightning's banners and tips are INFO records); progress bars still show."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
+        yield
     finally:
         logging.disable(previous)
+
+
+@contextlib.contextmanager
+def silenced():
+    """Discard stdout, stderr and log records up to WARNING for the duration of the block."""
+    with quiet_logs(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield

@@ -15,7 +15,6 @@ cannot exist here; it says so in the report.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import shutil
@@ -29,7 +28,7 @@ import torch
 
 from . import cache
 from .config import PACKAGE_DIR, AnalysisConfig
-from .console import silenced
+from .console import quiet_logs, silenced
 from .errors import CacheError
 
 GENESETS = PACKAGE_DIR / "genesets"
@@ -319,7 +318,7 @@ def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: in
         batch_size=batch_sets, collate_fn=_flatten_sets,
     )
     # Quiet (progress=False, e.g. inside the report's kernel): Lightning's banner and tips would land in the document.
-    quiet = contextlib.nullcontext() if progress else silenced()
+    quiet = quiet_logs() if progress else silenced()
     with quiet:
         trainer = pl.Trainer(max_steps=n_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                              enable_model_summary=False, enable_progress_bar=progress, deterministic=False)
