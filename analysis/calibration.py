@@ -135,27 +135,36 @@ class Rates:
 def rates(world: str, n_replicates: int, n_permutations: int, rule, seed: int = 0) -> Rates:
     """Run every test that feeds the call (and the pair-level rank-sum and, in the shared-cause world, the partial
     Mantel) and the decision rule `rule` (a `verdict.DecisionRule`) on `n_replicates` seeded replicates."""
-    from .verdict import decide
-
     rng = np.random.default_rng([seed, (NULL_WORLDS + tuple(ALTERNATIVES)).index(world)])
+
+    def replicates():
+        for _ in range(n_replicates):
+            w = draw_world(rng, world)
+            test_seed = int(rng.integers(2**31))
+            evidence = core_evidence(w.c_out, w.c_jac, w.labels, n_permutations, 0, test_seed)
+            extra = {}
+            if world == "shared-cause":
+                extra["partial Mantel"] = partial_mantel(w.c_jac, w.c_out, w.c_rep, n_permutations,
+                                                         test_seed).p_value < rule.alpha
+            yield evidence, extra
+
+    return _tally(world, replicates(), n_replicates, n_permutations, rule)
+
+
+def _tally(name: str, replicates, n_replicates: int, n_permutations: int, rule) -> Rates:
+    """Rates over `replicates`, an iterable of (evidence, {extra test: rejected}) — one decision per replicate."""
+    from .verdict import CALLS, decide
+
     counts: dict = {}
-    calls: dict = {}
+    calls = dict.fromkeys(CALLS, 0)
     r_values = []
-    for _ in range(n_replicates):
-        w = draw_world(rng, world)
-        test_seed = int(rng.integers(2**31))
-        evidence = core_evidence(w.c_out, w.c_jac, w.labels, n_permutations, 0, test_seed)
-        tested = replicate_rejections(evidence, rule.alpha)
-        if world == "shared-cause":
-            tested["partial Mantel"] = partial_mantel(w.c_jac, w.c_out, w.c_rep, n_permutations, test_seed).p_value < rule.alpha
-        for name, rejected in tested.items():
-            counts[name] = counts.get(name, 0) + bool(rejected)
-        call = decide(evidence, rule).call
-        calls[call] = calls.get(call, 0) + 1
+    for evidence, extra in replicates:
+        for test, rejected in {**replicate_rejections(evidence, rule.alpha), **extra}.items():
+            counts[test] = counts.get(test, 0) + bool(rejected)
+        calls[decide(evidence, rule).call] += 1
         r_values.append(evidence.mantel_pearson.statistic)
-    return Rates(world, n_replicates, n_permutations, rule.alpha, {k: v / n_replicates for k, v in counts.items()},
-                 {k: calls.get(k, 0) / n_replicates for k in ("positive", "negative", "mixed", "inconclusive", "degenerate")},
-                 float(np.mean(r_values)))
+    return Rates(name, n_replicates, n_permutations, rule.alpha, {k: v / n_replicates for k, v in counts.items()},
+                 {k: v / n_replicates for k, v in calls.items()}, float(np.mean(r_values)))
 
 
 def replicate_rejections(evidence: RoutingEvidence, alpha: float) -> dict:
@@ -182,20 +191,9 @@ def known_answer_world(kind: str, seed: int, max_clusters: int = 8) -> World:
 
 def known_answer_calls(kind: str, n_seeds: int, n_permutations: int, rule) -> Rates:
     """The decision rule on `n_seeds` geometry seeds of a planted known-answer model."""
-    from .verdict import decide
+    def replicates():
+        for seed in range(n_seeds):
+            w = known_answer_world(kind, seed)
+            yield core_evidence(w.c_out, w.c_jac, w.labels, n_permutations, 0, seed), {}
 
-    counts: dict = {}
-    calls: dict = {}
-    r_values = []
-    for seed in range(n_seeds):
-        w = known_answer_world(kind, seed)
-        evidence = core_evidence(w.c_out, w.c_jac, w.labels, n_permutations, 0, seed)
-        for name, rejected in replicate_rejections(evidence, rule.alpha).items():
-            counts[name] = counts.get(name, 0) + bool(rejected)
-        call = decide(evidence, rule).call
-        calls[call] = calls.get(call, 0) + 1
-        r_values.append(evidence.mantel_pearson.statistic)
-    return Rates(f"known answer '{kind}'", n_seeds, n_permutations, rule.alpha,
-                 {k: v / n_seeds for k, v in counts.items()},
-                 {k: calls.get(k, 0) / n_seeds for k in ("positive", "negative", "mixed", "inconclusive", "degenerate")},
-                 float(np.mean(r_values)))
+    return _tally(f"known answer '{kind}'", replicates(), n_seeds, n_permutations, rule)

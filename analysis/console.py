@@ -8,10 +8,10 @@ import logging
 
 
 @contextlib.contextmanager
-def quiet_logs():
-    """Discard log records up to WARNING (Lightning's banners and tips are INFO records); progress bars still show."""
+def quiet_logs(level: int = logging.WARNING):
+    """Discard log records up to `level` (Lightning's banners and tips are INFO records); progress bars still show."""
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    logging.disable(level)
     try:
         yield
     finally:

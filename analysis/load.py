@@ -18,6 +18,7 @@ import torch
 
 from .cache import code_version, content_key, file_digest
 from .config import AnalysisConfig
+from .console import quiet_logs
 from .errors import InputError
 
 RUN_FILES = ("config.yaml", "var_dims.pkl", "pert_onehot_map.pt")
@@ -108,7 +109,7 @@ def _load_model(source: Path | io.BytesIO, name: str, device: torch.device, dtyp
 
     try:
         # arc-state prints the whole module on construction and logs at INFO; keep the user's console readable.
-        with contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
+        with contextlib.redirect_stdout(io.StringIO()), quiet_logs(logging.INFO):  # checkpoint warnings still show
             model = StateTransitionPerturbationModel.load_from_checkpoint(source, map_location="cpu", weights_only=False)
     except Exception as exc:  # a corrupt or foreign checkpoint: say which file, not a pickle traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -151,16 +152,6 @@ class ShippedRun:
         model = _load_model(io.BytesIO(self.checkpoint), self.checkpoint_name, device, dtype)
         return LoadedRun(model, device, dtype, {self.control_label: self.control_onehot}, self.control_label,
                          self.kd_names, self.gene_names, self.controls, self.set_size, self.input_key)
-
-
-@contextlib.contextmanager
-def _quiet_logs():
-    previous = logging.root.manager.disable
-    logging.disable(logging.INFO)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
 
 
 def _load_pickle(path: Path):
