@@ -32,7 +32,7 @@ class AnalysisConfig:
     perturbation_column: str = "gene"
     cell_type_column: str = "cell_type"
     control_label: str = "non-targeting"
-    cell_line: str | None = None  # None: the data must hold a single cell type
+    cell_lines: tuple[str, ...] = ()  # TOML `cell_line`: one name or a list; empty: the data must hold one cell type
     kds: tuple[str, ...] = ()  # empty: every KD of the one-hot map present in the cell line
     set_size: int = 0  # S; 0 takes the model's cell_set_len
     n_draws: int = 4  # R control draws
@@ -66,6 +66,17 @@ class AnalysisConfig:
     def replace(self, **changes) -> "AnalysisConfig":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def cell_line(self) -> str | None:
+        """The one cell line of a single-line config (None: the data's only cell type); see `per_line`."""
+        if len(self.cell_lines) > 1:
+            raise ValueError("a config with several cell lines is analysed line by line: use config.per_line()")
+        return self.cell_lines[0] if self.cell_lines else None
+
+    def per_line(self) -> tuple["AnalysisConfig", ...]:
+        """One single-line config per cell line, in the order listed (the first is the primary line)."""
+        return tuple(self.replace(cell_lines=(line,)) for line in self.cell_lines) or (self,)
+
     def describe(self) -> dict:
         """Plain values (paths as strings), for cache keys and the report's appendix."""
         out = {}
@@ -94,7 +105,7 @@ _SECTIONS = {
     "runtime": {"device", "cache_dir", "executor", "ray_address"},
     "demo": {"enabled", "seed"},
 }
-_RENAMES = {("demo", "enabled"): "demo", ("demo", "seed"): "demo_seed"}
+_RENAMES = {("demo", "enabled"): "demo", ("demo", "seed"): "demo_seed", ("data", "cell_line"): "cell_lines"}
 _REQUIRED = {"run_dir", "h5ad", "cache_dir"}
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path (string)"}
 
@@ -122,6 +133,7 @@ _RANGES = {
     "equivalence_contrast": (lambda v: v > 0, "a number > 0 (SDs of C_jac)"),
     "min_dissimilarity": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "n_axes": (lambda v: v >= 1, "an integer >= 1"),
+    "cell_lines": (lambda v: len(set(v)) == len(v) and all(v), "distinct, non-empty cell-line names"),
     "prerank_permutations": (lambda v: v >= 1, "an integer >= 1"),
 }
 
@@ -177,6 +189,8 @@ def load_config(path: str | Path | None = None, **overrides) -> AnalysisConfig:
         raise InputError(str(path), f"missing required field(s) {sorted(missing)}")
     if values.get("kds") == "all":
         values["kds"] = ()
+    if isinstance(values.get("cell_lines"), str):  # one line, or a list of lines
+        values["cell_lines"] = [values["cell_lines"]]
     kinds = typing.get_type_hints(AnalysisConfig)
     fields = {f.name for f in dataclasses.fields(AnalysisConfig)} - {"source"}
     for name in values:

@@ -32,7 +32,8 @@ from .console import quiet_logs, silenced
 from .errors import CacheError
 
 GENESETS = PACKAGE_DIR / "genesets"
-CELL_LINE = "HepG2"
+CELL_LINE = "HepG2"  # the primary line
+OTHER_LINE = "K562"
 CONTROL = "non-targeting"
 
 # KD module -> knocked-down genes, and the response programme: (gene set, sign) pairs.
@@ -76,6 +77,13 @@ MODULES = {
 GENES_PER_PROGRAMME = 30
 N_OUTPUT_GENES = 700
 
+# The second line's planted sharing: module -> s, its response programme there being s × the primary line's plus
+# sqrt(1 − s²) × a line-specific programme of the same size (so the planted cosine between lines is about s).
+SHARING = {"cytosolic_ribosome": 1.0, "mitoribosome": 1.0, "proteasome": 1.0, "MYC": 0.5, "spliceosome": 0.5,
+           "TRAPP": 0.0, "mediator": 0.0}
+OTHER_LINE_MISSING = 6  # no-effect KDs not screened in the second line (the lines' KD lists differ)
+LINE_MARKERS = 80  # genes whose control expression differs between the lines (how the model tells them apart)
+
 
 @dataclass(frozen=True)
 class DemoWorld:
@@ -87,6 +95,7 @@ class DemoWorld:
     true_delta: np.ndarray
     gene_log_mean: np.ndarray  # [G] log mean expression rate of control cells
     seed: int
+    cell_line: str = CELL_LINE
 
     def truth_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"kd": self.kd_names, "module": self.kd_module})
@@ -138,6 +147,37 @@ def build_world(seed: int = 0) -> DemoWorld:
     return DemoWorld(tuple(genes), tuple(kd_names), tuple(kd_module), np.asarray(deltas), gene_log_mean, seed)
 
 
+def build_other_line(world: DemoWorld) -> DemoWorld:
+    """The second cell line of the demo world: other control expression on LINE_MARKERS genes, the same KDs but
+    OTHER_LINE_MISSING no-effect ones, each module's response shared to the degree SHARING plants.
+
+    Drawn from its own generator, so the primary line (and everything built from it) is unchanged.
+    """
+    rng = np.random.default_rng([world.seed, 1])
+    n_genes = len(world.gene_names)
+    gene_log_mean = world.gene_log_mean.copy()
+    gene_log_mean[rng.choice(n_genes, size=LINE_MARKERS, replace=False)] += rng.normal(0.0, 1.2, size=LINE_MARKERS)
+    modules = np.asarray(world.kd_module)
+    index = {g: i for i, g in enumerate(world.gene_names)}
+    deltas = world.true_delta.copy()
+    for module, share in SHARING.items():
+        members = np.flatnonzero(modules == module)
+        signature = world.true_delta[members].mean(axis=0)
+        own = np.zeros(n_genes)
+        genes = rng.choice(n_genes, size=2 * GENES_PER_PROGRAMME, replace=False)
+        own[genes] = rng.choice((-1.0, 1.0), size=len(genes)) * rng.uniform(0.4, 1.0, size=len(genes))
+        own *= np.linalg.norm(signature) / np.linalg.norm(own)
+        for k in members:
+            on_target = index.get(world.kd_names[k])
+            deltas[k] = world.true_delta[k] + (share - 1.0) * signature + np.sqrt(1.0 - share ** 2) * own
+            if on_target is not None:  # the knock-down of the gene itself is the same in every line
+                deltas[k, on_target] = world.true_delta[k, on_target]
+    keep = np.ones(len(world.kd_names), dtype=bool)
+    keep[np.flatnonzero(modules == "no_effect")[:OTHER_LINE_MISSING]] = False
+    return DemoWorld(world.gene_names, tuple(np.asarray(world.kd_names)[keep]), tuple(modules[keep]), deltas[keep],
+                     gene_log_mean, world.seed, OTHER_LINE)
+
+
 def simulate_cells(world: DemoWorld, delta: np.ndarray, n_cells: int, rng) -> np.ndarray:
     """Log-normalised single cells [n, G]: Poisson counts with per-cell depth, scaled to 1e4, log1p.
 
@@ -184,19 +224,24 @@ def construct_model(n_genes: int, n_perts: int, kwargs: dict, gene_names=None, b
 
 def build_demo(config: AnalysisConfig, n_steps: int = 2000, cells_per_kd: int = 48, n_controls: int = 1500,
                progress: bool = True) -> None:
-    """Write the demo's control .h5ad, planted truth and trained run directory (atomically, as one folder)."""
+    """Write the demo's .h5ad (control and perturbed cells of both lines), planted truth and trained run directory
+    (atomically, as one folder)."""
     world = build_world(config.demo_seed)
+    worlds = (world, build_other_line(world))
     rng = np.random.default_rng(config.demo_seed + 1)
-    controls = simulate_cells(world, np.zeros(len(world.gene_names)), n_controls, rng)
-    perturbed = {kd: simulate_cells(world, world.true_delta[i], cells_per_kd, rng) for i, kd in enumerate(world.kd_names)}
+    cells = {}
+    for line in worlds:
+        controls = simulate_cells(line, np.zeros(len(line.gene_names)), n_controls, rng)
+        cells[line.cell_line] = (controls, {kd: simulate_cells(line, line.true_delta[i], cells_per_kd, rng)
+                                            for i, kd in enumerate(line.kd_names)})
 
     # Build everything in a temporary sibling folder, then move files into place: a killed build leaves nothing half-written.
     config.run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=config.run_dir.parent, prefix=".demo-build-"))
     try:
-        write_h5ad(world.gene_names, controls, perturbed, staging / "controls.h5ad")
-        _write_truth(world, staging / "truth")
-        _train_run(world, controls, perturbed, staging / "run", config.demo_seed, n_steps, progress)
+        write_h5ad(world.gene_names, cells, staging / "controls.h5ad")
+        _write_truth(worlds, staging / "truth")
+        _train_run(world, cells, staging / "run", config.demo_seed, n_steps, progress)
         _install(staging / "truth", config.run_dir.parent / "truth")
         _install(staging / "controls.h5ad", config.h5ad)
         cache.write_json(staging / "run" / "demo_build.json", {"demo_version": demo_version(config.demo_seed)})
@@ -230,7 +275,7 @@ def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
         if not needs_build(config):
             return
         if progress:
-            print(f"Building the embedded demo into {config.run_dir.parent} (about 2 minutes, first use only) …", flush=True)
+            print(f"Building the embedded demo into {config.run_dir.parent} (about 3 minutes, first use only) …", flush=True)
         try:
             build_demo(config, progress=progress)
         except CacheError:
@@ -240,10 +285,16 @@ def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
 
 
 def load_truth(config: AnalysisConfig) -> tuple[pd.DataFrame, np.ndarray]:
-    """The demo's planted truth: (kd, module) table and true ΔY [K, G]."""
+    """The demo's planted truth in the primary line: (kd, module) table and true ΔY [K, G]."""
     folder = config.run_dir.parent / "truth"
     arrays = np.load(folder / "true_delta.npz")
     return pd.read_parquet(folder / "kd_modules.parquet"), arrays["true_delta"]
+
+
+def load_line_truth(config: AnalysisConfig) -> pd.DataFrame:
+    """The planted sharing between the demo's lines, per KD screened in both: kd, module, sharing (SHARING's s),
+    true_cosine (cosine of the planted ΔY between the lines)."""
+    return pd.read_parquet(config.run_dir.parent / "truth" / "cross_line.parquet")
 
 
 def _install(src: Path, dst: Path) -> None:
@@ -253,39 +304,55 @@ def _install(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
-def write_h5ad(gene_names, controls: np.ndarray, perturbed: dict, path: Path) -> None:
-    """Cells of one cell line: controls labelled CONTROL, then each KD's cells; obs columns 'gene', 'cell_type'."""
+def write_h5ad(gene_names, lines: dict, path: Path) -> None:
+    """Cells of each line of `lines` {cell line: (controls [n, G], {KD: cells [m, G]})}: controls labelled CONTROL,
+    then each KD's cells; obs columns 'gene' and 'cell_type'."""
     import anndata as ad
 
-    X = np.concatenate([controls] + list(perturbed.values()))
-    labels = [CONTROL] * len(controls) + [kd for kd, cells in perturbed.items() for _ in range(len(cells))]
-    obs = pd.DataFrame({"gene": labels, "cell_type": CELL_LINE}, index=[f"cell{i}" for i in range(len(X))])
+    blocks, labels, line_of = [], [], []
+    for line, (controls, perturbed) in lines.items():
+        blocks += [controls] + list(perturbed.values())
+        labels += [CONTROL] * len(controls) + [kd for kd, cells in perturbed.items() for _ in range(len(cells))]
+        line_of += [line] * (len(controls) + sum(len(cells) for cells in perturbed.values()))
+    X = np.concatenate(blocks)
+    obs = pd.DataFrame({"gene": labels, "cell_type": line_of}, index=[f"cell{i}" for i in range(len(X))])
     adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(gene_names)))
     adata.obs["gene"] = adata.obs["gene"].astype("category")
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
     adata.write_h5ad(path)
 
 
-def _write_truth(world: DemoWorld, folder: Path) -> None:
+def _write_truth(worlds: tuple, folder: Path) -> None:
+    primary, other = worlds
     folder.mkdir(parents=True)
-    cache.write_parquet(folder / "kd_modules.parquet", world.truth_frame())
-    cache.write_npz(folder / "true_delta.npz", true_delta=world.true_delta.astype(np.float32),
-                    gene_names=np.asarray(world.gene_names))
+    cache.write_parquet(folder / "kd_modules.parquet", primary.truth_frame())
+    cache.write_npz(folder / "true_delta.npz", true_delta=primary.true_delta.astype(np.float32),
+                    gene_names=np.asarray(primary.gene_names))
+    rows = [primary.kd_names.index(kd) for kd in other.kd_names]
+    a, b = primary.true_delta[rows], other.true_delta
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    cache.write_parquet(folder / "cross_line.parquet", pd.DataFrame({
+        "kd": other.kd_names, "module": other.kd_module,
+        "sharing": [SHARING.get(m, np.nan) for m in other.kd_module], "true_cosine": cosine}))
 
 
 class _SetSampler(torch.utils.data.IterableDataset):
-    """Training sets as `state tx train` feeds them: S control cells, S perturbed cells, one perturbation per set."""
+    """Training sets as `state tx train` feeds them: S control cells, S perturbed cells of the same cell line, one
+    perturbation per set. `lines`: {cell line: (controls, {perturbation: cells})}, the control itself included."""
 
-    def __init__(self, onehots, controls, perturbed, set_size, n_sets, seed):
-        self.onehots, self.controls, self.perturbed = onehots, controls, perturbed
+    def __init__(self, onehots, lines, set_size, n_sets, seed):
+        self.onehots, self.lines = onehots, lines
         self.set_size, self.n_sets, self.seed = set_size, n_sets, seed
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)
-        names = list(self.perturbed)
+        lines = list(self.lines.values())
         for _ in range(self.n_sets):
+            controls, perturbed = lines[rng.integers(len(lines))]
+            names = list(perturbed)
             name = names[rng.integers(len(names))]
-            pool = self.perturbed[name]
-            basal = self.controls[rng.integers(len(self.controls), size=self.set_size)]
+            pool = perturbed[name]
+            basal = controls[rng.integers(len(controls), size=self.set_size)]
             target = pool[rng.integers(len(pool), size=self.set_size)]
             yield {
                 "pert_emb": torch.as_tensor(np.repeat(self.onehots[name][None], self.set_size, 0)),
@@ -298,7 +365,8 @@ def _flatten_sets(items):
     return {k: torch.cat([it[k] for it in items]) for k in items[0]}
 
 
-def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: int, progress: bool) -> None:
+def _train_run(world, cells: dict, run_dir: Path, seed: int, n_steps: int, progress: bool) -> None:
+    """Train on every line of `cells` {cell line: (controls, {KD: cells})} and write the run directory."""
     import lightning.pytorch as pl
 
     names = [CONTROL] + list(world.kd_names)
@@ -312,9 +380,9 @@ def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: in
 
     pl.seed_everything(seed, verbose=False)
     model = construct_model(n_genes, len(names), {**kwargs, "batch_size": batch_sets}, world.gene_names)
-    training_sets = {CONTROL: controls, **perturbed}
+    training_sets = {line: (controls, {CONTROL: controls, **perturbed}) for line, (controls, perturbed) in cells.items()}
     loader = torch.utils.data.DataLoader(
-        _SetSampler(onehots, controls, training_sets, set_size, n_steps * batch_sets, seed),
+        _SetSampler(onehots, training_sets, set_size, n_steps * batch_sets, seed),
         batch_size=batch_sets, collate_fn=_flatten_sets,
     )
     # Quiet (progress=False, e.g. inside the report's kernel): Lightning's banner and tips would land in the document.
@@ -333,10 +401,11 @@ def _train_run(world, controls, perturbed, run_dir: Path, seed: int, n_steps: in
         "training": {"max_steps": n_steps, "batch_size": batch_sets, "lr": 2e-3, "train_seed": seed},
         "demo": {"note": "synthetic Perturb-seq world built by analysis.demo; not a biological model", "seed": seed},
     }
-    write_run_directory(run_dir, model, onehots, var_dims, state_config, trainer)
+    write_run_directory(run_dir, model, onehots, var_dims, state_config, trainer, tuple(cells))
 
 
-def write_run_directory(run_dir: Path, model, onehots: dict, var_dims: dict, state_config: dict, trainer=None) -> None:
+def write_run_directory(run_dir: Path, model, onehots: dict, var_dims: dict, state_config: dict, trainer=None,
+                        cell_lines: tuple = (CELL_LINE,)) -> None:
     """Write the files `state tx train` writes: config.yaml, var_dims.pkl, the one-hot maps, checkpoints/final.ckpt.
 
     With a Lightning `trainer` the checkpoint is `trainer.save_checkpoint`'s, as in `state tx train`; without one
@@ -354,7 +423,7 @@ def write_run_directory(run_dir: Path, model, onehots: dict, var_dims: dict, sta
                     "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0}, ckpt)
     torch.save({k: torch.as_tensor(v) for k, v in onehots.items()}, run_dir / "pert_onehot_map.pt")
     torch.save({"batch0": torch.ones(1)}, run_dir / "batch_onehot_map.torch")
-    torch.save({CELL_LINE: torch.ones(1)}, run_dir / "cell_type_onehot_map.torch")
+    torch.save({line: torch.eye(len(cell_lines))[i] for i, line in enumerate(cell_lines)}, run_dir / "cell_type_onehot_map.torch")
     with open(run_dir / "var_dims.pkl", "wb") as fh:
         pickle.dump(var_dims, fh)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(state_config, sort_keys=False))

@@ -324,7 +324,7 @@ def write_known_answer(kind: str, folder: Path, seed: int = 0) -> PlantedModel:
     controls = demo.simulate_cells(sub, np.zeros(N_GENES), 200, rng)
     delta = planted.delta_y()
     perturbed = {kd: demo.simulate_cells(sub, delta[k], 3, rng) for k, kd in enumerate(planted.kd_names)}
-    demo.write_h5ad(genes, controls, perturbed, folder / "controls.h5ad")
+    demo.write_h5ad(genes, {demo.CELL_LINE: (controls, perturbed)}, folder / "controls.h5ad")
 
     truth = folder / "truth"
     truth.mkdir(parents=True, exist_ok=True)

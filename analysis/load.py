@@ -96,7 +96,7 @@ def load_run(config: AnalysisConfig) -> LoadedRun:
     input_key = content_key(
         [file_digest(ckpt)] + [file_digest(run_dir / n) for n in RUN_FILES],
         file_digest(config.h5ad),
-        {k: getattr(config, k) for k in ("feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_line", "dtype")},
+        {k: getattr(config, k) for k in ("feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_lines", "dtype")},
         code_version("load", "model_call"),
     )
     return LoadedRun(model, device, dtype, pert_onehot, config.control_label, kd_names, gene_names,
@@ -194,7 +194,14 @@ def _load_controls(config: AnalysisConfig, input_dim: int):
         if column not in obs.columns:
             raise InputError(f"{path} obs['{column}']", f"column missing (config field {field_name}); obs has {list(obs.columns)[:10]}")
     in_line = np.ones(adata.n_obs, dtype=bool)
-    if config.cell_line is not None:
+    if config.cell_line is None:
+        # Mixing lines would pool their controls into one basal distribution (and one set of ΔY): refuse.
+        present = sorted(obs[config.cell_type_column].astype(str).unique())
+        if len(present) > 1:
+            raise InputError(f"{path} obs['{config.cell_type_column}']",
+                             f"{len(present)} cell types present ({', '.join(present[:6])}{', …' if len(present) > 6 else ''}); "
+                             "set [data] cell_line to one of them, or to a list to analyse each")
+    else:
         in_line = (obs[config.cell_type_column].astype(str) == config.cell_line).to_numpy()
         if not in_line.any():
             seen = sorted(obs[config.cell_type_column].astype(str).unique())[:10]

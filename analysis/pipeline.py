@@ -18,39 +18,52 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import cache, clustering, demo, enrichment, executors, jacobians, routing, verdict
+from . import cache, clustering, consistency, demo, enrichment, executors, jacobians, routing, verdict
 from .config import AnalysisConfig
 from .effects import compute_effects
 from .formatting import p_phrase
 from .load import LoadedRun, ShippedRun, load_run
-from .results import Part1, Part3, Results, read_part1, read_part3
+from .results import Across, LineResults, Part1, Part3, Results, read_across, read_part1, read_part3
 from .verdict import DecisionRule
 
 PACKAGES = ("torch", "arc-state", "transformers", "numpy", "scipy", "pandas", "scikit-learn", "gseapy", "altair", "anndata")
 
 
 def run_analysis(config: AnalysisConfig, progress: bool = True, executor=None) -> Results:
-    """Everything, computing only what the cache lacks. `executor` runs Part 1's ΔY batches and the Jacobian shards
-    (default: the config's [runtime] executor).
+    """Everything, computing only what the cache lacks: Parts 1–3 for each cell line of the config (the first is
+    the primary line), then routing across the lines when there are several. `executor` runs Part 1's ΔY batches and
+    the Jacobian shards (default: the config's [runtime] executor).
 
     Raises CacheError before any compute when something must be computed and the cache folder is not writable.
     """
     if demo.needs_build(config):
         cache.require_writable(config.cache_dir)
     demo.ensure_demo(config, progress)
+    executor = executor or executors.for_config(config)
+    lines = []
+    for line_config in config.per_line():
+        if progress and len(config.cell_lines) > 1:
+            print(f"Cell line {line_config.cell_line}:", flush=True)
+        lines.append(analyse_line(line_config, progress, executor))
+    lines = tuple(lines)
+    across = run_across(config, lines) if len(lines) > 1 else None
+    return Results(config, lines, across)
+
+
+def analyse_line(config: AnalysisConfig, progress: bool, executor) -> LineResults:
+    """Parts 1–3 on one cell line's control cells (`config` names at most one line)."""
     run = load_run(config)
     p1_key, jac_key = part1_key(config, run), jacobian_key(config, run)
     stages = [cache.StageDir(config.cache_dir, stage, key)
               for stage, key in [("part1", p1_key), ("jacobians", jac_key), ("part3", part3_key(config, p1_key, jac_key))]]
     if not all(stage.has_record for stage in stages):
         cache.require_writable(config.cache_dir)
-    executor = executor or executors.for_config(config)
     part1 = run_part1(config, run, progress, executor)
     # Shards are hashed only when Part 3 will read them; with Part 3 cached, their sizes and headers suffice.
     shards, jac_key, jacobian_record = run_part2(config, run, part1, progress, executor,
                                                  verify_shards=stages[2].record(quiet=True) is None)
     part3 = run_part3(config, part1, shards, jac_key, jacobian_record)
-    return Results(config, part1, part3, provenance(config, run))
+    return LineResults(config.cell_line, part1, part3, provenance(config, run))
 
 
 # ---------------------------------------------------------------- Part 1
@@ -164,8 +177,7 @@ def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianSh
         call = verdict.decide(evidence, DecisionRule.from_config(config), svd_evidence)
         linearity_frame = pd.DataFrame({"kd": effects.kd_names, "cluster": part1.labels, "explained": linear.to_numpy(),
                                         "jacobian_norm": np.sqrt(np.diag(gram))})
-        prior = verdict.prior_work(effects.kd_names, c_out, c_jac, c_rep, part1.labels, evidence,
-                                   float(np.median(linear)))
+        prior = verdict.prior_work(effects.kd_names, c_out, c_jac, c_rep, part1.labels)
         stage.write_npz("matrices.npz", c_out=c_out, c_jac=c_jac, c_rep=c_rep, gram=gram,
                         variance_explained=svd.variance_explained, kd_scores=svd.kd_scores,
                         gene_loadings=svd.gene_loadings, output_kd_scores=output_scores,
@@ -220,6 +232,38 @@ def read_svd(config: AnalysisConfig, part1: Part1, svd: routing.JacobianSVD, out
         axes=readings(tables["routing"], overlap), output_axes=readings(tables["output"], np.ones(n_axes)),
         min_principal_cosine=principal_cosine)
     return pd.concat(tables.values(), ignore_index=True), evidence
+
+
+# ---------------------------------------------------------------- across cell lines
+def across_key(config: AnalysisConfig, lines: tuple) -> str:
+    return cache.content_key("across", cache.code_version("consistency", run_across),
+                             [(line.cell_line, line.part1.key, line.part3.jacobian_key) for line in lines],
+                             config.n_permutations, config.n_bootstrap, config.seed, config.alpha)
+
+
+def run_across(config: AnalysisConfig, lines: tuple) -> Across:
+    """The primary line against each other line: per-KD cosines of ΔY and of J, and the paired comparison."""
+    stage = cache.StageDir(config.cache_dir, "across", across_key(config, lines))
+
+    def shards(line: LineResults) -> jacobians.JacobianShards:
+        return jacobians.open_shards(cache.StageDir(config.cache_dir, "jacobians", line.part3.jacobian_key).path)
+
+    def compute() -> dict:
+        started = time.perf_counter()
+        primary, tables, tests = lines[0], [], []
+        for other in lines[1:]:
+            table, test = consistency.compare_lines(
+                primary.cell_line, other.cell_line, primary.part1.effects.kd_names, other.part1.effects.kd_names,
+                primary.part1.effects.delta_y, other.part1.effects.delta_y, shards(primary), shards(other),
+                primary.part1.labels, config.n_permutations, config.n_bootstrap, config.seed, config.alpha)
+            tables.append(table)
+            tests.append(test)
+        stage.write_parquet("kds.parquet", pd.concat(tables, ignore_index=True))
+        stage.write_json("tests.json", [test.to_dict() for test in tests])
+        text = "; ".join(consistency.describe(table, test) for table, test in zip(tables, tests))
+        return {"seconds": time.perf_counter() - started, "prior_work": text}
+
+    return read_across(stage, stage.ensure(compute))
 
 
 # ---------------------------------------------------------------- provenance

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import cache, clustering, routing, verdict
+from . import cache, clustering, consistency, routing, verdict
 from .config import AnalysisConfig
 
 
@@ -99,11 +99,56 @@ class Part3:
 
 
 @dataclass(frozen=True)
-class Results:
-    config: AnalysisConfig
+class LineResults:
+    """Parts 1–3 of one cell line (`cell_line` None: the data's only cell type) and its provenance."""
+
+    cell_line: str | None
     part1: Part1
     part3: Part3
     provenance: dict
+
+
+@dataclass(frozen=True)
+class Across:
+    """Routing across cell lines: per-KD cosines between the primary line and each other line, and the paired
+    comparisons (`consistency`). table: line_a, line_b, kd, cluster (primary line's), cos_output, cos_jacobian,
+    difference; tests: one `PairedDifference` per pair; prior_work: the NB04 row's text."""
+
+    key: str
+    table: pd.DataFrame
+    tests: tuple
+    prior_work: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Results:
+    """Every line's results; the first listed line is the primary one, which `part1`, `part3` and the report's
+    main sections show."""
+
+    config: AnalysisConfig
+    lines: tuple
+    across: Across | None = None
+
+    @property
+    def part1(self) -> Part1:
+        return self.lines[0].part1
+
+    @property
+    def part3(self) -> Part3:
+        return self.lines[0].part3
+
+    @property
+    def provenance(self) -> dict:
+        return self.lines[0].provenance
+
+    @property
+    def prior_work(self) -> pd.DataFrame:
+        """The primary line's prior-work table, its NB04 row answered across lines when several were analysed."""
+        table = self.part3.prior_work.copy()
+        if self.across is not None:
+            table.loc[table["prior"] == "NB04", "this_run"] = self.across.prior_work
+        return table
 
 
 def read_part1(stage: cache.StageDir, record: dict) -> Part1:
@@ -129,6 +174,11 @@ def read_part3(stage: cache.StageDir, record: dict, jac_key: str, seconds: dict,
                  verdict.Verdict.from_dict(cache.read_json(stage / "verdict.json")),
                  pd.read_parquet(stage / "prior_work.parquet"), {**seconds, "part3": record["seconds"]},
                  autograd_check)
+
+
+def read_across(stage: cache.StageDir, record: dict) -> Across:
+    tests = tuple(consistency.PairedDifference.from_dict(t) for t in cache.read_json(stage / "tests.json"))
+    return Across(stage.key, pd.read_parquet(stage / "kds.parquet"), tests, record["prior_work"], record["seconds"])
 
 
 def result_paths(results: Results) -> dict:

@@ -208,7 +208,7 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
         call = "mixed"
     else:
         call = "inconclusive"
-    reason = "; ".join(_explain(row) for row in (mantel_row, contrast_row)) + "."
+    reason = "; ".join(_explain(row, evidence.mantel_pearson.n_permutations) for row in (mantel_row, contrast_row)) + "."
     caveat = ""
     if call == "positive":
         caveat = CAVEAT + (f" Here r(C_jac, C_out ⊙ C_rep) = {evidence.keyed_lookup_r:.2f}."
@@ -216,8 +216,8 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
     return Verdict(call, reason, criteria, caveat)
 
 
-def _explain(row: Criterion) -> str:
-    p = "p undefined" if row.p_value is None else f"p = {row.p_value:.2g}"
+def _explain(row: Criterion, n_permutations: int) -> str:
+    p = "p undefined" if row.p_value is None else p_phrase(row.p_value, n_permutations)
     name = row.name[0].lower() + row.name[1:]
     if row.supports == "Model B":
         return f"{name}: shown ({row.statistic} = {row.value:.2f}, above its minimum; {p})"
@@ -261,8 +261,7 @@ def _group_mean(similarity: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float(block.mean())
 
 
-def prior_work(kd_names, c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray, labels: np.ndarray,
-               evidence: RoutingEvidence, linearity_median: float) -> pd.DataFrame:
+def prior_work(kd_names, c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     """The seed's 'Connection to prior work' rows with what this run found."""
     kd_names = list(kd_names)
     index = {k: i for i, k in enumerate(kd_names)}
@@ -303,8 +302,7 @@ def prior_work(kd_names, c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray
          "Do MYC and ribosomal KDs share routing directions?", myc),
         ("NB04", "in-silico KO mean cross-cell-line r = 0.057",
          "Input routing is not backbone-level; does pert routing compensate?",
-         f"Mantel r(C_out, C_jac) = {evidence.mantel_pearson.statistic:.2f} "
-         f"({p_phrase(evidence.mantel_pearson.p_value, evidence.mantel_pearson.n_permutations)}); "
-         f"median share of ΔY explained by J·Δp = {linearity_median:.2f}"),
+         # Answered across lines by the `consistency` stage (Results.prior_work); one line cannot answer it.
+         "not measured: one cell line analysed (list two or more in [data] cell_line)"),
     ]
     return pd.DataFrame(rows, columns=["prior", "finding", "question", "this_run"])

@@ -49,7 +49,7 @@ def write_tiny_run(folder, n_controls: int = 40, cells_per_kd: int = 5, seed: in
     demo.write_run_directory(folder / "run", model, onehots, var_dims, {"model": {"name": "state"}})
     rng = np.random.default_rng(seed)
     cells = lambda n: np.log1p(rng.poisson(3.0, size=(n, len(GENES)))).astype(np.float32)
-    demo.write_h5ad(GENES, cells(n_controls), {kd: cells(cells_per_kd) for kd in KDS}, folder / "data.h5ad")
+    demo.write_h5ad(GENES, {demo.CELL_LINE: (cells(n_controls), {kd: cells(cells_per_kd) for kd in KDS})}, folder / "data.h5ad")
     return tiny_config(folder)
 
 
