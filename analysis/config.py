@@ -146,7 +146,7 @@ def _typed(value, kind, where: str):
     if typing.get_origin(kind) is tuple:
         item = typing.get_args(kind)[0]
         if not isinstance(value, (list, tuple)):
-            raise InputError(where, f"expected a list of {_TYPE_NAMES[item]} values, got {value!r}")
+            raise InputError(where, f"expected a list, each item {_TYPE_NAMES[item]}, got {value!r}")
         return tuple(_typed(v, item, where) for v in value)
     ok = {int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),

@@ -318,6 +318,13 @@ def summary_lines(results: Results) -> list[str]:
         basis = f" → {c.supports}" if c.supports else ""
         lines.append(f"  [{'held' if c.held else 'not held'}] ({c.family}) {c.name}: {c.statistic} = {c.value:.3g}{p}"
                      f"{basis}; threshold {c.threshold}")
+    if results.across is not None:
+        lines += ["", "Across cell lines (the lines above: " + results.lines[0].cell_line + ")"]
+        lines += [f"  {line.cell_line}: {line.part3.verdict.call.upper()} "
+                  f"(r = {line.part3.evidence.mantel_pearson.statistic:.2f}, "
+                  f"contrast {line.part3.evidence.contrast.test.statistic:.2f} SD)" for line in results.lines]
+        lines += [f"  {consistency.describe(frame, test)}" for test, (_, frame) in
+                  zip(results.across.tests, results.across.table.groupby(["line_a", "line_b"], sort=False))]
     return lines
 
 

@@ -106,7 +106,7 @@ def numbers(results: Results) -> SimpleNamespace:
     chosen = p1.silhouette.loc[p1.silhouette["silhouette"].idxmax()]
     values = dict(
         n_kds=f"{n_kds:,}", n_genes=f"{n_genes:,}", hidden=f"{hidden:,}", set_size=f"{prov['set_size']:,}",
-        n_draws=f"{cfg.n_draws}", seed=f"{cfg.seed}", cell_line=cfg.cell_line or "the single cell type of the data",
+        n_draws=f"{cfg.n_draws}", seed=f"{cfg.seed}", cell_line=results.lines[0].cell_line or "the single cell type of the data",
         jacobian_size=f"{n_genes * hidden:,}", jacobian_total=f"{n_kds * n_genes * hidden:,}",
         jacobian_gb=f"{n_kds * n_genes * hidden * 4 / 1e9:.2g}",
         n_clusters=f"{int(labels.max())}", n_weak=f"{int((labels == 0).sum())}",
@@ -199,7 +199,48 @@ def abstract(results: Results) -> Md:
               "neither": f"whether same-output-cluster KDs route more similarly stays open ({c_part})"}[contrast.supports]
     verdict = f"The verdict is {call_phrase(results)}."
     caveat = f" {results.part3.verdict.caveat}" if results.part3.verdict.caveat else ""
-    return Md(f"{first}; {second}. {verdict}{caveat}")
+    lines = f" {across_sentence(results)}" if results.across is not None else ""
+    return Md(f"{first}; {second}. {verdict}{caveat}{lines}")
+
+
+# ---------------------------------------------------------------- across cell lines
+DIRECTION_WORDS = {"more": "more consistent between the lines than its output",
+                   "less": "less consistent between the lines than its output",
+                   "no difference": "neither more nor less consistent between the lines than its output"}
+
+
+def across_sentence(results: Results) -> str:
+    """One sentence per pair of lines on routing against output consistency (abstract, discussion)."""
+    parts = []
+    for test in results.across.tests:
+        p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
+        parts.append(f"Between {test.line_a} and {test.line_b} ({test.n_kds} KDs), a KD's routing was "
+                     f"{DIRECTION_WORDS[test.direction]} (mean cos J − cos ΔY = {fmt(test.estimate)}, 95% CI "
+                     f"{fmt(test.ci_low)} to {fmt(test.ci_high)}, cluster sign-flip {p}).")
+    return " ".join(parts)
+
+
+def across_text(results: Results) -> Md:
+    """The 'Across cell lines' section's prose: what was compared, per-line calls, and the paired comparison."""
+    if results.across is None:
+        return Md(f"One cell line was analysed ({numbers(results).cell_line}). Listing two or more lines in "
+                  "`[data] cell_line` analyses each on its own control cells with the same model and compares each "
+                  "KD's output and routing between them (the seed's NB04 question); with one line the figure below stays empty.")
+    table = results.across.table
+    calls = "; ".join(f"{line.cell_line}: **{line.part3.verdict.call}** ({len(line.part1.effects.kd_names)} KDs, "
+                      f"r = {fmt(line.part3.evidence.mantel_pearson.statistic)}, contrast "
+                      f"{fmt(line.part3.evidence.contrast.test.statistic)} SD)" for line in results.lines)
+    medians = "; ".join(
+        f"{a} vs {b}: median cos ΔY {fmt(frame['cos_output'].median())}, median cos J {fmt(frame['cos_jacobian'].median())}"
+        for (a, b), frame in table.groupby(["line_a", "line_b"], sort=False))
+    return Md(f"The same model was analysed on each line's own control cells (Parts 1–3 per line; the sections above "
+              f"show {results.lines[0].cell_line}, the primary line). Per line, the call and its two deciding statistics: "
+              f"{calls}. For every KD analysed in both lines, the cosine of its ΔY between the lines measures whether "
+              f"the model predicts the same response there, and the cosine of its flattened Jacobian whether it routes "
+              f"the KD through the same directions ({medians}). {across_sentence(results)} KDs of one "
+              f"output cluster are not independent, so the units of the sign-flip test and of the bootstrap interval "
+              f"are the primary line's output clusters (@tbl-tests).")
+
 
 
 def caveat_callout(results: Results) -> Md:
@@ -276,6 +317,10 @@ def tests_table(results: Results) -> Md:
          "a ranked response has no natural cut-off for a gene list"),
         ("SVD axes", "gene loadings over output genes; KD scores over KDs",
          f"prerank GSEA ({cfg.prerank_permutations:,}), BH-FDR per axis and ranking", "same as above"),
+        ("Routing vs output consistency across cell lines", "mean over KDs of cos J − cos ΔY between two lines",
+         f"sign flips of the primary line's output-cluster sums (every pattern up to 2^16, else {perm}), two-sided; "
+         f"95% interval by resampling clusters ({boot})",
+         "KDs of one cluster share responses, so clusters, not KDs, are the independent units"),
         ("Number and stability of clusters", "mean silhouette on 1 − cos for 2 … max clusters; ARI",
          f"maximum silhouette; bootstrap of output genes ({cfg.cluster_bootstrap}) re-clustered at that number",
          "a stated, data-driven criterion; stability against the choice of genes"),
@@ -326,7 +371,7 @@ def verdict_notes(results: Results) -> Md:
 
 
 def prior_work_table(results: Results) -> Md:
-    frame = results.part3.prior_work.rename(columns={"prior": "Prior", "finding": "Finding",
+    frame = results.prior_work.rename(columns={"prior": "Prior", "finding": "Finding",
                                                      "question": "What this tests", "this_run": "This run"})
     return markdown_table(frame, [7, 22, 22, 40])
 
@@ -424,8 +469,9 @@ def config_values(results: Results) -> dict:
             value = "0 (chosen for the device and set size)"
         elif field == "device":
             value = f"{value}: {prov['device']}" if value == "auto" else value
-        elif field == "cell_line" and value is None:
-            value = "the single cell type of the data"
+        elif field == "cell_lines":
+            value = (", ".join(value) + (" (the first is the primary line)" if len(value) > 1 else "")
+                     if value else "the single cell type of the data")
         values[field] = value
     return values
 
@@ -452,9 +498,9 @@ def provenance_table(results: Results) -> Md:
             ("Checkpoint sha256", f"`{prov['checkpoint_sha256']}`"), ("Control data sha256", f"`{prov['data_sha256']}`"),
             ("Input key (model + data + code)", f"`{prov['input_key']}`"), ("Code version", f"`{prov['code_version']}`")]
     rows += [(f"Cache: {stage}", f"`{config_relative(results, path)}`") for stage, path in paths.items()]
-    seconds = results.part3.seconds
+    seconds = dict(results.part3.seconds) | ({"across": results.across.seconds} if results.across is not None else {})
     labels = {"part1": "Part 1 (ΔY, clusters, enrichment)", "jacobians": "Part 2 (Jacobians)",
-              "part3": "Part 3 (Gram, SVD, statistics)"}
+              "part3": "Part 3 (Gram, SVD, statistics)", "across": "Across cell lines (cosines, paired test)"}
     for stage, value in seconds.items():
         where = f" on {jacobian_meta['device']}" if stage == "jacobians" and jacobian_meta.get("device") else ""
         rows.append((f"Time: {labels.get(stage, stage)}", f"{value:,.1f} s{where}"))

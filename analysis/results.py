@@ -182,6 +182,14 @@ def read_across(stage: cache.StageDir, record: dict) -> Across:
 
 
 def result_paths(results: Results) -> dict:
-    c = results.config.cache_dir
-    return {"part1": str(Path(c) / "part1" / results.part1.key), "jacobians": str(Path(c) / "jacobians" / results.part3.jacobian_key),
-            "part3": str(Path(c) / "part3" / results.part3.key)}
+    """The cache folders of every stage: the primary line's, then each other line's, then the across-lines stage."""
+    c = Path(results.config.cache_dir)
+    paths = {}
+    for line in results.lines:
+        suffix = f" ({line.cell_line})" if len(results.lines) > 1 else ""
+        paths |= {f"part1{suffix}": str(c / "part1" / line.part1.key),
+                  f"jacobians{suffix}": str(c / "jacobians" / line.part3.jacobian_key),
+                  f"part3{suffix}": str(c / "part3" / line.part3.key)}
+    if results.across is not None:
+        paths["across"] = str(c / "across" / results.across.key)
+    return paths

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gram-memory-gib", type=float, default=2.0, help="stream_gram's block budget")
     args = parser.parse_args(argv)
 
-    config = load_config(args.config).replace(shard_kds=args.shard_kds, device="cpu")
+    config = load_config(args.config).replace(shard_kds=args.shard_kds, device="cpu").per_line()[0]
     demo.ensure_demo(config, progress=False)
     run = load_run(config)
     effects = compute_effects(run, config.n_draws, config.seed, config.kds_per_call, progress=False)

@@ -36,7 +36,7 @@ def demo_results(demo_config):
 def demo_run(demo_config):
     from analysis.load import load_run
 
-    return load_run(demo_config)
+    return load_run(demo_config.per_line()[0])
 
 
 # Fixtures that build the demo (a trained model) or the known-answer / null models: the tests using them are slow.

@@ -100,7 +100,7 @@ def test_unknown_kd(folder):
 
 
 def test_no_controls_for_cell_line(folder):
-    expect_error(tiny_config(folder, cell_line="K562"), "no cells of cell line 'K562'")
+    expect_error(tiny_config(folder, cell_lines="K562"), "no cells of cell line 'K562'")
 
 
 def test_nan_in_features(folder):

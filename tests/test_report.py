@@ -152,7 +152,7 @@ def test_article_structure():
         options = next(chunk_options(s) for s in chunks if chunk_options(s).get("label") == label)
         assert options.get("fig-cap" if label.startswith("fig-") else "tbl-cap"), f"{label} has no caption"
     required = {"fig-similarity", "fig-enrichment", "fig-scatter", "fig-contrast", "fig-svd", "fig-loadings",
-                "tbl-verdict", "tbl-prior"}
+                "fig-lines", "tbl-verdict", "tbl-prior"}
     assert required <= labels
 
 

@@ -56,6 +56,7 @@ def write_tiny_run(folder, n_controls: int = 40, cells_per_kd: int = 5, seed: in
 def tiny_config(folder, **overrides):
     base = dict(run_dir=str(folder / "run"), h5ad=str(folder / "data.h5ad"), cache_dir=str(folder / "cache"),
                 demo=False, n_draws=2, n_permutations=199, n_bootstrap=50, cluster_bootstrap=5, max_clusters=3,
-                prerank_permutations=50, shard_kds=4, kds_per_call=2, device="cpu", compile_jacobian=False)
+                prerank_permutations=50, shard_kds=4, kds_per_call=2, device="cpu", compile_jacobian=False,
+                cell_lines=[demo.CELL_LINE])
     base.update(overrides)
     return load_config(None, **base)

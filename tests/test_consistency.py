@@ -1,0 +1,179 @@
+"""Routing across cell lines (`analysis.consistency`): cosines against direct computation, the cluster sign-flip
+test against enumeration, its level under structured null worlds built to fool a KD-level test, its power on
+planted differences, and the whole path through the real loader on a two-line run."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from analysis import consistency, demo, jacobians
+from analysis.errors import InputError
+from analysis.load import load_run
+from analysis.pipeline import run_analysis
+from tiny import GENES, KDS, tiny_config, tiny_model
+
+
+def test_row_cosines_match_a_direct_computation():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(7, 30)), rng.normal(size=(7, 30))
+    b[3] = 0.0
+    direct = [float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))) if np.linalg.norm(y) else 0.0 for x, y in zip(a, b)]
+    assert np.allclose(consistency.row_cosines(a, b), direct, atol=1e-12)
+
+
+def write_shards(folder, names, jac, shard_kds):
+    """Shards as the pipeline stores them (kd_index into `names`), for the KDs of `names` in that order."""
+    folder.mkdir()
+    for i, start in enumerate(range(0, len(names), shard_kds)):
+        index = np.arange(start, min(start + shard_kds, len(names)))
+        np.savez(folder / f"shard_{i:05d}.npz", jacobian=jac[index].astype(np.float32), kd_index=index,
+                 linear_prediction=np.zeros((len(index), jac.shape[1])))
+    return jacobians.open_shards(folder)
+
+
+def test_jacobian_cosines_align_kds_across_different_orders_and_shardings(tmp_path):
+    rng = np.random.default_rng(1)
+    names_a = tuple(f"K{i}" for i in range(9))
+    names_b = tuple(reversed(names_a[2:]))  # another order, two KDs missing
+    jac_a = rng.normal(size=(9, 5, 4))
+    jac_b = np.stack([jac_a[names_a.index(k)] + rng.normal(scale=0.5, size=(5, 4)) for k in names_b])
+    shards_a = write_shards(tmp_path / "a", names_a, jac_a, 4)
+    shards_b = write_shards(tmp_path / "b", names_b, jac_b, 3)
+    kds = consistency.common_kds(names_a, names_b)
+    assert kds == names_a[2:]
+    got = consistency.jacobian_cosines(shards_a, names_a, shards_b, names_b, kds)
+    flat_a = np.stack([jac_a[names_a.index(k)].astype(np.float32).ravel() for k in kds]).astype(np.float64)
+    flat_b = np.stack([jac_b[names_b.index(k)].astype(np.float32).ravel() for k in kds]).astype(np.float64)
+    want = (flat_a * flat_b).sum(1) / (np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_b, axis=1))
+    assert np.allclose(got, want, atol=1e-12)
+
+
+def test_sign_flip_p_equals_an_explicit_enumeration():
+    rng = np.random.default_rng(2)
+    sums = rng.normal(size=6)
+    observed = abs(sums.sum())
+    count = sum(abs(sum(s * x for s, x in zip(signs, sums))) >= observed - 1e-12
+                for signs in itertools.product((1, -1), repeat=6))
+    p, n, exact = consistency.sign_flip_p(sums, 999, 0)
+    assert exact and n == 64 and p == pytest.approx(count / 64)
+    # All units the same sign: only the observed pattern and its mirror are as extreme.
+    assert consistency.sign_flip_p(np.ones(8), 999, 0)[0] == pytest.approx(2 / 256)
+
+
+def test_sign_flip_p_is_sampled_beyond_the_enumeration_limit():
+    p, n, exact = consistency.sign_flip_p(np.ones(20), 999, 0)
+    assert not exact and n == 999 and p == pytest.approx(1 / 1000)
+
+
+SIZES = np.array([3, 5, 8, 12, 20, 30, 6, 40])  # unequal clusters, as output clusters are
+REPLICATES = 1000
+
+
+def structured_null(rng, shift=0.0, cluster_sd=0.3, kd_sd=0.05):
+    """d_k = shift + u_c + e_k: a shared cluster offset u_c (symmetric, large) and small KD noise. With shift 0 the
+    mean difference is 0, but KDs of a cluster move together: a KD-level test sees many 'independent' agreements."""
+    units = np.repeat(np.arange(len(SIZES)), SIZES)
+    u = rng.standard_t(3, size=len(SIZES)) * cluster_sd  # heavy-tailed, symmetric
+    return shift + u[units] + rng.normal(scale=kd_sd, size=len(units)), units
+
+
+def rejection_rates(shift):
+    rng = np.random.default_rng(3)
+    cluster, kd_level = 0, 0
+    for r in range(REPLICATES):
+        d, units = structured_null(rng, shift)
+        test = consistency.paired_difference(d, units, "A", "B", 999, 200, r, 0.05)
+        cluster += test.p_value < 0.05
+        kd_level += consistency.sign_flip_p(d, 999, r)[0] < 0.05  # every KD its own unit: ignores the clusters
+    return cluster / REPLICATES, kd_level / REPLICATES
+
+
+def test_cluster_sign_flip_keeps_its_level_where_a_kd_level_test_does_not():
+    cluster, kd_level = rejection_rates(0.0)
+    se = np.sqrt(0.05 * 0.95 / REPLICATES)  # 0.0069 at 1,000 replicates
+    assert cluster <= 0.05 + 3 * se, f"cluster sign-flip rejects {cluster:.3f} under the structured null"
+    assert kd_level > 0.3, f"the KD-level test was expected to be fooled (rejects {kd_level:.3f})"
+
+
+def test_cluster_sign_flip_detects_a_planted_difference():
+    rng = np.random.default_rng(4)
+    hits = 0
+    for r in range(200):
+        d, units = structured_null(rng, shift=0.3, cluster_sd=0.1)
+        test = consistency.paired_difference(d, units, "A", "B", 999, 200, r, 0.05)
+        hits += test.direction == "more"
+    assert hits / 200 > 0.8
+
+
+# ---------------------------------------------------------------- through the loader and the pipeline
+LINES = ("LineA", "LineB")
+
+
+def write_two_line_run(folder, missing_in_b=("KD_F",)):
+    """A tiny real run and one .h5ad holding two lines whose controls differ (line B's are shifted)."""
+    model = tiny_model()
+    names = [demo.CONTROL] + KDS
+    eye = np.eye(len(names), dtype=np.float32)
+    var_dims = {"input_dim": len(GENES), "gene_dim": len(GENES), "hvg_dim": len(GENES), "output_dim": len(GENES),
+                "pert_dim": len(names), "gene_names": GENES, "batch_dim": 1, "pert_names": names}
+    demo.write_run_directory(folder / "run", model, {n: eye[i] for i, n in enumerate(names)}, var_dims,
+                             {"model": {"name": "state"}}, cell_lines=LINES)
+    rng = np.random.default_rng(0)
+    cells = lambda n, rate: np.log1p(rng.poisson(rate, size=(n, len(GENES)))).astype(np.float32)
+    lines = {LINES[0]: (cells(40, 3.0), {kd: cells(5, 3.0) for kd in KDS}),
+             LINES[1]: (cells(40, 6.0), {kd: cells(5, 6.0) for kd in KDS if kd not in missing_in_b})}
+    demo.write_h5ad(GENES, lines, folder / "data.h5ad")
+
+
+def test_two_lines_are_analysed_each_and_compared(tmp_path):
+    write_two_line_run(tmp_path)
+    results = run_analysis(tiny_config(tmp_path, cell_lines=list(LINES)), progress=False)
+    assert [line.cell_line for line in results.lines] == list(LINES)
+    assert results.part1 is results.lines[0].part1
+    assert "KD_F" in results.lines[0].part1.effects.kd_names and "KD_F" not in results.lines[1].part1.effects.kd_names
+    table, (test,) = results.across.table, results.across.tests
+    assert list(table["kd"]) == [k for k in KDS if k != "KD_F"]
+    assert np.all(np.abs(table[["cos_output", "cos_jacobian"]].to_numpy()) <= 1 + 1e-9)
+    # Each cosine recomputed from the lines' own stored ΔY.
+    a, b = (line.part1.effects for line in results.lines)
+    k = "KD_C"
+    x, y = a.delta_y[a.kd_names.index(k)], b.delta_y[b.kd_names.index(k)]
+    assert table.set_index("kd").loc[k, "cos_output"] == pytest.approx(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+    assert 0 < test.p_value <= 1 and test.n_kds == 5
+    nb04 = results.prior_work.set_index("prior").loc["NB04", "this_run"]
+    assert "LineA vs LineB (5 KDs)" in nb04 and "median cos J" in nb04
+    # Cached: a second run computes nothing and reads the same numbers.
+    again = run_analysis(tiny_config(tmp_path, cell_lines=list(LINES)), progress=False)
+    assert again.across.key == results.across.key and again.across.table.equals(table)
+
+
+def test_several_cell_types_and_none_chosen_is_an_error(tmp_path):
+    write_two_line_run(tmp_path)
+    with pytest.raises(InputError, match=r"2 cell types present \(LineA, LineB\); set \[data\] cell_line"):
+        load_run(tiny_config(tmp_path, cell_lines=[]))
+
+
+def test_a_listed_line_absent_from_the_data_is_an_error(tmp_path):
+    write_two_line_run(tmp_path)
+    with pytest.raises(InputError, match="no cells of cell line 'LineC'"):
+        run_analysis(tiny_config(tmp_path, cell_lines=["LineA", "LineC"]), progress=False)
+
+
+@pytest.mark.parametrize("value, message", [(["LineA", "LineA"], "distinct"), ([""], "non-empty"), (3, "a string")])
+def test_bad_cell_line_lists_are_config_errors(tmp_path, value, message):
+    with pytest.raises(InputError, match=message):
+        tiny_config(tmp_path, cell_lines=value)
+
+
+def test_demo_recovers_the_planted_sharing_between_lines(demo_config, demo_results):
+    """The demo plants module-level sharing (1, 0.5 or 0) between HepG2 and K562; the model's cross-line cosine of
+    ΔY must follow it."""
+    from scipy.stats import spearmanr
+
+    truth = demo.load_line_truth(demo_config).dropna(subset=["sharing"]).set_index("kd")
+    table = demo_results.across.table.set_index("kd").loc[truth.index]
+    rho = spearmanr(truth["true_cosine"], table["cos_output"]).statistic
+    assert rho > 0.5, f"cross-line cos ΔY does not follow the planted sharing (Spearman {rho:.2f})"
+    by_sharing = table.groupby(truth["sharing"])["cos_output"].mean()
+    assert by_sharing.loc[1.0] > by_sharing.loc[0.5] > by_sharing.loc[0.0]
