@@ -19,7 +19,7 @@ from .errors import InputError
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "configs" / "demo.toml"  # the embedded demo, shipped in the package
 GENESETS_DIR = PACKAGE_DIR / "genesets"  # the bundled gene-set libraries, referred to by name in configs
-SPACES = ("auto", "genes", "embedding")  # where ΔY and J are read (load.output_space)
+SPACES = ("auto", "genes", "embedding")  # where ΔY and J are read (load.resolve_space)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def load_run(config: AnalysisConfig) -> LoadedRun:
     if config.control_label not in pert_features:
         raise InputError(f"{run_dir / 'pert_onehot_map.pt'}", f"control label '{config.control_label}' is not in the perturbation map ({len(pert_features)} entries)")
 
-    space_name, decode = output_space(model, config.space)
+    space_name, decode = resolve_space(model, config.space)
     controls, data_perts, data_genes = _load_controls(config, int(model.input_dim))
     gene_names = _feature_names(model, space_name, decode, var_dims, data_genes, run_dir)
     space = OutputSpace(space_name, decode, _describe_space(model, space_name, decode, len(gene_names)))
@@ -135,7 +135,7 @@ def checkpoint_file(config: AnalysisConfig) -> Path:
     return ckpt
 
 
-def output_space(model, requested: str) -> tuple[str, bool]:
+def resolve_space(model, requested: str) -> tuple[str, bool]:
     """(space name, decode) for the config's `space` ("auto", "genes" or "embedding") on this model.
 
     The model's own output is gene expression when its embed_key is None or "X_hvg" (arc-state's own test, which

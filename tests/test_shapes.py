@@ -21,8 +21,8 @@ from analysis.load import OutputSpace, ShippedRun, load_run
 from analysis.model_call import mean_output
 from analysis.pipeline import run_analysis
 from analysis.verdict import CALLS
-from tiny import (CONFIGS, GENES, KDS, embedding_run, jacobian_inputs, relative_error, tiny_config, tiny_model,
-                  write_tiny_run)
+from tiny import (CONFIGS, GENES, KDS, embedding_run, expect_error, jacobian_inputs, relative_error, tiny_config,
+                  tiny_model, write_tiny_run)
 
 # Perturbation features as a protein language model gives them: dense vectors, zeros for the control (cell_load
 # fills perturbations missing from the features file with zeros).
@@ -54,15 +54,6 @@ def analysed(tmp_path_factory):
     return get
 
 
-def expect_error(config, *fragments):
-    with pytest.raises(InputError) as err:
-        load_run(config)
-    message = str(err.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-
-
 # ---------------------------------------------------------------- 3. every configuration end to end
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_every_run_shape_goes_through_the_whole_analysis(analysed, name):
@@ -89,9 +80,12 @@ def test_an_embedding_run_is_read_in_decoded_gene_space_unless_asked(tmp_path, o
     assert embedding.input_key != auto.input_key
 
 
-def test_a_gene_space_run_is_read_in_its_own_output(tmp_path):
-    config = write_tiny_run(tmp_path)
+@pytest.mark.parametrize("decoder", [False, True])
+def test_a_gene_space_run_is_read_in_its_own_output(tmp_path, decoder):
+    """`state tx train` gives gene-space runs a decoder too (gene_decoder_bool defaults on); predict leaves it unused."""
+    config = write_tiny_run(tmp_path, gene_decoder_bool=decoder, decoder_hidden_dims=[20])
     auto, genes = load_run(config), load_run(config.replace(space="genes"))
+    assert (auto.model.gene_decoder is not None) == decoder
     assert auto.space == genes.space == OutputSpace("genes", False, "gene space (the model's output, 24 genes)")
 
 

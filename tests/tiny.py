@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pytest
 import torch
 
 from analysis import demo
 from analysis.config import load_config
+from analysis.errors import InputError
+from analysis.load import load_run
 
 GENES = [f"GENE{i}" for i in range(24)]
 KDS = ["KD_A", "KD_B", "KD_C", "KD_D", "KD_E", "KD_F"]
@@ -109,3 +112,14 @@ def tiny_config(folder, **overrides):
                 prerank_permutations=50, shard_kds=4, kds_per_call=2, device="cpu", compile_jacobian=False)
     base.update(overrides)
     return load_config(None, **base)
+
+
+def expect_error(config, *fragments) -> str:
+    """Loading `config` fails with a one-line InputError containing every fragment; returns the message."""
+    with pytest.raises(InputError) as err:
+        load_run(config)
+    message = str(err.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
