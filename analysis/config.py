@@ -18,6 +18,8 @@ from .errors import InputError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "configs" / "demo.toml"  # the embedded demo, shipped in the package
+GENESETS_DIR = PACKAGE_DIR / "genesets"  # the bundled gene-set libraries, referred to by name in configs
+SPACES = ("auto", "genes", "embedding")  # where ΔY and J are read (load.resolve_space)
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,8 @@ class AnalysisConfig:
     run_dir: Path
     h5ad: Path
     cache_dir: Path
-    checkpoint: str = "final.ckpt"
+    checkpoint: str = "final.ckpt"  # any file in the run's checkpoints/ (last.ckpt, epoch=1-step=400.ckpt, …)
+    space: str = "auto"  # "genes": decoded genes (or the model's gene output); "embedding": the undecoded output
     feature_key: str = "X"  # "X" or an .obsm key such as "X_hvg"
     perturbation_column: str = "gene"
     cell_type_column: str = "cell_type"
@@ -94,7 +97,7 @@ class AnalysisConfig:
 
 # TOML section -> fields it may hold; the file is validated against this, so a typo is an error, not a silent default.
 _SECTIONS = {
-    "model": {"run_dir", "checkpoint"},
+    "model": {"run_dir", "checkpoint", "space"},
     "data": {"h5ad", "feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_line", "kds"},
     "effects": {"set_size", "n_draws", "seed"},
     "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype"},
@@ -114,6 +117,7 @@ _RANGES = {
     "device": (lambda v: v in {"cpu", "cuda", "auto"} or v.startswith("cuda:"), "'cpu', 'cuda', 'cuda:N' or 'auto'"),
     "dtype": (lambda v: v in {"float32", "float64", "bfloat16"}, "'float32', 'float64' or 'bfloat16'"),
     "executor": (lambda v: v in {"local", "ray"}, "'local' or 'ray'"),
+    "space": (lambda v: v in SPACES, " or ".join(f"'{s}'" for s in SPACES)),
     "set_size": (lambda v: v >= 0, "0 (the model's cell_set_len) or a positive integer"),
     "n_draws": (lambda v: v >= 1, "an integer >= 1"),
     "seed": (lambda v: v >= 0, "an integer >= 0"),
@@ -162,7 +166,7 @@ def load_config(path: str | Path | None = None, **overrides) -> AnalysisConfig:
     Every field is checked against its dataclass type and range: a wrong value is an InputError naming the file,
     section and field. Relative paths resolve against the config file's folder, except in the packaged demo
     config (`DEFAULT_CONFIG`), whose paths resolve against the working directory (the demo is built into
-    ./cache). A relative gene-set path that is not a file there names a bundled library (analysis/genesets/).
+    ./cache). A gene-set entry is a bundled library's name (`bundled_gene_sets`) or a GMT file's path.
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
@@ -207,8 +211,20 @@ def load_config(path: str | Path | None = None, **overrides) -> AnalysisConfig:
     return AnalysisConfig(source=path.resolve(), **values)
 
 
-def _gene_set_path(base: Path, path: Path, where: str) -> Path:
-    for candidate in (base / path, PACKAGE_DIR / "genesets" / path):
-        if candidate.is_file():
-            return candidate.resolve()
-    raise InputError(where, f"gene-set file {base / path} not found (nor a bundled library {path.name})")
+def bundled_gene_sets() -> dict[str, Path]:
+    """{library name: GMT file} of the libraries shipped in analysis/genesets/ (name = file stem)."""
+    return {p.stem: p for p in sorted(GENESETS_DIR.glob("*.gmt"))}
+
+
+def _gene_set_path(base: Path, entry: Path, where: str) -> Path:
+    """A bundled library by name ("MSigDB_Hallmark_v7.0", its file name also accepted), else a GMT file by path
+    (relative to the config's folder, or absolute)."""
+    bundled = bundled_gene_sets()
+    name = str(entry).removesuffix(".gmt")
+    if entry.name == str(entry) and name in bundled:
+        return bundled[name]
+    path = base / entry
+    if path.is_file():
+        return path.resolve()
+    raise InputError(where, f"'{entry}' is neither a bundled gene-set library ({', '.join(bundled)}) "
+                            f"nor a GMT file ({path} not found)")

@@ -204,21 +204,35 @@ def demo_model_kwargs(n_genes: int, set_size: int = 32) -> dict:
     )
 
 
-def construct_model(n_genes: int, n_perts: int, kwargs: dict, gene_names=None, batch_dim: int | None = None):
-    """A gene-space StateTransitionPerturbationModel (arc-state's class) with `kwargs` as `state tx train` passes them.
+def construct_model(n_genes: int, n_perts: int, kwargs: dict, gene_names=None, batch_dim: int | None = None, *,
+                    embed_key: str | None = None, embed_dim: int | None = None, output_space: str = "gene",
+                    n_hvgs: int | None = None):
+    """A StateTransitionPerturbationModel (arc-state's class) with `kwargs` as `state tx train` passes them.
 
-    kwargs must hold hidden_dim; basal_mapping_strategy defaults to "random". arc-state prints the whole module and
-    logs at INFO on construction: both are silenced.
+    Gene space by default: n_genes in and out. An embedding-space run: `.obsm[embed_key]` (e.g. "X_state") of width
+    `embed_dim` is the model's input and output; `output_space` ("gene", "all" or "embedding") as in the data
+    config; n_hvgs: the HVG count (default n_genes). The gene decoder's `decoder_cfg` is made as `state tx train`
+    makes it (the output → n_hvgs genes for "gene", n_genes for "all"; none for "embedding", nor when kwargs say
+    gene_decoder_bool False, as the demo's do). kwargs must hold hidden_dim; basal_mapping_strategy defaults to
+    "random". arc-state prints the whole module and logs at INFO on construction: both are silenced.
     """
     from state.tx.models.state_transition import StateTransitionPerturbationModel
 
     kwargs = dict(kwargs)
+    width, n_hvgs = embed_dim or n_genes, n_hvgs or n_genes
+    gene_dim = n_hvgs if output_space == "gene" else n_genes  # state's get_lightning_module
+    if output_space == "embedding":
+        kwargs["gene_decoder_bool"] = False
+    elif kwargs.get("gene_decoder_bool", True):
+        kwargs.setdefault("decoder_cfg", dict(
+            latent_dim=width, gene_dim=gene_dim, hidden_dims=kwargs.get("decoder_hidden_dims", [1024, 1024, 512]),
+            dropout=kwargs.get("decoder_dropout", 0.1), residual_decoder=kwargs.get("residual_decoder", False)))
     with silenced():
         return StateTransitionPerturbationModel(
-            input_dim=n_genes, hidden_dim=kwargs.pop("hidden_dim"), output_dim=n_genes, pert_dim=n_perts,
-            batch_dim=batch_dim, gene_dim=n_genes, hvg_dim=n_genes,
-            basal_mapping_strategy=kwargs.pop("basal_mapping_strategy", "random"), embed_key=None,
-            output_space="gene", gene_names=None if gene_names is None else list(gene_names),
+            input_dim=width, hidden_dim=kwargs.pop("hidden_dim"), output_dim=width, pert_dim=n_perts,
+            batch_dim=batch_dim, gene_dim=gene_dim, hvg_dim=n_hvgs,
+            basal_mapping_strategy=kwargs.pop("basal_mapping_strategy", "random"), embed_key=embed_key,
+            output_space=output_space, gene_names=None if gene_names is None else list(gene_names),
             batch_size=kwargs.pop("batch_size", 4), control_pert=CONTROL, **kwargs)
 
 

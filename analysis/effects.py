@@ -26,18 +26,18 @@ def draw_control_sets(n_controls: int, set_size: int, n_draws: int, seed: int) -
 
 @dataclass(frozen=True)
 class EffectTask:
-    """One batch of Part 1's forward calls: the KDs `kds` (indices into run.kd_names) with their one-hot rows
-    `onehots` [b, P] (carried by the task, so a worker needs no one-hot map), over every draw set."""
+    """One batch of Part 1's forward calls: the KDs `kds` (indices into run.kd_names) with their perturbation
+    features `features` [b, P] (carried by the task, so a worker needs no perturbation map), over every draw set."""
 
     index: int
     kds: range
-    onehots: np.ndarray
+    features: np.ndarray
 
 
 def effect_tasks(run: LoadedRun, kds_per_call: int) -> list[EffectTask]:
-    onehots = run.onehots(run.kd_names).cpu().numpy()
+    features = run.features(run.kd_names).cpu().numpy()
     return [EffectTask(i, range(start, min(start + kds_per_call, len(run.kd_names))),
-                       onehots[start:start + kds_per_call])
+                       features[start:start + kds_per_call])
             for i, start in enumerate(range(0, len(run.kd_names), kds_per_call))]
 
 
@@ -46,11 +46,11 @@ def kd_means(run: LoadedRun, task: EffectTask, draw_cells: np.ndarray) -> np.nda
     """E[Y | KD] [R, b, G] in the model's dtype (as float32 or float64 numpy) for the b KDs of `task`: one
     forward call of b sets per draw [R, S]. Pure; the same calls whichever executor runs it (the KD batches fix
     the arithmetic, so results are bit-identical)."""
-    onehots = torch.as_tensor(task.onehots, device=run.device, dtype=run.dtype)
+    features = torch.as_tensor(task.features, device=run.device, dtype=run.dtype)
     out = []
     for rows in draw_cells:
         basal = torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None]
-        out.append(mean_output(run.model, onehots, basal.expand(len(onehots), -1, -1)).cpu())
+        out.append(mean_output(run.model, features, basal.expand(len(features), -1, -1), run.space.decode).cpu())
     return torch.stack(out).numpy() if run.dtype != torch.bfloat16 else torch.stack(out).float().numpy()
 
 
@@ -63,9 +63,10 @@ def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, 
     from .executors import LocalExecutor, WorkerState
 
     draw_cells = draw_control_sets(len(run.controls), run.set_size, n_draws, seed)
-    control_onehot = run.onehots([run.control_label])
+    control_features = run.features([run.control_label])
     control_means = torch.stack([
-        mean_output(run.model, control_onehot, torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None])[0]
+        mean_output(run.model, control_features, torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None],
+                    run.space.decode)[0]
         for rows in draw_cells]).cpu()  # [R, G]
     draws = np.zeros((n_draws, len(run.kd_names), len(run.gene_names)), dtype=np.float64)
     tasks = effect_tasks(run, kds_per_call)
@@ -76,7 +77,6 @@ def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, 
         draws[:, task.kds.start:task.kds.stop] = (means - control_means[:, None]).double().numpy()
         bar.update(len(task.kds))
     bar.close()
-    kd_onehots = run.onehots(run.kd_names)
-    pert_repr = encode_perturbations(run.model, kd_onehots).double().cpu().numpy()
-    control_repr = encode_perturbations(run.model, control_onehot)[0].double().cpu().numpy()
+    pert_repr = encode_perturbations(run.model, run.features(run.kd_names)).double().cpu().numpy()
+    control_repr = encode_perturbations(run.model, control_features)[0].double().cpu().numpy()
     return Effects(tuple(run.kd_names), run.gene_names, draws.mean(axis=0), draws, pert_repr, control_repr, draw_cells)

@@ -6,6 +6,8 @@ Two questions, two tests, BH-FDR over all terms of all libraries within each que
   (the screen is biased toward essential genes, so the genome is the wrong background)?
 - Response prerank GSEA (`gseapy.prerank`): is a ranked output-gene vector (a cluster's
   mean ΔY, or an SVD axis's gene loadings) enriched at either end for a pathway?
+  Responses read in an embedding space have no genes: their tables are empty (KD names are still
+  genes, so the KD-side tests run).
 """
 
 from __future__ import annotations
@@ -91,9 +93,11 @@ def prerank(query: str, scores: pd.Series, libraries: dict, permutations: int, s
 
 
 def cluster_enrichment(kd_names, labels: np.ndarray, delta_y: np.ndarray, gene_names, libraries: dict,
-                       permutations: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per cluster: KD-target ORA (background = all KDs of the screen) and prerank GSEA of the mean ΔY."""
+                       permutations: int, seed: int, responses_are_genes: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per cluster: KD-target ORA (background = all KDs of the screen) and prerank GSEA of the mean ΔY [G]
+    (an empty table when the responses are not genes)."""
     kd_names = np.asarray(kd_names)
+    response_libraries = libraries if responses_are_genes else {}
     ora, gsea = [], []
     for cluster in np.unique(labels):
         members = labels == cluster
@@ -101,7 +105,7 @@ def cluster_enrichment(kd_names, labels: np.ndarray, delta_y: np.ndarray, gene_n
         if members.sum() >= 3:
             ora.append(over_representation(query, kd_names[members], kd_names, libraries))
         mean_response = pd.Series(delta_y[members].mean(axis=0), index=list(gene_names))
-        gsea.append(prerank(query, mean_response, libraries, permutations, seed))
+        gsea.append(prerank(query, mean_response, response_libraries, permutations, seed))
     ora_frame = pd.concat(ora, ignore_index=True) if ora else pd.DataFrame(columns=ORA_COLUMNS)
     return ora_frame, pd.concat(gsea, ignore_index=True)
 
@@ -114,13 +118,16 @@ def top_terms(frame: pd.DataFrame, per_query: int = 1) -> pd.DataFrame:
 
 
 def axis_enrichment(source: str, kd_scores: np.ndarray, gene_loadings: np.ndarray, kd_names, gene_names,
-                    libraries: dict, permutations: int, seed: int, n_axes: int) -> pd.DataFrame:
+                    libraries: dict, permutations: int, seed: int, n_axes: int,
+                    responses_are_genes: bool) -> pd.DataFrame:
     """Prerank GSEA of the leading `n_axes` SVD axes of `source` ("routing" or "output"): gene loadings [A, G] over
-    output genes and KD scores [K, A] over KDs (KD gene sets). Columns: PRERANK_COLUMNS + source, axis, kind."""
+    output genes (no rows when the outputs are not genes) and KD scores [K, A] over KDs (KD gene sets).
+    Columns: PRERANK_COLUMNS + source, axis, kind."""
+    response_libraries = libraries if responses_are_genes else {}
     frames = []
     for a in range(min(n_axes, kd_scores.shape[1])):
         genes = prerank(f"{source} axis {a + 1} genes", pd.Series(gene_loadings[a], index=list(gene_names)),
-                        libraries, permutations, seed)
+                        response_libraries, permutations, seed)
         kds = prerank(f"{source} axis {a + 1} KDs", pd.Series(kd_scores[:, a], index=list(kd_names)), libraries,
                       permutations, seed, min_size=5)
         frames += [genes.assign(source=source, axis=a + 1, kind="genes"), kds.assign(source=source, axis=a + 1, kind="KDs")]

@@ -35,16 +35,18 @@ from .model_call import mean_output, pert_repr_override
 from .tangent_graph import LinearizedFunction
 
 
-def expected_output(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_onehot: torch.Tensor) -> torch.Tensor:
+def expected_output(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
+                    decode: bool = False) -> torch.Tensor:
     """E[Y] [B, G] with pert_repr [B, H] substituted, averaged over the S cells and the R draw sets [R, S, N].
 
-    `pert_onehot` [P] is what the pert_encoder would have seen; its output is replaced.
+    `pert_features` [P] is what the pert_encoder would have seen; its output is replaced. decode: Y is each cell's
+    output through the model's gene decoder (`model_call.mean_output`).
     """
     n_kds, n_draws = pert_repr.shape[0], draw_sets.shape[0]
     per_set_repr = pert_repr.repeat_interleave(n_draws, dim=0)  # [B·R, H], KD-major
     basal = draw_sets.repeat(n_kds, 1, 1)  # [B·R, S, N]
     with pert_repr_override(model, per_set_repr):
-        per_set = mean_output(model, pert_onehot.expand(n_kds * n_draws, -1), basal)
+        per_set = mean_output(model, pert_features.expand(n_kds * n_draws, -1), basal, decode)
     return per_set.reshape(n_kds, n_draws, -1).mean(dim=1)
 
 
@@ -68,68 +70,70 @@ def tangent_chunk(n_cells: int, hidden: int, device: torch.device, compiled: boo
     return -(-hidden // n_chunks)
 
 
-# Traced JVP graphs per model, by input shapes, chunk, compile flag and the parameters' identity and version (an
-# in-place update or a dtype conversion of the model retraces). Weak keys: a graph goes with its model.
+# Traced JVP graphs per model, by input shapes, chunk, compile and decode flags and the parameters' identity and
+# version (an in-place update or a dtype conversion of the model retraces). Weak keys: a graph goes with its model.
 _LINEARIZED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def linearized_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_onehot: torch.Tensor,
-                        chunk: int, compile: bool) -> LinearizedFunction:
+def linearized_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
+                        chunk: int, compile: bool, decode: bool = False) -> LinearizedFunction:
     """The traced JVP of `expected_output` for inputs of these shapes and `chunk` directions at a time (cached).
 
     Its tangent part maps the kept primal values and directions [chunk, H] to columns [chunk, B, G].
     """
     parameters = tuple((p.data_ptr(), p.dtype, p._version) for p in model.parameters())
-    key = (tuple(pert_repr.shape), tuple(draw_sets.shape), tuple(pert_onehot.shape), pert_repr.dtype,
-           pert_repr.device, chunk, compile, parameters)
+    key = (tuple(pert_repr.shape), tuple(draw_sets.shape), tuple(pert_features.shape), pert_repr.dtype,
+           pert_repr.device, chunk, compile, decode, parameters)
     graphs = _LINEARIZED.setdefault(model, {})
     if key not in graphs:
-        def columns(p, sets, onehot, directions):  # directions [T, H] -> [T, B, G]
+        def columns(p, sets, features, directions):  # directions [T, H] -> [T, B, G]
             def column(direction):
-                return jvp(lambda q: expected_output(model, q, sets, onehot), (p,), (direction.expand_as(p),))[1]
+                return jvp(lambda q: expected_output(model, q, sets, features, decode), (p,),
+                           (direction.expand_as(p),))[1]
             return vmap(column)(directions)
 
         directions = torch.zeros(chunk, pert_repr.shape[1], device=pert_repr.device, dtype=pert_repr.dtype)
-        graphs[key] = LinearizedFunction(columns, (pert_repr, draw_sets, pert_onehot), directions, compile)
+        graphs[key] = LinearizedFunction(columns, (pert_repr, draw_sets, pert_features), directions, compile)
     return graphs[key]
 
 
-def forward_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_onehot: torch.Tensor,
-                          tangents_per_call: int = 0, *, compile: bool = False) -> torch.Tensor:
+def forward_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
+                          tangents_per_call: int = 0, *, compile: bool = False, decode: bool = False) -> torch.Tensor:
     """J [B, G, H] for B KDs at once: one JVP per basis direction of pert_repr, `tangents_per_call` at a time.
 
     The vmapped JVP is traced once per input shape (`linearized_jacobian`); its primal part runs once per call and
     its tangent part once per chunk of directions (the basis is zero-padded to whole chunks).
     tangents_per_call: directions per chunk (0: `tangent_chunk`'s choice for this device and size).
     compile: compile the tangent part with Inductor (worth it when many KD batches share the shape; falls back to
-    the eager graph where compilation is unavailable).
+    the eager graph where compilation is unavailable). decode: J of the gene-decoded output (`expected_output`).
     """
     n_kds, hidden = pert_repr.shape
     n_cells = n_kds * draw_sets.shape[0] * draw_sets.shape[1]
     chunk = min(hidden, tangents_per_call or tangent_chunk(n_cells, hidden, pert_repr.device, compile))
-    linearized = linearized_jacobian(model, pert_repr, draw_sets, pert_onehot, chunk, compile)
-    kept = linearized.keep(pert_repr, draw_sets, pert_onehot)
+    linearized = linearized_jacobian(model, pert_repr, draw_sets, pert_features, chunk, compile, decode)
+    kept = linearized.keep(pert_repr, draw_sets, pert_features)
     n_chunks = -(-hidden // chunk)
     basis = torch.eye(n_chunks * chunk, hidden, device=pert_repr.device, dtype=pert_repr.dtype)
     columns = torch.cat([linearized(kept, directions) for directions in basis.split(chunk)])[:hidden]  # [H, B, G]
     return columns.permute(1, 2, 0)
 
 
-def reverse_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_onehot: torch.Tensor) -> torch.Tensor:
+def reverse_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
+                          decode: bool = False) -> torch.Tensor:
     """The seed's method, one KD at a time: torch.autograd.functional.jacobian (one backward per output). [G, H]."""
     with torch.enable_grad():
         return torch.autograd.functional.jacobian(
-            lambda p: expected_output(model, p[None], draw_sets, pert_onehot)[0], pert_repr)
+            lambda p: expected_output(model, p[None], draw_sets, pert_features, decode)[0], pert_repr)
 
 
-def central_difference_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_onehot: torch.Tensor,
-                                step: float = 1e-3) -> torch.Tensor:
+def central_difference_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
+                                step: float = 1e-3, decode: bool = False) -> torch.Tensor:
     """Second oracle: (E[Y](p + h e_j) − E[Y](p − h e_j)) / 2h for every direction j. [G, H]. Use float64."""
     hidden = pert_repr.shape[0]
     basis = torch.eye(hidden, device=pert_repr.device, dtype=pert_repr.dtype) * step
     with torch.no_grad():
-        plus = expected_output(model, pert_repr[None] + basis, draw_sets, pert_onehot)
-        minus = expected_output(model, pert_repr[None] - basis, draw_sets, pert_onehot)
+        plus = expected_output(model, pert_repr[None] + basis, draw_sets, pert_features, decode)
+        minus = expected_output(model, pert_repr[None] - basis, draw_sets, pert_features, decode)
     return ((plus - minus) / (2 * step)).T
 
 
@@ -191,13 +195,13 @@ def jacobian_shard(run: LoadedRun, task: ShardTask, inputs: JacobianInputs) -> d
     J_k·(p_k − p_ctrl), for the b KDs of `task`. Pure: writes nothing. Peak memory is one shard.
     (The run comes first and the task second, as an executor calls it: `partial(jacobian_shard, inputs=...)`.)"""
     draw_sets = torch.as_tensor(run.controls[inputs.draw_cells], device=run.device, dtype=run.dtype)
-    onehot = run.onehots([run.control_label])[0]
+    features = run.features([run.control_label])[0]
     blocks = []
     for start in range(task.kds.start, task.kds.stop, inputs.kds_per_call):
         kd_slice = slice(start, min(start + inputs.kds_per_call, task.kds.stop))
         p = torch.as_tensor(inputs.pert_repr[kd_slice], device=run.device, dtype=run.dtype)
-        blocks.append(forward_mode_jacobian(run.model, p, draw_sets, onehot, inputs.tangents_per_call,
-                                            compile=inputs.compile).float().cpu().numpy())
+        blocks.append(forward_mode_jacobian(run.model, p, draw_sets, features, inputs.tangents_per_call,
+                                            compile=inputs.compile, decode=run.space.decode).float().cpu().numpy())
     jacobian = np.concatenate(blocks)
     step = inputs.pert_repr[task.kds.start:task.kds.stop] - inputs.control_repr
     return {"jacobian": jacobian, "kd_index": np.asarray(task.kds),
@@ -208,9 +212,9 @@ def autograd_check(run: LoadedRun, shards: JacobianShards, pert_repr: np.ndarray
                    kd: int = 0) -> dict:
     """Recompute one stored J_k with the seed's reverse-mode method on this model and data: max |ΔJ| / max |J|."""
     draw_sets = torch.as_tensor(run.controls[draw_cells], device=run.device, dtype=run.dtype)
-    onehot = run.onehots([run.control_label])[0]
+    features = run.features([run.control_label])[0]
     p = torch.as_tensor(pert_repr[kd], device=run.device, dtype=run.dtype)
-    reverse = reverse_mode_jacobian(run.model, p, draw_sets, onehot).double().cpu().numpy()
+    reverse = reverse_mode_jacobian(run.model, p, draw_sets, features, run.space.decode).double().cpu().numpy()
     stored = next(jac[list(index).index(kd)] for index, jac in shards if kd in index)
     error = float(np.abs(stored - reverse).max() / max(np.abs(reverse).max(), 1e-300))
     return {"kd": run.kd_names[kd], "relative_error": error}

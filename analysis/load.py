@@ -26,31 +26,52 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 
 @dataclass(frozen=True)
+class OutputSpace:
+    """The space ΔY and J are read in.
+
+    name: "genes" or "embedding" (gene-set enrichment of responses needs genes); decode: the model's output of
+    each cell goes through its gene decoder before the mean over the set (E[decoder(Y)]); description: for people,
+    e.g. "embedding space X_state (2,048 dims, undecoded)".
+    """
+
+    name: str
+    decode: bool
+    description: str
+
+    @property
+    def has_genes(self) -> bool:
+        return self.name == "genes"
+
+
+@dataclass(frozen=True)
 class LoadedRun:
     """A loaded model with everything needed to query it.
 
-    pert_onehot: [P] float vectors by perturbation name; kd_names: the KDs analysed (control excluded);
-    gene_names: the G output genes; controls: [N, input_dim] control cells of the target cell line.
+    pert_features: [P] float vectors by perturbation name, the pert_encoder's inputs (one-hot rows, or e.g.
+    protein-language-model gene embeddings); kd_names: the KDs analysed (control excluded); gene_names: the G
+    output features of `space` (genes, or `<embed_key>:<i>` in embedding space); controls: [N, input_dim] control
+    cells of the target cell line.
     """
 
     model: torch.nn.Module
     device: torch.device
     dtype: torch.dtype
-    pert_onehot: dict
+    pert_features: dict
     control_label: str
     kd_names: tuple
     gene_names: tuple
     controls: np.ndarray
     set_size: int
-    input_key: str  # hash of checkpoint, run files, control data, data fields and loading code
+    space: OutputSpace
+    input_key: str  # hash of checkpoint, run files, control data, data fields, space and loading code
 
     @property
     def hidden_dim(self) -> int:
         return int(self.model.hidden_dim)
 
-    def onehots(self, names) -> torch.Tensor:
-        """[len(names), P] one-hot rows on the model's device."""
-        rows = np.stack([self.pert_onehot[n] for n in names]).astype(np.float32)
+    def features(self, names) -> torch.Tensor:
+        """[len(names), P] perturbation feature rows on the model's device."""
+        rows = np.stack([self.pert_features[n] for n in names]).astype(np.float32)
         return torch.as_tensor(rows, device=self.device, dtype=self.dtype)
 
 
@@ -70,22 +91,21 @@ def load_run(config: AnalysisConfig) -> LoadedRun:
     for name in RUN_FILES:
         if not (run_dir / name).is_file():
             raise InputError(str(run_dir / name), "missing; a `state tx train` run directory holds " + ", ".join(RUN_FILES))
-    ckpt = run_dir / "checkpoints" / config.checkpoint
-    if not ckpt.is_file():
-        found = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
-        raise InputError(str(ckpt), f"checkpoint not found (checkpoints present: {found or 'none'})")
+    ckpt = checkpoint_file(config)
 
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     model = _load_model(ckpt, str(ckpt), device, dtype)
     var_dims = _load_pickle(run_dir / "var_dims.pkl")
-    pert_onehot = _load_onehot_map(run_dir / "pert_onehot_map.pt", model.pert_dim)
-    if config.control_label not in pert_onehot:
-        raise InputError(f"{run_dir / 'pert_onehot_map.pt'}", f"control label '{config.control_label}' is not in the one-hot map ({len(pert_onehot)} entries)")
+    pert_features = _load_feature_map(run_dir / "pert_onehot_map.pt", model.pert_dim)
+    if config.control_label not in pert_features:
+        raise InputError(f"{run_dir / 'pert_onehot_map.pt'}", f"control label '{config.control_label}' is not in the perturbation map ({len(pert_features)} entries)")
 
+    space_name, decode = resolve_space(model, config.space)
     controls, data_perts, data_genes = _load_controls(config, int(model.input_dim))
-    gene_names = _gene_names(var_dims, data_genes, int(model.output_dim), run_dir)
-    kd_names = _select_kds(config, pert_onehot, data_perts)
+    gene_names = _feature_names(model, space_name, decode, var_dims, data_genes, run_dir)
+    space = OutputSpace(space_name, decode, _describe_space(model, space_name, decode, len(gene_names)))
+    kd_names = _select_kds(config, pert_features, data_perts)
     set_size = config.set_size or int(model.cell_sentence_len)
     max_len = _max_set_size(model)
     if set_size > max_len:
@@ -97,10 +117,67 @@ def load_run(config: AnalysisConfig) -> LoadedRun:
         [file_digest(ckpt)] + [file_digest(run_dir / n) for n in RUN_FILES],
         file_digest(config.h5ad),
         {k: getattr(config, k) for k in ("feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_lines", "dtype")},
+        [space.name, space.decode],  # the resolved space: "auto" and the choice it resolves to share results
         code_version("load", "model_call"),
     )
-    return LoadedRun(model, device, dtype, pert_onehot, config.control_label, kd_names, gene_names,
-                     controls, set_size, input_key)
+    return LoadedRun(model, device, dtype, pert_features, config.control_label, kd_names, gene_names,
+                     controls, set_size, space, input_key)
+
+
+def checkpoint_file(config: AnalysisConfig) -> Path:
+    """The checkpoint the config names: any file in the run's checkpoints/ (final.ckpt, last.ckpt, best.ckpt,
+    step=400.ckpt, epoch=1-step=400.ckpt, …). Absent: InputError listing everything that folder holds."""
+    folder = config.run_dir / "checkpoints"
+    ckpt = folder / config.checkpoint
+    if not ckpt.is_file():
+        present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise InputError(str(ckpt), f"checkpoint file not found (checkpoints/ holds: {', '.join(present) or 'nothing'})")
+    return ckpt
+
+
+def resolve_space(model, requested: str) -> tuple[str, bool]:
+    """(space name, decode) for the config's `space` ("auto", "genes" or "embedding") on this model.
+
+    The model's own output is gene expression when its embed_key is None or "X_hvg" (arc-state's own test, which
+    decides its output ReLU). `state tx predict` writes the gene decoder's output as the cells' expression when
+    the output is an embedding, or X_hvg with output_space "all" (its `store_raw_expression`): "auto" reads what
+    predict writes.
+    """
+    embed_key = model.embed_key
+    output_is_genes = embed_key in (None, "X_hvg")
+    predict_decodes = (model.gene_decoder is not None and embed_key is not None
+                       and (not output_is_genes or model.output_space == "all"))
+    own = "genes" if output_is_genes else "embedding"
+    if requested == "auto":
+        return ("genes", True) if predict_decodes else (own, False)
+    if requested == "genes":
+        if predict_decodes or output_is_genes:
+            return "genes", predict_decodes
+        raise InputError("config field space", f"'genes' needs a gene decoder: the model's output is the embedding "
+                                               f"{embed_key} (output_space '{model.output_space}') and the run has none; "
+                                               "use space = \"embedding\" or \"auto\"")
+    if output_is_genes and not predict_decodes:
+        raise InputError("config field space", f"'embedding': the model's output is gene expression (embed_key "
+                                               f"{embed_key}), not an embedding; use space = \"genes\" or \"auto\"")
+    return "embedding", False
+
+
+def _describe_space(model, name: str, decode: bool, width: int) -> str:
+    if decode:
+        return f"gene space decoded by the model's gene decoder ({width:,} genes)"
+    if name == "genes":
+        return f"gene space (the model's output, {width:,} genes)"
+    return f"embedding space {model.embed_key} ({width:,} dims, undecoded)"
+
+
+def _feature_names(model, space: str, decode: bool, var_dims, data_genes, run_dir: Path) -> tuple:
+    """The output features' names: genes (checked against the decoder's gene_dim or the model's output_dim), or
+    `<embed_key>:<i>` in embedding space, which has no gene names."""
+    if space == "embedding":
+        return tuple(f"{model.embed_key}:{i}" for i in range(int(model.output_dim)))
+    if decode:
+        return _gene_names(var_dims, data_genes, int(model.gene_decoder.gene_dim()), "the gene decoder's gene_dim", run_dir)
+    return _gene_names(var_dims, data_genes, int(model.output_dim), "the model's output_dim", run_dir)
 
 
 def _load_model(source: Path | io.BytesIO, name: str, device: torch.device, dtype: torch.dtype):
@@ -125,7 +202,8 @@ class ShippedRun:
     """A `LoadedRun` as bytes and arrays, for a worker without the run folder (`executors.WorkerState.ship`).
 
     checkpoint: the checkpoint file's bytes; device: the config's device, resolved on the worker ("auto" is the
-    worker's GPU when Ray gave it one); control_onehot: [P] the control's one-hot, the only map entry Part 2 reads.
+    worker's GPU when Ray gave it one); control_features: [P] the control's perturbation features, the only map
+    entry Part 2 reads; space: where ΔY and J are read (decoded or not), as the driver resolved it.
     """
 
     checkpoint: bytes
@@ -133,25 +211,26 @@ class ShippedRun:
     device: str
     dtype: str
     control_label: str
-    control_onehot: np.ndarray
+    control_features: np.ndarray
     kd_names: tuple
     gene_names: tuple
     controls: np.ndarray
     set_size: int
+    space: OutputSpace
     input_key: str
 
     @classmethod
     def of(cls, config: AnalysisConfig, run: LoadedRun) -> "ShippedRun":
-        ckpt = config.run_dir / "checkpoints" / config.checkpoint
+        ckpt = checkpoint_file(config)
         return cls(ckpt.read_bytes(), str(ckpt), config.device, config.dtype, run.control_label,
-                   run.pert_onehot[run.control_label], run.kd_names, run.gene_names, run.controls, run.set_size,
-                   run.input_key)
+                   run.pert_features[run.control_label], run.kd_names, run.gene_names, run.controls, run.set_size,
+                   run.space, run.input_key)
 
     def build(self) -> LoadedRun:
         device, dtype = resolve_device(self.device), DTYPES[self.dtype]
         model = _load_model(io.BytesIO(self.checkpoint), self.checkpoint_name, device, dtype)
-        return LoadedRun(model, device, dtype, {self.control_label: self.control_onehot}, self.control_label,
-                         self.kd_names, self.gene_names, self.controls, self.set_size, self.input_key)
+        return LoadedRun(model, device, dtype, {self.control_label: self.control_features}, self.control_label,
+                         self.kd_names, self.gene_names, self.controls, self.set_size, self.space, self.input_key)
 
 
 def _load_pickle(path: Path):
@@ -162,13 +241,14 @@ def _load_pickle(path: Path):
         raise InputError(str(path), f"not a readable pickle ({type(exc).__name__})") from None
 
 
-def _load_onehot_map(path: Path, pert_dim: int) -> dict:
+def _load_feature_map(path: Path, pert_dim: int) -> dict:
+    """{perturbation name: [pert_dim] float32 features}; names as str (cell_load may key the map by np.str_)."""
     try:
         raw = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise InputError(str(path), f"not a readable torch file ({type(exc).__name__})") from None
     if not isinstance(raw, dict) or not raw:
-        raise InputError(str(path), "expected a non-empty dict {perturbation name: one-hot vector}")
+        raise InputError(str(path), "expected a non-empty dict {perturbation name: feature vector}")
     out = {}
     for name, vec in raw.items():
         arr = np.asarray(torch.as_tensor(vec), dtype=np.float32).reshape(-1)
@@ -231,7 +311,9 @@ def _load_controls(config: AnalysisConfig, input_dim: int):
     return controls, data_perts, data_genes
 
 
-def _gene_names(var_dims, data_genes, output_dim: int, run_dir: Path) -> tuple:
+def _gene_names(var_dims, data_genes, n_genes: int, expected: str, run_dir: Path) -> tuple:
+    """The n_genes output gene names from var_dims.pkl (a list or a numpy array), else the .h5ad's var_names.
+    expected: what fixes n_genes, for the error ("the model's output_dim")."""
     names = var_dims.get("gene_names") if isinstance(var_dims, dict) else None
     source = f"{run_dir / 'var_dims.pkl'} gene_names"
     if names is None:
@@ -239,20 +321,20 @@ def _gene_names(var_dims, data_genes, output_dim: int, run_dir: Path) -> tuple:
     if names is None:
         raise InputError(str(run_dir / "var_dims.pkl"), "no gene_names, and the data's features are not genes (feature_key is an obsm key)")
     names = tuple(map(str, names))
-    if len(names) != output_dim:
-        raise InputError(source, f"{len(names)} output genes, expected the model's output_dim {output_dim}")
+    if len(names) != n_genes:
+        raise InputError(source, f"{len(names)} output genes, expected {expected} {n_genes}")
     return names
 
 
-def _select_kds(config: AnalysisConfig, pert_onehot: dict, data_perts: set) -> tuple:
+def _select_kds(config: AnalysisConfig, pert_features: dict, data_perts: set) -> tuple:
     if config.kds:
-        unknown = [k for k in config.kds if k not in pert_onehot]
+        unknown = [k for k in config.kds if k not in pert_features]
         if unknown:
-            raise InputError("config field kds", f"{len(unknown)} KD(s) not in the run's one-hot map, e.g. {unknown[:5]}")
+            raise InputError("config field kds", f"{len(unknown)} KD(s) not in the run's perturbation map, e.g. {unknown[:5]}")
         if config.control_label in config.kds:
             raise InputError("config field kds", f"lists the control '{config.control_label}'; list knock-downs only")
         return tuple(config.kds)
-    candidates = [n for n in pert_onehot if n != config.control_label]
+    candidates = [n for n in pert_features if n != config.control_label]
     # A control-only .h5ad does not say which KDs the line has: then all KDs of the map are analysed.
     kds = [n for n in candidates if n in data_perts] if data_perts else candidates
     if not kds:

@@ -39,15 +39,16 @@ def pert_repr_override(model, pert_repr: torch.Tensor):
         handle.remove()
 
 
-def mean_output(model, pert_onehot: torch.Tensor, basal: torch.Tensor) -> torch.Tensor:
+def mean_output(model, pert_features: torch.Tensor, basal: torch.Tensor, decode: bool = False) -> torch.Tensor:
     """E[Y] per set: the model's output averaged over the S cells of each set.
 
-    pert_onehot [B, P] (one perturbation per set), basal [B, S, N] control cells.
-    Returns [B, G] in the model's output units (log-normalised expression for gene-space runs).
+    pert_features [B, P] (one perturbation per set), basal [B, S, N] control cells; decode: pass each cell's output
+    through the model's gene decoder before the mean (E[decoder(Y)], the expression `state tx predict` writes).
+    Returns [B, G] in the output units (log-normalised expression for gene-space runs; embedding units undecoded).
     """
     n_sets, set_size, _ = basal.shape
     batch = {
-        "pert_emb": pert_onehot[:, None, :].expand(n_sets, set_size, -1).reshape(n_sets * set_size, -1),
+        "pert_emb": pert_features[:, None, :].expand(n_sets, set_size, -1).reshape(n_sets * set_size, -1),
         "ctrl_cell_emb": basal.reshape(n_sets * set_size, -1),
     }
     if getattr(model, "batch_encoder", None) is not None:
@@ -64,9 +65,11 @@ def mean_output(model, pert_onehot: torch.Tensor, basal: torch.Tensor) -> torch.
             model._batch_token_cache = None
     if isinstance(out, tuple):  # confidence token: (output, confidence)
         out = out[0]
+    if decode:  # per cell, before the mean: the decoder is nonlinear, and users read decoded cells
+        out = model.gene_decoder(out)
     return out.reshape(n_sets, set_size, -1).mean(dim=1)
 
 
-def encode_perturbations(model, pert_onehot: torch.Tensor) -> torch.Tensor:
-    """pert_repr = pert_encoder(one-hot): [K, P] -> [K, H]."""
-    return model.pert_encoder(pert_onehot)
+def encode_perturbations(model, pert_features: torch.Tensor) -> torch.Tensor:
+    """pert_repr = pert_encoder(features): [K, P] -> [K, H] (features: one-hot rows or e.g. gene embeddings)."""
+    return model.pert_encoder(pert_features)

@@ -62,7 +62,7 @@ def analyse_line(config: AnalysisConfig, progress: bool, executor) -> LineResult
     # Shards are hashed only when Part 3 will read them; with Part 3 cached, their sizes and headers suffice.
     shards, jac_key, jacobian_record = run_part2(config, run, part1, progress, executor,
                                                  verify_shards=stages[2].record(quiet=True) is None)
-    part3 = run_part3(config, part1, shards, jac_key, jacobian_record)
+    part3 = run_part3(config, part1, shards, jac_key, jacobian_record, run.space.has_genes)
     return LineResults(config.cell_line, part1, part3, provenance(config, run))
 
 
@@ -85,7 +85,8 @@ def run_part1(config: AnalysisConfig, run: LoadedRun, progress: bool = True, exe
         clusters = clustering.cluster_kds(effects.delta_y, config.max_clusters, config.cluster_bootstrap, config.seed)
         libraries = enrichment.read_libraries(config.gene_sets)
         ora, gsea = enrichment.cluster_enrichment(effects.kd_names, clusters.labels, effects.delta_y, effects.gene_names,
-                                                  libraries, config.prerank_permutations, config.seed)
+                                                  libraries, config.prerank_permutations, config.seed,
+                                                  run.space.has_genes)
         stage.write_npz("effects.npz", delta_y=effects.delta_y, delta_y_draws=effects.delta_y_draws,
                         pert_repr=effects.pert_repr, control_repr=effects.control_repr, draw_cells=effects.draw_cells,
                         bootstrap_ari=clusters.bootstrap_ari, order=clusters.order)
@@ -158,7 +159,8 @@ def part3_key(config: AnalysisConfig, part1_key: str, jac_key: str) -> str:
 
 
 def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianShards, jac_key: str,
-              jacobian_record: dict) -> Part3:
+              jacobian_record: dict, responses_are_genes: bool) -> Part3:
+    """Part 3. responses_are_genes: False in embedding space (`read_svd`); the space is in Part 1's key, so in this one."""
     stage = cache.StageDir(config.cache_dir, "part3", part3_key(config, part1.key, jac_key))
 
     def compute() -> dict:
@@ -173,7 +175,7 @@ def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianSh
         linear = routing.linearity(effects.delta_y, shards.linear_prediction())
         evidence = routing.routing_evidence(c_out, c_jac, c_rep, part1.labels, config.n_permutations,
                                             config.n_bootstrap, config.seed)
-        svd_table, svd_evidence = read_svd(config, part1, svd, output_scores, output_loadings)
+        svd_table, svd_evidence = read_svd(config, part1, svd, output_scores, output_loadings, responses_are_genes)
         call = verdict.decide(evidence, DecisionRule.from_config(config), svd_evidence)
         linearity_frame = pd.DataFrame({"kd": effects.kd_names, "cluster": part1.labels, "explained": linear.to_numpy(),
                                         "jacobian_norm": np.sqrt(np.diag(gram))})
@@ -195,18 +197,20 @@ def run_part3(config: AnalysisConfig, part1: Part1, shards: jacobians.JacobianSh
 
 
 def read_svd(config: AnalysisConfig, part1: Part1, svd: routing.JacobianSVD, output_scores: np.ndarray,
-             output_loadings: np.ndarray, axes_read: int = 3,
+             output_loadings: np.ndarray, responses_are_genes: bool, axes_read: int = 3,
              output_overlap: float = 0.9) -> tuple[pd.DataFrame, routing.SvdEvidence]:
     """Enrichment of the leading `axes_read` routing and output axes, and what it shows (`routing.SvdEvidence`).
 
     A routing axis whose gene loading projects less than `output_overlap` onto the span of ΔY's leading gene loadings
-    carries something the output axes do not.
+    carries something the output axes do not. With responses_are_genes False (embedding space) the gene-loading
+    tables are empty, so no axis reads as a pathway.
     """
     libraries = enrichment.read_libraries(config.gene_sets)
     effects = part1.effects
     n_axes = min(axes_read, svd.kd_scores.shape[1], output_scores.shape[1])
     tables = {source: enrichment.axis_enrichment(source, scores, loadings, effects.kd_names, effects.gene_names,
-                                                 libraries, config.prerank_permutations, config.seed, n_axes)
+                                                 libraries, config.prerank_permutations, config.seed, n_axes,
+                                                 responses_are_genes)
               for source, scores, loadings in (("routing", svd.kd_scores, svd.gene_loadings),
                                                ("output", output_scores, output_loadings))}
     overlap, principal_cosine = routing.subspace_overlap(svd.gene_loadings[:n_axes], output_loadings[:n_axes])
@@ -286,7 +290,7 @@ def provenance(config: AnalysisConfig, run: LoadedRun) -> dict:
         "checkpoint_sha256": cache.file_digest(ckpt), "data_sha256": cache.file_digest(config.h5ad),
         "input_key": run.input_key, "config": config.describe(), "config_file": str(config.source),
         "n_kds": len(run.kd_names), "n_genes": len(run.gene_names), "hidden_dim": run.hidden_dim,
-        "set_size": run.set_size,
+        "set_size": run.set_size, "space": run.space.description,
     }
 
 

@@ -5,30 +5,7 @@ import torch
 
 from analysis import jacobians
 from analysis.load import load_run
-from tiny import tiny_model, write_tiny_run
-
-CONFIGS = {
-    "gpt2 residual": {},
-    "gpt2 no residual": {"predict_residual": False},
-    "gpt2 basal projection": {"use_basal_projection": True},
-    "llama": {"backbone": "llama"},
-    "gpt2 batch token": {"use_batch_token": True, "basal_mapping_strategy": "batch", "batch_dim": 3, "extra_tokens": 1},
-    "gpt2 batch encoder": {"batch_encoder": True, "batch_dim": 3},
-    "gpt2 confidence token": {"confidence_token": True, "extra_tokens": 1},
-    "gpt2 lora": {"lora": {"enable": True, "r": 4, "alpha": 8}},
-}
-
-
-def inputs(model, n_kds=3, n_draws=2, set_size=6, seed=1, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    draw_sets = torch.rand(n_draws, set_size, model.input_dim, generator=g, dtype=dtype) * 3
-    pert_repr = torch.randn(n_kds, model.hidden_dim, generator=g, dtype=dtype)
-    onehot = torch.zeros(model.pert_dim, dtype=dtype)
-    return pert_repr, draw_sets, onehot
-
-
-def relative_error(a, b):
-    return float((a - b).abs().max() / b.abs().max())
+from tiny import CONFIGS, jacobian_inputs as inputs, relative_error, tiny_model, write_tiny_run
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

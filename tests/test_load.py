@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.errors import InputError
 from analysis.load import load_run
-from tiny import KDS, tiny_config, write_tiny_run
+from tiny import KDS, expect_error, tiny_config, write_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +24,6 @@ def folder(tiny_folder, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_folder, copy)
     return copy
-
-
-def expect_error(config, *fragments):
-    with pytest.raises(InputError) as err:
-        load_run(config)
-    message = str(err.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 def test_loads_a_good_run(folder):

@@ -17,9 +17,9 @@ def test_delta_y_equals_a_direct_forward_mean(demo_run, demo_results):
     cells = torch.as_tensor(demo_run.controls[effects.draw_cells[r]])
 
     def forward_mean(name):
-        onehot = torch.as_tensor(demo_run.pert_onehot[name]).expand(len(cells), -1)
+        features = torch.as_tensor(demo_run.pert_features[name]).expand(len(cells), -1)
         with torch.no_grad():
-            return model({"pert_emb": onehot, "ctrl_cell_emb": cells}, padded=False).mean(0).numpy()
+            return model({"pert_emb": features, "ctrl_cell_emb": cells}, padded=False).mean(0).numpy()
 
     direct = forward_mean(effects.kd_names[k]) - forward_mean(demo_run.control_label)
     assert np.allclose(effects.delta_y_draws[r, k], direct, atol=1e-4)
