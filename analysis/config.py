@@ -36,7 +36,7 @@ class AnalysisConfig:
     cell_type_column: str = "cell_type"
     control_label: str = "non-targeting"
     cell_lines: tuple[str, ...] = ()  # TOML `cell_line`: one name or a list; empty: the data must hold one cell type
-    kds: tuple[str, ...] = ()  # empty: every KD of the one-hot map present in the cell line
+    kds: tuple[str, ...] = ()  # empty: every KD of the perturbation map present in the cell line
     set_size: int = 0  # S; 0 takes the model's cell_set_len
     n_draws: int = 4  # R control draws
     seed: int = 0

@@ -107,6 +107,7 @@ def numbers(results: Results) -> SimpleNamespace:
     values = dict(
         n_kds=f"{n_kds:,}", n_genes=f"{n_genes:,}", hidden=f"{hidden:,}", set_size=f"{prov['set_size']:,}",
         n_draws=f"{cfg.n_draws}", seed=f"{cfg.seed}", cell_line=results.lines[0].cell_line or "the single cell type of the data",
+        lines_phrase=lines_phrase(results), space=prov.get("space", "the model's output space"),
         jacobian_size=f"{n_genes * hidden:,}", jacobian_total=f"{n_kds * n_genes * hidden:,}",
         jacobian_gb=f"{n_kds * n_genes * hidden * 4 / 1e9:.2g}",
         n_clusters=f"{int(labels.max())}", n_weak=f"{int((labels == 0).sum())}",
@@ -157,6 +158,14 @@ def numbers(results: Results) -> SimpleNamespace:
         autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
     )
     return SimpleNamespace(**{k: Md(v) for k, v in values.items()})
+
+
+def lines_phrase(results: Results) -> str:
+    """'HepG2' or 'each analysed line (HepG2, the primary line shown below, and K562), on its own'."""
+    names = [line.cell_line or "the single cell type of the data" for line in results.lines]
+    if len(names) == 1:
+        return names[0]
+    return f"each analysed line ({names[0]}, the primary line the next sections show, and {', '.join(names[1:])}), on its own"
 
 
 def _weak_fraction() -> float:
@@ -462,7 +471,7 @@ def config_values(results: Results) -> dict:
             value = ", ".join(config_relative(results, v) for v in value) or "none"
         elif field == "kds":
             value = (f"{', '.join(value)} ({prov['n_kds']} KDs)" if value
-                     else f"all {prov['n_kds']} KDs of the one-hot map in the cell line")
+                     else f"all {prov['n_kds']} KDs of the perturbation map in the cell line")
         elif field == "set_size":
             value = f"{prov['set_size']}" + (" (the model's cell_set_len)" if not value else "")
         elif field == "tangents_per_call" and not value:
