@@ -476,6 +476,8 @@ def config_values(results: Results) -> dict:
             value = f"{prov['set_size']}" + (" (the model's cell_set_len)" if not value else "")
         elif field == "tangents_per_call" and not value:
             value = "0 (chosen for the device and set size)"
+        elif field == "space":
+            value = f"{value}: {prov['space']}" if "space" in prov else value
         elif field == "device":
             value = f"{value}: {prov['device']}" if value == "auto" else value
         elif field == "cell_lines":
@@ -502,17 +504,20 @@ def environment_table(results: Results) -> Md:
 def provenance_table(results: Results) -> Md:
     """Hashes, cache folders and stage timings."""
     prov, paths = results.provenance, result_paths(results)
-    jacobian_meta = _stage_meta(results, "jacobians", results.part3.jacobian_key)
     rows = [("Config file", f"`{config_file(results)}`"),
             ("Checkpoint sha256", f"`{prov['checkpoint_sha256']}`"), ("Control data sha256", f"`{prov['data_sha256']}`"),
             ("Input key (model + data + code)", f"`{prov['input_key']}`"), ("Code version", f"`{prov['code_version']}`")]
     rows += [(f"Cache: {stage}", f"`{config_relative(results, path)}`") for stage, path in paths.items()]
-    seconds = dict(results.part3.seconds) | ({"across": results.across.seconds} if results.across is not None else {})
     labels = {"part1": "Part 1 (ΔY, clusters, enrichment)", "jacobians": "Part 2 (Jacobians)",
-              "part3": "Part 3 (Gram, SVD, statistics)", "across": "Across cell lines (cosines, paired test)"}
-    for stage, value in seconds.items():
-        where = f" on {jacobian_meta['device']}" if stage == "jacobians" and jacobian_meta.get("device") else ""
-        rows.append((f"Time: {labels.get(stage, stage)}", f"{value:,.1f} s{where}"))
+              "part3": "Part 3 (Gram, SVD, statistics)"}
+    for line in results.lines:
+        where_line = f", {line.cell_line}" if len(results.lines) > 1 else ""
+        device = _stage_meta(results, "jacobians", line.part3.jacobian_key).get("device")
+        for stage, value in line.part3.seconds.items():
+            where = f" on {device}" if stage == "jacobians" and device else ""
+            rows.append((f"Time: {labels.get(stage, stage)}{where_line}", f"{value:,.1f} s{where}"))
+    if results.across is not None:
+        rows.append(("Time: across cell lines (cosines, paired test)", f"{results.across.seconds:,.1f} s"))
     return markdown_table(pd.DataFrame(rows, columns=["Item", "Value"]), [16, 45])
 
 
