@@ -1,7 +1,8 @@
 """Does a STATE State-Transition model use its perturbation-encoder geometry?
 
 Pipeline stages, one module each: load → effects (+ clustering) → jacobians → routing →
-enrichment → verdict; `pipeline` runs and caches them, `plots` draws (and never computes).
+enrichment → verdict, per cell line, then consistency (routing across lines); `pipeline` runs and
+caches them, `plots` draws (and never computes).
 """
 
 from .config import AnalysisConfig, load_config
