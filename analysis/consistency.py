@@ -3,8 +3,14 @@
 The seed's NB04 found that in-silico knock-outs barely agree between cell lines (mean cross-line r = 0.057):
 input routing is not backbone-level. For every KD analysed in two lines (same model, each line's own control
 cells) this stage measures the cosine of its ΔY_k between the lines and the cosine of its Jacobian J_k
-(flattened G × H) between the lines, and per KD the difference d_k = cos J − cos ΔY: positive when the model
-routes the KD the same way in both lines more than its predicted outputs agree.
+(flattened G × H) between the lines.
+
+Raw cosines mislead when one quantity has a large component common to all KDs: Jacobians typically do (the mean
+C_jac within a line is often above 0.5), so J_k in one line resembles *every* KD's J in the other, and a high cos J
+says little about KD k. Each cosine is therefore also read against its baseline, the KD's mean cosine with the
+other KDs across the lines: specific = matched − baseline. The comparison that answers the question is
+d_k = specific cos J − specific cos ΔY (positive: the model keeps a KD's own routing across lines more than its
+own response); the raw difference cos J − cos ΔY is reported beside it.
 
 Inference on the mean of d: KDs of one output cluster share their responses, so their d's are dependent and a
 KD-level test would count each cluster many times. The units are the primary line's output clusters (the
@@ -17,19 +23,23 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
 from .formatting import p_phrase
+from .routing import stream_gram
+
+MEASURES = {"specific": "KD-specific (each cosine minus the KD's mean cosine with the other KDs across the lines)",
+            "raw": "raw cosines"}
 
 MAX_ENUMERATED_UNITS = 16  # 2^16 sign patterns; beyond, a Monte Carlo sample
 
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Mean over KDs of d_k = cos J_k − cos ΔY_k between two lines, with cluster-level inference.
+    """Mean over KDs of d_k = cos J_k − cos ΔY_k between two lines (`measure`: KD-specific or raw cosines), with
+    cluster-level inference.
 
     estimate: mean d over the KDs; ci_low/ci_high: cluster-bootstrap percentile interval (level `confidence`);
     p_value: two-sided sign-flip p over the `n_units` clusters; exact: every sign pattern enumerated.
@@ -37,6 +47,7 @@ class PairedDifference:
 
     line_a: str
     line_b: str
+    measure: str  # a key of MEASURES
     n_kds: int
     n_units: int
     estimate: float
@@ -71,38 +82,32 @@ def common_kds(primary: tuple, other: tuple) -> tuple:
     return tuple(k for k in primary if k in present)
 
 
-def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[K] cosine between row k of a and row k of b ([K, D] each); 0 where a row is zero."""
+def cross_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[K_a, K_b] cosine between every row of a [K_a, D] and every row of b [K_b, D]; 0 where a row is zero."""
     a, b = a.astype(np.float64), b.astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-300), 0.0)
+    return cosines_from_products(a @ b.T, np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))
 
 
-def _shard_rows(shards, kd_names: tuple) -> dict:
-    """KD name -> (shard path, row) of a line's Jacobian shards (reads only their `kd_index` arrays)."""
-    where = {}
-    for path in shards.paths:
-        with np.load(path) as shard:
-            for row, k in enumerate(shard["kd_index"]):
-                where[kd_names[int(k)]] = (path, row)
-    return where
+def cosines_from_products(products: np.ndarray, norms_a: np.ndarray, norms_b: np.ndarray) -> np.ndarray:
+    """Inner products [K_a, K_b] and the rows' norms -> cosines (0 where a norm is 0)."""
+    outer = np.outer(norms_a, norms_b)
+    return np.where(outer > 0, products / np.maximum(outer, 1e-300), 0.0)
 
 
-def jacobian_cosines(shards_a, names_a: tuple, shards_b, names_b: tuple, kds: tuple) -> np.ndarray:
-    """[len(kds)] cos(J_k^a, J_k^b) of the flattened [G, H] Jacobians, streamed: one shard per line in memory,
-    each shard read once when both lines list their KDs in the same order (the usual case)."""
-    where_a, where_b = _shard_rows(shards_a, names_a), _shard_rows(shards_b, names_b)
-    readers = [lru_cache(maxsize=1)(_read_jacobians), lru_cache(maxsize=1)(_read_jacobians)]
-    out = np.empty(len(kds))
-    for i, kd in enumerate(kds):
-        rows = [readers[side](where[kd][0])[where[kd][1]].reshape(1, -1) for side, where in enumerate((where_a, where_b))]
-        out[i] = row_cosines(*rows)[0]
-    return out
+def jacobian_norms(shards) -> np.ndarray:
+    """[K] Frobenius norm of each KD's J, in the shards' KD order (one pass over the shards)."""
+    norms = np.zeros(shards.n_kds)
+    for kd_index, jacobian in shards:
+        norms[kd_index] = np.linalg.norm(jacobian.reshape(len(kd_index), -1).astype(np.float64), axis=1)
+    return norms
 
 
-def _read_jacobians(path) -> np.ndarray:
-    with np.load(path) as shard:
-        return shard["jacobian"]
+def matched_and_baseline(cosines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For a square [K, K] cross-line cosine matrix in matched KD order: the diagonal (each KD with itself in the other
+    line) and each KD's mean cosine with the other K − 1 KDs (both directions averaged)."""
+    n = len(cosines)
+    off = cosines.sum(axis=1) + cosines.sum(axis=0) - 2 * np.diag(cosines)
+    return np.diag(cosines).copy(), off / (2 * (n - 1))
 
 
 def sign_flip_p(unit_sums: np.ndarray, n_permutations: int, seed: int) -> tuple[float, int, bool]:
@@ -133,50 +138,63 @@ def cluster_bootstrap_interval(unit_sums: np.ndarray, unit_sizes: np.ndarray, n_
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
-def paired_difference(difference: np.ndarray, units: np.ndarray, line_a: str, line_b: str, n_permutations: int,
-                      n_bootstrap: int, seed: int, alpha: float) -> PairedDifference:
+def paired_difference(difference: np.ndarray, units: np.ndarray, line_a: str, line_b: str, measure: str,
+                      n_permutations: int, n_bootstrap: int, seed: int, alpha: float) -> PairedDifference:
     """Cluster-level inference for the mean of `difference` [K] (d_k), `units` [K] the cluster of each KD."""
     labels, index = np.unique(units, return_inverse=True)
     unit_sums = np.bincount(index, weights=difference, minlength=len(labels))
     unit_sizes = np.bincount(index, minlength=len(labels)).astype(np.float64)
     p, n_patterns, exact = sign_flip_p(unit_sums, n_permutations, seed)
     low, high = cluster_bootstrap_interval(unit_sums, unit_sizes, n_bootstrap, seed)
-    return PairedDifference(line_a, line_b, len(difference), len(labels), float(difference.mean()), low, high, p,
-                            n_patterns, exact, 0.95, alpha)
+    return PairedDifference(line_a, line_b, measure, len(difference), len(labels), float(difference.mean()), low, high,
+                            p, n_patterns, exact, 0.95, alpha)
 
 
 def compare_lines(line_a: str, line_b: str, names_a: tuple, names_b: tuple, delta_y_a: np.ndarray,
                   delta_y_b: np.ndarray, shards_a, shards_b, labels_a: np.ndarray, n_permutations: int,
-                  n_bootstrap: int, seed: int, alpha: float) -> tuple[pd.DataFrame, PairedDifference]:
-    """Per-KD cosines between two lines and the paired comparison of routing against output consistency.
+                  n_bootstrap: int, seed: int, alpha: float) -> tuple[pd.DataFrame, tuple]:
+    """Per-KD cosines between two lines and the paired comparisons of routing against output consistency.
 
-    names_*: each line's KD order; delta_y_* [K_*, G] ΔY in that order; shards_*: its Jacobian shards; labels_a
-    [K_a]: the primary line's output clusters (the units of inference). Returns the per-KD table (line_a, line_b,
-    kd, cluster, cos_output, cos_jacobian, difference) and the `PairedDifference`.
+    names_*: each line's KD order; delta_y_* [K_*, G] ΔY in that order; shards_*: its Jacobian shards (the cross
+    Gram is streamed from them, `routing.stream_gram`); labels_a [K_a]: the primary line's output clusters (the
+    units of inference). Returns the per-KD table (line_a, line_b, kd, cluster, cos_output, cos_jacobian, their
+    baselines and KD-specific values, difference (specific), raw_difference) and the `PairedDifference`s
+    (KD-specific first, then raw).
     """
     kds = common_kds(names_a, names_b)
-    if len(kds) < 2:
-        raise ValueError(f"cell lines {line_a} and {line_b} share {len(kds)} KD(s); at least 2 are needed")
+    if len(kds) < 3:
+        raise ValueError(f"cell lines {line_a} and {line_b} share {len(kds)} KD(s); at least 3 are needed")
     rows_a = np.array([names_a.index(k) for k in kds])
     rows_b = np.array([names_b.index(k) for k in kds])
-    cos_output = row_cosines(delta_y_a[rows_a], delta_y_b[rows_b])
-    cos_jacobian = jacobian_cosines(shards_a, names_a, shards_b, names_b, kds)
+    output = cross_cosines(delta_y_a[rows_a], delta_y_b[rows_b])
+    gram = stream_gram(shards_a, other=shards_b)[np.ix_(rows_a, rows_b)]
+    routing = cosines_from_products(gram, jacobian_norms(shards_a)[rows_a], jacobian_norms(shards_b)[rows_b])
+    (cos_output, base_output), (cos_jacobian, base_jacobian) = matched_and_baseline(output), matched_and_baseline(routing)
     clusters = np.asarray(labels_a)[rows_a]
     table = pd.DataFrame({"line_a": line_a, "line_b": line_b, "kd": kds, "cluster": clusters,
                           "cos_output": cos_output, "cos_jacobian": cos_jacobian,
-                          "difference": cos_jacobian - cos_output})
-    test = paired_difference(table["difference"].to_numpy(), clusters, line_a, line_b, n_permutations,
-                             n_bootstrap, seed, alpha)
-    return table, test
+                          "baseline_output": base_output, "baseline_jacobian": base_jacobian,
+                          "specific_output": cos_output - base_output, "specific_jacobian": cos_jacobian - base_jacobian})
+    table["difference"] = table["specific_jacobian"] - table["specific_output"]
+    table["raw_difference"] = table["cos_jacobian"] - table["cos_output"]
+    tests = tuple(paired_difference(table[column].to_numpy(), clusters, line_a, line_b, measure, n_permutations,
+                                    n_bootstrap, seed, alpha)
+                  for measure, column in (("specific", "difference"), ("raw", "raw_difference")))
+    return table, tests
 
 
-def describe(table: pd.DataFrame, test: PairedDifference) -> str:
-    """One sentence on one pair of lines: median cosines, the mean difference, its interval and p."""
-    verdict = {"more": "routing is more consistent between the lines than output",
-               "less": "routing is less consistent between the lines than output",
-               "no difference": "no detectable difference between routing and output consistency"}[test.direction]
-    kind = "exact" if test.exact else f"{test.n_sign_patterns:,} sampled patterns"
-    return (f"{test.line_a} vs {test.line_b} ({test.n_kds} KDs): median cos ΔY {table['cos_output'].median():.2f}, "
-            f"median cos J {table['cos_jacobian'].median():.2f}; mean cos J − cos ΔY = {test.estimate:+.2f} "
-            f"({test.confidence:.0%} cluster-bootstrap CI {test.ci_low:+.2f} to {test.ci_high:+.2f}; sign-flip over "
-            f"{test.n_units} clusters, {kind}, {p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)}): {verdict}")
+def describe(table: pd.DataFrame, tests: tuple) -> str:
+    """One sentence on one pair of lines: median cosines with their baselines, and each paired comparison."""
+    words = {"more": "routing more consistent between the lines than output",
+             "less": "routing less consistent between the lines than output",
+             "no difference": "no detectable difference"}
+    parts = []
+    for test in tests:
+        kind = "exact" if test.exact else f"{test.n_sign_patterns:,} sampled patterns"
+        parts.append(f"{test.measure} cos J − cos ΔY = {test.estimate:+.2f} ({test.confidence:.0%} cluster-bootstrap CI "
+                     f"{test.ci_low:+.2f} to {test.ci_high:+.2f}; sign-flip over {test.n_units} clusters, {kind}, "
+                     f"{p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)}): {words[test.direction]}")
+    first = tests[0]
+    return (f"{first.line_a} vs {first.line_b} ({first.n_kds} KDs): median cos ΔY {table['cos_output'].median():.2f} "
+            f"(other KDs {table['baseline_output'].median():.2f}), median cos J {table['cos_jacobian'].median():.2f} "
+            f"(other KDs {table['baseline_jacobian'].median():.2f}); " + "; ".join(parts))

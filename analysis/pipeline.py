@@ -256,15 +256,15 @@ def run_across(config: AnalysisConfig, lines: tuple) -> Across:
         started = time.perf_counter()
         primary, tables, tests = lines[0], [], []
         for other in lines[1:]:
-            table, test = consistency.compare_lines(
+            table, pair_tests = consistency.compare_lines(
                 primary.cell_line, other.cell_line, primary.part1.effects.kd_names, other.part1.effects.kd_names,
                 primary.part1.effects.delta_y, other.part1.effects.delta_y, shards(primary), shards(other),
                 primary.part1.labels, config.n_permutations, config.n_bootstrap, config.seed, config.alpha)
             tables.append(table)
-            tests.append(test)
+            tests.append(pair_tests)
         stage.write_parquet("kds.parquet", pd.concat(tables, ignore_index=True))
-        stage.write_json("tests.json", [test.to_dict() for test in tests])
-        text = "; ".join(consistency.describe(table, test) for table, test in zip(tables, tests))
+        stage.write_json("tests.json", [test.to_dict() for pair_tests in tests for test in pair_tests])
+        text = "; ".join(consistency.describe(table, pair_tests) for table, pair_tests in zip(tables, tests))
         return {"seconds": time.perf_counter() - started, "prior_work": text}
 
     return read_across(stage, stage.ensure(compute))
@@ -327,8 +327,8 @@ def summary_lines(results: Results) -> list[str]:
         lines += [f"  {line.cell_line}: {line.part3.verdict.call.upper()} "
                   f"(r = {line.part3.evidence.mantel_pearson.statistic:.2f}, "
                   f"contrast {line.part3.evidence.contrast.test.statistic:.2f} SD)" for line in results.lines]
-        lines += [f"  {consistency.describe(frame, test)}" for test, (_, frame) in
-                  zip(results.across.tests, results.across.table.groupby(["line_a", "line_b"], sort=False))]
+        lines += [f"  {consistency.describe(frame, results.across.pair_tests(a, b))}"
+                  for (a, b), frame in results.across.table.groupby(["line_a", "line_b"], sort=False)]
     return lines
 
 

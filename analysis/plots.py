@@ -448,29 +448,34 @@ def gene_loadings(gene_loadings: np.ndarray, gene_names, n_axes: int = 3, top: i
 
 # ---------------------------------------------------------------- across cell lines
 def cross_line_consistency(across) -> alt.Chart:
-    """Per KD, cos ΔY between two lines (x) against cos J between them (y), coloured by the primary line's output
-    cluster; above the diagonal a KD routes more alike across the lines than its output agrees. One panel per pair
-    of lines (`across`: `results.Across`, or None when one line was analysed), the paired comparison in its title."""
+    """Per KD, consistency of ΔY (x) against consistency of J (y) between two lines, coloured by the primary line's
+    output cluster: raw cosines (left) and KD-specific ones, each minus the KD's mean cosine with the other KDs
+    (right); above the diagonal a KD's routing agrees across the lines more than its output. One row per pair of
+    lines (`across`: `results.Across`, or None when one line was analysed), each panel's comparison in its title."""
     if across is None:  # one line analysed: say so where the figure would be
         return alt.Chart(pd.DataFrame({"text": ["one cell line analysed: list two or more in [data] cell_line"]})).mark_text(
             fontSize=13, color="#666").encode(text="text:N").properties(width=420, height=60)
-    table, tests = across.table, across.tests
-    panels = []
-    for test in tests:
-        frame = table[(table["line_a"] == test.line_a) & (table["line_b"] == test.line_b)]
-        frame = frame.assign(cluster=frame["cluster"].astype(str), cos_output=frame["cos_output"].round(4),
-                             cos_jacobian=frame["cos_jacobian"].round(4))
-        low = float(min(frame["cos_output"].min(), frame["cos_jacobian"].min(), 0.0))
-        scale = alt.Scale(domain=[low, 1.0])
-        points = alt.Chart(frame).mark_circle(size=26, opacity=0.7).encode(
-            x=alt.X("cos_output:Q", title=f"cos ΔY, {test.line_a} vs {test.line_b}", scale=scale),
-            y=alt.Y("cos_jacobian:Q", title=f"cos J, {test.line_a} vs {test.line_b}", scale=scale),
-            color=alt.Color("cluster:N", title=f"{test.line_a} cluster", legend=alt.Legend(orient="right")),
-            tooltip=["kd", "cluster", alt.Tooltip("cos_output:Q", format=".3f"), alt.Tooltip("cos_jacobian:Q", format=".3f")])
-        diagonal = alt.Chart(pd.DataFrame({"x": [low, 1.0], "y": [low, 1.0]})).mark_line(
-            strokeDash=[4, 3], color="#888").encode(x="x:Q", y="y:Q")
-        p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
-        title = alt.Title(f"mean cos J − cos ΔY = {test.estimate:+.2f} (95% CI {test.ci_low:+.2f} to {test.ci_high:+.2f})",
-                          subtitle=f"sign-flip over {test.n_units} clusters, {p}; {test.n_kds} KDs")
-        panels.append((points + diagonal).properties(width=300, height=260, title=title))
-    return alt.vconcat(*panels) if len(panels) > 1 else panels[0]
+    rows = []
+    for (a, b), frame in across.table.groupby(["line_a", "line_b"], sort=False):
+        frame = frame.assign(cluster=frame["cluster"].astype(str))
+        panels = []
+        for test in across.pair_tests(a, b):
+            x, y = ("cos_output", "cos_jacobian") if test.measure == "raw" else ("specific_output", "specific_jacobian")
+            words = "cos" if test.measure == "raw" else "KD-specific cos"
+            shown = frame.assign(x=frame[x].round(4), y=frame[y].round(4))
+            low = float(min(shown["x"].min(), shown["y"].min(), 0.0))
+            scale = alt.Scale(domain=[low, 1.0])
+            points = alt.Chart(shown).mark_circle(size=22, opacity=0.7).encode(
+                x=alt.X("x:Q", title=f"{words} ΔY, {a} vs {b}", scale=scale),
+                y=alt.Y("y:Q", title=f"{words} J, {a} vs {b}", scale=scale),
+                color=alt.Color("cluster:N", title=f"{a} cluster", legend=alt.Legend(orient="bottom", columns=8)),
+                tooltip=["kd", "cluster", alt.Tooltip("x:Q", format=".3f"), alt.Tooltip("y:Q", format=".3f")])
+            diagonal = alt.Chart(pd.DataFrame({"x": [low, 1.0], "y": [low, 1.0]})).mark_line(
+                strokeDash=[4, 3], color="#888").encode(x="x:Q", y="y:Q")
+            p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
+            title = alt.Title(f"{'raw' if test.measure == 'raw' else 'KD-specific'}: mean difference {test.estimate:+.2f}",
+                              subtitle=f"95% CI {test.ci_low:+.2f} to {test.ci_high:+.2f}; sign-flip over "
+                                       f"{test.n_units} clusters, {p}")
+            panels.append((points + diagonal).properties(width=250, height=220, title=title))
+        rows.append(alt.hconcat(*panels))
+    return alt.vconcat(*rows) if len(rows) > 1 else rows[0]

@@ -219,14 +219,20 @@ DIRECTION_WORDS = {"more": "more consistent between the lines than its output",
 
 
 def across_sentence(results: Results) -> str:
-    """One sentence per pair of lines on routing against output consistency (abstract, discussion)."""
+    """Per pair of lines, routing against output consistency: the KD-specific comparison (the answer), then the raw
+    one (abstract, section text)."""
     parts = []
-    for test in results.across.tests:
-        p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
-        parts.append(f"Between {test.line_a} and {test.line_b} ({test.n_kds} KDs), a KD's routing was "
-                     f"{DIRECTION_WORDS[test.direction]} (mean cos J − cos ΔY = {fmt(test.estimate)}, 95% CI "
-                     f"{fmt(test.ci_low)} to {fmt(test.ci_high)}, cluster sign-flip {p}).")
+    for (a, b), _ in results.across.table.groupby(["line_a", "line_b"], sort=False):
+        specific, raw = results.across.pair_tests(a, b)
+        parts.append(f"Between {a} and {b} ({specific.n_kds} KDs), a KD's own routing was "
+                     f"{DIRECTION_WORDS[specific.direction]} ({_paired(specific)}; on raw cosines {_paired(raw)}).")
     return " ".join(parts)
+
+
+def _paired(test) -> str:
+    p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
+    return (f"{'KD-specific ' if test.measure == 'specific' else ''}cos J − cos ΔY = {fmt(test.estimate)}, 95% CI "
+            f"{fmt(test.ci_low)} to {fmt(test.ci_high)}, cluster sign-flip {p}")
 
 
 def across_text(results: Results) -> Md:
@@ -240,60 +246,20 @@ def across_text(results: Results) -> Md:
                       f"r = {fmt(line.part3.evidence.mantel_pearson.statistic)}, contrast "
                       f"{fmt(line.part3.evidence.contrast.test.statistic)} SD)" for line in results.lines)
     medians = "; ".join(
-        f"{a} vs {b}: median cos ΔY {fmt(frame['cos_output'].median())}, median cos J {fmt(frame['cos_jacobian'].median())}"
+        f"{a} vs {b}: median cos ΔY {fmt(frame['cos_output'].median())} against {fmt(frame['baseline_output'].median())} "
+        f"with the other KDs, median cos J {fmt(frame['cos_jacobian'].median())} against "
+        f"{fmt(frame['baseline_jacobian'].median())}"
         for (a, b), frame in table.groupby(["line_a", "line_b"], sort=False))
     return Md(f"The same model was analysed on each line's own control cells (Parts 1–3 per line; the sections above "
               f"show {results.lines[0].cell_line}, the primary line). Per line, the call and its two deciding statistics: "
               f"{calls}. For every KD analysed in both lines, the cosine of its ΔY between the lines measures whether "
               f"the model predicts the same response there, and the cosine of its flattened Jacobian whether it routes "
-              f"the KD through the same directions ({medians}). {across_sentence(results)} KDs of one "
-              f"output cluster are not independent, so the units of the sign-flip test and of the bootstrap interval "
-              f"are the primary line's output clusters (@tbl-tests).")
-
-
-
-def caveat_callout(results: Results) -> Md:
-    """The construct's caveat as a callout beneath a positive call (nothing otherwise)."""
-    caveat = results.part3.verdict.caveat
-    return Md(f"::: {{.callout-note}}\n{caveat}\n:::" if caveat else "")
-
-
-def demo_note(results: Results) -> Md:
-    if not is_demo(results):
-        return Md("")
-    return Md("*Demo run.* This rendering reports on the embedded demo: a small arc-state State-Transition model trained on a "
-              "synthetic Perturb-seq world with planted pathway modules, standing in for the seed's HepG2 checkpoint. "
-              "Its numbers illustrate the method, not the biology of the seed's model; render with `-P config:…` "
-              "to report on a real run.")
-
-
-def discussion(results: Results) -> Md:
-    """The opening paragraph of the discussion, worded for the call this run reached."""
-    n = numbers(results)
-    call = results.part3.verdict.call
-    opening = {
-        "positive": (f"Both deciding criteria support Model B: KDs with similar predicted responses also have similar "
-                     f"Jacobians with respect to the perturbation representation (r = {n.pearson_r}), and KDs of one "
-                     f"output cluster share routing more than KDs of different clusters ({n.contrast_sd} SD, "
-                     f"{n.contrast_p}). The transformer reads the perturbation representation through shared directions "
-                     f"rather than treating each KD as a separate lookup — with the one exception discussed below."),
-        "negative": (f"Both deciding criteria support Model A, and not by default: the upper bound of the output–routing "
-                     f"correlation ({n.r_bound}) and of the same − cross routing contrast ({n.contrast_bound} SD) lie "
-                     f"below the smallest effects of interest ({n.equivalence_r} and {n.equivalence_contrast} SD). KDs "
-                     f"reach similar outputs through unrelated directions of the perturbation representation: whatever "
-                     f"geometry the encoder has is not what the transformer uses."),
-        "mixed": (f"The deciding criteria point in opposite directions (output–routing r = {n.pearson_r}, "
-                  f"{n.mantel_p}; same − cross routing {n.contrast_sd} SD, {n.contrast_p}), so neither Model A nor "
-                  f"Model B describes the model as a whole; @tbl-verdict shows which supports which."),
-        "inconclusive": (f"The data do not decide: at least one criterion neither reaches its minimum effect with "
-                         f"significance nor has an upper bound below its smallest effect of interest (r = {n.pearson_r}, "
-                         f"bound {n.r_bound}; contrast {n.contrast_sd} SD, bound {n.contrast_bound} SD). More KDs narrow "
-                         f"the bounds; a negative must be shown, not inferred from non-significance."),
-        "degenerate": (f"Routing is degenerate: {results.part3.verdict.reason} A model in this state (for example one "
-                       f"stopped early in training) answers neither question; train further or choose another "
-                       f"checkpoint."),
-    }[call]
-    return Md(opening)
+              f"the KD through the same directions. Each is read against its baseline, the KD's mean cosine with the "
+              f"other KDs across the lines, because a component shared by all KDs (large for Jacobians: mean C_jac "
+              f"{fmt(results.part3.evidence.spread.jac_mean)} within {results.lines[0].cell_line}) makes every raw "
+              f"cosine high ({medians}). {across_sentence(results)} KDs of one output cluster are not independent, "
+              f"so the units of the sign-flip test and of the bootstrap interval are the primary line's output "
+              f"clusters (@tbl-tests).")
 
 
 # ---------------------------------------------------------------- tables
@@ -326,7 +292,9 @@ def tests_table(results: Results) -> Md:
          "a ranked response has no natural cut-off for a gene list"),
         ("SVD axes", "gene loadings over output genes; KD scores over KDs",
          f"prerank GSEA ({cfg.prerank_permutations:,}), BH-FDR per axis and ranking", "same as above"),
-        ("Routing vs output consistency across cell lines", "mean over KDs of cos J − cos ΔY between two lines",
+        ("Routing vs output consistency across cell lines",
+         "mean over KDs of cos J − cos ΔY between two lines, each minus the KD's mean cosine with the other KDs "
+         "(KD-specific; raw also reported)",
          f"sign flips of the primary line's output-cluster sums (every pattern up to 2^16, else {perm}), two-sided; "
          f"95% interval by resampling clusters ({boot})",
          "KDs of one cluster share responses, so clusters, not KDs, are the independent units"),

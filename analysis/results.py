@@ -111,14 +111,19 @@ class LineResults:
 @dataclass(frozen=True)
 class Across:
     """Routing across cell lines: per-KD cosines between the primary line and each other line, and the paired
-    comparisons (`consistency`). table: line_a, line_b, kd, cluster (primary line's), cos_output, cos_jacobian,
-    difference; tests: one `PairedDifference` per pair; prior_work: the NB04 row's text."""
+    comparisons (`consistency`). table: line_a, line_b, kd, cluster (primary line's), cos_output, cos_jacobian, their
+    baselines and KD-specific values, difference (specific) and raw_difference; tests: per pair of lines its
+    `PairedDifference`s (KD-specific, raw); prior_work: the NB04 row's text."""
 
     key: str
     table: pd.DataFrame
     tests: tuple
     prior_work: str
     seconds: float
+
+    def pair_tests(self, line_a: str, line_b: str) -> tuple:
+        """The paired comparisons of one pair of lines: KD-specific first, then raw."""
+        return tuple(t for t in self.tests if (t.line_a, t.line_b) == (line_a, line_b))
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,14 @@ if TYPE_CHECKING:  # the statistics need no torch: plots and the report import t
 
 
 # ---------------------------------------------------------------- streamed Gram and SVD
-def stream_gram(shards: JacobianShards, memory_bytes: int = 2 << 30) -> np.ndarray:
-    """Gram matrix [K, K] of the flattened Jacobians, Σ_gh J_k[g,h] J_l[g,h], in float64.
+def stream_gram(shards: JacobianShards, memory_bytes: int = 2 << 30, other: JacobianShards | None = None) -> np.ndarray:
+    """Gram matrix [K, K] of the flattened Jacobians, Σ_gh J_k[g,h] J_l[g,h], in float64; with `other` (another
+    run's shards, e.g. another cell line's) the cross Gram [K, K_other] of Σ_gh J_k[g,h] J'_l[g,h].
 
     Shards are read in row blocks that fit `memory_bytes / 2`; each block is multiplied with every shard from
-    itself on. Memory: one row block + one shard + K² doubles, whatever K is.
+    itself on (every shard of `other`). Memory: one row block + one shard + K² doubles, whatever K is.
     """
-    n_kds = shards.n_kds
-    gram = np.zeros((n_kds, n_kds))
+    gram = np.zeros((shards.n_kds, (other or shards).n_kds))
     paths = list(shards.paths)
     sizes = [np.load(p, mmap_mode=None)["kd_index"].size for p in paths]
     row_bytes = int(np.prod(shards.shape)) * 4
@@ -40,11 +40,12 @@ def stream_gram(shards: JacobianShards, memory_bytes: int = 2 << 30) -> np.ndarr
             rows += sizes[start + len(block_paths)]
             block_paths.append(paths[start + len(block_paths)])
         block_index, block = _read(block_paths)
-        for path in paths[start:]:
-            other_index, other = _read([path])
-            product = block @ other.T.astype(np.float64)
+        for path in (paths[start:] if other is None else other.paths):
+            other_index, columns = _read([path])
+            product = block @ columns.T
             gram[np.ix_(block_index, other_index)] = product
-            gram[np.ix_(other_index, block_index)] = product.T
+            if other is None:
+                gram[np.ix_(other_index, block_index)] = product.T
         start += len(block_paths)
     return gram
 

@@ -7,19 +7,33 @@ import itertools
 import numpy as np
 import pytest
 
-from analysis import consistency, demo, jacobians
+from analysis import consistency, demo, jacobians, routing
 from analysis.errors import InputError
 from analysis.load import load_run
 from analysis.pipeline import run_analysis
 from tiny import GENES, KDS, tiny_config, tiny_model
 
 
-def test_row_cosines_match_a_direct_computation():
+def direct_cosine(x, y):
+    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    return float(x @ y / (nx * ny)) if nx and ny else 0.0
+
+
+def test_cross_cosines_match_a_direct_computation():
     rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(7, 30)), rng.normal(size=(7, 30))
+    a, b = rng.normal(size=(7, 30)), rng.normal(size=(5, 30))
     b[3] = 0.0
-    direct = [float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))) if np.linalg.norm(y) else 0.0 for x, y in zip(a, b)]
-    assert np.allclose(consistency.row_cosines(a, b), direct, atol=1e-12)
+    direct = [[direct_cosine(x, y) for y in b] for x in a]
+    assert np.allclose(consistency.cross_cosines(a, b), direct, atol=1e-12)
+
+
+def test_baseline_is_the_mean_cosine_with_the_other_kds_both_ways():
+    cos = np.random.default_rng(5).uniform(-1, 1, size=(4, 4))
+    matched, baseline = consistency.matched_and_baseline(cos)
+    assert np.allclose(matched, np.diag(cos))
+    for k in range(4):
+        others = [cos[k, j] for j in range(4) if j != k] + [cos[j, k] for j in range(4) if j != k]
+        assert baseline[k] == pytest.approx(np.mean(others))
 
 
 def write_shards(folder, names, jac, shard_kds):
@@ -32,7 +46,7 @@ def write_shards(folder, names, jac, shard_kds):
     return jacobians.open_shards(folder)
 
 
-def test_jacobian_cosines_align_kds_across_different_orders_and_shardings(tmp_path):
+def test_cross_gram_and_norms_from_shards_of_different_orders_and_shardings(tmp_path):
     rng = np.random.default_rng(1)
     names_a = tuple(f"K{i}" for i in range(9))
     names_b = tuple(reversed(names_a[2:]))  # another order, two KDs missing
@@ -40,13 +54,30 @@ def test_jacobian_cosines_align_kds_across_different_orders_and_shardings(tmp_pa
     jac_b = np.stack([jac_a[names_a.index(k)] + rng.normal(scale=0.5, size=(5, 4)) for k in names_b])
     shards_a = write_shards(tmp_path / "a", names_a, jac_a, 4)
     shards_b = write_shards(tmp_path / "b", names_b, jac_b, 3)
-    kds = consistency.common_kds(names_a, names_b)
-    assert kds == names_a[2:]
-    got = consistency.jacobian_cosines(shards_a, names_a, shards_b, names_b, kds)
-    flat_a = np.stack([jac_a[names_a.index(k)].astype(np.float32).ravel() for k in kds]).astype(np.float64)
-    flat_b = np.stack([jac_b[names_b.index(k)].astype(np.float32).ravel() for k in kds]).astype(np.float64)
-    want = (flat_a * flat_b).sum(1) / (np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_b, axis=1))
-    assert np.allclose(got, want, atol=1e-12)
+    flat_a = jac_a.astype(np.float32).reshape(9, -1).astype(np.float64)
+    flat_b = jac_b.astype(np.float32).reshape(7, -1).astype(np.float64)
+    assert np.allclose(routing.stream_gram(shards_a, memory_bytes=200, other=shards_b), flat_a @ flat_b.T, atol=1e-9)
+    assert np.allclose(consistency.jacobian_norms(shards_b), np.linalg.norm(flat_b, axis=1), atol=1e-9)
+
+
+def test_a_component_common_to_all_jacobians_does_not_pass_for_consistent_routing(tmp_path):
+    """A world built to fool raw cosines: every J_k = C + a KD part that is independent between the lines, so J_k
+    resembles every KD's J in the other line alike, while each KD's ΔY is its own and kept across lines. Raw cos J
+    is high; the KD-specific comparison must not call routing more consistent than output."""
+    rng = np.random.default_rng(6)
+    names = tuple(f"K{i}" for i in range(40))
+    labels = np.repeat(np.arange(1, 9), 5)
+    common = rng.normal(size=(6, 5))
+    jac = {line: np.stack([3 * common + rng.normal(size=(6, 5)) for _ in names]) for line in "ab"}
+    own = rng.normal(size=(40, 30))
+    delta = {line: own + 0.3 * rng.normal(size=(40, 30)) for line in "ab"}
+    shards = {line: write_shards(tmp_path / line, names, jac[line], 16) for line in "ab"}
+    table, (specific, raw) = consistency.compare_lines("a", "b", names, names, delta["a"], delta["b"], shards["a"],
+                                                       shards["b"], labels, 999, 500, 0, 0.05)
+    assert table["cos_jacobian"].median() > 0.8 and table["baseline_jacobian"].median() > 0.8
+    assert abs(table["specific_jacobian"].median()) < 0.1 and table["specific_output"].median() > 0.8
+    assert specific.measure == "specific" and specific.direction == "less"
+    assert raw.measure == "raw" and raw.estimate > -0.15  # raw alone would hide the loss of KD-specific routing
 
 
 def test_sign_flip_p_equals_an_explicit_enumeration():
@@ -83,7 +114,7 @@ def rejection_rates(shift):
     cluster, kd_level = 0, 0
     for r in range(REPLICATES):
         d, units = structured_null(rng, shift)
-        test = consistency.paired_difference(d, units, "A", "B", 999, 200, r, 0.05)
+        test = consistency.paired_difference(d, units, "A", "B", "specific", 999, 200, r, 0.05)
         cluster += test.p_value < 0.05
         kd_level += consistency.sign_flip_p(d, 999, r)[0] < 0.05  # every KD its own unit: ignores the clusters
     return cluster / REPLICATES, kd_level / REPLICATES
@@ -101,7 +132,7 @@ def test_cluster_sign_flip_detects_a_planted_difference():
     hits = 0
     for r in range(200):
         d, units = structured_null(rng, shift=0.3, cluster_sd=0.1)
-        test = consistency.paired_difference(d, units, "A", "B", 999, 200, r, 0.05)
+        test = consistency.paired_difference(d, units, "A", "B", "specific", 999, 200, r, 0.05)
         hits += test.direction == "more"
     assert hits / 200 > 0.8
 
@@ -132,15 +163,16 @@ def test_two_lines_are_analysed_each_and_compared(tmp_path):
     assert [line.cell_line for line in results.lines] == list(LINES)
     assert results.part1 is results.lines[0].part1
     assert "KD_F" in results.lines[0].part1.effects.kd_names and "KD_F" not in results.lines[1].part1.effects.kd_names
-    table, (test,) = results.across.table, results.across.tests
+    table, (specific, raw) = results.across.table, results.across.tests
     assert list(table["kd"]) == [k for k in KDS if k != "KD_F"]
     assert np.all(np.abs(table[["cos_output", "cos_jacobian"]].to_numpy()) <= 1 + 1e-9)
     # Each cosine recomputed from the lines' own stored ΔY.
     a, b = (line.part1.effects for line in results.lines)
     k = "KD_C"
     x, y = a.delta_y[a.kd_names.index(k)], b.delta_y[b.kd_names.index(k)]
-    assert table.set_index("kd").loc[k, "cos_output"] == pytest.approx(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
-    assert 0 < test.p_value <= 1 and test.n_kds == 5
+    assert table.set_index("kd").loc[k, "cos_output"] == pytest.approx(direct_cosine(x, y))
+    assert (specific.measure, raw.measure) == ("specific", "raw") and specific.n_kds == raw.n_kds == 5
+    assert 0 < specific.p_value <= 1 and specific.estimate == pytest.approx(table["difference"].mean())
     nb04 = results.prior_work.set_index("prior").loc["NB04", "this_run"]
     assert "LineA vs LineB (5 KDs)" in nb04 and "median cos J" in nb04
     # Cached: a second run computes nothing and reads the same numbers.
