@@ -262,6 +262,50 @@ def across_text(results: Results) -> Md:
               f"clusters (@tbl-tests).")
 
 
+def caveat_callout(results: Results) -> Md:
+    """The construct's caveat as a callout beneath a positive call (nothing otherwise)."""
+    caveat = results.part3.verdict.caveat
+    return Md(f"::: {{.callout-note}}\n{caveat}\n:::" if caveat else "")
+
+
+def demo_note(results: Results) -> Md:
+    if not is_demo(results):
+        return Md("")
+    return Md("*Demo run.* This rendering reports on the embedded demo: a small arc-state State-Transition model trained on a "
+              "synthetic Perturb-seq world with planted pathway modules, standing in for the seed's HepG2 checkpoint. "
+              "Its numbers illustrate the method, not the biology of the seed's model; render with `-P config:…` "
+              "to report on a real run.")
+
+
+def discussion(results: Results) -> Md:
+    """The opening paragraph of the discussion, worded for the call this run reached."""
+    n = numbers(results)
+    call = results.part3.verdict.call
+    opening = {
+        "positive": (f"Both deciding criteria support Model B: KDs with similar predicted responses also have similar "
+                     f"Jacobians with respect to the perturbation representation (r = {n.pearson_r}), and KDs of one "
+                     f"output cluster share routing more than KDs of different clusters ({n.contrast_sd} SD, "
+                     f"{n.contrast_p}). The transformer reads the perturbation representation through shared directions "
+                     f"rather than treating each KD as a separate lookup — with the one exception discussed below."),
+        "negative": (f"Both deciding criteria support Model A, and not by default: the upper bound of the output–routing "
+                     f"correlation ({n.r_bound}) and of the same − cross routing contrast ({n.contrast_bound} SD) lie "
+                     f"below the smallest effects of interest ({n.equivalence_r} and {n.equivalence_contrast} SD). KDs "
+                     f"reach similar outputs through unrelated directions of the perturbation representation: whatever "
+                     f"geometry the encoder has is not what the transformer uses."),
+        "mixed": (f"The deciding criteria point in opposite directions (output–routing r = {n.pearson_r}, "
+                  f"{n.mantel_p}; same − cross routing {n.contrast_sd} SD, {n.contrast_p}), so neither Model A nor "
+                  f"Model B describes the model as a whole; @tbl-verdict shows which supports which."),
+        "inconclusive": (f"The data do not decide: at least one criterion neither reaches its minimum effect with "
+                         f"significance nor has an upper bound below its smallest effect of interest (r = {n.pearson_r}, "
+                         f"bound {n.r_bound}; contrast {n.contrast_sd} SD, bound {n.contrast_bound} SD). More KDs narrow "
+                         f"the bounds; a negative must be shown, not inferred from non-significance."),
+        "degenerate": (f"Routing is degenerate: {results.part3.verdict.reason} A model in this state (for example one "
+                       f"stopped early in training) answers neither question; train further or choose another "
+                       f"checkpoint."),
+    }[call]
+    return Md(opening)
+
+
 # ---------------------------------------------------------------- tables
 def tests_table(results: Results) -> Md:
     """Every statistical test of the report: what it tests, how, and why that inference."""
