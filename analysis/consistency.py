@@ -30,8 +30,10 @@ import pandas as pd
 from .formatting import p_phrase
 from .routing import stream_gram
 
-MEASURES = {"specific": "KD-specific (each cosine minus the KD's mean cosine with the other KDs across the lines)",
-            "raw": "raw cosines"}
+# How a PairedDifference's direction reads, after "routing" (CLI) or "a KD's own routing was" (report).
+DIRECTIONS = {"more": "more consistent between the lines than output",
+              "less": "less consistent between the lines than output",
+              "no difference": "neither more nor less consistent between the lines than output"}
 
 MAX_ENUMERATED_UNITS = 16  # 2^16 sign patterns; beyond, a Monte Carlo sample
 
@@ -47,7 +49,7 @@ class PairedDifference:
 
     line_a: str
     line_b: str
-    measure: str  # a key of MEASURES
+    measure: str  # "specific" (each cosine minus the KD's mean cosine with the other KDs) or "raw"
     n_kds: int
     n_units: int
     estimate: float
@@ -68,12 +70,30 @@ class PairedDifference:
             return "less"
         return "no difference"
 
+    def p_phrase(self) -> str:
+        """'p = 0.016' (exact sign-flip) or 'p ≤ 1e-4' (sampled patterns at their floor)."""
+        return p_phrase(self.p_value, None if self.exact else self.n_sign_patterns)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "PairedDifference":
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class LineData:
+    """What one cell line contributes to the comparison: its KDs in its own order, ΔY [K, G] in that order, its
+    Jacobian shards, the Frobenius norm of each J_k [K] (Part 3's, from the Gram's diagonal) and its output
+    clusters [K] (the primary line's are the units of inference)."""
+
+    name: str
+    kd_names: tuple
+    delta_y: np.ndarray
+    shards: object  # jacobians.JacobianShards
+    jacobian_norms: np.ndarray
+    labels: np.ndarray
 
 
 def common_kds(primary: tuple, other: tuple) -> tuple:
@@ -92,14 +112,6 @@ def cosines_from_products(products: np.ndarray, norms_a: np.ndarray, norms_b: np
     """Inner products [K_a, K_b] and the rows' norms -> cosines (0 where a norm is 0)."""
     outer = np.outer(norms_a, norms_b)
     return np.where(outer > 0, products / np.maximum(outer, 1e-300), 0.0)
-
-
-def jacobian_norms(shards) -> np.ndarray:
-    """[K] Frobenius norm of each KD's J, in the shards' KD order (one pass over the shards)."""
-    norms = np.zeros(shards.n_kds)
-    for kd_index, jacobian in shards:
-        norms[kd_index] = np.linalg.norm(jacobian.reshape(len(kd_index), -1).astype(np.float64), axis=1)
-    return norms
 
 
 def matched_and_baseline(cosines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,50 +162,45 @@ def paired_difference(difference: np.ndarray, units: np.ndarray, line_a: str, li
                             p, n_patterns, exact, 0.95, alpha)
 
 
-def compare_lines(line_a: str, line_b: str, names_a: tuple, names_b: tuple, delta_y_a: np.ndarray,
-                  delta_y_b: np.ndarray, shards_a, shards_b, labels_a: np.ndarray, n_permutations: int,
-                  n_bootstrap: int, seed: int, alpha: float) -> tuple[pd.DataFrame, tuple]:
+def compare_lines(primary: LineData, other: LineData, n_permutations: int, n_bootstrap: int, seed: int,
+                  alpha: float) -> tuple[pd.DataFrame, tuple]:
     """Per-KD cosines between two lines and the paired comparisons of routing against output consistency.
 
-    names_*: each line's KD order; delta_y_* [K_*, G] ΔY in that order; shards_*: its Jacobian shards (the cross
-    Gram is streamed from them, `routing.stream_gram`); labels_a [K_a]: the primary line's output clusters (the
-    units of inference). Returns the per-KD table (line_a, line_b, kd, cluster, cos_output, cos_jacobian, their
-    baselines and KD-specific values, difference (specific), raw_difference) and the `PairedDifference`s
-    (KD-specific first, then raw).
+    The cross-line Gram of the Jacobians is streamed from both lines' shards (`routing.stream_gram`); the primary
+    line's output clusters are the units of inference. Returns the per-KD table (line_a, line_b, kd, cluster,
+    cos_output, cos_jacobian, their baselines and KD-specific values, difference (specific), raw_difference) and the
+    `PairedDifference`s (KD-specific first, then raw).
     """
-    kds = common_kds(names_a, names_b)
+    kds = common_kds(primary.kd_names, other.kd_names)
     if len(kds) < 3:
-        raise ValueError(f"cell lines {line_a} and {line_b} share {len(kds)} KD(s); at least 3 are needed")
-    rows_a = np.array([names_a.index(k) for k in kds])
-    rows_b = np.array([names_b.index(k) for k in kds])
-    output = cross_cosines(delta_y_a[rows_a], delta_y_b[rows_b])
-    gram = stream_gram(shards_a, other=shards_b)[np.ix_(rows_a, rows_b)]
-    routing = cosines_from_products(gram, jacobian_norms(shards_a)[rows_a], jacobian_norms(shards_b)[rows_b])
+        raise ValueError(f"cell lines {primary.name} and {other.name} share {len(kds)} KD(s); at least 3 are needed")
+    rows_a = np.array([primary.kd_names.index(k) for k in kds])
+    rows_b = np.array([other.kd_names.index(k) for k in kds])
+    output = cross_cosines(primary.delta_y[rows_a], other.delta_y[rows_b])
+    gram = stream_gram(primary.shards, other=other.shards)[np.ix_(rows_a, rows_b)]
+    routing = cosines_from_products(gram, primary.jacobian_norms[rows_a], other.jacobian_norms[rows_b])
     (cos_output, base_output), (cos_jacobian, base_jacobian) = matched_and_baseline(output), matched_and_baseline(routing)
-    clusters = np.asarray(labels_a)[rows_a]
-    table = pd.DataFrame({"line_a": line_a, "line_b": line_b, "kd": kds, "cluster": clusters,
+    clusters = np.asarray(primary.labels)[rows_a]
+    table = pd.DataFrame({"line_a": primary.name, "line_b": other.name, "kd": kds, "cluster": clusters,
                           "cos_output": cos_output, "cos_jacobian": cos_jacobian,
                           "baseline_output": base_output, "baseline_jacobian": base_jacobian,
                           "specific_output": cos_output - base_output, "specific_jacobian": cos_jacobian - base_jacobian})
     table["difference"] = table["specific_jacobian"] - table["specific_output"]
     table["raw_difference"] = table["cos_jacobian"] - table["cos_output"]
-    tests = tuple(paired_difference(table[column].to_numpy(), clusters, line_a, line_b, measure, n_permutations,
-                                    n_bootstrap, seed, alpha)
+    tests = tuple(paired_difference(table[column].to_numpy(), clusters, primary.name, other.name, measure,
+                                    n_permutations, n_bootstrap, seed, alpha)
                   for measure, column in (("specific", "difference"), ("raw", "raw_difference")))
     return table, tests
 
 
 def describe(table: pd.DataFrame, tests: tuple) -> str:
     """One sentence on one pair of lines: median cosines with their baselines, and each paired comparison."""
-    words = {"more": "routing more consistent between the lines than output",
-             "less": "routing less consistent between the lines than output",
-             "no difference": "no detectable difference"}
     parts = []
     for test in tests:
         kind = "exact" if test.exact else f"{test.n_sign_patterns:,} sampled patterns"
         parts.append(f"{test.measure} cos J − cos ΔY = {test.estimate:+.2f} ({test.confidence:.0%} cluster-bootstrap CI "
                      f"{test.ci_low:+.2f} to {test.ci_high:+.2f}; sign-flip over {test.n_units} clusters, {kind}, "
-                     f"{p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)}): {words[test.direction]}")
+                     f"{test.p_phrase()}): routing {DIRECTIONS[test.direction]}")
     first = tests[0]
     return (f"{first.line_a} vs {first.line_b} ({first.n_kds} KDs): median cos ΔY {table['cos_output'].median():.2f} "
             f"(other KDs {table['baseline_output'].median():.2f}), median cos J {table['cos_jacobian'].median():.2f} "

@@ -22,7 +22,7 @@ from . import cache, clustering, consistency, demo, enrichment, executors, jacob
 from .config import AnalysisConfig
 from .effects import compute_effects
 from .formatting import p_phrase
-from .load import LoadedRun, ShippedRun, load_run
+from .load import LoadedRun, ShippedRun, checkpoint_file, load_run
 from .results import Across, LineResults, Part1, Part3, Results, read_across, read_part1, read_part3
 from .verdict import DecisionRule
 
@@ -249,17 +249,18 @@ def run_across(config: AnalysisConfig, lines: tuple) -> Across:
     """The primary line against each other line: per-KD cosines of ΔY and of J, and the paired comparison."""
     stage = cache.StageDir(config.cache_dir, "across", across_key(config, lines))
 
-    def shards(line: LineResults) -> jacobians.JacobianShards:
-        return jacobians.open_shards(cache.StageDir(config.cache_dir, "jacobians", line.part3.jacobian_key).path)
+    def line_data(line: LineResults) -> consistency.LineData:
+        shards = jacobians.open_shards(cache.StageDir(config.cache_dir, "jacobians", line.part3.jacobian_key).path)
+        effects = line.part1.effects
+        return consistency.LineData(line.cell_line, effects.kd_names, effects.delta_y, shards,
+                                    line.part3.linearity["jacobian_norm"].to_numpy(), line.part1.labels)
 
     def compute() -> dict:
         started = time.perf_counter()
-        primary, tables, tests = lines[0], [], []
+        primary, tables, tests = line_data(lines[0]), [], []
         for other in lines[1:]:
-            table, pair_tests = consistency.compare_lines(
-                primary.cell_line, other.cell_line, primary.part1.effects.kd_names, other.part1.effects.kd_names,
-                primary.part1.effects.delta_y, other.part1.effects.delta_y, shards(primary), shards(other),
-                primary.part1.labels, config.n_permutations, config.n_bootstrap, config.seed, config.alpha)
+            table, pair_tests = consistency.compare_lines(primary, line_data(other), config.n_permutations,
+                                                          config.n_bootstrap, config.seed, config.alpha)
             tables.append(table)
             tests.append(pair_tests)
         stage.write_parquet("kds.parquet", pd.concat(tables, ignore_index=True))
@@ -282,7 +283,7 @@ def provenance(config: AnalysisConfig, run: LoadedRun) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     device = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else platform.processor() or platform.machine()
-    ckpt = config.run_dir / "checkpoints" / config.checkpoint
+    ckpt = checkpoint_file(config)
     return {
         "python": platform.python_version(), "platform": platform.platform(), "device": f"{run.device} ({device})",
         "cpu_count": os.cpu_count(), "versions": versions,
@@ -327,8 +328,7 @@ def summary_lines(results: Results) -> list[str]:
         lines += [f"  {line.cell_line}: {line.part3.verdict.call.upper()} "
                   f"(r = {line.part3.evidence.mantel_pearson.statistic:.2f}, "
                   f"contrast {line.part3.evidence.contrast.test.statistic:.2f} SD)" for line in results.lines]
-        lines += [f"  {consistency.describe(frame, results.across.pair_tests(a, b))}"
-                  for (a, b), frame in results.across.table.groupby(["line_a", "line_b"], sort=False)]
+        lines.append(f"  {results.across.prior_work}")
     return lines
 
 

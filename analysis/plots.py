@@ -472,10 +472,9 @@ def cross_line_consistency(across) -> alt.Chart:
                 tooltip=["kd", "cluster", alt.Tooltip("x:Q", format=".3f"), alt.Tooltip("y:Q", format=".3f")])
             diagonal = alt.Chart(pd.DataFrame({"x": [low, 1.0], "y": [low, 1.0]})).mark_line(
                 strokeDash=[4, 3], color="#888").encode(x="x:Q", y="y:Q")
-            p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
             title = alt.Title(f"{'raw' if test.measure == 'raw' else 'KD-specific'}: mean difference {test.estimate:+.2f}",
                               subtitle=f"95% CI {test.ci_low:+.2f} to {test.ci_high:+.2f}; sign-flip over "
-                                       f"{test.n_units} clusters, {p}")
+                                       f"{test.n_units} clusters, {test.p_phrase()}")
             panels.append((points + diagonal).properties(width=250, height=220, title=title))
         rows.append(alt.hconcat(*panels))
     return alt.vconcat(*rows) if len(rows) > 1 else rows[0]

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from . import cache, enrichment, plots
+from . import cache, consistency, enrichment, plots
 from .config import load_config
 from .formatting import Md, breakable, fmt, fmt_p, p_phrase
 from .results import Results, result_paths
@@ -106,8 +106,7 @@ def numbers(results: Results) -> SimpleNamespace:
     chosen = p1.silhouette.loc[p1.silhouette["silhouette"].idxmax()]
     values = dict(
         n_kds=f"{n_kds:,}", n_genes=f"{n_genes:,}", hidden=f"{hidden:,}", set_size=f"{prov['set_size']:,}",
-        n_draws=f"{cfg.n_draws}", seed=f"{cfg.seed}", cell_line=results.lines[0].cell_line or "the single cell type of the data",
-        lines_phrase=lines_phrase(results), space=prov.get("space", "the model's output space"),
+        n_draws=f"{cfg.n_draws}", seed=f"{cfg.seed}", lines_phrase=lines_phrase(results), space=prov.get("space", "the model's output space"),
         jacobian_size=f"{n_genes * hidden:,}", jacobian_total=f"{n_kds * n_genes * hidden:,}",
         jacobian_gb=f"{n_kds * n_genes * hidden * 4 / 1e9:.2g}",
         n_clusters=f"{int(labels.max())}", n_weak=f"{int((labels == 0).sum())}",
@@ -160,9 +159,12 @@ def numbers(results: Results) -> SimpleNamespace:
     return SimpleNamespace(**{k: Md(v) for k, v in values.items()})
 
 
+SINGLE_LINE = "the single cell type of the data"  # how a config without [data] cell_line reads
+
+
 def lines_phrase(results: Results) -> str:
-    """'HepG2' or 'each analysed line (HepG2, the primary line shown below, and K562), on its own'."""
-    names = [line.cell_line or "the single cell type of the data" for line in results.lines]
+    """'HepG2' or 'each analysed line (HepG2, the primary line the next sections show, and K562), on its own'."""
+    names = [line.cell_line or SINGLE_LINE for line in results.lines]
     if len(names) == 1:
         return names[0]
     return f"each analysed line ({names[0]}, the primary line the next sections show, and {', '.join(names[1:])}), on its own"
@@ -213,32 +215,26 @@ def abstract(results: Results) -> Md:
 
 
 # ---------------------------------------------------------------- across cell lines
-DIRECTION_WORDS = {"more": "more consistent between the lines than its output",
-                   "less": "less consistent between the lines than its output",
-                   "no difference": "neither more nor less consistent between the lines than its output"}
-
-
 def across_sentence(results: Results) -> str:
     """Per pair of lines, routing against output consistency: the KD-specific comparison (the answer), then the raw
     one (abstract, section text)."""
     parts = []
-    for (a, b), _ in results.across.table.groupby(["line_a", "line_b"], sort=False):
+    for a, b in results.across.pairs:
         specific, raw = results.across.pair_tests(a, b)
         parts.append(f"Between {a} and {b} ({specific.n_kds} KDs), a KD's own routing was "
-                     f"{DIRECTION_WORDS[specific.direction]} ({_paired(specific)}; on raw cosines {_paired(raw)}).")
+                     f"{consistency.DIRECTIONS[specific.direction]} ({_paired(specific)}; on raw cosines {_paired(raw)}).")
     return " ".join(parts)
 
 
-def _paired(test) -> str:
-    p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
+def _paired(test: consistency.PairedDifference) -> str:
     return (f"{'KD-specific ' if test.measure == 'specific' else ''}cos J − cos ΔY = {fmt(test.estimate)}, 95% CI "
-            f"{fmt(test.ci_low)} to {fmt(test.ci_high)}, cluster sign-flip {p}")
+            f"{fmt(test.ci_low)} to {fmt(test.ci_high)}, cluster sign-flip {test.p_phrase()}")
 
 
 def across_text(results: Results) -> Md:
     """The 'Across cell lines' section's prose: what was compared, per-line calls, and the paired comparison."""
     if results.across is None:
-        return Md(f"One cell line was analysed ({numbers(results).cell_line}). Listing two or more lines in "
+        return Md(f"One cell line was analysed ({lines_phrase(results)}). Listing two or more lines in "
                   "`[data] cell_line` analyses each on its own control cells with the same model and compares each "
                   "KD's output and routing between them (the seed's NB04 question); with one line the figure below stays empty.")
     table = results.across.table
@@ -494,7 +490,7 @@ def config_values(results: Results) -> dict:
             value = f"{value}: {prov['device']}" if value == "auto" else value
         elif field == "cell_lines":
             value = (", ".join(value) + (" (the first is the primary line)" if len(value) > 1 else "")
-                     if value else "the single cell type of the data")
+                     if value else SINGLE_LINE)
         values[field] = value
     return values
 

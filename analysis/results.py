@@ -121,6 +121,11 @@ class Across:
     prior_work: str
     seconds: float
 
+    @property
+    def pairs(self) -> tuple:
+        """(primary line, other line) for each comparison, in order."""
+        return tuple(dict.fromkeys((t.line_a, t.line_b) for t in self.tests))
+
     def pair_tests(self, line_a: str, line_b: str) -> tuple:
         """The paired comparisons of one pair of lines: KD-specific first, then raw."""
         return tuple(t for t in self.tests if (t.line_a, t.line_b) == (line_a, line_b))

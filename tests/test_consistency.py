@@ -11,7 +11,7 @@ from analysis import consistency, demo, jacobians, routing
 from analysis.errors import InputError
 from analysis.load import load_run
 from analysis.pipeline import run_analysis
-from tiny import GENES, KDS, tiny_config, tiny_model
+from tiny import KDS, tiny_config, write_tiny_run
 
 
 def direct_cosine(x, y):
@@ -57,7 +57,8 @@ def test_cross_gram_and_norms_from_shards_of_different_orders_and_shardings(tmp_
     flat_a = jac_a.astype(np.float32).reshape(9, -1).astype(np.float64)
     flat_b = jac_b.astype(np.float32).reshape(7, -1).astype(np.float64)
     assert np.allclose(routing.stream_gram(shards_a, memory_bytes=200, other=shards_b), flat_a @ flat_b.T, atol=1e-9)
-    assert np.allclose(consistency.jacobian_norms(shards_b), np.linalg.norm(flat_b, axis=1), atol=1e-9)
+    # The norms the stage takes from Part 3 (the Gram's diagonal) are the shards' own.
+    assert np.allclose(np.sqrt(np.diag(routing.stream_gram(shards_b))), np.linalg.norm(flat_b, axis=1), atol=1e-9)
 
 
 def test_a_component_common_to_all_jacobians_does_not_pass_for_consistent_routing(tmp_path):
@@ -71,9 +72,10 @@ def test_a_component_common_to_all_jacobians_does_not_pass_for_consistent_routin
     jac = {line: np.stack([3 * common + rng.normal(size=(6, 5)) for _ in names]) for line in "ab"}
     own = rng.normal(size=(40, 30))
     delta = {line: own + 0.3 * rng.normal(size=(40, 30)) for line in "ab"}
-    shards = {line: write_shards(tmp_path / line, names, jac[line], 16) for line in "ab"}
-    table, (specific, raw) = consistency.compare_lines("a", "b", names, names, delta["a"], delta["b"], shards["a"],
-                                                       shards["b"], labels, 999, 500, 0, 0.05)
+    data = {line: consistency.LineData(line, names, delta[line], write_shards(tmp_path / line, names, jac[line], 16),
+                                       np.linalg.norm(jac[line].astype(np.float32).reshape(40, -1), axis=1), labels)
+            for line in "ab"}
+    table, (specific, raw) = consistency.compare_lines(data["a"], data["b"], 999, 500, 0, 0.05)
     assert table["cos_jacobian"].median() > 0.8 and table["baseline_jacobian"].median() > 0.8
     assert abs(table["specific_jacobian"].median()) < 0.1 and table["specific_output"].median() > 0.8
     assert specific.measure == "specific" and specific.direction == "less"
@@ -142,19 +144,8 @@ LINES = ("LineA", "LineB")
 
 
 def write_two_line_run(folder, missing_in_b=("KD_F",)):
-    """A tiny real run and one .h5ad holding two lines whose controls differ (line B's are shifted)."""
-    model = tiny_model()
-    names = [demo.CONTROL] + KDS
-    eye = np.eye(len(names), dtype=np.float32)
-    var_dims = {"input_dim": len(GENES), "gene_dim": len(GENES), "hvg_dim": len(GENES), "output_dim": len(GENES),
-                "pert_dim": len(names), "gene_names": GENES, "batch_dim": 1, "pert_names": names}
-    demo.write_run_directory(folder / "run", model, {n: eye[i] for i, n in enumerate(names)}, var_dims,
-                             {"model": {"name": "state"}}, cell_lines=LINES)
-    rng = np.random.default_rng(0)
-    cells = lambda n, rate: np.log1p(rng.poisson(rate, size=(n, len(GENES)))).astype(np.float32)
-    lines = {LINES[0]: (cells(40, 3.0), {kd: cells(5, 3.0) for kd in KDS}),
-             LINES[1]: (cells(40, 6.0), {kd: cells(5, 6.0) for kd in KDS if kd not in missing_in_b})}
-    demo.write_h5ad(GENES, lines, folder / "data.h5ad")
+    """A tiny real run and one .h5ad holding two lines whose controls differ (line B's cells at twice the rate)."""
+    write_tiny_run(folder, lines={LINES[0]: (3.0, KDS), LINES[1]: (6.0, [k for k in KDS if k not in missing_in_b])})
 
 
 def test_two_lines_are_analysed_each_and_compared(tmp_path):
@@ -171,6 +162,11 @@ def test_two_lines_are_analysed_each_and_compared(tmp_path):
     k = "KD_C"
     x, y = a.delta_y[a.kd_names.index(k)], b.delta_y[b.kd_names.index(k)]
     assert table.set_index("kd").loc[k, "cos_output"] == pytest.approx(direct_cosine(x, y))
+    # …and each Jacobian cosine from the lines' own stored shards.
+    shards = [jacobians.open_shards(tmp_path / "cache" / "jacobians" / line.part3.jacobian_key) for line in results.lines]
+    j = [next(jac[list(index).index(row)] for index, jac in line_shards if row in index).ravel()
+         for line_shards, row in zip(shards, (a.kd_names.index(k), b.kd_names.index(k)))]
+    assert table.set_index("kd").loc[k, "cos_jacobian"] == pytest.approx(direct_cosine(*(v.astype(np.float64) for v in j)))
     assert (specific.measure, raw.measure) == ("specific", "raw") and specific.n_kds == raw.n_kds == 5
     assert 0 < specific.p_value <= 1 and specific.estimate == pytest.approx(table["difference"].mean())
     nb04 = results.prior_work.set_index("prior").loc["NB04", "this_run"]

@@ -77,13 +77,15 @@ def tiny_model(n_genes: int = 24, n_perts: int = 7, hidden: int = 16, set_size: 
 
 
 def write_tiny_run(folder, n_controls: int = 40, cells_per_kd: int = 5, seed: int = 0, pert_features: dict | None = None,
-                   embedding: dict | None = None, **model_overrides):
+                   embedding: dict | None = None, lines: dict | None = None, **model_overrides):
     """A run directory + .h5ad in `folder`, with `var_dims.pkl` as cell_load's get_var_dims writes it; returns a
-    config for it (small stats settings).
+    config for it (small stats settings; the first line).
 
     pert_features: {perturbation name: vector} for the control and KDS (default one-hot rows); embedding: as in
-    `tiny_model` (the cells' embeddings then go to `.obsm[embed_key]`, the config's feature_key).
+    `tiny_model` (the cells' embeddings then go to `.obsm[embed_key]`, the config's feature_key); lines: {cell line:
+    (Poisson rate of its cells, the KDs screened there)} (default: demo.CELL_LINE at rate 3 with every KD).
     """
+    lines = lines or {demo.CELL_LINE: (3.0, KDS)}
     names = [demo.CONTROL] + KDS
     if pert_features is None:
         eye = np.eye(len(names), dtype=np.float32)
@@ -94,16 +96,19 @@ def write_tiny_run(folder, n_controls: int = 40, cells_per_kd: int = 5, seed: in
                 "output_dim": int(model.output_dim), "pert_dim": n_perts,
                 "gene_names": GENES[:model.hvg_dim] if model.output_space == "gene" else GENES,
                 "batch_dim": 1, "pert_names": names}
-    demo.write_run_directory(folder / "run", model, pert_features, var_dims, {"model": {"name": "state"}})
+    demo.write_run_directory(folder / "run", model, pert_features, var_dims, {"model": {"name": "state"}},
+                             cell_lines=tuple(lines))
     rng = np.random.default_rng(seed)
-    cells = lambda n: np.log1p(rng.poisson(3.0, size=(n, len(GENES)))).astype(np.float32)
-    demo.write_h5ad(GENES, {demo.CELL_LINE: (cells(n_controls), {kd: cells(cells_per_kd) for kd in KDS})}, folder / "data.h5ad")
+    cells = lambda n, rate: np.log1p(rng.poisson(rate, size=(n, len(GENES)))).astype(np.float32)
+    demo.write_h5ad(GENES, {line: (cells(n_controls, rate), {kd: cells(cells_per_kd, rate) for kd in kds})
+                            for line, (rate, kds) in lines.items()}, folder / "data.h5ad")
+    first = [next(iter(lines))]
     if embedding is None:
-        return tiny_config(folder)
+        return tiny_config(folder, cell_lines=first)
     adata = ad.read_h5ad(folder / "data.h5ad")
     adata.obsm[embedding["embed_key"]] = rng.normal(size=(adata.n_obs, embedding["embed_dim"])).astype(np.float32)
     adata.write_h5ad(folder / "data.h5ad")
-    return tiny_config(folder, feature_key=embedding["embed_key"])
+    return tiny_config(folder, feature_key=embedding["embed_key"], cell_lines=first)
 
 
 def tiny_config(folder, **overrides):
