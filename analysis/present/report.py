@@ -22,23 +22,9 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from . import cache, consistency, enrichment, plots
-from .config import load_config
-from .formatting import Md, breakable, fmt, fmt_p, p_phrase
-from .results import Results, result_paths
-from .verdict import DecisionRule
-
-
-def load(config_path: str | Path) -> Results:
-    """Set up chart rendering and return the results for `config_path`, computing what the cache lacks.
-
-    The one place the report reaches the pipeline (imported here, so that formatting and plotting never load
-    torch or the demo trainer): a render from a cold cache computes everything first.
-    """
-    from .pipeline import run_analysis
-
-    plots.enable_report_rendering()
-    return run_analysis(load_config(config_path), progress=False)
+from ..results import PairedDifference, Results
+from . import prose
+from .formatting import Md, breakable, fmt, fmt_p, p_phrase, top_terms
 
 
 # ---------------------------------------------------------------- formatting
@@ -95,8 +81,8 @@ def library_legend(libraries) -> str:
 # ---------------------------------------------------------------- numbers for the prose
 def numbers(results: Results) -> SimpleNamespace:
     """Every number the article's prose quotes, formatted (inline `{python} N.name`)."""
-    cfg, p1, p3, prov = results.config, results.part1, results.part3, results.provenance
-    ev, svd, rule = p3.evidence, p3.svd, DecisionRule.from_config(cfg)
+    cfg, p1, p3, prov = results.config, results.effects, results.routing, results.provenance
+    ev, svd, rule = p3.evidence, p3.svd, cfg.decision_rule
     mantel, contrast = ev.mantel_pearson, ev.contrast
     labels = p1.labels
     n_kds, n_genes, hidden = prov["n_kds"], prov["n_genes"], prov["hidden_dim"]
@@ -142,9 +128,9 @@ def numbers(results: Results) -> SimpleNamespace:
         svd_gene_term=str(svd.seed_gene_term), svd_gene_fdr=fmt_p(svd.seed_gene_fdr),
         svd_kd_term=str(svd.seed_kd_term), svd_kd_fdr=fmt_p(svd.seed_kd_fdr),
         svd_axes_read=f"{svd.n_axes}", svd_interpretable=f"{svd.n_interpretable}",
-        svd_axes_described=svd.describe_axes(), svd_output_interpretable=f"{svd.n_output_interpretable}",
+        svd_axes_described=next(c.note for c in p3.verdict.criteria if c.name.startswith("SVD axes show")), svd_output_interpretable=f"{svd.n_output_interpretable}",
         svd_beyond=f"{svd.n_beyond_output}", principal_cosine=fmt(svd.min_principal_cosine),
-        reason=p3.verdict.reason, caveat=p3.verdict.caveat,
+        reason=prose.reason(p3, rule), caveat=prose.caveat(p3),
         linearity_median=fmt(float(p3.linearity["explained"].median())),
         linearity_q1=fmt(float(p3.linearity["explained"].quantile(0.25))),
         linearity_q3=fmt(float(p3.linearity["explained"].quantile(0.75))),
@@ -153,7 +139,7 @@ def numbers(results: Results) -> SimpleNamespace:
         checkpoint_sha=prov["checkpoint_sha256"], data=config_relative(results, cfg.h5ad), data_sha=prov["data_sha256"],
         input_key=prov["input_key"], code_version=prov["code_version"], config_file=config_file(results),
         device=prov["device"], jacobian_seconds=f"{p3.seconds.get('jacobians', float('nan')):.0f}",
-        jvp_ratio=f"{n_genes / hidden:.1f}", weak_fraction=f"{_weak_fraction():g}",
+        jvp_ratio=f"{n_genes / hidden:.1f}", weak_fraction=f"{cfg.weak_fraction:g}",
         autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
     )
     return SimpleNamespace(**{k: Md(v) for k, v in values.items()})
@@ -170,15 +156,6 @@ def lines_phrase(results: Results) -> str:
     return f"each analysed line ({names[0]}, the primary line the next sections show, and {', '.join(names[1:])}), on its own"
 
 
-def _weak_fraction() -> float:
-    """The clustering's weak-effect cut, read from its signature so the text cannot drift from the code."""
-    import inspect
-
-    from .clustering import cluster_kds
-
-    return inspect.signature(cluster_kds).parameters["weak_fraction"].default
-
-
 def is_demo(results: Results) -> bool:
     return bool(results.config.demo)
 
@@ -187,15 +164,15 @@ def is_demo(results: Results) -> bool:
 def call_phrase(results: Results) -> Md:
     """'**positive**: Model B (internalized circuits) — the transformer uses …': the call, then its meaning with
     the call's own name dropped and at most one colon in the sentence."""
-    verdict = results.part3.verdict
-    meaning = re.sub(rf"^{re.escape(verdict.call)}\s*[:—–-]\s*", "", verdict.meaning)
+    verdict = results.routing.verdict
+    meaning = re.sub(rf"^{re.escape(verdict.call)}\s*[:—–-]\s*", "", prose.meaning(results.routing))
     return Md(f"**{verdict.call}**: {meaning.replace(': ', ' — ', 1)}")
 
 
 def abstract(results: Results) -> Md:
     """The abstract's result sentences, worded from what each deciding criterion supports."""
     n = numbers(results)
-    mantel, contrast = results.part3.verdict.deciding
+    mantel, contrast = results.routing.verdict.deciding
     r_part = (f"Pearson r = {n.pearson_r}, one-sided 95% upper bound {n.r_bound}, studentized Mantel {n.mantel_p}")
     first = {"Model B": f"Across {n.n_kds} knock-downs, routing similarity tracked output similarity ({r_part})",
              "Model A": f"Across {n.n_kds} knock-downs, routing similarity was shown not to track output similarity "
@@ -209,7 +186,7 @@ def abstract(results: Results) -> Md:
                          f"beyond {n.equivalence_contrast} SD ({c_part})",
               "neither": f"whether same-output-cluster KDs route more similarly stays open ({c_part})"}[contrast.supports]
     verdict = f"The verdict is {call_phrase(results)}."
-    caveat = f" {results.part3.verdict.caveat}" if results.part3.verdict.caveat else ""
+    caveat = f" {prose.caveat(results.routing)}" if prose.caveat(results.routing) else ""
     lines = f" {across_sentence(results)}" if results.across is not None else ""
     return Md(f"{first}; {second}. {verdict}{caveat}{lines}")
 
@@ -222,13 +199,13 @@ def across_sentence(results: Results) -> str:
     for a, b in results.across.pairs:
         specific, raw = results.across.pair_tests(a, b)
         parts.append(f"Between {a} and {b} ({specific.n_kds} KDs), a KD's own routing was "
-                     f"{consistency.DIRECTIONS[specific.direction]} ({_paired(specific)}; on raw cosines {_paired(raw)}).")
+                     f"{prose.DIRECTIONS[specific.direction]} ({_paired(specific)}; on raw cosines {_paired(raw)}).")
     return " ".join(parts)
 
 
-def _paired(test: consistency.PairedDifference) -> str:
+def _paired(test: PairedDifference) -> str:
     return (f"{'KD-specific ' if test.measure == 'specific' else ''}cos J − cos ΔY = {fmt(test.estimate)}, 95% CI "
-            f"{fmt(test.ci_low)} to {fmt(test.ci_high)}, cluster sign-flip {test.p_phrase()}")
+            f"{fmt(test.ci_low)} to {fmt(test.ci_high)}, cluster sign-flip {prose.paired_p(test)}")
 
 
 def across_text(results: Results) -> Md:
@@ -238,9 +215,9 @@ def across_text(results: Results) -> Md:
                   "`[data] cell_line` analyses each on its own control cells with the same model and compares each "
                   "KD's output and routing between them (the seed's NB04 question); with one line the figure below stays empty.")
     table = results.across.table
-    calls = "; ".join(f"{line.cell_line}: **{line.part3.verdict.call}** ({len(line.part1.effects.kd_names)} KDs, "
-                      f"r = {fmt(line.part3.evidence.mantel_pearson.statistic)}, contrast "
-                      f"{fmt(line.part3.evidence.contrast.test.statistic)} SD)" for line in results.lines)
+    calls = "; ".join(f"{line.cell_line}: **{line.routing.verdict.call}** ({len(line.effects.responses.kd_names)} KDs, "
+                      f"r = {fmt(line.routing.evidence.mantel_pearson.statistic)}, contrast "
+                      f"{fmt(line.routing.evidence.contrast.test.statistic)} SD)" for line in results.lines)
     medians = "; ".join(
         f"{a} vs {b}: median cos ΔY {fmt(frame['cos_output'].median())} against {fmt(frame['baseline_output'].median())} "
         f"with the other KDs, median cos J {fmt(frame['cos_jacobian'].median())} against "
@@ -252,7 +229,7 @@ def across_text(results: Results) -> Md:
               f"the model predicts the same response there, and the cosine of its flattened Jacobian whether it routes "
               f"the KD through the same directions. Each is read against its baseline, the KD's mean cosine with the "
               f"other KDs across the lines, because a component shared by all KDs (large for Jacobians: mean C_jac "
-              f"{fmt(results.part3.evidence.spread.jac_mean)} within {results.lines[0].cell_line}) makes every raw "
+              f"{fmt(results.routing.evidence.spread.jac_mean)} within {results.lines[0].cell_line}) makes every raw "
               f"cosine high ({medians}). {across_sentence(results)} KDs of one output cluster are not independent, "
               f"so the units of the sign-flip test and of the bootstrap interval are the primary line's output "
               f"clusters (@tbl-tests).")
@@ -260,7 +237,7 @@ def across_text(results: Results) -> Md:
 
 def caveat_callout(results: Results) -> Md:
     """The construct's caveat as a callout beneath a positive call (nothing otherwise)."""
-    caveat = results.part3.verdict.caveat
+    caveat = prose.caveat(results.routing)
     return Md(f"::: {{.callout-note}}\n{caveat}\n:::" if caveat else "")
 
 
@@ -276,7 +253,7 @@ def demo_note(results: Results) -> Md:
 def discussion(results: Results) -> Md:
     """The opening paragraph of the discussion, worded for the call this run reached."""
     n = numbers(results)
-    call = results.part3.verdict.call
+    call = results.routing.verdict.call
     opening = {
         "positive": (f"Both deciding criteria support Model B: KDs with similar predicted responses also have similar "
                      f"Jacobians with respect to the perturbation representation (r = {n.pearson_r}), and KDs of one "
@@ -295,7 +272,7 @@ def discussion(results: Results) -> Md:
                          f"significance nor has an upper bound below its smallest effect of interest (r = {n.pearson_r}, "
                          f"bound {n.r_bound}; contrast {n.contrast_sd} SD, bound {n.contrast_bound} SD). More KDs narrow "
                          f"the bounds; a negative must be shown, not inferred from non-significance."),
-        "degenerate": (f"Routing is degenerate: {results.part3.verdict.reason} A model in this state (for example one "
+        "degenerate": (f"Routing is degenerate: {prose.reason(results.routing, results.config.decision_rule)} A model in this state (for example one "
                        f"stopped early in training) answers neither question; train further or choose another "
                        f"checkpoint."),
     }[call]
@@ -366,7 +343,7 @@ def verdict_frame(results: Results) -> pd.DataFrame:
     """One row per verdict criterion, the columns of VERDICT_COLUMNS, formatted; row i is numbered (i)."""
     n = results.config.n_permutations
     rows = []
-    for number, c in enumerate(results.part3.verdict.criteria, 1):
+    for number, c in enumerate(results.routing.verdict.criteria, 1):
         row = {heading: _verdict_cell(field, getattr(c, field), n) for field, heading in VERDICT_COLUMNS.items()}
         row["Criterion"] = f"{row['Criterion']} ({number})"
         rows.append(row)
@@ -380,7 +357,7 @@ def verdict_table(results: Results) -> Md:
 def verdict_notes(results: Results) -> Md:
     """Beneath the verdict table: for each numbered criterion, what it measures, the test and the note."""
     lines = []
-    for number, c in enumerate(results.part3.verdict.criteria, 1):
+    for number, c in enumerate(results.routing.verdict.criteria, 1):
         extra = {k: v for k, v in dataclasses.asdict(c).items() if k not in VERDICT_COLUMNS and v not in ("", None)}
         parts = [f"{k.replace('_', ' ')}: {fmt(v, 3) if isinstance(v, float) else v}" for k, v in extra.items()]
         lines.append(f"({number}) " + "; ".join(parts) + ".")
@@ -388,7 +365,7 @@ def verdict_notes(results: Results) -> Md:
 
 
 def prior_work_table(results: Results) -> Md:
-    frame = results.prior_work.rename(columns={"prior": "Prior", "finding": "Finding",
+    frame = prose.prior_work_table(results).rename(columns={"prior": "Prior", "finding": "Finding",
                                                      "question": "What this tests", "this_run": "This run"})
     return markdown_table(frame, [7, 22, 22, 40])
 
@@ -401,9 +378,9 @@ def _term_cell(row: pd.Series, statistic: str | None = None) -> str:
 
 def cluster_table(results: Results) -> Md:
     """Per output cluster: size and members, the best KD-target ORA term and the best response GSEA term."""
-    p1 = results.part1
-    top_ora = enrichment.top_terms(p1.ora).set_index("query")
-    top_gsea = enrichment.top_terms(p1.gsea).set_index("query")
+    p1 = results.effects
+    top_ora = top_terms(p1.ora).set_index("query")
+    top_gsea = top_terms(p1.gsea).set_index("query")
     rows = []
     for cluster, members in p1.kd_table.groupby("cluster"):
         q = f"cluster {cluster}"
@@ -417,12 +394,12 @@ def cluster_table(results: Results) -> Md:
 
 def svd_table(results: Results) -> Md:
     """The best prerank term of each leading axis, for gene loadings and for KD scores."""
-    table = results.part3.svd_enrichment
+    table = results.routing.svd_enrichment
     table = table[table["source"] == "routing"] if "source" in table else table
     if table.empty:
         return Md("No SVD enrichment was computed.")
     best = table.sort_values(["fdr", "p_value"]).groupby(["axis", "kind"], sort=True).head(1).sort_values(["axis", "kind"])
-    variance = results.part3.variance_explained
+    variance = results.routing.variance_explained
     frame = pd.DataFrame({
         "Axis": best["axis"].astype(int), "Share": [f"{100 * variance[a - 1]:.1f}%" for a in best["axis"]],
         "Ranking": best["kind"],
@@ -431,17 +408,14 @@ def svd_table(results: Results) -> Md:
     return markdown_table(frame, [5, 7, 9, 55, 7, 8], "rrllrr")
 
 
-CALIBRATION_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "calibration.json"
-
-
-def calibration_frame(path: Path = CALIBRATION_FILE) -> pd.DataFrame | None:
-    """The calibration script's table (`benchmarks/calibration.py` writes it): per world, the rejection rates of the
-    two tests that decide and of the seed's rank-sum test, and the share of positive and negative calls."""
-    if not Path(path).is_file():
+def calibration_frame(stored: dict | None) -> pd.DataFrame | None:
+    """The calibration table (`benchmarks/calibration.py` writes it; `datasets.calibration.stored_rates` reads it):
+    per world, the rejection rates of the two tests that decide and of the original plan's rank-sum test, and the
+    share of positive and negative calls."""
+    if stored is None:
         return None
-    data = cache.read_json(path)
     rows = []
-    for rates in data["rates"]:
+    for rates in stored["rates"]:
         rej = rates["rejections"]
         pct = (lambda v: f"{100 * v:.1f}%")
         rows.append({"World (replicates)": f"{breakable(rates['world'])} ({rates['n_replicates']:,})",
@@ -451,8 +425,8 @@ def calibration_frame(path: Path = CALIBRATION_FILE) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def calibration_table(results: Results) -> Md:
-    frame = calibration_frame()
+def calibration_table(stored: dict | None) -> Md:
+    frame = calibration_frame(stored)
     if frame is None:
         return Md("The calibration table is written by `python benchmarks/calibration.py`; it was not found here.")
     return markdown_table(frame, [34, 13, 13, 13, 13, 13], "lrrrrr")
@@ -460,8 +434,8 @@ def calibration_table(results: Results) -> Md:
 
 def enrichment_legend(results: Results) -> Md:
     """Beneath the tables that name gene-set libraries: what the short names stand for."""
-    libraries = pd.concat([results.part1.ora["library"], results.part1.gsea["library"],
-                           results.part3.svd_enrichment.get("library", pd.Series(dtype=str))])
+    libraries = pd.concat([results.effects.ora["library"], results.effects.gsea["library"],
+                           results.routing.svd_enrichment.get("library", pd.Series(dtype=str))])
     legend = library_legend(libraries)
     return Md(f"Libraries: {legend}." if legend else "")
 
@@ -511,27 +485,19 @@ def environment_table(results: Results) -> Md:
 
 def provenance_table(results: Results) -> Md:
     """Hashes, cache folders and stage timings."""
-    prov, paths = results.provenance, result_paths(results)
+    prov, paths = results.provenance, results.stage_paths
     rows = [("Config file", f"`{config_file(results)}`"),
             ("Checkpoint sha256", f"`{prov['checkpoint_sha256']}`"), ("Control data sha256", f"`{prov['data_sha256']}`"),
             ("Input key (model + data + code)", f"`{prov['input_key']}`"), ("Code version", f"`{prov['code_version']}`")]
     rows += [(f"Cache: {stage}", f"`{config_relative(results, path)}`") for stage, path in paths.items()]
-    labels = {"part1": "Part 1 (ΔY, clusters, enrichment)", "jacobians": "Part 2 (Jacobians)",
-              "part3": "Part 3 (Gram, SVD, statistics)"}
+    labels = {"effects": "Effects (ΔY, clusters, enrichment)", "jacobians": "Jacobians",
+              "routing": "Routing (Gram, SVD, statistics)"}
     for line in results.lines:
         where_line = f", {line.cell_line}" if len(results.lines) > 1 else ""
-        device = _stage_meta(results, "jacobians", line.part3.jacobian_key).get("device")
-        for stage, value in line.part3.seconds.items():
+        device = line.routing.jacobian_device
+        for stage, value in line.routing.seconds.items():
             where = f" on {device}" if stage == "jacobians" and device else ""
             rows.append((f"Time: {labels.get(stage, stage)}{where_line}", f"{value:,.1f} s{where}"))
     if results.across is not None:
         rows.append(("Time: across cell lines (cosines, paired test)", f"{results.across.seconds:,.1f} s"))
     return markdown_table(pd.DataFrame(rows, columns=["Item", "Value"]), [16, 45])
-
-
-def _stage_meta(results: Results, stage: str, key: str) -> dict:
-    """The `_done.json` of a cached stage (e.g. the device the Jacobians were computed on), or {}."""
-    try:
-        return cache.StageDir(results.config.cache_dir, stage, key).meta()
-    except (FileNotFoundError, OSError, ValueError):
-        return {}
