@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,15 +142,20 @@ def upstream(stage: Stage) -> tuple[Stage, ...]:
     return tuple(found)
 
 
+def runner_source(stage: Stage) -> str:
+    """The source of the pipeline function that runs the stage (read from `pipeline/run.py`, not imported)."""
+    source = read_source(module_path("pipeline.run")).decode()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == stage.runner)
+    return ast.get_source_segment(source, node)
+
+
 def code_digest(stage: Stage) -> str:
     """Hash of the stage's code: its modules' closure and its runner's source."""
-    from . import run
-
     h = hashlib.sha256()
     for path in code_files(stage):
         h.update(str(path.relative_to(PACKAGE_DIR)).encode())
         h.update(read_source(path))
-    h.update(inspect.getsource(getattr(run, stage.runner)).encode())
+    h.update(runner_source(stage).encode())
     return h.hexdigest()[:16]
 
 
