@@ -575,13 +575,11 @@ def test_cli_summary_shows_the_records(demo_results):
         assert any(term[:48] in row for term in ora.loc[ora["fdr"] == best, "term"])
     start = lines.index(next(line for line in lines if line.startswith("Across cell lines")))
     assert lines[start] == f"Across cell lines (the lines above: {demo_results.lines[0].cell_line})"
-    upper = np.triu_indices(len(labels), k=1)
     for line, shown in zip(demo_results.lines, lines[start + 1:]):
         r = np.corrcoef(line.routing.c_out[np.triu_indices(len(line.routing.c_out), k=1)],
                         line.routing.c_jac[np.triu_indices(len(line.routing.c_jac), k=1)])[0, 1]
         contrast = line.routing.evidence.contrast.test.statistic
         assert shown == f"  {line.cell_line}: {line.routing.verdict.call.upper()} (r = {r:.2f}, contrast {contrast:.2f} SD)"
-    assert len(upper[0]) == len(labels) * (len(labels) - 1) // 2
 
 
 def _heatmap_cells(chart) -> "pd.DataFrame":
