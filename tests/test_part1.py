@@ -12,6 +12,7 @@ from tiny import write_tiny_run
 
 from analysis.datasets import demo
 from analysis.pipeline import run as pipeline
+from analysis.present.formatting import top_terms
 from analysis.stats import clustering, enrichment
 from analysis.stats.draws import reproducibility
 from analysis.store.gmt import read_libraries
@@ -93,7 +94,7 @@ def test_ribosomal_cluster_top_kd_target_term_is_translation(demo_results):
     table, ora = demo_results.effects.kd_table, demo_results.effects.ora
     ribosomal = table[table.kd.str.match(r"^RP[LS]\d")]
     cluster = ribosomal.cluster.mode()[0]
-    top = enrichment.top_terms(ora).set_index("query").loc[f"cluster {cluster}"]
+    top = top_terms(ora).set_index("query").loc[f"cluster {cluster}"]
     assert top.fdr < 0.05
     assert any(word in top.term.lower() for word in ("ribosom", "translation", "cotranslational")), top.term
 

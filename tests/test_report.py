@@ -582,10 +582,9 @@ def test_cli_summary_shows_the_records(demo_results):
         assert shown == f"  {line.cell_line}: {line.routing.verdict.call.upper()} (r = {r:.2f}, contrast {contrast:.2f} SD)"
 
 
-def _heatmap_cells(chart) -> "pd.DataFrame":
-    import pandas as pd
-
+def _heatmap_cells(chart):
     import altair as alt
+    import pandas as pd
 
     with alt.data_transformers.disable_max_rows():  # as the report's rendering allows (plots.enable_report_rendering)
         spec = chart.to_dict()
