@@ -38,7 +38,7 @@ class DecisionRule:
     on the r scale, for both deciding criteria (an upper bound below it rules the effect out: for the contrast, its
     bound as a point-biserial r); min_contrast: the same − cross difference of C_jac^spec, in SDs, needed for Model
     B; min_specific_share: the KD-specific share of the (unit-norm) Jacobian energy below which routing is one
-    global readout whatever its structure (a numerical floor: ~1e-12 for one linear map in float32); global_share:
+    global readout whatever its structure (a numerical floor: one linear map for every KD measured 2.5e-6 on the known answer); global_share:
     the common share at or above which routing whose KD-specific part follows no cluster is a global readout
     (below it: per-KD routing); min_cluster_share: same − cross mean C_jac^spec (the share of the KD-specific
     energy shared within clusters) needed for Model B besides its SD — a structure of a few 1/K, which the common

@@ -86,6 +86,7 @@ class RoutingResult:
     seconds: dict  # wall time of each stage of the line: effects, jacobians, routing
     autograd_check: dict  # {"kd", "relative_error"}: one stored J_k against reverse mode on this run
     jacobian_device: str  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
+    c_jac_specific: np.ndarray | None = None  # [K, K] C_jac^spec, the KD-specific routing the criteria read
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,7 @@ def replicate_rejections(evidence: RoutingEvidence, alpha: float) -> dict:
             "Spearman Mantel (studentized)": evidence.mantel_spearman.p_value < alpha,
             "cluster contrast (studentized)": evidence.contrast.test.p_value < alpha,
             "within-cluster Mantel (studentized)": evidence.within_mantel.p_value < alpha,
-            "pair-level rank-sum": evidence.contrast.rank_sum_p < alpha}
+            "pair-level rank-sum": (evidence.raw_contrast or evidence.contrast).rank_sum_p < alpha}
 
 
 def known_answer_world(kind: str, seed: int, max_clusters: int = 8) -> World:

@@ -46,7 +46,7 @@ def reason(routing: RoutingResult, rule: DecisionRule) -> str:
         return (f"C_out is nearly 1 for every pair of KDs (mean {s.out_mean:.5f}; KD-specific share of the responses "
                 f"below {rule.min_specific_share:g}): every KD is answered the same way, so routing is not read "
                 "against it.")
-    share = (f"the routing common to every KD carries {d.common_share:.2%} of the (unit-norm) Jacobian energy, the "
+    share = (f"The routing common to every KD carries {d.common_share:.2%} of the (unit-norm) Jacobian energy, the "
              f"KD-specific part {d.specific_share:.3g}")
     if verdict.call == "global readout" and verdict.degenerate_matrix == "C_jac":
         return (f"{share}, below the floor {rule.min_specific_share:g}: every KD is routed the same way, and any "
@@ -58,13 +58,14 @@ def reason(routing: RoutingResult, rule: DecisionRule) -> str:
         tail = f"; the common share is at least {rule.global_share:g}, so routing is one global readout"
     elif verdict.call == "per-KD":
         tail = f"; the common share is below {rule.global_share:g}, so most routing is KD-specific"
-    return f"{share}; {rows}{tail}.{_within(evidence, rule)}"
+    return f"{share}; {rows}{tail}.{_within(evidence, rule, verdict.deciding)}"
 
 
-def _within(evidence, rule: DecisionRule) -> str:
-    """The separating row: the two deciding criteria read the same cluster blocks, the within-cluster Mantel does not."""
+def _within(evidence, rule: DecisionRule, deciding: tuple) -> str:
+    """The separating row, said when a deciding row shows cluster sharing: the two deciding criteria read the same
+    cluster blocks, the within-cluster Mantel does not."""
     w = evidence.within_mantel
-    if w is None or not (w.statistic == w.statistic):
+    if w is None or not (w.statistic == w.statistic) or not any(row.supports == "Model B" for row in deciding):
         return ""
     p = p_phrase(w.p_value, w.n_permutations)
     if w.p_value < rule.alpha and w.statistic > 0:
@@ -98,8 +99,11 @@ def _explain(row: Criterion, n_permutations: int, alpha: float = 0.05) -> str:
         significant = row.p_value is not None and row.p_value < alpha
         return (f"{name}: smaller than the smallest effect of interest ({effect}; bound {row.bound:.3g} < "
                 f"{row.margin:g}; {p}{', so an effect is present but below that size' if significant else ''})")
-    return (f"{name}: neither shown nor smaller than the smallest effect of interest ({effect}; {bound}, margin "
-            f"{row.margin:g}; {p})")
+    detail = f"{effect}; {bound}, margin {row.margin:g}; {p}"
+    if row.p_value is not None and row.p_value < alpha:
+        return (f"{name}: present but not shown to be large enough, nor smaller than the smallest effect of interest "
+                f"({detail}; cluster circuits need {row.threshold.split(';')[0].removeprefix('B: ')})")
+    return f"{name}: neither shown nor smaller than the smallest effect of interest ({detail})"
 
 
 # ---------------------------------------------------------------- across cell lines

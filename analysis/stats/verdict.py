@@ -24,7 +24,7 @@ blocks (graded) or is shared by the cluster as a block.
 Calls:
 - degenerate: the responses (C_out) have a KD-specific share below `min_specific_share` — nothing to compare.
 - global readout: the KD-specific share of the Jacobian energy is below `min_specific_share` (a numerical floor:
-  one linear map for every KD leaves ~1e-12), whatever its structure; or cluster sharing is ruled out by both
+  one linear map for every KD leaves 2.5e-6 on the known answer), whatever its structure; or cluster sharing is ruled out by both
   criteria and the common component carries at least `global_share` of the energy.
 - cluster circuits (Model B): both criteria show KD-specific routing shared within output clusters.
 - per-KD (Model A evidence): both criteria rule cluster sharing out and the KD-specific part carries more than
@@ -123,8 +123,11 @@ def structure_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple:
 
 
 def reported_criteria(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None) -> tuple:
-    """Rows shown beside the deciding ones: the seed's pair-level versions, the partial Mantel, the SVD."""
-    a, c, m = rule.alpha, evidence.contrast, evidence.mantel_pearson
+    """Rows shown beside the deciding ones: the seed's pair-level versions (on the raw C_jac, as the seed wrote
+    them), the partial Mantel, the SVD."""
+    a = rule.alpha
+    c = evidence.raw_contrast or evidence.contrast
+    m = evidence.raw_mantel or evidence.mantel_pearson
     rows = [
         Criterion("Same-cluster KDs share routing", "seed (reported)", "mean C_jac same − cross", c.difference,
                   "Wilcoxon rank-sum on pairs (anti-conservative: pairs share KDs)", f"p < {a}, same > cross",
