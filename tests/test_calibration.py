@@ -104,3 +104,31 @@ def test_common_component_worlds_get_no_false_call(world):
         assert rates.calls["cluster circuits"] >= 0.9, rates.summary()
     else:
         assert rates.calls["global readout"] + rates.calls["inconclusive"] == 1.0, rates.summary()
+
+
+@pytest.mark.parametrize("world", ["common-cluster", "identical-noise-K116", "lookup-K120", "sharing-r0.2",
+                                   "identical-noise"])
+def test_every_call_is_worded_by_what_its_rows_show(world):
+    """Over 10 replicates of each world: no label contradicts its reason. Each deciding row states its effect, its
+    bound and its p; cluster circuits ⇔ both rows 'shown'; per-KD and global readout (above the floor) ⇔ both rows
+    'smaller than the smallest effect of interest'; inconclusive ⇔ some row neither; never 'decorative'."""
+    from types import SimpleNamespace
+
+    from analysis.present import prose
+    from analysis.stats.verdict import decide
+
+    rng = np.random.default_rng([7, calibration.WORLDS.index(world)])
+    for _ in range(10):
+        w = calibration.draw_world(rng, world)
+        evidence = routing.core_evidence(w.c_out, w.c_jac, w.labels, 99, 0, 0)
+        verdict = decide(evidence, RULE)
+        text = prose.reason(SimpleNamespace(verdict=verdict, evidence=evidence), RULE)
+        shown = text.count(": shown (")
+        ruled_out = text.count(": smaller than the smallest effect of interest (")
+        assert "decorative" not in text and text.count("bound") >= 2 and text.count("p ") + text.count("p =") >= 2
+        if verdict.call == "cluster circuits":
+            assert shown == 2, text
+        elif verdict.call in ("per-KD", "global readout"):
+            assert ruled_out == 2 and shown == 0, text
+        elif verdict.call == "inconclusive":
+            assert shown + ruled_out < 2 and ("neither shown" in text or "present but" in text), text
