@@ -94,8 +94,8 @@ def structure_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple:
     """The share row (decides between global readout and per-KD routing) and the rows that separate blocks from
     graded tracking and show the raw matrix."""
     d, a = evidence.decomposition, rule.alpha
-    rows = [Criterion("Routing common to every KD", "decides (share)", "common share of Σ‖J_k/‖J_k‖‖² (‖mean unit J‖²)",
-                      d.common_share, "exact, from the K × K Gram (centred Gram H·C_jac·H)",
+    rows = [Criterion("Routing common to every KD", "decides (share)", "share of Σ‖u_k‖² along the mean unit Jacobian (u_k = J_k/‖J_k‖)",
+                      d.common_share, "exact, from the K × K Gram (projection onto the direction of ū)",
                       f"global readout: KD-specific share {d.specific_share:.3g} < {rule.min_specific_share:g}, or "
                       f"cluster sharing ruled out and common ≥ {rule.global_share:g}", None,
                       d.common_share >= rule.global_share,
