@@ -34,18 +34,24 @@ class DecisionRule:
     """The thresholds of the verdict, as `AnalysisConfig.decision_rule` builds them from the config's one set of
     defaults (effect sizes in the units the criteria state).
 
-    min_r: r must exceed it for Model B (the original plan's 0.3); equivalence_r: smallest effect of interest for r
-    (its upper bound below it supports Model A); min_contrast / equivalence_contrast: the same for the same − cross
-    difference of C_jac in SDs of C_jac; min_dissimilarity: 1 − mean off-diagonal C_jac (or C_out) below which
-    routing is degenerate.
+    min_r: r must exceed it for Model B (the original plan's 0.3); equivalence_r: the smallest effect of interest,
+    on the r scale, for both deciding criteria (an upper bound below it rules the effect out: for the contrast, its
+    bound as a point-biserial r); min_contrast: the same − cross difference of C_jac^spec, in SDs, needed for Model
+    B; min_specific_share: the KD-specific share of the (unit-norm) Jacobian energy below which routing is one
+    global readout whatever its structure (a numerical floor: one linear map for every KD measured 2.5e-6 on the known answer); global_share:
+    the common share at or above which routing whose KD-specific part follows no cluster is a global readout
+    (below it: per-KD routing); min_cluster_share: same − cross mean C_jac^spec (the share of the KD-specific
+    energy shared within clusters) needed for Model B besides its SD — a structure of a few 1/K, which the common
+    direction's estimate leaves when the noise level follows the modules, is significant but not a circuit.
     """
 
     alpha: float
     min_r: float
     equivalence_r: float
     min_contrast: float
-    equivalence_contrast: float
-    min_dissimilarity: float
+    min_specific_share: float
+    global_share: float
+    min_cluster_share: float
 
 
 @dataclass(frozen=True)
@@ -79,10 +85,11 @@ class AnalysisConfig:
     n_bootstrap: int = 1000
     alpha: float = 0.05
     seed_r_threshold: float = 0.3  # r must exceed it for Model B (the seed's threshold)
-    equivalence_r: float = 0.1  # smallest effect of interest for r: an upper bound below it supports Model A
-    min_contrast: float = 0.5  # same − cross C_jac, in SDs of C_jac, needed for Model B
-    equivalence_contrast: float = 0.5  # smallest effect of interest for that contrast (SDs)
-    min_dissimilarity: float = 0.01  # 1 − mean off-diagonal C_jac (or C_out) below which routing is degenerate
+    equivalence_r: float = 0.1  # smallest effect of interest (r scale, both criteria): a bound below it rules out
+    min_contrast: float = 0.5  # same − cross C_jac^spec, in SDs of C_jac^spec, needed for Model B
+    min_specific_share: float = 1e-4  # KD-specific share of the Jacobian energy below which routing is one readout
+    global_share: float = 0.5  # common share at or above which unstructured KD-specific routing is a global readout
+    min_cluster_share: float = 0.1  # same − cross mean C_jac^spec (share of KD-specific energy) needed for Model B
     fdr: float = 0.05
     n_axes: int = 5
     gene_sets: tuple[Path, ...] = ()
@@ -127,7 +134,8 @@ class AnalysisConfig:
 
 
 # The config fields the verdict's rule is built from, in `DecisionRule`'s order.
-RULE_FIELDS = ("alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "equivalence_contrast", "min_dissimilarity")
+RULE_FIELDS = ("alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share",
+               "min_cluster_share")
 
 
 def default_decision_rule() -> DecisionRule:
@@ -143,7 +151,7 @@ _SECTIONS = {
     "effects": {"set_size", "n_draws", "seed"},
     "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype"},
     "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
-                   "seed_r_threshold", "equivalence_r", "min_contrast", "equivalence_contrast", "min_dissimilarity",
+                   "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share", "min_cluster_share",
                    "n_axes"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
     "runtime": {"device", "cache_dir", "executor", "ray_address"},
@@ -176,8 +184,9 @@ _RANGES = {
     "seed_r_threshold": (lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "equivalence_r": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "min_contrast": (lambda v: v >= 0, "a number >= 0 (SDs of C_jac)"),
-    "equivalence_contrast": (lambda v: v > 0, "a number > 0 (SDs of C_jac)"),
-    "min_dissimilarity": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "min_specific_share": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "global_share": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "min_cluster_share": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "n_axes": (lambda v: v >= 1, "an integer >= 1"),
     "cell_lines": (lambda v: len(set(v)) == len(v) and all(v), "distinct, non-empty cell-line names"),
     "prerank_permutations": (lambda v: v >= 1, "an integer >= 1"),

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .config import AnalysisConfig
 
-CALLS = ("positive", "negative", "mixed", "inconclusive", "degenerate")  # what a `Verdict` can call
+CALLS = ("cluster circuits", "per-KD", "global readout", "mixed", "inconclusive", "degenerate")  # what a `Verdict` can call
 Z_ONE_SIDED_95 = 1.6448536269514722  # Φ⁻¹(0.95): one-sided 95 % bounds (equivalence at α = 0.05)
 
 
@@ -86,6 +86,7 @@ class RoutingResult:
     seconds: dict  # wall time of each stage of the line: effects, jacobians, routing
     autograd_check: dict  # {"kd", "relative_error"}: one stored J_k against reverse mode on this run
     jacobian_device: str  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
+    c_jac_specific: np.ndarray | None = None  # [K, K] C_jac^spec, the KD-specific routing the criteria read
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,21 @@ class ClusterContrast:
     auc: float
     rank_sum_p: float
     test: StudentizedTest
+    pair_share: float = float("nan")  # n_same / (n_same + n_cross)
+
+    @property
+    def r_scale(self) -> float:
+        """√(q(1 − q)), q the share of same-cluster pairs: the standardized difference × this is the point-biserial
+        r of the similarity with the same-cluster indicator — the contrast on the Mantel r's scale (exactly)."""
+        return float(np.sqrt(self.pair_share * (1 - self.pair_share)))
+
+    @property
+    def r(self) -> float:
+        return self.test.statistic * self.r_scale
+
+    @property
+    def r_bound(self) -> float:
+        return self.test.upper_bound * self.r_scale
 
 
 @dataclass(frozen=True)
@@ -204,11 +220,24 @@ class Spread:
 
 
 @dataclass(frozen=True)
+class Decomposition:
+    """Unit-norm Jacobians split into the direction of their mean over KDs (common routing) and each KD's part
+    orthogonal to it (`stats.routing.decompose`). common_share + specific_share = 1 (shares of Σ_k ‖J_k/‖J_k‖‖²);
+    spec_mean / spec_sd: mean and SD of the off-diagonal C_jac^spec."""
+
+    common_share: float
+    specific_share: float
+    spec_mean: float
+    spec_sd: float
+
+
+@dataclass(frozen=True)
 class RoutingEvidence:
     """Every routing statistic the verdict reads (K KDs, K(K−1)/2 pairs).
 
-    mantel_pearson / mantel_spearman: studentized Mantel of C_out vs C_jac; pearson_ci: 95 % KD-bootstrap CI of r;
-    contrast: same- vs cross-cluster C_jac; partial_mantel r(C_jac, C_out | C_rep) and mantel_out_rep
+    mantel_pearson / mantel_spearman: studentized Mantel of C_out vs the KD-specific C_jac^spec (`decomposition`);
+    pearson_ci: 95 % KD-bootstrap CI of r; contrast: same- vs cross-cluster C_jac^spec; within_mantel: the Mantel
+    over same-cluster pairs; raw_mantel / raw_contrast: the same on the raw C_jac (reported beside); partial_mantel r(C_jac, C_out | C_rep) and mantel_out_rep
     r(C_out, C_rep): descriptive; keyed_lookup_r: r(C_jac, C_out ⊙ C_rep), how well a per-KD lookup keyed on the
     KD's own embedding would reproduce the routing matrix (the construct's blind spot, see `verdict`).
     """
@@ -223,6 +252,10 @@ class RoutingEvidence:
     partial_mantel: StudentizedTest | None = None
     mantel_out_rep: StudentizedTest | None = None
     keyed_lookup_r: float | None = None
+    decomposition: Decomposition | None = None
+    within_mantel: StudentizedTest | None = None  # r(C_out, C_jac^spec) over same-cluster pairs (graded, not blocks)
+    raw_mantel: StudentizedTest | None = None  # r(C_out, C_jac) on the raw matrix (reported)
+    raw_contrast: ClusterContrast | None = None  # same − cross on the raw C_jac (reported)
 
 
 @dataclass(frozen=True)
@@ -289,7 +322,7 @@ class Criterion:
     """One row of the verdict table. supports: "Model B", "Model A" or "neither" for deciding rows, "" otherwise."""
 
     name: str
-    family: str  # "decides", "seed (reported)", "SVD (reported)", "reported"
+    family: str  # "decides", "decides (share)", "separates", "raw (reported)", "seed (reported)", "SVD (reported)", "reported"
     statistic: str
     value: float
     test: str
@@ -304,8 +337,9 @@ class Criterion:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The call and the rows it rests on. call: "positive", "negative", "mixed", "inconclusive" or "degenerate";
-    degenerate_matrix: "C_jac" or "C_out" when the call is "degenerate" (the matrix found nearly 1 everywhere), else "".
+    """The call and the rows it rests on. call: one of `CALLS`; degenerate_matrix: "C_out" when the call is
+    "degenerate" (responses all alike), "C_jac" when it is "global readout" by the floor (the KD-specific share of
+    the Jacobian energy below `min_specific_share`), else "".
     The words (meaning, reason, caveat) are the presentation's (`present.prose`)."""
 
     call: str

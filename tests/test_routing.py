@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from analysis.config import default_decision_rule
-from analysis.results import ClusterContrast, RoutingEvidence, Spread, StudentizedTest
+from analysis.results import ClusterContrast, Decomposition, RoutingEvidence, Spread, StudentizedTest
 from analysis.stats import axes, clustering, enrichment, routing, verdict
 from analysis.store import cache
 from analysis.store.shards import open_shards
@@ -231,29 +231,33 @@ def test_linearity_share():
 
 # ---------------------------------------------------------------- the call, from records built by hand
 RULE = default_decision_rule()
-# Deciding rows that clearly support one model under the default rule (α 0.05, r > 0.3 / bound < 0.1, contrast
-# ≥ 0.5 SD / bound < 0.5 SD): B = significant and large; A = the one-sided bound (statistic + 1.645 SE) below the margin.
+# Deciding rows that clearly support one model under the default rule (α 0.05; r > 0.3, contrast ≥ 0.5 SD and
+# same − cross ≥ 0.1; ruled out: bound < 0.1 on the r scale): B = significant and large; A = the one-sided bound
+# (statistic + 1.645 SE; for the contrast × √(q(1 − q)), q = 20/190 same-cluster pairs) below the margin.
 MANTEL_B = StudentizedTest(0.6, 0.05, 0.001, 999)  # p < α, r > 0.3
 MANTEL_A = StudentizedTest(0.0, 0.02, 0.6, 999)  # bound 0.033 < 0.1
 CONTRAST_B = StudentizedTest(2.0, 0.3, 0.001, 999)  # p < α, 2 SD ≥ 0.5
-CONTRAST_A = StudentizedTest(0.0, 0.1, 0.5, 999)  # bound 0.164 < 0.5
+CONTRAST_A = StudentizedTest(0.0, 0.1, 0.5, 999)  # bound 0.164 SD = r 0.050 < 0.1
 SPREAD = Spread(jac_sd=0.2, jac_mean=0.1, out_sd=0.3, out_mean=0.2)
 
 
-def evidence(mantel, contrast, spread=SPREAD):
+SPLIT = Decomposition(common_share=0.3, specific_share=0.7, spec_mean=0.1, spec_sd=0.2)
+
+
+def evidence(mantel, contrast, spread=SPREAD, decomposition=SPLIT):
     cluster = ClusterContrast(n_same=20, n_cross=170, mean_same=0.3, mean_cross=0.1, difference=0.2, spread=0.2,
-                              auc=0.7, rank_sum_p=0.01, test=contrast)
+                              auc=0.7, rank_sum_p=0.01, test=contrast, pair_share=20 / 190)
     return RoutingEvidence(n_kds=20, n_pairs=190, mantel_pearson=mantel, mantel_spearman=mantel,
-                           pearson_ci=(0.1, 0.5), contrast=cluster, spread=spread)
+                           pearson_ci=(0.1, 0.5), contrast=cluster, spread=spread, decomposition=decomposition)
 
 
 def test_the_default_rule_is_the_one_these_records_were_built_for():
-    assert (RULE.alpha, RULE.min_r, RULE.equivalence_r, RULE.min_contrast, RULE.equivalence_contrast,
-            RULE.min_dissimilarity) == (0.05, 0.3, 0.1, 0.5, 0.5, 0.01)
+    assert (RULE.alpha, RULE.min_r, RULE.equivalence_r, RULE.min_contrast, RULE.min_specific_share,
+            RULE.global_share, RULE.min_cluster_share) == (0.05, 0.3, 0.1, 0.5, 1e-4, 0.5, 0.1)
 
 
 @pytest.mark.parametrize("mantel, contrast, call", [
-    (MANTEL_B, CONTRAST_B, "positive"), (MANTEL_A, CONTRAST_A, "negative"),
+    (MANTEL_B, CONTRAST_B, "cluster circuits"), (MANTEL_A, CONTRAST_A, "per-KD"),  # common share 0.3 < 0.5
     (MANTEL_B, CONTRAST_A, "mixed"), (MANTEL_A, CONTRAST_B, "mixed"),
     (MANTEL_B, StudentizedTest(2.0, 0.3, 0.2, 999), "inconclusive"),  # contrast: not significant, bound 2.5 ≥ 0.5
 ])
@@ -262,21 +266,28 @@ def test_the_call_follows_what_each_deciding_row_supports(mantel, contrast, call
     expected_supports = {MANTEL_B: "Model B", MANTEL_A: "Model A"}[mantel], \
         {CONTRAST_B: "Model B", CONTRAST_A: "Model A"}.get(contrast, "neither")
     assert result.call == call and result.degenerate_matrix == ""
+    # both rows ruled out with a common share above global_share: one routing for all KDs
+    if call == "per-KD":
+        common = Decomposition(common_share=0.8, specific_share=0.2, spec_mean=0.1, spec_sd=0.2)
+        assert verdict.decide(evidence(mantel, contrast, decomposition=common), RULE).call == "global readout"
     assert tuple(c.supports for c in result.deciding) == expected_supports
-    assert [c.value for c in result.deciding] == [mantel.statistic, contrast.statistic]
+    q = 20 / 190  # the contrast row reads on the r scale: the standardized difference × √(q(1 − q))
+    assert [c.value for c in result.deciding] == [mantel.statistic, pytest.approx(contrast.statistic * np.sqrt(q * (1 - q)))]
 
 
 def test_responses_all_alike_are_degenerate_on_c_out_whatever_the_rows_support():
-    """1 − mean off-diagonal C_out = 0.001 < 0.01: every KD responds the same way; the rows (here positive) are
-    not read. Just above the threshold (0.02) the rows decide again."""
-    alike = Spread(jac_sd=0.2, jac_mean=0.1, out_sd=0.001, out_mean=0.999)
+    """The KD-specific share of unit-norm ΔY, (K − 1)/K · (1 − mean C_out) = 0.95 · 1e-5 < 1e-4: every KD responds the
+    same way; the rows (here cluster circuits) are not read. Well above the floor (mean C_out 0.98) the rows decide
+    again. A KD-specific Jacobian share below the floor is one global readout, whatever the rows say."""
+    alike = Spread(jac_sd=0.2, jac_mean=0.1, out_sd=0.001, out_mean=0.99999)
     result = verdict.decide(evidence(MANTEL_B, CONTRAST_B, alike), RULE)
     assert (result.call, result.degenerate_matrix) == ("degenerate", "C_out")
     assert len(result.deciding) == 2  # the rows are still shown
     near = Spread(jac_sd=0.2, jac_mean=0.1, out_sd=0.01, out_mean=0.98)
-    assert verdict.decide(evidence(MANTEL_B, CONTRAST_B, near), RULE).call == "positive"
-    both = Spread(jac_sd=0.001, jac_mean=0.999, out_sd=0.001, out_mean=0.999)
-    assert verdict.decide(evidence(MANTEL_B, CONTRAST_B, both), RULE).degenerate_matrix == "C_jac"  # C_jac first
+    assert verdict.decide(evidence(MANTEL_B, CONTRAST_B, near), RULE).call == "cluster circuits"
+    one_map = Decomposition(common_share=1 - 2.5e-6, specific_share=2.5e-6, spec_mean=0.1, spec_sd=0.2)
+    result = verdict.decide(evidence(MANTEL_B, CONTRAST_B, decomposition=one_map), RULE)
+    assert (result.call, result.degenerate_matrix) == ("global readout", "C_jac")
 
 
 # ---------------------------------------------------------------- the pathway an axis shows on both sides
@@ -321,3 +332,99 @@ def test_output_svd_against_numpy_with_the_documented_signs():
         assert scores[np.argmax(np.abs(scores[:, a])), a] > 0
     assert np.allclose(scores @ loadings, (u[:, :3] * s[:3]) @ vt[:3])  # the rank-3 approximation of unit ΔY
     assert axes.output_svd(delta_y, 50)[0].shape == (12, 12)  # no more axes than KDs
+
+
+# ---------------------------------------------------------------- common and KD-specific routing (issue 18)
+def test_common_share_against_explicit_vectors_and_gain_free():
+    """The common share from the Gram equals Σ_k (u_k·ĝ)² / K computed on explicit unit vectors (ĝ: direction of
+    their mean); rescaling a KD's Jacobian (its gain) changes nothing."""
+    rng = np.random.default_rng(1)
+    g = rng.normal(size=300)
+    jac = np.sqrt(0.97) * g / np.linalg.norm(g) + np.sqrt(0.03) * rng.normal(size=(30, 300)) / np.sqrt(300)
+    u = jac / np.linalg.norm(jac, axis=1, keepdims=True)
+    direction = u.mean(axis=0) / np.linalg.norm(u.mean(axis=0))
+    expected = np.mean((u @ direction) ** 2)
+    gains = rng.lognormal(0, 1, size=30)
+    for gram in (jac @ jac.T, (gains[:, None] * jac) @ (gains[:, None] * jac).T):
+        d, spec = routing.decompose(gram)
+        assert d.common_share == pytest.approx(expected, abs=1e-12)
+        assert d.common_share + d.specific_share == pytest.approx(1.0)
+        assert 0.95 < d.common_share < 0.99 and np.allclose(np.diag(spec), 1.0)
+
+
+def test_one_routing_for_every_kd_has_no_specific_share():
+    """Identical Jacobians up to float32 rounding: KD-specific share at the rounding level, far below the floor."""
+    rng = np.random.default_rng(2)
+    jac = np.tile(rng.normal(size=(1, 500)), (20, 1)).astype(np.float32).astype(np.float64)
+    jac *= rng.uniform(0.5, 2.0, size=(20, 1))
+    d, _ = routing.decompose(jac @ jac.T)
+    assert d.specific_share < 1e-6 < default_decision_rule().min_specific_share * 1e-2 + 1e-6
+
+
+def test_specific_matrix_finds_modules_under_a_common_component():
+    """A 98 % common component plus module-shared routing (KD-specific energy 0.02: module 0.01, own 0.01): raw
+    C_jac ≈ 0.98 everywhere. Removing the common direction also removes the modules' mean, so each of 4 balanced
+    modules keeps 3/4 of its energy (0.0075) and is −1/3 correlated with the others: same − cross in C_jac^spec =
+    (0.0075 + 0.0025) / (0.0075 + 0.01) = 0.571, derived by hand."""
+    rng = np.random.default_rng(3)
+    dim, n = 4000, 40
+    module = np.arange(n) % 4
+    g = rng.normal(size=dim)
+    modules = rng.normal(size=(4, dim))
+    own = rng.normal(size=(n, dim))
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    u = np.sqrt(0.98) * unit(g) + np.sqrt(0.01) * (unit(modules)[module] + unit(own))
+    d, spec = routing.decompose(u @ u.T)
+    same = (module[:, None] == module[None]) & ~np.eye(n, dtype=bool)
+    cross = module[:, None] != module[None]
+    assert d.common_share == pytest.approx(0.98, abs=0.005)
+    assert spec[same].mean() - spec[cross].mean() == pytest.approx(0.01 / 0.0175, abs=0.04)
+    raw = u @ u.T
+    assert raw[same].mean() - raw[cross].mean() < 0.011  # the raw matrix shows ~0.01
+
+
+def test_specific_matrix_does_not_follow_a_noise_level_shared_within_modules():
+    """Identical routing up to noise whose size is set per module (σ ratio 1 : 7 across modules): centring alone
+    (cos(u_k − ū, u_l − ū)) leaves a module structure of order 1/K (same − cross ≈ 0.09 here); the KD-specific
+    matrix removes the additive part of it and keeps under a tenth (≈ 0.004 measured over 30 replicates: a
+    multiplicative remainder ∝ 1/(K σ_k σ_l)), far below min_cluster_share (0.1)."""
+    rng = np.random.default_rng(4)
+    dim, n = 2000, 40
+    module = np.arange(n) % 4
+    centred_gaps, gaps = [], []
+    for _ in range(30):
+        sigma = (0.14 * np.array([0.3, 0.6, 1.2, 2.0]))[module]
+        u = rng.normal(size=dim) / np.sqrt(dim) + sigma[:, None] * rng.normal(size=(n, dim)) / np.sqrt(dim)
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        _, spec = routing.decompose(u @ u.T)
+        centred = u - u.mean(axis=0)
+        c = clustering.cosine_similarity(centred)
+        same = (module[:, None] == module[None]) & ~np.eye(n, dtype=bool)
+        cross = module[:, None] != module[None]
+        gaps.append(spec[same].mean() - spec[cross].mean())
+        centred_gaps.append(c[same].mean() - c[cross].mean())
+    gaps, centred_gaps = np.array(gaps), np.array(centred_gaps)
+    se = gaps.std(ddof=1) / np.sqrt(len(gaps))
+    print(f"same − cross: centred {centred_gaps.mean():.4f}, KD-specific {gaps.mean():.4f} ± {se:.4f}")
+    assert abs(gaps.mean()) < 0.1 * centred_gaps.mean() and gaps.mean() + 3 * se < default_decision_rule().min_cluster_share / 10
+
+
+def test_within_cluster_mantel_separates_graded_from_block_sharing():
+    """Block-only sharing (routing = the cluster's, outputs graded within clusters): the within-cluster Mantel
+    rejects at about α (40 replicates, ≤ 5 of 40); graded tracking within clusters: it rejects."""
+    rng = np.random.default_rng(5)
+    n = 40
+    labels = np.arange(n) % 4 + 1
+    rejections = 0
+    for _ in range(40):
+        out = rng.normal(size=(4, 60))[labels - 1] + 0.8 * rng.normal(size=(n, 60))
+        jac = rng.normal(size=(4, 60))[labels - 1] + 0.8 * rng.normal(size=(n, 60))  # block + independent noise
+        test = routing.within_cluster_mantel(clustering.cosine_similarity(out), clustering.cosine_similarity(jac),
+                                             labels, 99, 0)
+        rejections += test.p_value < 0.05
+    assert rejections <= 5, rejections
+    out = rng.normal(size=(4, 60))[labels - 1] + 0.8 * rng.normal(size=(n, 60))
+    jac = out + 0.3 * rng.normal(size=out.shape)  # routing follows each KD's own output, within clusters too
+    graded = routing.within_cluster_mantel(clustering.cosine_similarity(out), clustering.cosine_similarity(jac),
+                                           labels, 99, 0)
+    assert graded.statistic > 0.5 and graded.p_value <= 0.01

@@ -18,7 +18,16 @@ Null worlds:
 Alternatives:
 - "sharing-r0.1", "sharing-r0.2": J_k = √w·(module routing) + √(1−w)·(KD-specific routing): routing partly
   follows the output modules, with a true Mantel r just above the smallest effect of interest (0.1) or near 0.2 —
-  where "negative" would be a false call; the mean r is printed beside the call rates.
+  where "per-KD" would be a false call; the mean r is printed beside the call rates.
+
+Worlds with a common component (issue 18), unit-norm J_k in ROUTING_WORLD_DIM dimensions:
+- "common-cluster" (K = 60): u_k = √c·g + √((1−c)/2)·(module routing) + √((1−c)/2)·(own routing), the common
+  share c drawn uniformly in [0.95, 0.995] per replicate (mean C_jac ≈ 0.97–0.997): cluster circuits on top of a
+  global readout. Expected: "cluster circuits"; false: "global readout", "per-KD", "mixed".
+- "identical-noise", "identical-noise-K116": u_k ∝ g + σ·e_k, e_k iid (mean C_jac 0.98): one routing for every
+  KD up to noise. Expected: "global readout" (or "inconclusive"); false: "per-KD", "cluster circuits", "mixed".
+- "identical-noise-modules": the same with the noise level σ_m shared within each output module (log-normal
+  across modules, mean C_jac ≈ 0.98): the noise's size follows the modules. Same expectations.
 """
 
 from __future__ import annotations
@@ -38,11 +47,25 @@ from .known_answers import planted_model
 
 NULL_WORLDS = ("independent", "lookup-tight", "lookup-singletons", "lookup-hetero", "lookup-K20", "lookup-K120",
                "shared-cause")
-# Planted partial sharing: the share w of each KD's routing that its output module dictates, and the mean Mantel r it
-# gives (1,000 replicates): w = 0.02 → r ≈ 0.11 (just above the default smallest effect of interest, 0.1), 0.04 → 0.22.
-ALTERNATIVES = {"sharing-r0.1": 0.02, "sharing-r0.2": 0.04}
+# Planted partial sharing: the share w of each KD's routing that its output module dictates, and the mean Mantel r
+# it gives on C_jac^spec (300 replicates, SE 0.003): w = 0.025 → r ≈ 0.109 (just above the default smallest effect of
+# interest, 0.1; w = 0.02 gave 0.087 there, 0.119 on the raw C_jac), 0.04 → 0.171.
+ALTERNATIVES = {"sharing-r0.1": 0.025, "sharing-r0.2": 0.04}
+COMMON_WORLDS = ("common-cluster", "identical-noise", "identical-noise-K116", "identical-noise-modules")
+WORLDS = NULL_WORLDS + tuple(ALTERNATIVES) + COMMON_WORLDS
+# The calls that would be wrong in each world (the rest are right or, for "inconclusive", not a claim).
+FALSE_CALLS = {**{w: ("cluster circuits",) for w in NULL_WORLDS if w != "shared-cause"},
+               **{w: ("per-KD", "global readout") for w in ALTERNATIVES},
+               "common-cluster": ("global readout", "per-KD", "mixed"),
+               **{w: ("per-KD", "cluster circuits", "mixed") for w in COMMON_WORLDS[1:]}}
+ROUTING_WORLD_DIM = 2000  # dimensions of the unit-norm Jacobians of the common-component worlds
+NOISE_SIGMA = float(np.sqrt(1 / 0.98 - 1))  # ‖σ·e‖² / ‖g‖² with cos ≈ 1 / (1 + σ²) = 0.98
 ROUTING_DIM = 24  # input directions u_k of a lookup
 OUTPUT_DIM = 50
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -81,7 +104,7 @@ def _lookup(rng, delta_y: np.ndarray, noise_scale: np.ndarray | None = None) -> 
 
 def draw_world(rng, world: str) -> World:
     """One replicate of `world` (see the module docstring)."""
-    n_kds = {"lookup-K20": 20, "lookup-K120": 120}.get(world, 40)
+    n_kds = {"lookup-K20": 20, "lookup-K120": 120, "common-cluster": 60, "identical-noise-K116": 116}.get(world, 40)
     tight = world == "lookup-tight"
     module, delta_y = _modules(rng, n_kds, 5, 0.3 if tight else 0.8, 0.5 if world == "lookup-singletons" else 0.0)
     rep = np.where(module[:, None] >= 0, np.eye(5)[np.maximum(module, 0)], 0.0) + 0.7 * rng.normal(size=(n_kds, 5))
@@ -104,8 +127,21 @@ def draw_world(rng, world: str) -> World:
         shared = rng.normal(size=(5, OUTPUT_DIM * 4))[np.maximum(module, 0)]
         own = rng.normal(size=(n_kds, OUTPUT_DIM * 4))
         c_jac = cosine_similarity(np.sqrt(share) * shared + np.sqrt(1 - share) * own)
+    elif world == "common-cluster":
+        common = rng.uniform(0.95, 0.995)
+        g = _unit(rng.normal(size=ROUTING_WORLD_DIM))
+        shared = _unit(rng.normal(size=(5, ROUTING_WORLD_DIM)))[np.maximum(module, 0)]
+        own = _unit(rng.normal(size=(n_kds, ROUTING_WORLD_DIM)))
+        c_jac = cosine_similarity(np.sqrt(common) * g + np.sqrt((1 - common) / 2) * (shared + own))
+    elif world.startswith("identical-noise"):
+        g = _unit(rng.normal(size=ROUTING_WORLD_DIM))
+        sigma = np.full(n_kds, NOISE_SIGMA)
+        if world == "identical-noise-modules":
+            level = rng.lognormal(0.0, 0.7, size=5)
+            sigma = NOISE_SIGMA * (level / np.sqrt((level**2).mean()))[np.maximum(module, 0)]
+        c_jac = cosine_similarity(g + sigma[:, None] * _unit(rng.normal(size=(n_kds, ROUTING_WORLD_DIM))))
     else:
-        raise ValueError(f"world must be one of {NULL_WORLDS + tuple(ALTERNATIVES)}, got {world!r}")
+        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
     c_out = cosine_similarity(delta_y)
     labels = cluster_kds(delta_y, 8, 0, 0).labels
     return World(delta_y, c_out, c_jac, c_rep, labels)
@@ -125,6 +161,16 @@ class Rates:
     rejections: dict
     calls: dict
     mean_r: float
+    mean_common: float = float("nan")  # mean common share of routing (`routing.decompose`)
+
+    @property
+    def false_calls(self) -> tuple:
+        """The calls that would be wrong in this world (`FALSE_CALLS`; none known for the known answers here)."""
+        return FALSE_CALLS.get(self.world, ())
+
+    @property
+    def false_rate(self) -> float:
+        return float(sum(self.calls.get(c, 0.0) for c in self.false_calls))
 
     @staticmethod
     def se(rate: float, n: int) -> float:
@@ -134,14 +180,17 @@ class Rates:
         n = self.n_replicates
         tests = ", ".join(f"{k} {v:.1%} ± {self.se(v, n):.1%}" for k, v in self.rejections.items())
         calls = ", ".join(f"{k} {v:.1%}" for k, v in self.calls.items() if v > 0)
+        false = (f" — false calls ({', '.join(self.false_calls)}): {self.false_rate:.1%} ± "
+                 f"{self.se(self.false_rate, n):.1%}" if self.false_calls else "")
         return (f"{self.world}: {n} replicates × {self.n_permutations} permutations, α = {self.alpha}, mean r "
-                f"{self.mean_r:.3f} — rejections: {tests} — calls: {calls}")
+                f"{self.mean_r:.3f}, mean common share {self.mean_common:.4f} — rejections: {tests} — calls: "
+                f"{calls}{false}")
 
 
 def rates(world: str, n_replicates: int, n_permutations: int, rule, seed: int = 0) -> Rates:
     """Run every test that feeds the call (and the pair-level rank-sum and, in the shared-cause world, the partial
     Mantel) and the decision rule `rule` (a `verdict.DecisionRule`) on `n_replicates` seeded replicates."""
-    rng = np.random.default_rng([seed, (NULL_WORLDS + tuple(ALTERNATIVES)).index(world)])
+    rng = np.random.default_rng([seed, WORLDS.index(world)])
 
     def replicates():
         for _ in range(n_replicates):
@@ -161,14 +210,15 @@ def _tally(name: str, replicates, n_replicates: int, n_permutations: int, rule) 
     """Rates over `replicates`, an iterable of (evidence, {extra test: rejected}) — one decision per replicate."""
     counts: dict = {}
     calls = dict.fromkeys(CALLS, 0)
-    r_values = []
+    r_values, common = [], []
     for evidence, extra in replicates:
         for test, rejected in {**replicate_rejections(evidence, rule.alpha), **extra}.items():
             counts[test] = counts.get(test, 0) + bool(rejected)
         calls[decide(evidence, rule).call] += 1
         r_values.append(evidence.mantel_pearson.statistic)
+        common.append(evidence.decomposition.common_share)
     return Rates(name, n_replicates, n_permutations, rule.alpha, {k: v / n_replicates for k, v in counts.items()},
-                 {k: v / n_replicates for k, v in calls.items()}, float(np.mean(r_values)))
+                 {k: v / n_replicates for k, v in calls.items()}, float(np.mean(r_values)), float(np.mean(common)))
 
 
 def replicate_rejections(evidence: RoutingEvidence, alpha: float) -> dict:
@@ -177,7 +227,8 @@ def replicate_rejections(evidence: RoutingEvidence, alpha: float) -> dict:
     return {"Mantel (studentized)": evidence.mantel_pearson.p_value < alpha,
             "Spearman Mantel (studentized)": evidence.mantel_spearman.p_value < alpha,
             "cluster contrast (studentized)": evidence.contrast.test.p_value < alpha,
-            "pair-level rank-sum": evidence.contrast.rank_sum_p < alpha}
+            "within-cluster Mantel (studentized)": evidence.within_mantel.p_value < alpha,
+            "pair-level rank-sum": (evidence.raw_contrast or evidence.contrast).rank_sum_p < alpha}
 
 
 def known_answer_world(kind: str, seed: int, max_clusters: int = 8) -> World:

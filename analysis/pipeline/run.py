@@ -170,26 +170,28 @@ def run_jacobians(line: Line, effects: EffectsResult, progress: bool = True, exe
 
 
 def run_routing(line: Line, effects: EffectsResult, shards: JacobianShards, jacobian_record: dict) -> RoutingResult:
-    """C_jac from the streamed Gram, the SVD and its reading, the statistics, the verdict, the prior-work numbers."""
+    """C_jac and its KD-specific part C_jac^spec from the streamed Gram, the SVD and its reading, the statistics, the
+    verdict, the prior-work numbers."""
     config, stage, responses = line.config, line.stage("routing"), effects.responses
 
     def compute() -> dict:
         started = time.perf_counter()
         gram = routing.stream_gram(shards)
         c_jac = routing.cosine_from_gram(gram)
+        _, c_jac_specific = routing.decompose(gram)
         c_rep = clustering.cosine_similarity(responses.pert_repr)
         svd = routing.jacobian_svd(gram, shards, responses.delta_y, config.n_axes)
         output_scores, output_loadings = output_svd(responses.delta_y, config.n_axes)
         linear = routing.linearity(responses.delta_y, shards.linear_prediction())
         evidence = routing.routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
-                                            config.n_bootstrap, config.seed)
+                                            config.n_bootstrap, config.seed, gram)
         svd_table, svd_evidence = read_axes(svd, output_scores, output_loadings, responses.kd_names,
                                             responses.gene_names, read_libraries(config.gene_sets), config.fdr,
                                             config.prerank_permutations, config.seed, line.run.space.has_genes)
         call = verdict.decide(evidence, config.decision_rule, svd_evidence)
         linearity_frame = pd.DataFrame({"kd": responses.kd_names, "cluster": effects.labels,
                                         "explained": linear.to_numpy(), "jacobian_norm": np.sqrt(np.diag(gram))})
-        stage.write_npz("matrices.npz", c_out=effects.c_out, c_jac=c_jac, c_rep=c_rep, gram=gram,
+        stage.write_npz("matrices.npz", c_out=effects.c_out, c_jac=c_jac, c_jac_specific=c_jac_specific, c_rep=c_rep, gram=gram,
                         variance_explained=svd.variance_explained, kd_scores=svd.kd_scores,
                         gene_loadings=svd.gene_loadings, output_kd_scores=output_scores,
                         output_gene_loadings=output_loadings)

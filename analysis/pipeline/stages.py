@@ -60,7 +60,7 @@ STAGES: tuple[Stage, ...] = (
           facts=(), code=("model.jacobians", "store.shards", "pipeline.executors") + STORE, runner="run_jacobians"),
     Stage("routing", needs=("effects", "jacobians"),
           fields=("n_permutations", "n_bootstrap", "seed", "alpha", "seed_r_threshold", "equivalence_r",
-                  "min_contrast", "equivalence_contrast", "min_dissimilarity", "fdr", "n_axes",
+                  "min_contrast", "min_specific_share", "global_share", "min_cluster_share", "fdr", "n_axes",
                   "prerank_permutations", "gene_sets"),
           facts=("gene_set_digests",),
           code=("stats.routing", "stats.axes", "stats.verdict", "stats.prior_work", "stats.clustering", "stats.enrichment",

@@ -335,8 +335,8 @@ def _pairs(labels: np.ndarray):
 
 def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.ndarray, evidence,
                     max_points: int = MAX_SCATTER_POINTS, seed: int = 0) -> alt.Chart:
-    """One point per KD pair: C_out against C_jac, with r, its KD-bootstrap CI and the studentized Mantel p in the
-    title (`evidence`: `routing.RoutingEvidence`)."""
+    """One point per KD pair: C_out against the KD-specific C_jac^spec (the matrix the criteria read), with r, its
+    KD-bootstrap CI and the studentized Mantel p in the title (`evidence`: `routing.RoutingEvidence`)."""
     kd_names = np.asarray(kd_names)
     i, j, kind = _pairs(np.asarray(labels))
     n_pairs = len(i)
@@ -356,7 +356,7 @@ def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.n
     kinds = ["same cluster", "different clusters", "involves a weak-effect KD"]
     return alt.Chart(frame).mark_circle(size=12, opacity=0.45).encode(
         x=alt.X("c_out:Q", title="output similarity C_out (cosine of ΔY)"),
-        y=alt.Y("c_jac:Q", title="routing similarity C_jac (cosine of J)"),
+        y=alt.Y("c_jac:Q", title="KD-specific routing similarity C_jac^spec"),
         color=alt.Color("kind:N", title="pair", scale=alt.Scale(domain=kinds, range=["#d62728", "#4c78a8", "#bbbbbb"]),
                         legend=alt.Legend(orient="bottom")),
         tooltip=["pair", "kind", alt.Tooltip("c_out:Q", format=".3f"), alt.Tooltip("c_jac:Q", format=".3f")],
@@ -364,8 +364,8 @@ def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.n
 
 
 def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, contrast, bins: int = 40) -> alt.LayerChart:
-    """Distributions of C_jac over same- and cross-cluster pairs (clusters ≥ 1), each normalised to density
-    (`contrast`: `routing.ClusterContrast`)."""
+    """Distributions of the KD-specific C_jac^spec over same- and cross-cluster pairs (clusters ≥ 1), each normalised
+    to density (`contrast`: `routing.ClusterContrast`)."""
     labels = np.asarray(labels)
     keep = labels > 0
     i, j, kind = _pairs(labels[keep])
@@ -382,11 +382,11 @@ def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, contrast, bins: int 
                                                                range=["#d62728", "#4c78a8"]),
                        legend=alt.Legend(orient="bottom"))
     bars = alt.Chart(hist).mark_rect(opacity=0.5).encode(
-        x=alt.X("start:Q", title="routing similarity C_jac"), x2="end:Q", y=alt.Y("density:Q", stack=None), y2=alt.datum(0),
+        x=alt.X("start:Q", title="KD-specific routing similarity C_jac^spec"), x2="end:Q", y=alt.Y("density:Q", stack=None), y2=alt.datum(0),
         color=colour, tooltip=["kind", alt.Tooltip("start:Q", format=".2f"), alt.Tooltip("density:Q", format=".2f")])
     rules = alt.Chart(means).mark_rule(strokeDash=[5, 3], size=2).encode(x="mean:Q", color=colour,
                                                                           tooltip=["kind", alt.Tooltip("mean:Q", format=".3f")])
-    title = (f"same − cross = {c.difference:.3f} ({c.test.statistic:.2f} SD of C_jac), AUC {c.auc:.2f}; "
+    title = (f"same − cross = {c.difference:.3f} ({c.test.statistic:.2f} SD, r = {c.r:.2f}), AUC {c.auc:.2f}; "
              f"studentized cluster-label permutation {p_phrase(c.test.p_value, c.test.n_permutations)}")
     subtitle = (f"{c.n_same:,} same-cluster and {c.n_cross:,} cross-cluster pairs; pair-level rank-sum "
                 f"{p_phrase(c.rank_sum_p)} (anti-conservative); dashed lines: means")

@@ -11,14 +11,20 @@ from ..results import AcrossResult, Criterion, PairedDifference, Results, Routin
 from .formatting import p_phrase
 
 CALL_MEANINGS = {
-    "positive": "Model B (internalized circuits) — the transformer uses the encoder geometry",
-    "negative": "Model A (statistical compression) — the encoder geometry is decorative",
-    "mixed": "mixed — one deciding criterion supports Model B, the other Model A",
-    "inconclusive": "inconclusive — the data neither show shared routing nor rule it out",
-    "degenerate": "degenerate routing — every KD is routed (or responds) the same way; neither model can be read",
+    "cluster circuits": "cluster circuits (Model B) — beyond what every KD shares, KDs of one output cluster share "
+                        "routing that KDs of other clusters do not",
+    "per-KD": "per-KD routing (evidence for Model A) — most of the routing is KD-specific and its sharing within "
+              "output clusters is smaller than the smallest effect of interest",
+    "global readout": "global readout — one routing carries most of every KD's Jacobian, and what is KD-specific is "
+                      "negligible or follows no output cluster",
+    "mixed": "mixed — one deciding criterion shows cluster sharing of KD-specific routing, the other rules it out",
+    "inconclusive": "inconclusive — the deciding criteria neither both show cluster sharing of KD-specific routing "
+                    "nor both rule it out",
+    "degenerate": "degenerate responses — every KD's predicted response points the same way; routing cannot be "
+                  "compared with it",
 }
 CAVEAT = ("A per-KD lookup whose gate reads each KD's own embedding gives C_jac = C_out ⊙ C_rep and the same "
-          "positive call: local Jacobians cannot distinguish it from shared routing.")
+          "cluster-circuits call: local Jacobians cannot distinguish it from shared routing.")
 # How a PairedDifference's direction reads, after "routing" (CLI) or "a KD's own routing was" (report).
 DIRECTIONS = {"more": "more consistent between the lines than output",
               "less": "less consistent between the lines than output",
@@ -31,36 +37,73 @@ def meaning(routing: RoutingResult) -> str:
 
 
 def reason(routing: RoutingResult, rule: DecisionRule) -> str:
-    """Why the call is what it is, from its deciding rows (or the degenerate matrix's spread against the rule's
-    floor)."""
+    """Why the call is what it is: the share of routing common to every KD, then each deciding row with its effect,
+    bound and p, then what separates cluster blocks from graded tracking."""
     verdict, evidence = routing.verdict, routing.evidence
+    d = evidence.decomposition
     if verdict.call == "degenerate":
         s = evidence.spread
-        which = verdict.degenerate_matrix
-        mean, sd = (s.jac_mean, s.jac_sd) if which == "C_jac" else (s.out_mean, s.out_sd)
-        return (f"{which} is nearly 1 for every pair of KDs (mean {mean:.5f}, SD {sd:.2g}; 1 − mean below the floor "
-                f"{rule.min_dissimilarity}): every KD is {'routed' if which == 'C_jac' else 'answered'} the same way, so "
-                "correlations and contrasts computed on it describe noise and neither model is read.")
-    return "; ".join(_explain(row, evidence.mantel_pearson.n_permutations) for row in verdict.deciding) + "."
+        return (f"C_out is nearly 1 for every pair of KDs (mean {s.out_mean:.5f}; KD-specific share of the responses "
+                f"below {rule.min_specific_share:g}): every KD is answered the same way, so routing is not read "
+                "against it.")
+    share = (f"The routing common to every KD carries {d.common_share:.2%} of the (unit-norm) Jacobian energy, the "
+             f"KD-specific part {d.specific_share:.3g}")
+    if verdict.call == "global readout" and verdict.degenerate_matrix == "C_jac":
+        return (f"{share}, below the floor {rule.min_specific_share:g}: every KD is routed the same way, and any "
+                "structure in the KD-specific remainder is too small a share to read (its correlations are reported, "
+                "not read).")
+    rows = "; ".join(_explain(row, evidence.mantel_pearson.n_permutations, rule.alpha) for row in verdict.deciding)
+    tail = ""
+    if verdict.call == "global readout":
+        tail = f"; the common share is at least {rule.global_share:g}, so routing is one global readout"
+    elif verdict.call == "per-KD":
+        tail = f"; the common share is below {rule.global_share:g}, so most routing is KD-specific"
+    return f"{share}; {rows}{tail}.{_within(evidence, rule, verdict.deciding)}"
+
+
+def _within(evidence, rule: DecisionRule, deciding: tuple) -> str:
+    """The separating row, said when a deciding row shows cluster sharing: the two deciding criteria read the same
+    cluster blocks, the within-cluster Mantel does not."""
+    w = evidence.within_mantel
+    if w is None or not (w.statistic == w.statistic) or not any(row.supports == "Model B" for row in deciding):
+        return ""
+    p = p_phrase(w.p_value, w.n_permutations)
+    if w.p_value < rule.alpha and w.statistic > 0:
+        what = "routing also tracks outputs within clusters (graded, not only by cluster)"
+    elif w.upper_bound < rule.equivalence_r:
+        what = ("within clusters it does not track outputs beyond a block shared by the cluster (bound "
+                f"{w.upper_bound:.3g} < {rule.equivalence_r:g})")
+    else:
+        what = "whether routing tracks outputs within clusters stays open"
+    return (f" The two deciding criteria read largely the same cluster blocks, so they are one piece of evidence, "
+            f"not two; over same-cluster pairs only, r = {w.statistic:.3f} (bound {w.upper_bound:.3g}; {p}): {what}.")
 
 
 def caveat(routing: RoutingResult) -> str:
-    """The construct's blind spot, said with every positive call ("" otherwise)."""
-    if routing.verdict.call != "positive":
+    """The construct's blind spot, said with every cluster-circuits call ("" otherwise)."""
+    if routing.verdict.call != "cluster circuits":
         return ""
     r = routing.evidence.keyed_lookup_r
     return CAVEAT + (f" Here r(C_jac, C_out ⊙ C_rep) = {r:.2f}." if r is not None else "")
 
 
-def _explain(row: Criterion, n_permutations: int) -> str:
+def _explain(row: Criterion, n_permutations: int, alpha: float = 0.05) -> str:
+    """One deciding row: its effect, one-sided 95 % upper bound and p, and what they show."""
     p = "p undefined" if row.p_value is None else p_phrase(row.p_value, n_permutations)
     name = row.name[0].lower() + row.name[1:]
+    bound = "bound undefined" if row.bound is None else f"one-sided 95 % upper bound {row.bound:.3g}"
+    effect = f"r = {row.value:.3f}"
     if row.supports == "Model B":
-        return f"{name}: shown ({row.statistic} = {row.value:.2f}, above its minimum; {p})"
+        return f"{name}: shown ({effect}, above its minimum; {bound}; {p})"
     if row.supports == "Model A":
-        return (f"{name}: ruled out (one-sided 95 % upper bound {row.bound:.3g} below the smallest effect of interest "
-                f"{row.margin})")
-    return f"{name}: neither shown nor ruled out ({row.statistic} = {row.value:.2f}; {p})"
+        significant = row.p_value is not None and row.p_value < alpha
+        return (f"{name}: smaller than the smallest effect of interest ({effect}; bound {row.bound:.3g} < "
+                f"{row.margin:g}; {p}{', so an effect is present but below that size' if significant else ''})")
+    detail = f"{effect}; {bound}, margin {row.margin:g}; {p}"
+    if row.p_value is not None and row.p_value < alpha:
+        return (f"{name}: present but not shown to be large enough, nor smaller than the smallest effect of interest "
+                f"({detail}; cluster circuits need {row.threshold.split(';')[0].removeprefix('B: ')})")
+    return f"{name}: neither shown nor smaller than the smallest effect of interest ({detail})"
 
 
 # ---------------------------------------------------------------- across cell lines

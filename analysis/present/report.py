@@ -122,7 +122,16 @@ def numbers(results: Results) -> SimpleNamespace:
         rank_sum_p=p_phrase(contrast.rank_sum_p),
         jac_mean=fmt(ev.spread.jac_mean, 3), out_mean=fmt(ev.spread.out_mean, 3),
         equivalence_r=f"{rule.equivalence_r:g}", min_contrast=f"{rule.min_contrast:g}",
-        equivalence_contrast=f"{rule.equivalence_contrast:g}", min_dissimilarity=f"{rule.min_dissimilarity:g}",
+        contrast_r=fmt(contrast.r, 3), contrast_r_bound=fmt(contrast.r_bound, 3),
+        equivalence_contrast_sd=fmt(rule.equivalence_r / contrast.r_scale if contrast.r_scale > 0 else float("nan")),
+        min_specific_share=f"{rule.min_specific_share:g}", global_share=f"{rule.global_share:g}",
+        min_cluster_share=f"{rule.min_cluster_share:g}",
+        common_share=f"{100 * ev.decomposition.common_share:.2f}%",
+        specific_share=f"{ev.decomposition.specific_share:.3g}",
+        raw_r=fmt(ev.raw_mantel.statistic), raw_mantel_p=p_phrase(ev.raw_mantel.p_value, ev.raw_mantel.n_permutations),
+        raw_contrast_sd=fmt(ev.raw_contrast.test.statistic),
+        within_r=fmt(ev.within_mantel.statistic), within_bound=fmt(ev.within_mantel.upper_bound, 3),
+        within_p=p_phrase(ev.within_mantel.p_value, ev.within_mantel.n_permutations),
         var_axis1=f"{100 * p3.variance_explained[0]:.0f}%",
         var_top=f"{100 * float(np.sum(p3.variance_explained[: cfg.n_axes])):.0f}%",
         svd_gene_term=str(svd.seed_gene_term), svd_gene_fdr=fmt_p(svd.seed_gene_fdr),
@@ -170,25 +179,29 @@ def call_phrase(results: Results) -> Md:
 
 
 def abstract(results: Results) -> Md:
-    """The abstract's result sentences, worded from what each deciding criterion supports."""
+    """The abstract's result sentences: the common share, then what each deciding criterion showed on the
+    KD-specific routing (effect, bound, p)."""
     n = numbers(results)
     mantel, contrast = results.routing.verdict.deciding
-    r_part = (f"Pearson r = {n.pearson_r}, one-sided 95% upper bound {n.r_bound}, studentized Mantel {n.mantel_p}")
-    first = {"Model B": f"Across {n.n_kds} knock-downs, routing similarity tracked output similarity ({r_part})",
-             "Model A": f"Across {n.n_kds} knock-downs, routing similarity was shown not to track output similarity "
-                        f"beyond r = {n.equivalence_r} ({r_part})",
-             "neither": f"Across {n.n_kds} knock-downs, the data neither showed nor ruled out that routing similarity "
-                        f"tracks output similarity ({r_part})"}[mantel.supports]
-    c_part = (f"same − cross mean C_jac {n.contrast_sd} SD, upper bound {n.contrast_bound} SD, studentized "
-              f"cluster-label permutation {n.contrast_p}")
-    second = {"Model B": f"same-output-cluster KDs routed more similarly than KDs of different clusters ({c_part})",
-              "Model A": f"same-output-cluster KDs were shown to route no more similarly than KDs of different clusters "
-                         f"beyond {n.equivalence_contrast} SD ({c_part})",
-              "neither": f"whether same-output-cluster KDs route more similarly stays open ({c_part})"}[contrast.supports]
+    share = (f"Across {n.n_kds} knock-downs, routing common to every KD carries {n.common_share} of the Jacobian "
+             f"energy; the rest is KD-specific")
+    r_part = f"Pearson r = {n.pearson_r}, one-sided 95% upper bound {n.r_bound}, studentized Mantel {n.mantel_p}"
+    first = {"Model B": f"KD-specific routing similarity tracked output similarity ({r_part})",
+             "Model A": f"KD-specific routing similarity tracked output similarity by less than the smallest effect "
+                        f"of interest (bound {n.r_bound} < {n.equivalence_r}; {r_part})",
+             "neither": f"whether KD-specific routing similarity tracks output similarity stays open ({r_part})"}[
+        mantel.supports]
+    c_part = (f"point-biserial r = {n.contrast_r} ({n.contrast_sd} SD), upper bound {n.contrast_r_bound}, "
+              f"studentized cluster-label permutation {n.contrast_p}")
+    second = {"Model B": f"same-output-cluster KDs shared KD-specific routing ({c_part})",
+              "Model A": f"same-output-cluster KDs shared KD-specific routing by less than the smallest effect of "
+                         f"interest (bound {n.contrast_r_bound} < {n.equivalence_r}; {c_part})",
+              "neither": f"whether same-output-cluster KDs share KD-specific routing stays open ({c_part})"}[
+        contrast.supports]
     verdict = f"The verdict is {call_phrase(results)}."
     caveat = f" {prose.caveat(results.routing)}" if prose.caveat(results.routing) else ""
     lines = f" {across_sentence(results)}" if results.across is not None else ""
-    return Md(f"{first}; {second}. {verdict}{caveat}{lines}")
+    return Md(f"{share}; {first}; {second}. {verdict}{caveat}{lines}")
 
 
 # ---------------------------------------------------------------- across cell lines
@@ -255,26 +268,24 @@ def discussion(results: Results) -> Md:
     n = numbers(results)
     call = results.routing.verdict.call
     opening = {
-        "positive": (f"Both deciding criteria support Model B: KDs with similar predicted responses also have similar "
-                     f"Jacobians with respect to the perturbation representation (r = {n.pearson_r}), and KDs of one "
-                     f"output cluster share routing more than KDs of different clusters ({n.contrast_sd} SD, "
-                     f"{n.contrast_p}). The transformer reads the perturbation representation through shared directions "
-                     f"rather than treating each KD as a separate lookup — with the one exception discussed below."),
-        "negative": (f"Both deciding criteria support Model A, and not by default: the upper bound of the output–routing "
-                     f"correlation ({n.r_bound}) and of the same − cross routing contrast ({n.contrast_bound} SD) lie "
-                     f"below the smallest effects of interest ({n.equivalence_r} and {n.equivalence_contrast} SD). KDs "
-                     f"reach similar outputs through unrelated directions of the perturbation representation: whatever "
-                     f"geometry the encoder has is not what the transformer uses."),
-        "mixed": (f"The deciding criteria point in opposite directions (output–routing r = {n.pearson_r}, "
-                  f"{n.mantel_p}; same − cross routing {n.contrast_sd} SD, {n.contrast_p}), so neither Model A nor "
-                  f"Model B describes the model as a whole; @tbl-verdict shows which supports which."),
+        "cluster circuits": (f"Beyond the routing every KD shares ({n.common_share} of the energy), KDs of one output "
+                             f"cluster share routing that KDs of other clusters do not (r = {n.pearson_r}, "
+                             f"{n.mantel_p}; {n.contrast_sd} SD, {n.contrast_p}). The two statistics read the same "
+                             f"cluster blocks; within clusters r = {n.within_r} ({n.within_p}) says whether routing "
+                             f"also follows outputs beyond them — with the one exception discussed below."),
+        "per-KD": (f"Most routing is KD-specific (common share {n.common_share}), and its sharing within output "
+                   f"clusters is smaller than the smallest effect of interest: bounds {n.r_bound} and "
+                   f"{n.contrast_r_bound} below {n.equivalence_r} (both on the r scale). This is evidence for "
+                   f"Model A's per-KD routing; whether the encoder geometry is used at all needs intervention."),
+        "global readout": (f"One routing carries {n.common_share} of every KD's Jacobian. "
+                           f"{prose.reason(results.routing, results.config.decision_rule)}"),
+        "mixed": (f"The deciding criteria point in opposite directions (r = {n.pearson_r}, {n.mantel_p}; contrast "
+                  f"r = {n.contrast_r}, {n.contrast_p}); @tbl-verdict shows which supports which."),
         "inconclusive": (f"The data do not decide: at least one criterion neither reaches its minimum effect with "
-                         f"significance nor has an upper bound below its smallest effect of interest (r = {n.pearson_r}, "
-                         f"bound {n.r_bound}; contrast {n.contrast_sd} SD, bound {n.contrast_bound} SD). More KDs narrow "
-                         f"the bounds; a negative must be shown, not inferred from non-significance."),
-        "degenerate": (f"Routing is degenerate: {prose.reason(results.routing, results.config.decision_rule)} A model in this state (for example one "
-                       f"stopped early in training) answers neither question; train further or choose another "
-                       f"checkpoint."),
+                         f"significance nor has an upper bound below the smallest effect of interest (r = {n.pearson_r}, "
+                         f"bound {n.r_bound}; contrast r = {n.contrast_r}, bound {n.contrast_r_bound}). More KDs "
+                         f"narrow the bounds."),
+        "degenerate": (f"The responses are degenerate: {prose.reason(results.routing, results.config.decision_rule)}"),
     }[call]
     return Md(opening)
 
@@ -411,7 +422,7 @@ def svd_table(results: Results) -> Md:
 def calibration_frame(stored: dict | None) -> pd.DataFrame | None:
     """The calibration table (`benchmarks/calibration.py` writes it; `datasets.calibration.stored_rates` reads it):
     per world, the rejection rates of the two tests that decide and of the original plan's rank-sum test, and the
-    share of positive and negative calls."""
+    share of each call and of the calls that would be wrong in that world."""
     if stored is None:
         return None
     rows = []
@@ -420,8 +431,11 @@ def calibration_frame(stored: dict | None) -> pd.DataFrame | None:
         pct = (lambda v: f"{100 * v:.1f}%")
         rows.append({"World (replicates)": f"{breakable(rates['world'])} ({rates['n_replicates']:,})",
                      "Mantel": pct(rej["Mantel (studentized)"]), "Contrast": pct(rej["cluster contrast (studentized)"]),
-                     "Rank-sum": pct(rej["pair-level rank-sum"]), "Positive": pct(rates["calls"]["positive"]),
-                     "Negative": pct(rates["calls"]["negative"])})
+                     "Rank-sum": pct(rej["pair-level rank-sum"]),
+                     "Calls: circuits / per-KD / global": " / ".join(
+                         pct(rates["calls"].get(call, float("nan"))) for call in ("cluster circuits", "per-KD",
+                                                                                  "global readout")),
+                     "False calls": pct(rates["false_rate"]) if rates.get("false_calls") else "—"})
     return pd.DataFrame(rows)
 
 
@@ -429,7 +443,7 @@ def calibration_table(stored: dict | None) -> Md:
     frame = calibration_frame(stored)
     if frame is None:
         return Md("The calibration table is written by `python benchmarks/calibration.py`; it was not found here.")
-    return markdown_table(frame, [34, 13, 13, 13, 13, 13], "lrrrrr")
+    return markdown_table(frame, [28, 11, 11, 11, 27, 12], "lrrrrr")
 
 
 def enrichment_legend(results: Results) -> Md:

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.spatial.distance import squareform
 from scipy.stats import mannwhitneyu, rankdata
 
-from ..results import ClusterContrast, RoutingEvidence, Spread, StudentizedTest
+from ..results import ClusterContrast, Decomposition, RoutingEvidence, Spread, StudentizedTest
 
 
 class JacobianShards(Protocol):
@@ -374,7 +374,106 @@ def cluster_contrast(similarity: np.ndarray, labels: np.ndarray, n_permutations:
     mean_cross = float(values[~same].mean()) if n_cross else float("nan")
     return ClusterContrast(n_same, n_cross, mean_same, mean_cross, difference, spread, auc, rank_sum_p,
                            StudentizedTest(difference / unit, se / unit, _p_greater(observed, np.concatenate(null)),
-                                           n_permutations))
+                                           n_permutations), n_same / max(n_same + n_cross, 1))
+
+
+
+# ---------------------------------------------------------------- common and KD-specific routing
+def decompose(gram: np.ndarray) -> tuple[Decomposition, np.ndarray]:
+    """Routing split into the direction every KD shares and the KD-specific rest, exactly from the K × K Gram.
+
+    On unit-norm Jacobians u_k = J_k / ‖J_k‖ (a KD's gain is not its routing) with mean ū and common direction
+    ĝ = ū / ‖ū‖: each u_k = (u_k·ĝ) ĝ + u_k^⊥. common_share = Σ_k (u_k·ĝ)² / K, the share of Σ_k ‖u_k‖² = K along ĝ
+    (≥ ‖ū‖² = mean of C_jac); specific_share = 1 − common_share = Σ_k ‖u_k^⊥‖² / K. C_jac^spec = cos(u_k^⊥, u_l^⊥),
+    from the projected Gram C − (C1)(C1)ᵀ / 1ᵀC1. No pass over the shards.
+
+    Projection rather than centring (H·C·H, cos(u_k − ū, u_l − ū)): centring keeps each KD's loading on ĝ minus the
+    mean loading, and that loading follows the noise's size — when routing is identical up to noise whose level is
+    shared within output modules, the centred matrix clusters by module (cluster circuits in 5 of 20 replicates of
+    `calibration`'s "identical-noise-modules" world); the projected one does not. Returns (Decomposition, C_jac^spec).
+    """
+    c = cosine_from_gram(gram).astype(np.float64)
+    n_kds = len(c)
+    loading = c.sum(axis=1)  # K ⟨u_k, ū⟩
+    total = float(loading.sum())  # K² ‖ū‖²
+    if total > 0:
+        common = float(np.clip((loading**2).sum() / total / n_kds, 0.0, 1.0))
+        projected = c - np.outer(loading, loading) / total
+    else:
+        common, projected = 0.0, c
+    spec = cosine_from_gram(_offdiagonal_double_centred(projected))
+    off = upper(spec) if n_kds > 1 else np.zeros(0)
+    return Decomposition(common, 1.0 - common, float(off.mean()) if len(off) else float("nan"),
+                         float(off.std()) if len(off) else float("nan")), spec
+
+
+def _offdiagonal_double_centred(gram: np.ndarray) -> np.ndarray:
+    """The off-diagonal entries less their row and column means (plus the grand mean); the diagonal kept.
+
+    The common direction is estimated from the KDs themselves, so each u_k^⊥ carries −(its own part of the mean)
+    and every off-diagonal product a term −(b_k + b_l) with b_k ∝ ‖u_k^⊥‖² / K: additive in k and l, and it
+    follows the modules whenever the size of the KD-specific part does. Double-centring the off-diagonal removes any
+    such additive term exactly and leaves block (cluster) structure; the diagonal keeps each KD's own energy.
+    """
+    n = len(gram)
+    if n < 3:
+        return gram
+    off = gram.astype(np.float64).copy()
+    diagonal = np.diag(off).copy()
+    np.fill_diagonal(off, 0.0)
+    rows = off.sum(axis=1) / (n - 1)
+    grand = off.sum() / (n * (n - 1))
+    # least-squares additive fit a + b_k + b_l to the off-diagonal: b_k = (n−1)/(n−2)·(row_k − grand)
+    b = (n - 1) / (n - 2) * (rows - grand)
+    out = off - b[:, None] - b[None, :] - grand
+    np.fill_diagonal(out, diagonal)
+    return out
+
+
+def within_cluster_mantel(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_permutations: int,
+                          seed: int) -> StudentizedTest:
+    """Studentized one-sided Mantel r(a, b) over same-cluster pairs only (clusters ≥ 1), KD labels of `b` permuted
+    within clusters.
+
+    The Mantel r over all pairs and the same − cross contrast both read mostly the cluster blocks, so they are one
+    piece of evidence, not two. This r asks what they cannot: within a cluster, do KDs with more similar outputs
+    route more similarly (graded tracking), or is routing shared by the cluster as a block (r ≈ 0)? Permuting
+    within clusters keeps the blocks, so the null is "no graded tracking within clusters". NaN without same-cluster
+    pairs.
+    """
+    keep = labels > 0
+    a, b, lab = a[np.ix_(keep, keep)].astype(np.float64), b[np.ix_(keep, keep)].astype(np.float64), labels[keep]
+    n = len(lab)
+    mask = (lab[:, None] == lab[None, :]) & ~np.eye(n, dtype=bool)
+    if mask.sum() < 6:
+        return StudentizedTest(float("nan"), float("nan"), float("nan"), n_permutations)
+    am, bm = np.where(mask, a, 0.0), np.where(mask, b, 0.0)
+    own = mask.sum(axis=1).astype(np.float64)  # same-cluster partners of each KD
+
+    def r_and_loo(rxy, ry, ryy):
+        rx, rxx = am.sum(axis=1), (am**2).sum(axis=1)
+        n_pairs = own.sum() / 2
+        totals = [v.sum(axis=-1, keepdims=True) / 2 for v in (rx, ry, rxx, ryy, rxy)]
+        r = _pearson_from_sums(n_pairs, *(t[..., 0] for t in totals))
+        loo = _pearson_from_sums(n_pairs - own, *(t - row for t, row in zip(totals, (rx, ry, rxx, ryy, rxy))))
+        return r, loo
+
+    ry, ryy = bm.sum(axis=1), (bm**2).sum(axis=1)
+    r, loo = r_and_loo((am * b).sum(axis=1)[None], ry[None], ryy[None])
+    r, se = float(r[0]), float(jackknife_se(loo)[0])
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(lab == c) for c in np.unique(lab)]
+    null = np.empty(n_permutations)
+    for t in range(n_permutations):
+        perm = np.arange(n)
+        for g in groups:
+            perm[g] = rng.permutation(g)
+        moved = b[np.ix_(perm, perm)]
+        r_p, loo_p = r_and_loo((am * moved).sum(axis=1)[None], ry[perm][None], ryy[perm][None])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            null[t] = r_p[0] / jackknife_se(loo_p)[0]
+    observed = r / se if se > 0 else float("nan")
+    return StudentizedTest(r, se, _p_greater(observed, null), n_permutations)
 
 
 # ---------------------------------------------------------------- linearity
@@ -393,23 +492,31 @@ def spread(c_out: np.ndarray, c_jac: np.ndarray) -> Spread:
 
 
 def core_evidence(c_out: np.ndarray, c_jac: np.ndarray, labels: np.ndarray, n_permutations: int, n_bootstrap: int,
-                  seed: int) -> RoutingEvidence:
-    """The statistics the call rests on (what the calibration replicates compute): Mantel, cluster contrast, spread."""
+                  seed: int, gram: np.ndarray | None = None) -> RoutingEvidence:
+    """The statistics the call rests on (what the calibration replicates compute).
+
+    Routing is first split into its common and KD-specific parts (`decompose`, from `gram`, the Jacobians' Gram;
+    None: `c_jac` is taken as the Gram of unit-norm Jacobians); the deciding Mantel, contrast and the within-cluster
+    Mantel are computed on the KD-specific matrix C_jac^spec, the raw C_jac's Mantel and contrast beside them.
+    """
+    decomposition, c_spec = decompose(c_jac if gram is None else gram)
     return RoutingEvidence(
         n_kds=int(len(labels)), n_pairs=int(len(upper(c_out))),
-        mantel_pearson=mantel(c_out, c_jac, n_permutations, seed, "pearson"),
-        mantel_spearman=mantel(c_out, c_jac, n_permutations, seed, "spearman"),
-        pearson_ci=kd_bootstrap_ci(c_out, c_jac, n_bootstrap, seed) if n_bootstrap else (float("nan"),) * 2,
-        contrast=cluster_contrast(c_jac, labels, n_permutations, seed),
-        spread=spread(c_out, c_jac))
+        mantel_pearson=mantel(c_out, c_spec, n_permutations, seed, "pearson"),
+        mantel_spearman=mantel(c_out, c_spec, n_permutations, seed, "spearman"),
+        pearson_ci=kd_bootstrap_ci(c_out, c_spec, n_bootstrap, seed) if n_bootstrap else (float("nan"),) * 2,
+        contrast=cluster_contrast(c_spec, labels, n_permutations, seed),
+        spread=spread(c_out, c_jac),
+        decomposition=decomposition,
+        within_mantel=within_cluster_mantel(c_out, c_spec, labels, n_permutations, seed),
+        raw_mantel=mantel(c_out, c_jac, n_permutations, seed, "pearson"),
+        raw_contrast=cluster_contrast(c_jac, labels, n_permutations, seed))
 
 
 def routing_evidence(c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray, labels: np.ndarray, n_permutations: int,
-                     n_bootstrap: int, seed: int) -> RoutingEvidence:
+                     n_bootstrap: int, seed: int, gram: np.ndarray | None = None) -> RoutingEvidence:
     """`core_evidence` plus the descriptive statistics that involve the encoder geometry C_rep."""
-    core = core_evidence(c_out, c_jac, labels, n_permutations, n_bootstrap, seed)
+    core = core_evidence(c_out, c_jac, labels, n_permutations, n_bootstrap, seed, gram)
     return replace(core, partial_mantel=partial_mantel(c_jac, c_out, c_rep, n_permutations, seed),
                    mantel_out_rep=mantel(c_out, c_rep, n_permutations, seed, "pearson"),
                    keyed_lookup_r=pearson(c_jac, c_out * c_rep))
-
-

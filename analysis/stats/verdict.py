@@ -1,27 +1,46 @@
 """The verdict: one decision rule over typed statistics; the call and the rows it rests on (the words are
 `present.prose`'s).
 
-Two criteria decide, each read three ways:
+Routing is first split (`routing.decompose`, exactly from the K × K Gram of the unit-norm Jacobians) into the part
+every KD shares — its share of the Jacobian energy, `common_share` — and the KD-specific rest, whose cosine matrix
+C_jac^spec the deciding criteria read (the raw C_jac's are reported beside them). A common component makes every
+raw cosine high and says nothing about how the rest is routed; the old rule (1 − mean C_jac < 0.01 → "degenerate")
+called cluster-shared routing on top of a 99 % common component degenerate, and identical-up-to-noise routing
+"negative".
 
-- *Output similarity predicts routing similarity* (studentized Mantel r of C_out vs C_jac): supports Model B when
-  p < α and r clears the seed's threshold; supports Model A when equivalence is shown — the one-sided 95 % upper
-  bound of r (r + z·jackknife SE) lies below the smallest effect of interest.
-- *Same-cluster KDs share routing* (studentized cluster-label permutation of the same − cross difference of C_jac,
-  in SDs of C_jac): supports Model B when p < α and the standardized difference clears its minimum; Model A when
-  its upper bound lies below the smallest effect of interest.
+Two deciding criteria on C_jac^spec, on one scale (r) with one smallest effect of interest m = equivalence_r:
 
-Call: positive (Model B) when both support B; negative (Model A) when both support A; mixed when one supports B
-and the other A; inconclusive otherwise. Before any of that, *degenerate routing*: when the Jacobians (or the
-responses) of all KDs are nearly parallel (1 − mean off-diagonal C_jac below `min_dissimilarity`), every KD routes
-(or responds) the same way, the spread of C_jac is numerical noise, and the call says so instead of reading it.
-(A small *spread* alone is not degeneracy: KD-specific routing in G·H dimensions gives C_jac ≈ 0 ± 1/√(G·H).)
+- *Output similarity predicts routing similarity*: studentized Mantel r(C_out, C_jac^spec). Model B when p < α
+  and r > min_r; ruled out when its one-sided 95 % upper bound (r + z·jackknife SE) is below m.
+- *Same-cluster KDs share KD-specific routing*: the studentized same − cross contrast, in SDs (Model B when p < α,
+  ≥ min_contrast SD and the difference itself — the share of the KD-specific energy shared within clusters — is at
+  least min_cluster_share); as r it is the point-biserial r(C_jac^spec, same-cluster indicator) = d·√(q(1 − q))
+  exactly (q: the share of same-cluster pairs), and it is ruled out when that r's bound is below m.
+
+The two read largely the same cluster blocks, so they are not two confirmations: a third, reported row — the Mantel
+over same-cluster pairs only, labels permuted within clusters — says whether routing tracks outputs beyond the
+blocks (graded) or is shared by the cluster as a block.
+
+Calls:
+- degenerate: the responses (C_out) have a KD-specific share below `min_specific_share` — nothing to compare.
+- global readout: the KD-specific share of the Jacobian energy is below `min_specific_share` (a numerical floor:
+  one linear map for every KD leaves 2.5e-6 on the known answer), whatever its structure; or cluster sharing is ruled out by both
+  criteria and the common component carries at least `global_share` of the energy.
+- cluster circuits (Model B): both criteria show KD-specific routing shared within output clusters.
+- per-KD (Model A evidence): both criteria rule cluster sharing out and the KD-specific part carries more than
+  1 − global_share of the energy.
+- mixed: one criterion shows cluster sharing, the other rules it out.
+- inconclusive: anything else (a criterion neither shown nor ruled out).
+
+Not done here: a noise floor from independent control-cell draws (split-half reliability of C_jac^spec); until
+it is, KD-specific structure that is draw-to-draw noise cannot be told from routing, and no call says "unreliable".
 
 The SVD, the partial Mantel and the seed's pair-level tests are reported beside the deciding rows, labelled; they
-never change the call (the partial Mantel is not valid under a shared cause; the SVD is descriptive).
+never change the call.
 
 The construct's limit: a per-KD lookup whose gate reads the KD's own embedding has J_k = w_k ⊗ p_k/‖p_k‖², so
 C_jac = C_out ⊙ C_rep, and local Jacobians cannot tell it from shared routing when C_rep clusters like C_out.
-Every positive call carries that caveat, with r(C_jac, C_out ⊙ C_rep) beside it.
+Every cluster-circuits call carries that caveat, with r(C_jac, C_out ⊙ C_rep) beside it.
 """
 
 from __future__ import annotations
@@ -46,31 +65,69 @@ _p = _finite
 
 
 def deciding_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple[Criterion, Criterion]:
-    """The two rows the call rests on, each with the model it supports."""
+    """The two rows the call rests on (both on C_jac^spec, bounds on the r scale), each with the model it supports."""
     m, c = evidence.mantel_pearson, evidence.contrast
-    a = rule.alpha
-    m_support = _support(m.p_value < a, m.statistic > rule.min_r, m.upper_bound < rule.equivalence_r)
-    c_support = _support(c.test.p_value < a, c.test.statistic >= rule.min_contrast,
-                         c.test.upper_bound < rule.equivalence_contrast)
+    a, margin = rule.alpha, rule.equivalence_r
+    m_support = _support(m.p_value < a, m.statistic > rule.min_r, m.upper_bound < margin)
+    c_support = _support(c.test.p_value < a, c.test.statistic >= rule.min_contrast
+                         and c.difference >= rule.min_cluster_share, c.r_bound < margin)
     mantel_row = Criterion(
-        "Output similarity predicts routing similarity", "decides", "Pearson r(C_out, C_jac)", m.statistic,
-        f"studentized Mantel ({m.n_permutations} KD-label permutations); one-sided 95 % jackknife bound",
-        f"B: r > {rule.min_r}, p < {a}; A: bound < {rule.equivalence_r}", _p(m.p_value), m_support == "Model B",
+        "Output similarity predicts KD-specific routing similarity", "decides", "Pearson r(C_out, C_jac^spec)",
+        m.statistic, f"studentized Mantel ({m.n_permutations} KD-label permutations); one-sided 95 % jackknife bound",
+        f"B: r > {rule.min_r}, p < {a}; ruled out: bound < {margin}", _p(m.p_value), m_support == "Model B",
         m_support, f"95 % KD-bootstrap CI [{evidence.pearson_ci[0]:.3f}, {evidence.pearson_ci[1]:.3f}]; "
-                   f"Spearman {evidence.mantel_spearman.statistic:.3f}", _finite(m.upper_bound), rule.equivalence_r)
+                   f"Spearman {evidence.mantel_spearman.statistic:.3f}", _finite(m.upper_bound), margin)
     contrast_row = Criterion(
-        "Same-cluster KDs share routing", "decides", "(mean C_jac same − cross) / SD(C_jac)", c.test.statistic,
+        "Same-cluster KDs share KD-specific routing", "decides",
+        "point-biserial r(C_jac^spec, same cluster) = (same − cross)/SD × √(q(1−q))", c.r,
         f"studentized cluster-label permutation ({c.test.n_permutations}); one-sided 95 % jackknife bound",
-        f"B: ≥ {rule.min_contrast} SD, p < {a}; A: bound < {rule.equivalence_contrast} SD", _p(c.test.p_value),
+        f"B: ≥ {rule.min_contrast} SD (r ≥ {rule.min_contrast * c.r_scale:.3g} here) and same − cross ≥ "
+        f"{rule.min_cluster_share} (share of KD-specific energy), p < {a}; ruled out: bound < "
+        f"{margin} (= {margin / c.r_scale if c.r_scale > 0 else float('nan'):.3g} SD here)", _p(c.test.p_value),
         c_support == "Model B", c_support,
-        f"same {c.mean_same:.3f} vs cross {c.mean_cross:.3f} (difference {c.difference:.3g}, SD {c.spread:.3g})",
-        _finite(c.test.upper_bound), rule.equivalence_contrast)
+        f"{c.test.statistic:.2f} SD (bound {c.test.upper_bound:.2f} SD); same {c.mean_same:.3g} vs cross "
+        f"{c.mean_cross:.3g} (SD {c.spread:.3g}); q = {c.pair_share:.3f}", _finite(c.r_bound), margin)
     return mantel_row, contrast_row
 
 
+def structure_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple:
+    """The share row (decides between global readout and per-KD routing) and the rows that separate blocks from
+    graded tracking and show the raw matrix."""
+    d, a = evidence.decomposition, rule.alpha
+    rows = [Criterion("Routing common to every KD", "decides (share)", "share of Σ‖u_k‖² along the mean unit Jacobian (u_k = J_k/‖J_k‖)",
+                      d.common_share, "exact, from the K × K Gram (projection onto the direction of ū)",
+                      f"global readout: KD-specific share {d.specific_share:.3g} < {rule.min_specific_share:g}, or "
+                      f"cluster sharing ruled out and common ≥ {rule.global_share:g}", None,
+                      d.common_share >= rule.global_share,
+                      note=f"KD-specific share {d.specific_share:.3g}; C_jac^spec mean {d.spec_mean:.3g}, "
+                           f"SD {d.spec_sd:.3g}")]
+    w = evidence.within_mantel
+    if w is not None:
+        rows.append(Criterion("Routing tracks output within clusters (beyond the cluster blocks)", "separates",
+                              "Pearson r(C_out, C_jac^spec), same-cluster pairs", w.statistic,
+                              f"studentized Mantel, labels permuted within clusters ({w.n_permutations}); one-sided",
+                              f"graded: p < {a}; block only: bound < {rule.equivalence_r}", _p(w.p_value),
+                              bool(w.p_value < a and w.statistic > 0), bound=_finite(w.upper_bound),
+                              margin=rule.equivalence_r))
+    if evidence.raw_mantel is not None:
+        rm, rc = evidence.raw_mantel, evidence.raw_contrast
+        rows += [Criterion("Output similarity predicts raw routing similarity", "raw (reported)",
+                           "Pearson r(C_out, C_jac)", rm.statistic, "studentized Mantel", f"p < {a}", _p(rm.p_value),
+                           bool(rm.p_value < a), bound=_finite(rm.upper_bound), margin=rule.equivalence_r),
+                 Criterion("Same-cluster KDs share raw routing", "raw (reported)",
+                           "point-biserial r(C_jac, same cluster)", rc.r, "studentized cluster-label permutation",
+                           f"p < {a}", _p(rc.test.p_value), bool(rc.test.p_value < a),
+                           note=f"{rc.test.statistic:.2f} SD; same {rc.mean_same:.4g} vs cross {rc.mean_cross:.4g}",
+                           bound=_finite(rc.r_bound), margin=rule.equivalence_r)]
+    return tuple(rows)
+
+
 def reported_criteria(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None) -> tuple:
-    """Rows shown beside the deciding ones: the seed's pair-level versions, the partial Mantel, the SVD."""
-    a, c, m = rule.alpha, evidence.contrast, evidence.mantel_pearson
+    """Rows shown beside the deciding ones: the seed's pair-level versions (on the raw C_jac, as the seed wrote
+    them), the partial Mantel, the SVD."""
+    a = rule.alpha
+    c = evidence.raw_contrast or evidence.contrast
+    m = evidence.raw_mantel or evidence.mantel_pearson
     rows = [
         Criterion("Same-cluster KDs share routing", "seed (reported)", "mean C_jac same − cross", c.difference,
                   "Wilcoxon rank-sum on pairs (anti-conservative: pairs share KDs)", f"p < {a}, same > cross",
@@ -110,17 +167,19 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
     """The call and its evidential basis, from the statistics alone (the pipeline, the known answers and the
     calibration all call this one function)."""
     mantel_row, contrast_row = deciding_criteria(evidence, rule)
-    criteria = (mantel_row, contrast_row) + reported_criteria(evidence, rule, svd)
-    s = evidence.spread
-    if 1 - s.jac_mean < rule.min_dissimilarity:
-        return Verdict("degenerate", criteria, "C_jac")
-    if 1 - s.out_mean < rule.min_dissimilarity:
+    criteria = (mantel_row, contrast_row) + structure_criteria(evidence, rule) + reported_criteria(evidence, rule, svd)
+    d, s = evidence.decomposition, evidence.spread
+    n = evidence.n_kds
+    out_specific = (n - 1) / n * (1 - s.out_mean) if n > 1 else 0.0  # the same share for unit-norm ΔY
+    if out_specific < rule.min_specific_share:
         return Verdict("degenerate", criteria, "C_out")
+    if d.specific_share < rule.min_specific_share:
+        return Verdict("global readout", criteria, "C_jac")
     supports = (mantel_row.supports, contrast_row.supports)
     if supports == ("Model B", "Model B"):
-        call = "positive"
+        call = "cluster circuits"
     elif supports == ("Model A", "Model A"):
-        call = "negative"
+        call = "global readout" if d.common_share >= rule.global_share else "per-KD"
     elif set(supports) == {"Model A", "Model B"}:
         call = "mixed"
     else:

@@ -48,7 +48,7 @@ def read_routing(stage: StageDir, record: dict, jacobians: StageDir, jacobian_re
                          codec.decode(RoutingEvidence, evidence["routing"]), codec.decode(SvdEvidence, evidence["svd"]),
                          pd.read_parquet(stage / "svd_enrichment.parquet"), pd.read_parquet(stage / "linearity.parquet"),
                          codec.decode(Verdict, read_json(stage / "verdict.json")), read_json(stage / "prior_work.json"),
-                         seconds, jacobian_record["autograd_check"], jacobian_record["device"])
+                         seconds, jacobian_record["autograd_check"], jacobian_record["device"], a.get("c_jac_specific"))
 
 
 def read_across(stage: StageDir, record: dict) -> AcrossResult:
