@@ -54,3 +54,13 @@ def p_phrase(p: float | None, n_permutations: int | None = None) -> str:
 def breakable(text: str) -> str:
     """`text` with a zero-width space after each underscore, where typst and browsers may wrap a gene-set name."""
     return str(text).replace("_", "_\u200b")
+
+
+# Library file stems -> short names for tables and chart labels (a legend beneath each table spells them out).
+LIBRARY_ABBREVIATIONS = {"GO_Biological_Process": "GO BP", "GO_Molecular_Function": "GO MF",
+                         "GO_Cellular_Component": "GO CC", "MSigDB_Hallmark": "Hallmark", "KEGG": "KEGG",
+                         "Reactome": "Reactome"}
+
+
+def library_short(library: str) -> str:
+    return next((short for prefix, short in LIBRARY_ABBREVIATIONS.items() if library.startswith(prefix)), library)

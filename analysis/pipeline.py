@@ -16,10 +16,10 @@ from importlib import metadata
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from . import cache, clustering, consistency, demo, enrichment, executors, jacobians, routing, verdict
 from .config import AnalysisConfig
+from .console import StageProgress, note
 from .effects import compute_effects
 from .formatting import p_phrase
 from .load import LoadedRun, ShippedRun, checkpoint_file, load_run
@@ -43,7 +43,7 @@ def run_analysis(config: AnalysisConfig, progress: bool = True, executor=None) -
     lines = []
     for line_config in config.per_line():
         if progress and len(config.cell_lines) > 1:
-            print(f"Cell line {line_config.cell_line}:", flush=True)
+            note(f"Cell line {line_config.cell_line}:")
         lines.append(analyse_line(line_config, progress, executor))
     lines = tuple(lines)
     across = run_across(config, lines) if len(lines) > 1 else None
@@ -131,8 +131,8 @@ def run_part2(config: AnalysisConfig, run: LoadedRun, part1: Part1, progress: bo
         todo = [task for task in tasks if not store.valid(task.index, task.kds)]
         inputs = jacobians.JacobianInputs(effects.pert_repr, effects.control_repr, effects.draw_cells,
                                           config.kds_per_call, config.tangents_per_call, config.compile_jacobian)
-        bar = tqdm(total=len(run.kd_names), initial=len(run.kd_names) - sum(len(t.kds) for t in todo),
-                   desc="Jacobians ∂E[Y]/∂pert_repr", unit="KD", disable=not progress)
+        bar = StageProgress(len(run.kd_names), "Jacobians ∂E[Y]/∂pert_repr", "KD", progress,
+                            initial=len(run.kd_names) - sum(len(t.kds) for t in todo))
         last = time.perf_counter()
         pool = executor or executors.for_config(config)
         for task, arrays in pool.map(partial(jacobians.jacobian_shard, inputs=inputs), todo, worker_state(config, run)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from . import cache, consistency, enrichment, plots
-from .config import load_config
-from .formatting import Md, breakable, fmt, fmt_p, p_phrase
+from .config import PACKAGE_DIR, load_config
+from .formatting import Md, breakable, fmt, fmt_p, library_short, p_phrase
 from .results import Results, result_paths
 from .verdict import DecisionRule
 
@@ -57,8 +58,35 @@ def config_file(results: Results) -> str:
     return str(results.config.source) if relative.startswith("..") else relative
 
 
+# Symbols the analysis writes with underscores (C_jac, J_k, ΔY_k, p_ctrl) and 2^16 powers: Markdown sub- and
+# superscripts in the report.
+SYMBOL = re.compile(r"(?<![A-Za-z])(C|J|Y|p|w)_(out|jac|rep|k|ctrl)(?![A-Za-z])")
+POWER = re.compile(r"\b(\d+)\^(\d+)\b")
+
+
+# The analysis calls the original analysis plan "the seed"; a reader would take that for a random seed.
+SEED_PLAN = re.compile(r"\bseed(?='s\b| \(reported\))")
+
+
+CI_BRACKETS = re.compile(r"CI \[([^,\]]+), ([^\]]+)\]")
+MINUS = re.compile(r"(?<![\w.])-(?=\d)")
+EXPONENT = re.compile(r"(\d)e([-+])0*(\d)")
+
+
+def typeset(text: str) -> str:
+    """Text the analysis wrote, as the report prints it (code spans left alone): C_jac as C~jac~, 2^16 as 2^16^, one CI
+    style ('CI 0.44 to 0.64'), '95 %' as '95%', minus signs, '2e-07' as '2e-7', the seed's criteria as the original
+    plan's."""
+    parts = re.split(r"(`[^`]*`)", str(text))
+    for i in range(0, len(parts), 2):
+        t = SEED_PLAN.sub("original plan", re.sub(r"(\d) %", r"\1%", parts[i]))
+        t = EXPONENT.sub(r"\1e\2\3", CI_BRACKETS.sub(r"CI \1 to \2", t))
+        parts[i] = POWER.sub(r"\1^\2^", SYMBOL.sub(r"\1~\2~", MINUS.sub("−", t)))
+    return "".join(parts)
+
+
 def _cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return typeset(value).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(frame: pd.DataFrame, widths: list[int], align: str | None = None) -> Md:
@@ -74,16 +102,6 @@ def markdown_table(frame: pd.DataFrame, widths: list[int], align: str | None = N
              "|" + "|".join(rule[a].format("-" * max(3, w)) for w, a in zip(widths, align)) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return Md("\n".join(lines))
-
-
-# Library file stems -> short names for tables (a legend beneath each table spells them out).
-LIBRARY_ABBREVIATIONS = {"GO_Biological_Process": "GO BP", "GO_Molecular_Function": "GO MF",
-                         "GO_Cellular_Component": "GO CC", "MSigDB_Hallmark": "Hallmark", "KEGG": "KEGG",
-                         "Reactome": "Reactome"}
-
-
-def library_short(library: str) -> str:
-    return next((short for prefix, short in LIBRARY_ABBREVIATIONS.items() if library.startswith(prefix)), library)
 
 
 def library_legend(libraries) -> str:
@@ -148,6 +166,7 @@ def numbers(results: Results) -> SimpleNamespace:
         linearity_median=fmt(float(p3.linearity["explained"].median())),
         linearity_q1=fmt(float(p3.linearity["explained"].quantile(0.25))),
         linearity_q3=fmt(float(p3.linearity["explained"].quantile(0.75))),
+        linearity_negative=negative_linearity(p3.linearity),
         call=p3.verdict.call, call_phrase=call_phrase(results),
         checkpoint=config_relative(results, Path(cfg.run_dir) / "checkpoints" / cfg.checkpoint),
         checkpoint_sha=prov["checkpoint_sha256"], data=config_relative(results, cfg.h5ad), data_sha=prov["data_sha256"],
@@ -157,6 +176,20 @@ def numbers(results: Results) -> SimpleNamespace:
         autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
     )
     return SimpleNamespace(**{k: Md(v) for k, v in values.items()})
+
+
+def negative_linearity(linearity: pd.DataFrame) -> str:
+    """The KDs whose first-order term points away from their effect (a negative explained share), by cluster."""
+    negative = linearity[linearity["explained"] < 0]
+    if negative.empty:
+        return "No KD has a negative share."
+    clusters = sorted(int(c) for c in negative["cluster"].unique())
+    where = (f"cluster {clusters[0]}" if len(clusters) == 1
+             else "clusters " + ", ".join(map(str, clusters[:-1])) + f" and {clusters[-1]}")
+    return (f"{len(negative)} KD{'s' if len(negative) > 1 else ''} ({where}; lowest share "
+            f"{fmt(float(negative['explained'].min()))}) {'have' if len(negative) > 1 else 'has'} a negative share: "
+            f"the first-order term points away from the KD's effect, so the Jacobian at the KD does not describe "
+            f"that effect, and the routing comparisons below read these KDs' local routing only.")
 
 
 SINGLE_LINE = "the single cell type of the data"  # how a config without [data] cell_line reads
@@ -236,7 +269,7 @@ def across_text(results: Results) -> Md:
     if results.across is None:
         return Md(f"One cell line was analysed ({lines_phrase(results)}). Listing two or more lines in "
                   "`[data] cell_line` analyses each on its own control cells with the same model and compares each "
-                  "KD's output and routing between them (the seed's NB04 question); with one line the figure below stays empty.")
+                  "KD's output and routing between them (the original plan's NB04 question); with one line the figure below stays empty.")
     table = results.across.table
     calls = "; ".join(f"{line.cell_line}: **{line.part3.verdict.call}** ({len(line.part1.effects.kd_names)} KDs, "
                       f"r = {fmt(line.part3.evidence.mantel_pearson.statistic)}, contrast "
@@ -255,7 +288,14 @@ def across_text(results: Results) -> Md:
               f"{fmt(results.part3.evidence.spread.jac_mean)} within {results.lines[0].cell_line}) makes every raw "
               f"cosine high ({medians}). {across_sentence(results)} KDs of one output cluster are not independent, "
               f"so the units of the sign-flip test and of the bootstrap interval are the primary line's output "
-              f"clusters (@tbl-tests).")
+              f"clusters (@tbl-tests){sign_flip_floor(results)}.")
+
+
+def sign_flip_floor(results: Results) -> str:
+    """With few clusters an exact sign flip has a floor: 2 of the 2^n patterns are at least as extreme (two-sided)."""
+    floors = {test.n_units for a, b in results.across.pairs for test in results.across.pair_tests(a, b) if test.exact}
+    return "".join(f"; with {n} clusters the smallest p an exact two-sided sign flip can give is 2/2^{n}^ = "
+                   f"{fmt_p(2 / 2 ** n)}" for n in sorted(floors))
 
 
 def caveat_callout(results: Results) -> Md:
@@ -265,12 +305,19 @@ def caveat_callout(results: Results) -> Md:
 
 
 def demo_note(results: Results) -> Md:
+    """First thing under the title when the run is the embedded demo: what it is, before any finding."""
     if not is_demo(results):
         return Md("")
-    return Md("*Demo run.* This rendering reports on the embedded demo: a small arc-state State-Transition model trained on a "
-              "synthetic Perturb-seq world with planted pathway modules, standing in for the seed's HepG2 checkpoint. "
-              "Its numbers illustrate the method, not the biology of the seed's model; render with `-P config:…` "
-              "to report on a real run.")
+    lines = " and ".join(f"“{line.cell_line}”" for line in results.lines)
+    return Md('::: {.callout-important title="Demo run on synthetic data: no biological finding"}\n'
+              "This report analyses the embedded demo, not a model trained on real cells: a small arc-state "
+              "State-Transition model trained on a synthetic Perturb-seq world. Its genes are synthetic (named after "
+              "real genes so that the bundled gene-set libraries can be read on them, which is why real GO and "
+              f"Hallmark terms appear), its cell lines {lines} are synthetic stand-ins, and its KDs come in planted "
+              "modules (ribosome, mitoribosome, proteasome, TRAPP, MYC, spliceosome, mediator) plus KDs without "
+              "effect. The numbers show what the method finds when the answer is planted; the prior-work table "
+              "compares them with notebooks run on a real model only to show where each question is answered. "
+              "Render with `-P config:…` to report on a real run.\n:::")
 
 
 def discussion(results: Results) -> Md:
@@ -282,7 +329,8 @@ def discussion(results: Results) -> Md:
                      f"Jacobians with respect to the perturbation representation (r = {n.pearson_r}), and KDs of one "
                      f"output cluster share routing more than KDs of different clusters ({n.contrast_sd} SD, "
                      f"{n.contrast_p}). The transformer reads the perturbation representation through shared directions "
-                     f"rather than treating each KD as a separate lookup — with the one exception discussed below."),
+                     f"rather than treating each KD as a separate lookup — unless the model is a lookup keyed on each "
+                     f"KD's own embedding, which routes the same way (the second limit below)."),
         "negative": (f"Both deciding criteria support Model A, and not by default: the upper bound of the output–routing "
                      f"correlation ({n.r_bound}) and of the same − cross routing contrast ({n.contrast_bound} SD) lie "
                      f"below the smallest effects of interest ({n.equivalence_r} and {n.equivalence_contrast} SD). KDs "
@@ -310,7 +358,8 @@ def tests_table(results: Results) -> Md:
     pair_note = "pairs share KDs, so pairs are not independent units"
     rows = [
         ("Output vs routing similarity", "Pearson r of the upper triangles of C_out and C_jac",
-         f"studentized Mantel test: r / its delete-one-KD jackknife SE, KD labels of one matrix permuted ({perm}), "
+         f"studentized Mantel test [@mantel1967; @diciccio2017]: r / its delete-one-KD jackknife SE, KD labels of one "
+         f"matrix permuted ({perm}), "
          "one-sided; one-sided 95% upper bound r + 1.645 SE for equivalence",
          pair_note + "; studentized because a plain permutation test assumes independence, not mere uncorrelation"),
         ("", "Spearman r (same pairs)", f"studentized Mantel test on ranks ({perm})", pair_note),
@@ -319,10 +368,10 @@ def tests_table(results: Results) -> Md:
         ("Same- vs cross-cluster routing", "(mean C_jac(same) − mean C_jac(cross)) / SD(C_jac), clusters ≥ 1; AUC",
          f"cluster labels permuted over KDs ({perm}), difference / jackknife SE, one-sided; upper bound for equivalence",
          pair_note + "; labels are a KD-level property"),
-        ("", "the same contrast, as the seed wrote it",
+        ("", "the same contrast, as the original plan wrote it",
          "Wilcoxon rank-sum on pairs", "reported for comparison; anti-conservative because " + pair_note),
         ("Routing beyond encoder geometry", "partial Mantel r(C_jac, C_out | C_rep)",
-         f"KD labels of C_jac permuted ({perm}), one-sided (Smouse et al. 1986)", pair_note),
+         f"KD labels of C_jac permuted ({perm}), one-sided [@smouse1986]", pair_note),
         ("Encoder geometry vs output", "Mantel r(C_out, C_rep)", f"KD labels permuted ({perm})", pair_note),
         ("KD-target enrichment per cluster", "over-representation of a cluster's KD targets",
          "hypergeometric test, background = all KDs of the screen, BH-FDR per cluster",
@@ -382,9 +431,16 @@ def verdict_notes(results: Results) -> Md:
     lines = []
     for number, c in enumerate(results.part3.verdict.criteria, 1):
         extra = {k: v for k, v in dataclasses.asdict(c).items() if k not in VERDICT_COLUMNS and v not in ("", None)}
-        parts = [f"{k.replace('_', ' ')}: {fmt(v, 3) if isinstance(v, float) else v}" for k, v in extra.items()]
-        lines.append(f"({number}) " + "; ".join(parts) + ".")
+        parts = [f"{k.replace('_', ' ')}: {_note_value(v)}" for k, v in extra.items()]
+        lines.append(typeset(f"({number}) " + "; ".join(parts) + "."))
     return Md("\n\n".join(lines))
+
+
+def _note_value(value) -> str:
+    """A criterion's field beneath the verdict table: a whole number (a count) without decimals."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() else fmt(value, 3)
+    return str(value)
 
 
 def prior_work_table(results: Results) -> Md:
@@ -436,7 +492,7 @@ CALIBRATION_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "resu
 
 def calibration_frame(path: Path = CALIBRATION_FILE) -> pd.DataFrame | None:
     """The calibration script's table (`benchmarks/calibration.py` writes it): per world, the rejection rates of the
-    two tests that decide and of the seed's rank-sum test, and the share of positive and negative calls."""
+    two tests that decide and of the original plan's rank-sum test, and the share of positive and negative calls."""
     if not Path(path).is_file():
         return None
     data = cache.read_json(path)
@@ -476,7 +532,7 @@ def config_values(results: Results) -> dict:
         if field in ("run_dir", "h5ad", "cache_dir"):
             value = config_relative(results, value)
         elif field == "gene_sets":
-            value = ", ".join(config_relative(results, v) for v in value) or "none"
+            value = ", ".join(_gene_set_name(results, v) for v in value) or "none"
         elif field == "kds":
             value = (f"{', '.join(value)} ({prov['n_kds']} KDs)" if value
                      else f"all {prov['n_kds']} KDs of the perturbation map in the cell line")
@@ -495,17 +551,51 @@ def config_values(results: Results) -> dict:
     return values
 
 
+def _gene_set_name(results: Results, path) -> str:
+    """A bundled library by its name (its path inside the installed package means nothing to a reader), else the
+    file relative to the config."""
+    bundled = PACKAGE_DIR / "genesets"
+    return f"{Path(path).stem} (bundled)" if Path(path).parent == bundled else config_relative(results, path)
+
+
 def config_table(results: Results) -> Md:
     values = config_values(results)
     frame = pd.DataFrame({"Field": list(values), "Value": [f"`{v}`" for v in values.values()]})
     return markdown_table(frame, [12, 40])
 
 
+def _command(*args: str) -> str | None:
+    """First line a command prints, or None when it is missing or fails."""
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=PACKAGE_DIR)
+    except OSError:
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def render_versions() -> list[tuple[str, str]]:
+    """The code and the tools of this rendering: the git commit of the analysis package (with '+ local changes' when
+    the checkout differs from it), Quarto and its typst, when the report is rendered by Quarto."""
+    commit = _command("git", "rev-parse", "--short=12", "HEAD")
+    if commit and _command("git", "status", "--porcelain", "--untracked-files=no", "--", "."):
+        commit += " + local changes"
+    rows = [("Git commit", commit or "not a git checkout")]
+    quarto_bin = os.environ.get("QUARTO_BIN_PATH")
+    if quarto_bin:
+        quarto = str(Path(quarto_bin) / "quarto")
+        rows += [("Quarto", _command(quarto, "--version") or "unknown"),
+                 ("typst (Quarto's)", _command(quarto, "typst", "--version") or "unknown")]
+    return rows
+
+
 def environment_table(results: Results) -> Md:
+    """Software and hardware: the operating system's name only (the host's kernel string identifies a machine, not
+    the environment), the versions the analysis ran with, and this rendering's commit and tools."""
     prov = results.provenance
-    rows = [("Python", prov["python"]), ("Platform", prov["platform"]), ("Device", prov["device"]),
+    rows = [("Python", prov["python"]), ("Operating system", prov["platform"].split("-")[0]), ("Device", prov["device"]),
             ("CPU cores", prov["cpu_count"])]
     rows += [(name, version) for name, version in prov["versions"].items()]
+    rows += render_versions()
     return markdown_table(pd.DataFrame(rows, columns=["Component", "Version / value"]), [12, 30])
 
 
