@@ -460,6 +460,38 @@ def gene_loadings(gene_loadings: np.ndarray, gene_names, n_axes: int = 3, top: i
     return alt.hconcat(*panels)
 
 
+# ---------------------------------------------------------------- verdict
+THRESHOLD_COLOURS = {"Model B: minimum effect": "#6a3d9a", "Model A: smallest effect of interest": "#1b9e77"}
+
+
+def verdict_forest(estimates: pd.DataFrame) -> alt.HConcatChart:
+    """The verdict at a glance: one panel per deciding criterion, one row per cell line, the statistic (point) between
+    its one-sided 95% bounds (bar), the Model B minimum and the Model A smallest effect of interest (dashed lines), its
+    p and the model it supports beside it. estimates: criterion, line, statistic, lower, upper, model_b, model_a, label,
+    unit (one row per criterion and line, in the order shown)."""
+    panels = []
+    for criterion, frame in estimates.groupby("criterion", sort=False):
+        y = alt.Y("line:N", title=None, sort=list(frame["line"]))
+        low = float(min(frame["lower"].min(), frame["model_a"].min(), 0.0))
+        high = float(max(frame["upper"].max(), frame["model_b"].max()))
+        scale = alt.Scale(domain=[low - 0.1 * (high - low), high + 0.6 * (high - low)], nice=False)
+        thresholds = pd.DataFrame({"x": [frame["model_b"].iloc[0], frame["model_a"].iloc[0]],
+                                   "threshold": list(THRESHOLD_COLOURS)})
+        rules = alt.Chart(thresholds).mark_rule(strokeDash=[5, 3], strokeWidth=1.5).encode(
+            x=alt.X("x:Q", scale=scale, title=frame["unit"].iloc[0]),
+            color=alt.Color("threshold:N", title=None, scale=alt.Scale(domain=list(THRESHOLD_COLOURS),
+                                                                     range=list(THRESHOLD_COLOURS.values())),
+                            legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=0)))
+        base = alt.Chart(frame.round({"statistic": 4, "lower": 4, "upper": 4}))
+        bars = base.mark_rule(strokeWidth=2.5, color="#333").encode(x="lower:Q", x2="upper:Q", y=y)
+        points = base.mark_point(filled=True, size=80, color="#333").encode(
+            x="statistic:Q", y=y, tooltip=["line", alt.Tooltip("statistic:Q", format=".3f"),
+                                           alt.Tooltip("lower:Q", format=".3f"), alt.Tooltip("upper:Q", format=".3f")])
+        labels = base.mark_text(align="left", dx=8, fontSize=MIN_FONT_PX).encode(x="upper:Q", y=y, text="label:N")
+        panels.append(alt.layer(rules, bars, points, labels).properties(width=250, height=alt.Step(36), title=criterion))
+    return alt.hconcat(*panels, spacing=30)
+
+
 # ---------------------------------------------------------------- across cell lines
 def cross_line_consistency(across) -> alt.Chart:
     """Per KD, consistency of ΔY (x) against consistency of J (y) between two lines, coloured by the primary line's

@@ -49,6 +49,14 @@ def config_relative(results: Results, path: str | Path) -> str:
     return os.path.relpath(path, base)
 
 
+def project_path(results: Results, path: str | Path) -> str:
+    """`path` relative to the Quarto project (or working) folder when it lies inside, else as the config names it:
+    no '../' climbing out of the rendered tree and no machine's absolute path."""
+    root = os.environ.get("QUARTO_PROJECT_ROOT") or os.getcwd()
+    relative = os.path.relpath(path, root)
+    return config_relative(results, path) if relative.startswith("..") else relative
+
+
 def config_file(results: Results) -> str:
     """The config file relative to the Quarto project (or working) folder; absolute when it lies outside."""
     if results.config.source is None:
@@ -66,6 +74,8 @@ POWER = re.compile(r"\b(\d+)\^(\d+)\b")
 
 # The analysis calls the original analysis plan "the seed"; a reader would take that for a random seed.
 SEED_PLAN = re.compile(r"\bseed(?='s\b| \(reported\))")
+# The analysis's shorthand for a lookup switched by the KD's own embedding, in a biologist's words.
+GATE = "whose gate reads"
 
 
 CI_BRACKETS = re.compile(r"CI \[([^,\]]+), ([^\]]+)\]")
@@ -75,11 +85,12 @@ EXPONENT = re.compile(r"(\d)e([-+])0*(\d)")
 
 def typeset(text: str) -> str:
     """Text the analysis wrote, as the report prints it (code spans left alone): C_jac as C~jac~, 2^16 as 2^16^, one CI
-    style ('CI 0.44 to 0.64'), '95 %' as '95%', minus signs, '2e-07' as '2e-7', the seed's criteria as the original
-    plan's."""
+    style ('CI 0.44 to 0.64'), '95 %' as '95%', minus signs, '2e-07' as '2e-7', an apostrophe after a digit, the
+    seed's criteria as the original plan's and the lookup's "gate" in plain words."""
     parts = re.split(r"(`[^`]*`)", str(text))
     for i in range(0, len(parts), 2):
-        t = SEED_PLAN.sub("original plan", re.sub(r"(\d) %", r"\1%", parts[i]))
+        t = SEED_PLAN.sub("original plan", re.sub(r"(\d) %", r"\1%", parts[i])).replace(GATE, "that switches on when it reads")
+        t = re.sub(r"(?<=\d)'", "’", t)  # TRAPPC3's: typst would set a prime after a digit
         t = EXPONENT.sub(r"\1e\2\3", CI_BRACKETS.sub(r"CI \1 to \2", t))
         parts[i] = POWER.sub(r"\1^\2^", SYMBOL.sub(r"\1~\2~", MINUS.sub("−", t)))
     return "".join(parts)
@@ -168,14 +179,14 @@ def numbers(results: Results) -> SimpleNamespace:
         linearity_q3=fmt(float(p3.linearity["explained"].quantile(0.75))),
         linearity_negative=negative_linearity(p3.linearity),
         call=p3.verdict.call, call_phrase=call_phrase(results),
-        checkpoint=config_relative(results, Path(cfg.run_dir) / "checkpoints" / cfg.checkpoint),
-        checkpoint_sha=prov["checkpoint_sha256"], data=config_relative(results, cfg.h5ad), data_sha=prov["data_sha256"],
+        checkpoint=project_path(results, Path(cfg.run_dir) / "checkpoints" / cfg.checkpoint),
+        checkpoint_sha=prov["checkpoint_sha256"], data=project_path(results, cfg.h5ad), data_sha=prov["data_sha256"],
         input_key=prov["input_key"], code_version=prov["code_version"], config_file=config_file(results),
         device=prov["device"], jacobian_seconds=f"{p3.seconds.get('jacobians', float('nan')):.0f}",
         jvp_ratio=f"{n_genes / hidden:.1f}", weak_fraction=f"{_weak_fraction():g}",
         autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
     )
-    return SimpleNamespace(**{k: Md(v) for k, v in values.items()})
+    return SimpleNamespace(**{k: Md(typeset(v)) for k, v in values.items()})
 
 
 def negative_linearity(linearity: pd.DataFrame) -> str:
@@ -201,6 +212,28 @@ def lines_phrase(results: Results) -> str:
     if len(names) == 1:
         return names[0]
     return f"each analysed line ({names[0]}, the primary line the next sections show, and {', '.join(names[1:])}), on its own"
+
+
+def data_description(results: Results) -> Md:
+    """The data in a sentence: cells per analysed line (controls and perturbed) from the .h5ad, and how the model was
+    trained, from the run's config.yaml (what `state tx train` records)."""
+    import anndata
+    import yaml
+
+    cfg = results.config
+    obs = anndata.read_h5ad(cfg.h5ad, backed="r").obs
+    counts = []
+    for line in results.lines:
+        cells = obs[obs[cfg.cell_type_column] == line.cell_line] if line.cell_line else obs
+        controls = int((cells[cfg.perturbation_column] == cfg.control_label).sum())
+        counts.append(f"{line.cell_line or SINGLE_LINE}: {len(cells):,} cells, {controls:,} of them controls, "
+                      f"{cells[cfg.perturbation_column].nunique() - 1:,} perturbations")
+    training = (yaml.safe_load((cfg.run_dir / "config.yaml").read_text()) or {}).get("training") or {}
+    trained = ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k.replace('_', ' ')} {v}"
+                        for k, v in training.items() if k in ("max_steps", "batch_size", "lr"))
+    return Md(f"The data file holds {'; '.join(counts)}. The model was trained "
+              + (f"with {trained} (its `config.yaml`)." if trained else "as its run folder records (no training "
+                 "section in its `config.yaml`)."))
 
 
 def _weak_fraction() -> float:
@@ -244,7 +277,7 @@ def abstract(results: Results) -> Md:
     verdict = f"The verdict is {call_phrase(results)}."
     caveat = f" {results.part3.verdict.caveat}" if results.part3.verdict.caveat else ""
     lines = f" {across_sentence(results)}" if results.across is not None else ""
-    return Md(f"{first}; {second}. {verdict}{caveat}{lines}")
+    return Md(typeset(f"{first}; {second}. {verdict}{caveat}{lines}"))
 
 
 # ---------------------------------------------------------------- across cell lines
@@ -279,7 +312,7 @@ def across_text(results: Results) -> Md:
         f"with the other KDs, median cos J {fmt(frame['cos_jacobian'].median())} against "
         f"{fmt(frame['baseline_jacobian'].median())}"
         for (a, b), frame in table.groupby(["line_a", "line_b"], sort=False))
-    return Md(f"The same model was analysed on each line's own control cells (Parts 1–3 per line; the sections above "
+    return Md(typeset(f"The same model was analysed on each line's own control cells (Parts 1–3 per line; the sections above "
               f"show {results.lines[0].cell_line}, the primary line). Per line, the call and its two deciding statistics: "
               f"{calls}. For every KD analysed in both lines, the cosine of its ΔY between the lines measures whether "
               f"the model predicts the same response there, and the cosine of its flattened Jacobian whether it routes "
@@ -288,7 +321,7 @@ def across_text(results: Results) -> Md:
               f"{fmt(results.part3.evidence.spread.jac_mean)} within {results.lines[0].cell_line}) makes every raw "
               f"cosine high ({medians}). {across_sentence(results)} KDs of one output cluster are not independent, "
               f"so the units of the sign-flip test and of the bootstrap interval are the primary line's output "
-              f"clusters (@tbl-tests){sign_flip_floor(results)}.")
+              f"clusters (@tbl-tests){sign_flip_floor(results)}."))
 
 
 def sign_flip_floor(results: Results) -> str:
@@ -301,7 +334,7 @@ def sign_flip_floor(results: Results) -> str:
 def caveat_callout(results: Results) -> Md:
     """The construct's caveat as a callout beneath a positive call (nothing otherwise)."""
     caveat = results.part3.verdict.caveat
-    return Md(f"::: {{.callout-note}}\n{caveat}\n:::" if caveat else "")
+    return Md(f"::: {{.callout-note}}\n{typeset(caveat)}\n:::" if caveat else "")
 
 
 def demo_note(results: Results) -> Md:
@@ -347,7 +380,7 @@ def discussion(results: Results) -> Md:
                        f"stopped early in training) answers neither question; train further or choose another "
                        f"checkpoint."),
     }[call]
-    return Md(opening)
+    return Md(typeset(opening))
 
 
 # ---------------------------------------------------------------- tables
@@ -426,6 +459,25 @@ def verdict_table(results: Results) -> Md:
     return markdown_table(verdict_frame(results), [27, 17, 8, 22, 9, 6], "llrlrl")
 
 
+def verdict_estimates(results: Results) -> pd.DataFrame:
+    """The two deciding statistics of every analysed line with their one-sided 95% bounds, the two thresholds each is
+    read against, and its p with the model it supports (for `plots.verdict_forest`)."""
+    rule = DecisionRule.from_config(results.config)
+    rows = []
+    for line in results.lines:
+        ev = line.part3.evidence
+        mantel, contrast = line.part3.verdict.deciding
+        for name, test, unit, model_b, model_a, criterion in (
+                ("Output similarity predicts routing", ev.mantel_pearson, "Pearson r(C_out, C_jac)", rule.min_r,
+                 rule.equivalence_r, mantel),
+                ("Same-cluster KDs share routing", ev.contrast.test, "same − cross mean C_jac, in SD of C_jac",
+                 rule.min_contrast, rule.equivalence_contrast, contrast)):
+            rows.append({"criterion": name, "line": line.cell_line or SINGLE_LINE, "statistic": test.statistic,
+                         "lower": test.lower_bound, "upper": test.upper_bound, "model_b": model_b, "model_a": model_a,
+                         "label": f"{p_phrase(test.p_value, test.n_permutations)}: {criterion.supports}", "unit": unit})
+    return pd.DataFrame(rows)
+
+
 def verdict_notes(results: Results) -> Md:
     """Beneath the verdict table: for each numbered criterion, what it measures, the test and the note."""
     lines = []
@@ -455,9 +507,12 @@ def _term_cell(row: pd.Series, statistic: str | None = None) -> str:
     return f"{breakable(row['term'])} [{library_short(row['library'])}] ({stat}FDR {fmt_p(row['fdr'])})"
 
 
-def cluster_table(results: Results) -> Md:
-    """Per output cluster: size and members, the best KD-target ORA term and the best response GSEA term."""
-    p1 = results.part1
+def cluster_table(results: Results, line: int = 0) -> Md:
+    """Per output cluster of the `line`-th analysed line (0: the primary one): size and members, the best KD-target
+    ORA term and the best response GSEA term."""
+    if line >= len(results.lines):
+        return markdown_table(pd.DataFrame({"Cluster": ["—"], "Note": ["one cell line was analysed"]}), [10, 40])
+    p1 = results.lines[line].part1
     top_ora = enrichment.top_terms(p1.ora).set_index("query")
     top_gsea = enrichment.top_terms(p1.gsea).set_index("query")
     rows = []
@@ -469,6 +524,55 @@ def cluster_table(results: Results) -> Md:
                      "KD targets (ORA)": _term_cell(top_ora.loc[q]) if q in top_ora.index else "—",
                      "Response (GSEA)": _term_cell(top_gsea.loc[q], "nes") if q in top_gsea.index else "—"})
     return markdown_table(pd.DataFrame(rows), [10, 5, 25, 30, 30], "lrlll")
+
+
+def _ari(a: pd.Series, b: pd.Series) -> str:
+    """Adjusted Rand index of two labellings over the KDs both have."""
+    from sklearn.metrics import adjusted_rand_score
+
+    both = a.index.intersection(b.index)
+    return f"{fmt(adjusted_rand_score(a[both].astype(str), b[both].astype(str)))} ({len(both)} KDs)"
+
+
+def lines_table(results: Results) -> Md:
+    """Per analysed line: KDs, clusters and the call; its output clusters against the primary line's (ARI over the KDs
+    analysed in both) and, for the demo, against the planted modules (no-effect KDs are a module of their own)."""
+    primary = results.lines[0].part1.kd_table.set_index("kd")["cluster"]
+    planted = None
+    if is_demo(results):
+        from .demo import load_truth
+
+        planted = load_truth(results.config)[0].set_index("kd")["module"]
+    rows = []
+    for line in results.lines:
+        clusters = line.part1.kd_table.set_index("kd")["cluster"]
+        ev = line.part3.evidence
+        rows.append({"Line": line.cell_line or SINGLE_LINE, "KDs": f"{len(clusters):,}",
+                     "Clusters (+ weak group)": f"{int(clusters.max())}",
+                     "Call (r; contrast)": f"{line.part3.verdict.call} ({fmt(ev.mantel_pearson.statistic)}; "
+                                           f"{fmt(ev.contrast.test.statistic)} SD)",
+                     f"ARI with {results.lines[0].cell_line or 'the primary line'}": _ari(clusters, primary),
+                     "ARI with planted modules": _ari(clusters, planted) if planted is not None else "— (not a demo)"})
+    return markdown_table(pd.DataFrame(rows), [10, 7, 10, 20, 15, 15], "lrrlll")
+
+
+def planted_sharing_table(results: Results) -> Md:
+    """The demo's planted sharing of each module's response between the lines against what the model shows: per
+    sharing level, the planted cosine of ΔY between the lines and the model's cosines of ΔY and J (medians)."""
+    if results.across is None or not is_demo(results):
+        note = "one cell line analysed" if results.across is None else "not a demo run: no planted truth"
+        return markdown_table(pd.DataFrame({"Planted sharing": ["—"], "Note": [note]}), [10, 40])
+    from .demo import load_line_truth
+
+    truth = load_line_truth(results.config).dropna(subset=["sharing"])
+    table = results.across.table.merge(truth, on="kd")
+    rows = []
+    for sharing, group in table.groupby("sharing", sort=False):
+        rows.append({"Planted sharing": f"{100 * sharing:.0f}%", "Modules": ", ".join(sorted(group["module"].unique())),
+                     "KDs": f"{len(group)}", "Planted cos ΔY": fmt(group["true_cosine"].median()),
+                     "Model cos ΔY": fmt(group["cos_output"].median()), "Model cos J": fmt(group["cos_jacobian"].median())})
+    frame = pd.DataFrame(rows).sort_values("Planted sharing", key=lambda c: -c.str.rstrip("%").astype(float))
+    return markdown_table(frame, [10, 30, 6, 12, 12, 12], "llrrrr")
 
 
 def svd_table(results: Results) -> Md:
@@ -582,9 +686,9 @@ def render_versions() -> list[tuple[str, str]]:
     rows = [("Git commit", commit or "not a git checkout")]
     quarto_bin = os.environ.get("QUARTO_BIN_PATH")
     if quarto_bin:
-        quarto = str(Path(quarto_bin) / "quarto")
-        rows += [("Quarto", _command(quarto, "--version") or "unknown"),
-                 ("typst (Quarto's)", _command(quarto, "typst", "--version") or "unknown")]
+        typst = os.environ.get("QUARTO_TYPST") or next(iter(sorted(Path(quarto_bin).glob("tools/*/typst"))), None)
+        rows += [("Quarto", _command(str(Path(quarto_bin) / "quarto"), "--version") or "unknown"),
+                 ("typst (Quarto's)", (_command(str(typst), "--version") if typst else None) or "unknown")]
     return rows
 
 
