@@ -10,6 +10,7 @@ sets) they fail instead, so a commit is never green without a render.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -168,16 +169,24 @@ class DevTools:
     def __init__(self, chromium: str, profile: Path):
         to_browser, self._to_browser = os.pipe()
         self._from_browser, from_browser = os.pipe()
+        # The browser's ends above fd 9 (bash moves them to 3 and 4; neither can overwrite the other).
+        to_browser, from_browser = (self._above(fd, 10) for fd in (to_browser, from_browser))
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", f"--user-data-dir={profile}",
                  "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1280,1024", "about:blank"]
-        self.process = subprocess.Popen(["sh", "-c", f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}', chromium,
+        self.process = subprocess.Popen(["bash", "-c", f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser}', chromium,
                                          *flags], pass_fds=(to_browser, from_browser),
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser)
         os.close(from_browser)
         self._buffer, self._next_id, self.events = b"", 0, []
+
+    @staticmethod
+    def _above(fd: int, lowest: int) -> int:
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD, lowest)
+        os.close(fd)
+        return moved
 
     def close(self) -> None:
         self.process.kill()
@@ -226,7 +235,9 @@ new Promise(resolve => {
   const drawn = () => charts().every(c => c.svg > 0 && c.marks > 0);
   const report = () => resolve(JSON.stringify({
     charts: charts(),
-    toc: [...document.querySelectorAll('#TOC a')].map(a => a.getAttribute('href')),
+    toc: [...document.querySelectorAll('#TOC a[href^="#"]')].map(a => a.getAttribute('href')),
+    files: [...document.querySelectorAll('a[href]')].filter(a => !/^(#|[a-z]+:)/i.test(a.getAttribute('href')))
+      .map(a => [a.getAttribute('href'), a.textContent.trim()]),
     links: [...document.querySelectorAll('a[href^="#"]')].map(a => a.getAttribute('href')).filter(h => h.length > 1),
     ids: [...document.querySelectorAll('[id]')].map(e => e.id)}));
   const start = Date.now();
@@ -236,10 +247,8 @@ new Promise(resolve => {
 """
 
 
-@pytest.fixture(scope="session")
-def browsed(rendered):
-    """The rendered HTML as headless Chromium showed it: its charts and links, console messages and requests."""
-    chromium = require("chromium", "the rendered HTML is not checked in a browser")
+def browse(chromium: str, page: Path) -> dict:
+    """`page` as headless Chromium showed it: its charts and links, console messages, exceptions and requests."""
     with tempfile.TemporaryDirectory() as profile:
         browser = DevTools(chromium, Path(profile))
         try:
@@ -247,7 +256,7 @@ def browsed(rendered):
             session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
             for domain in ("Page", "Runtime", "Log", "Network"):
                 browser.call(f"{domain}.enable", session)
-            browser.call("Page.navigate", session, url=rendered["html_path"].as_uri())
+            browser.call("Page.navigate", session, url=page.as_uri())
             browser.wait_for("Page.loadEventFired")
             state = json.loads(browser.call("Runtime.evaluate", session, expression=PAGE_STATE, awaitPromise=True,
                                             returnByValue=True)["result"]["value"])
@@ -259,6 +268,12 @@ def browsed(rendered):
     state["log"] = [e["params"]["entry"] for e in events if e.get("method") == "Log.entryAdded"]
     state["requests"] = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
     return state
+
+
+@pytest.fixture(scope="session")
+def browsed(rendered):
+    """The rendered HTML as headless Chromium showed it."""
+    return browse(require("chromium", "the rendered HTML is not checked in a browser"), rendered["html_path"])
 
 
 def test_every_chart_draws_in_the_browser(browsed):
@@ -289,3 +304,10 @@ def test_table_of_contents_and_links_resolve(browsed):
     missing = sorted({href for href in browsed["toc"] + browsed["links"] if href[1:] not in ids})
     assert not missing, missing[:5]
     assert any(href.startswith("#ref-") for href in browsed["links"]), "no citation links to the references"
+
+
+def test_other_formats_link_the_pdf_as_pdf(browsed, rendered):
+    """Links to files (the PDF under "Other formats") point at files beside the page and say what they are."""
+    assert ["index.pdf", "PDF"] in browsed["files"], browsed["files"]
+    for href, _ in browsed["files"]:
+        assert (rendered["html_path"].parent / href).is_file(), href
