@@ -81,17 +81,20 @@ GATE = "whose gate reads"
 CI_BRACKETS = re.compile(r"CI \[([^,\]]+), ([^\]]+)\]")
 MINUS = re.compile(r"(?<![\w.])-(?=\d)")
 EXPONENT = re.compile(r"(\d)e([-+])0*(\d)")
+THOUSANDS = re.compile(r"(?<![\w.:/−-])\d{4,}(?![\w.])")
 
 
 def typeset(text: str) -> str:
     """Text the analysis wrote, as the report prints it (code spans left alone): C_jac as C~jac~, 2^16 as 2^16^, one CI
-    style ('CI 0.44 to 0.64'), '95 %' as '95%', minus signs, '2e-07' as '2e-7', an apostrophe after a digit, the
+    style ('CI 0.44 to 0.64'), '95 %' as '95%', minus signs, '2e-07' as '2e-7', '9999' as '9,999', an apostrophe
+    after a digit, the
     seed's criteria as the original plan's and the lookup's "gate" in plain words."""
     parts = re.split(r"(`[^`]*`)", str(text))
     for i in range(0, len(parts), 2):
         t = SEED_PLAN.sub("original plan", re.sub(r"(\d) %", r"\1%", parts[i])).replace(GATE, "that switches on when it reads")
         t = re.sub(r"(?<=\d)'", "’", t)  # TRAPPC3's: typst would set a prime after a digit
         t = EXPONENT.sub(r"\1e\2\3", CI_BRACKETS.sub(r"CI \1 to \2", t))
+        t = THOUSANDS.sub(lambda m: f"{int(m.group()):,}", t)
         parts[i] = POWER.sub(r"\1^\2^", SYMBOL.sub(r"\1~\2~", MINUS.sub("−", t)))
     return "".join(parts)
 
@@ -327,7 +330,7 @@ def across_text(results: Results) -> Md:
 def sign_flip_floor(results: Results) -> str:
     """With few clusters an exact sign flip has a floor: 2 of the 2^n patterns are at least as extreme (two-sided)."""
     floors = {test.n_units for a, b in results.across.pairs for test in results.across.pair_tests(a, b) if test.exact}
-    return "".join(f"; with {n} clusters the smallest p an exact two-sided sign flip can give is 2/2^{n}^ = "
+    return "".join(f"; with {n} clusters the smallest p an exact two-sided sign flip can give is 2/2^{n} = "
                    f"{fmt_p(2 / 2 ** n)}" for n in sorted(floors))
 
 
