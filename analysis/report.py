@@ -74,8 +74,9 @@ POWER = re.compile(r"\b(\d+)\^(\d+)\b")
 
 # The analysis calls the original analysis plan "the seed"; a reader would take that for a random seed.
 SEED_PLAN = re.compile(r"\bseed(?='s\b| \(reported\))")
-# The analysis's shorthand for a lookup switched by the KD's own embedding, in a biologist's words.
-GATE = "whose gate reads"
+# The analysis's shorthands, in a biologist's words: a lookup switched by the KD's own embedding, the earlier
+# notebooks' sparse autoencoder.
+READER_WORDS = {"whose gate reads": "that switches on when it reads", "SAE feature": "sparse-autoencoder (SAE) feature"}
 
 
 CI_BRACKETS = re.compile(r"CI \[([^,\]]+), ([^\]]+)\]")
@@ -87,11 +88,12 @@ THOUSANDS = re.compile(r"(?<![\w.:/−-])\d{4,}(?![\w.])")
 def typeset(text: str) -> str:
     """Text the analysis wrote, as the report prints it (code spans left alone): C_jac as C~jac~, 2^16 as 2^16^, one CI
     style ('CI 0.44 to 0.64'), '95 %' as '95%', minus signs, '2e-07' as '2e-7', '9999' as '9,999', an apostrophe
-    after a digit, the
-    seed's criteria as the original plan's and the lookup's "gate" in plain words."""
+    after a digit, the seed's criteria as the original plan's and READER_WORDS' shorthands in plain words."""
     parts = re.split(r"(`[^`]*`)", str(text))
     for i in range(0, len(parts), 2):
-        t = SEED_PLAN.sub("original plan", re.sub(r"(\d) %", r"\1%", parts[i])).replace(GATE, "that switches on when it reads")
+        t = SEED_PLAN.sub("original plan", re.sub(r"(\d) %", r"\1%", parts[i]))
+        for shorthand, words in READER_WORDS.items():
+            t = t.replace(shorthand, words)
         t = re.sub(r"(?<=\d)'", "’", t)  # TRAPPC3's: typst would set a prime after a digit
         t = EXPONENT.sub(r"\1e\2\3", CI_BRACKETS.sub(r"CI \1 to \2", t))
         t = THOUSANDS.sub(lambda m: f"{int(m.group()):,}", t)
@@ -599,18 +601,22 @@ CALIBRATION_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "resu
 
 def calibration_frame(path: Path = CALIBRATION_FILE) -> pd.DataFrame | None:
     """The calibration script's table (`benchmarks/calibration.py` writes it): per world, the rejection rates of the
-    two tests that decide and of the original plan's rank-sum test, and the share of positive and negative calls."""
+    two tests that decide and of the original plan's rank-sum test, and the calls: positive, negative and the rest
+    (inconclusive, mixed or degenerate), which sum to 100%. Where the partial Mantel was run (the shared-cause world,
+    its null), its rejection rate is given beside the world's name."""
     if not Path(path).is_file():
         return None
     data = cache.read_json(path)
     rows = []
     for rates in data["rates"]:
-        rej = rates["rejections"]
+        rej, calls = rates["rejections"], rates["calls"]
         pct = (lambda v: f"{100 * v:.1f}%")
-        rows.append({"World (replicates)": f"{breakable(rates['world'])} ({rates['n_replicates']:,})",
+        partial = f"; partial Mantel {pct(rej['partial Mantel'])}" if "partial Mantel" in rej else ""
+        rows.append({"World (replicates)": f"{breakable(rates['world'])} ({rates['n_replicates']:,}{partial})",
                      "Mantel": pct(rej["Mantel (studentized)"]), "Contrast": pct(rej["cluster contrast (studentized)"]),
-                     "Rank-sum": pct(rej["pair-level rank-sum"]), "Positive": pct(rates["calls"]["positive"]),
-                     "Negative": pct(rates["calls"]["negative"])})
+                     "Rank-sum": pct(rej["pair-level rank-sum"]), "Positive": pct(calls["positive"]),
+                     "Negative / other": f"{pct(calls['negative'])} / "
+                                         f"{pct(1 - calls['positive'] - calls['negative'])}"})
     return pd.DataFrame(rows)
 
 
