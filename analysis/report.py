@@ -531,6 +531,24 @@ def cluster_table(results: Results, line: int = 0) -> Md:
     return markdown_table(pd.DataFrame(rows), [10, 5, 25, 30, 30], "lrlll")
 
 
+def routing_by_cluster_table(results: Results) -> Md:
+    """Per output cluster: its KDs, mean C_jac between its KDs and between them and the other clustered KDs, and the
+    median share of ΔY the first-order term explains (how far the local Jacobian describes the cluster's effects)."""
+    labels, c_jac = results.part1.labels, results.part3.c_jac
+    linearity = results.part3.linearity.groupby("cluster")["explained"].median()
+    rows = []
+    for cluster in sorted(set(labels.tolist())):
+        inside = np.flatnonzero(labels == cluster)
+        others = np.flatnonzero((labels != cluster) & (labels > 0))
+        within = c_jac[np.ix_(inside, inside)][np.triu_indices(len(inside), k=1)]
+        rows.append({"Cluster": "0 (weak)" if cluster == 0 else str(cluster), "KDs": f"{len(inside)}",
+                     "Mean C_jac within": fmt(float(within.mean()), 3) if len(within) else "—",
+                     "Mean C_jac to other clusters": fmt(float(c_jac[np.ix_(inside, others)].mean()), 3)
+                     if len(others) else "—",
+                     "Median linear share": fmt(float(linearity.get(cluster, np.nan)))})
+    return markdown_table(pd.DataFrame(rows), [10, 6, 16, 20, 16], "lrrrr")
+
+
 def _ari(a: pd.Series, b: pd.Series) -> str:
     """Adjusted Rand index of two labellings over the KDs both have."""
     from sklearn.metrics import adjusted_rand_score
