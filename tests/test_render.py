@@ -273,7 +273,8 @@ def browse(chromium: str, page: Path) -> dict:
 @pytest.fixture(scope="session")
 def browsed(rendered):
     """The rendered HTML as headless Chromium showed it."""
-    return browse(require("chromium", "the rendered HTML is not checked in a browser"), rendered["html_path"])
+    browser = os.environ.get("CHROMIUM", "chromium")  # another Chromium build by name, e.g. google-chrome
+    return browse(require(browser, "the rendered HTML is not checked in a browser"), rendered["html_path"])
 
 
 def test_every_chart_draws_in_the_browser(browsed):
