@@ -1,6 +1,6 @@
 """Command line: `python -m analysis [run] [--config FILE] [--device cpu|cuda|auto] [--executor local|ray]`.
 
-Runs Parts 1–3 (computing only what the cache lacks), prints the cluster table with each
+Runs every stage (computing only what the cache lacks), prints the cluster table with each
 cluster's top enrichment and the verdict with its criteria, and says where results landed.
 """
 
@@ -25,19 +25,18 @@ def main(argv=None) -> int:
                                               "'ray://host:10001' a remote one (default: a local Ray instance)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    from .pipeline import run_analysis, summary_lines
-    from .results import result_paths
+    from . import run
+    from .present.summary import summary_lines
 
     try:
         overrides = {name: value for name, value in [("device", args.device), ("executor", args.executor),
                                                      ("ray_address", args.ray_address)] if value}
         config = load_config(args.config, **overrides)
-        results = run_analysis(config, progress=not args.quiet)
+        results = run(config, progress=not args.quiet)
     except (InputError, CacheError) as exc:  # bad config or input (the field named), unusable cache (the path named)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(results)))
-    print("\nResults: " + ", ".join(f"{k} → {v}" for k, v in result_paths(results).items()))
     return 0
 
 

@@ -19,7 +19,33 @@ from .errors import InputError
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "configs" / "demo.toml"  # the embedded demo, shipped in the package
 GENESETS_DIR = PACKAGE_DIR / "genesets"  # the bundled gene-set libraries, referred to by name in configs
-SPACES = ("auto", "genes", "embedding")  # where ΔY and J are read (load.resolve_space)
+SPACES = ("auto", "genes", "embedding")  # where ΔY and J are read (model.load.resolve_space)
+# KD families by gene-name pattern: the original plan's prior-work rows and the figures' colours read them.
+KD_FAMILIES = {
+    "ribosomal": r"^RP[LS]\d",
+    "mitoribosomal": r"^MRP[LS]\d",
+    "TRAPP": r"^TRAPPC\d",
+    "ER/secretory": r"^(TRAPPC\d|SEC\d|COP[ABEGZ])",
+}
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """The thresholds of the verdict, as `AnalysisConfig.decision_rule` builds them from the config's one set of
+    defaults (effect sizes in the units the criteria state).
+
+    min_r: r must exceed it for Model B (the original plan's 0.3); equivalence_r: smallest effect of interest for r
+    (its upper bound below it supports Model A); min_contrast / equivalence_contrast: the same for the same − cross
+    difference of C_jac in SDs of C_jac; min_dissimilarity: 1 − mean off-diagonal C_jac (or C_out) below which
+    routing is degenerate.
+    """
+
+    alpha: float
+    min_r: float
+    equivalence_r: float
+    min_contrast: float
+    equivalence_contrast: float
+    min_dissimilarity: float
 
 
 @dataclass(frozen=True)
@@ -47,6 +73,7 @@ class AnalysisConfig:
     compile_jacobian: bool = True  # Inductor-compile the JVP's tangent graph: ~2× per KD, a one-off compile of minutes
     shard_kds: int = 16  # KDs per Jacobian shard on disk
     max_clusters: int = 12
+    weak_fraction: float = 0.25  # KDs with ‖ΔY‖ below this × the median form the weak-effect group 0
     cluster_bootstrap: int = 50
     n_permutations: int = 9999
     n_bootstrap: int = 1000
@@ -76,6 +103,10 @@ class AnalysisConfig:
             raise ValueError("a config with several cell lines is analysed line by line: use config.per_line()")
         return self.cell_lines[0] if self.cell_lines else None
 
+    @property
+    def decision_rule(self) -> DecisionRule:
+        return DecisionRule(*(getattr(self, name) for name in RULE_FIELDS))
+
     def per_line(self) -> tuple["AnalysisConfig", ...]:
         """One single-line config per cell line, in the order listed (the first is the primary line)."""
         return tuple(self.replace(cell_lines=(line,)) for line in self.cell_lines) or (self,)
@@ -95,13 +126,23 @@ class AnalysisConfig:
         return out
 
 
+# The config fields the verdict's rule is built from, in `DecisionRule`'s order.
+RULE_FIELDS = ("alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "equivalence_contrast", "min_dissimilarity")
+
+
+def default_decision_rule() -> DecisionRule:
+    """The rule of a config that sets no [statistics] threshold (calibration, tests)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(AnalysisConfig)}
+    return DecisionRule(*(defaults[name] for name in RULE_FIELDS))
+
+
 # TOML section -> fields it may hold; the file is validated against this, so a typo is an error, not a silent default.
 _SECTIONS = {
     "model": {"run_dir", "checkpoint", "space"},
     "data": {"h5ad", "feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_line", "kds"},
     "effects": {"set_size", "n_draws", "seed"},
     "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype"},
-    "statistics": {"max_clusters", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
+    "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
                    "seed_r_threshold", "equivalence_r", "min_contrast", "equivalence_contrast", "min_dissimilarity",
                    "n_axes"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
@@ -126,6 +167,7 @@ _RANGES = {
     "tangents_per_call": (lambda v: v >= 0, "0 (automatic) or a positive integer"),
     "shard_kds": (lambda v: v >= 1, "an integer >= 1"),
     "max_clusters": (lambda v: v >= 2, "an integer >= 2"),
+    "weak_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "cluster_bootstrap": (lambda v: v >= 0, "an integer >= 0"),
     "n_permutations": (lambda v: v >= 99, "an integer >= 99"),
     "n_bootstrap": (lambda v: v >= 1, "an integer >= 1"),

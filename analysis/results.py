@@ -1,23 +1,27 @@
-"""What the pipeline leaves in the cache, as the report and the plots read it (scanpy's `pl` reading what `tl` stored).
+"""The results container: frozen records of what each stage computed, as the cache stores them and the report reads them.
 
-Frozen dataclasses of arrays and frames, and the readers that rebuild them from verified stage folders. Nothing here
-computes, and nothing imports torch, the model loader or the demo trainer.
+One container at the base (scanpy's AnnData role): `Results` holds every cell line's `LineResults` (its
+`EffectsResult`, `RoutingResult` and provenance) and the `AcrossResult`; the statistics' own records
+(`StudentizedTest`, `RoutingEvidence`, `Verdict`, …) live here too, so the statistics, the store and the
+presentation share one vocabulary. Nothing here computes, reads files or words a result; every record carries the
+parameters it was computed with where a reader needs them (n_permutations, fdr, alpha, …).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
-from . import cache, clustering, consistency, routing, verdict
 from .config import AnalysisConfig
+
+CALLS = ("positive", "negative", "mixed", "inconclusive", "degenerate")  # what a `Verdict` can call
+Z_ONE_SIDED_95 = 1.6448536269514722  # Φ⁻¹(0.95): one-sided 95 % bounds (equivalence at α = 0.05)
 
 
 @dataclass(frozen=True)
-class Effects:
+class Responses:
     """ΔY and the perturbation representations, for the K KDs in `kd_names` order.
 
     delta_y [K, G] (output units, e.g. log-normalised expression); delta_y_draws [R, K, G];
@@ -32,32 +36,20 @@ class Effects:
     control_repr: np.ndarray
     draw_cells: np.ndarray
 
-    def reproducibility(self) -> pd.DataFrame:
-        """Per KD: mean cosine between ΔY of different draws, and the split-half Pearson r (first vs second half of draws)."""
-        draws = self.delta_y_draws
-        n_draws = draws.shape[0]
-        unit = draws / np.maximum(np.linalg.norm(draws, axis=2, keepdims=True), 1e-12)
-        cos = np.einsum("rkg,skg->krs", unit, unit)
-        off = ~np.eye(n_draws, dtype=bool)
-        draw_cosine = cos[:, off].mean(axis=1) if n_draws > 1 else np.full(len(self.kd_names), np.nan)
-        half = n_draws // 2
-        if half:
-            a, b = draws[:half].mean(0), draws[half:].mean(0)
-            a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-            split = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-        else:
-            split = np.full(len(self.kd_names), np.nan)
-        return pd.DataFrame({"kd": self.kd_names, "draw_cosine": draw_cosine, "split_half_r": split,
-                             "effect_norm": np.linalg.norm(self.delta_y, axis=1)})
-
 
 @dataclass(frozen=True)
-class Part1:
-    """Part 1 results. kd_table: kd, cluster, reproducibility; ora / gsea: enrichment tables (query = 'cluster c')."""
+class EffectsResult:
+    """The effects stage: responses, clusters, enrichment.
+
+    kd_table: kd, cluster, draw_cosine, split_half_r, effect_norm; c_out [K, K]: cosine of ΔY; silhouette: per
+    candidate number of clusters; bootstrap_ari [cluster_bootstrap]; order [K]: the dendrogram's leaf order;
+    ora / gsea: enrichment tables (query = 'cluster c'); seconds: wall time of the stage.
+    """
 
     key: str
-    effects: Effects
+    responses: Responses
     kd_table: pd.DataFrame
+    c_out: np.ndarray
     silhouette: pd.DataFrame
     bootstrap_ari: np.ndarray
     order: np.ndarray
@@ -69,14 +61,11 @@ class Part1:
     def labels(self) -> np.ndarray:
         return self.kd_table["cluster"].to_numpy()
 
-    @property
-    def c_out(self) -> np.ndarray:
-        return clustering.cosine_similarity(self.effects.delta_y)
-
 
 @dataclass(frozen=True)
-class Part3:
-    """Part 2–3 results: similarity matrices [K, K], SVD summaries, statistics, verdict, prior-work table."""
+class RoutingResult:
+    """The routing stage (Jacobians and their statistics): similarity matrices [K, K], SVD summaries, statistics,
+    verdict, prior-work numbers."""
 
     key: str
     jacobian_key: str
@@ -88,37 +77,37 @@ class Part3:
     gene_loadings: np.ndarray  # [A, G]
     output_kd_scores: np.ndarray  # [K, A] SVD of unit-norm ΔY
     output_gene_loadings: np.ndarray  # [A, G]
-    evidence: routing.RoutingEvidence
-    svd: routing.SvdEvidence
+    evidence: RoutingEvidence
+    svd: SvdEvidence
     svd_enrichment: pd.DataFrame
     linearity: pd.DataFrame
-    verdict: verdict.Verdict
-    prior_work: pd.DataFrame
-    seconds: dict
+    verdict: Verdict
+    prior_work: dict  # numbers behind the original plan's prior-work rows (`stats.prior_work`)
+    seconds: dict  # wall time of each stage of the line: effects, jacobians, routing
     autograd_check: dict  # {"kd", "relative_error"}: one stored J_k against reverse mode on this run
+    jacobian_device: str  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
 
 
 @dataclass(frozen=True)
 class LineResults:
-    """Parts 1–3 of one cell line (`cell_line` None: the data's only cell type) and its provenance."""
+    """One cell line's stages (`cell_line` None: the data's only cell type) and its provenance."""
 
     cell_line: str | None
-    part1: Part1
-    part3: Part3
+    effects: EffectsResult
+    routing: RoutingResult
     provenance: dict
 
 
 @dataclass(frozen=True)
-class Across:
+class AcrossResult:
     """Routing across cell lines: per-KD cosines between the primary line and each other line, and the paired
-    comparisons (`consistency`). table: line_a, line_b, kd, cluster (primary line's), cos_output, cos_jacobian, their
-    baselines and KD-specific values, difference (specific) and raw_difference; tests: per pair of lines its
-    `PairedDifference`s (KD-specific, raw); prior_work: the NB04 row's text."""
+    comparisons (`stats.consistency`). table: line_a, line_b, kd, cluster (primary line's), cos_output, cos_jacobian,
+    their baselines and KD-specific values, difference (specific) and raw_difference; tests: per pair of lines its
+    `PairedDifference`s (KD-specific, raw)."""
 
     key: str
     table: pd.DataFrame
-    tests: tuple
-    prior_work: str
+    tests: tuple[PairedDifference, ...]
     seconds: float
 
     @property
@@ -133,73 +122,232 @@ class Across:
 
 @dataclass(frozen=True)
 class Results:
-    """Every line's results; the first listed line is the primary one, which `part1`, `part3` and the report's
-    main sections show."""
+    """Every line's results; the first listed line is the primary one, which `effects`, `routing` and the report's
+    main sections show. stage_paths: {stage label: cache folder} of every stage read."""
 
     config: AnalysisConfig
     lines: tuple
-    across: Across | None = None
+    across: AcrossResult | None = None
+    stage_paths: dict | None = None
 
     @property
-    def part1(self) -> Part1:
-        return self.lines[0].part1
+    def effects(self) -> EffectsResult:
+        return self.lines[0].effects
 
     @property
-    def part3(self) -> Part3:
-        return self.lines[0].part3
+    def routing(self) -> RoutingResult:
+        return self.lines[0].routing
 
     @property
     def provenance(self) -> dict:
         return self.lines[0].provenance
 
+
+@dataclass(frozen=True)
+class StudentizedTest:
+    """A KD-level statistic with its delete-one-KD jackknife standard error and a studentized permutation test.
+
+    p_value: one-sided (statistic > 0) permutation p of statistic / SE, KD labels permuted, with the +1 correction
+    (DiCiccio & Romano 2017): exact when the matrices are independent, asymptotically valid when they are merely
+    uncorrelated (a plain permutation of the raw statistic is not: Model-A lookups inflate its variance).
+    NaN when the statistic is undefined. upper_bound: statistic + z₀.₉₅·SE, the one-sided 95 % upper bound that an
+    equivalence ("smaller than the smallest effect of interest") claim needs.
+    """
+
+    statistic: float
+    standard_error: float
+    p_value: float
+    n_permutations: int
+
     @property
-    def prior_work(self) -> pd.DataFrame:
-        """The primary line's prior-work table, its NB04 row answered across lines when several were analysed."""
-        table = self.part3.prior_work.copy()
-        if self.across is not None:
-            table.loc[table["prior"] == "NB04", "this_run"] = self.across.prior_work
-        return table
+    def upper_bound(self) -> float:
+        return self.statistic + Z_ONE_SIDED_95 * self.standard_error
+
+    @property
+    def lower_bound(self) -> float:
+        return self.statistic - Z_ONE_SIDED_95 * self.standard_error
 
 
-def read_part1(stage: cache.StageDir, record: dict) -> Part1:
-    """Part 1 from its stage folder; `record` is the stage's verified completion record."""
-    names = cache.read_json(stage / "names.json")
-    with np.load(stage / "effects.npz") as arrays:
-        a = {k: arrays[k] for k in arrays.files}
-    effects = Effects(tuple(names["kd_names"]), tuple(names["gene_names"]), a["delta_y"], a["delta_y_draws"],
-                      a["pert_repr"], a["control_repr"], a["draw_cells"])
-    return Part1(stage.key, effects, pd.read_parquet(stage / "kds.parquet"), pd.read_parquet(stage / "silhouette.parquet"),
-                 a["bootstrap_ari"], a["order"], pd.read_parquet(stage / "ora.parquet"),
-                 pd.read_parquet(stage / "gsea.parquet"), record["seconds"])
+@dataclass(frozen=True)
+class ClusterContrast:
+    """Same- vs cross-cluster C_jac over KDs in clusters ≥ 1 (weak-effect group 0 excluded).
+
+    difference: mean(same) − mean(cross) in C_jac units; spread: SD of those KDs' off-diagonal C_jac, the unit a
+    reader can judge the difference in; auc: P(same pair > cross pair); rank_sum_p: the seed's pair-level
+    Mann–Whitney test (anti-conservative: pairs share KDs); test: the standardized difference (difference / spread)
+    with its delete-one-KD jackknife SE and the cluster-label permutation p of difference / SE (studentized).
+    """
+
+    n_same: int
+    n_cross: int
+    mean_same: float
+    mean_cross: float
+    difference: float
+    spread: float
+    auc: float
+    rank_sum_p: float
+    test: StudentizedTest
 
 
-def read_part3(stage: cache.StageDir, record: dict, jac_key: str, seconds: dict, autograd_check: dict) -> Part3:
-    with np.load(stage / "matrices.npz") as arrays:
-        a = {k: arrays[k] for k in arrays.files}
-    evidence = cache.read_json(stage / "evidence.json")
-    return Part3(stage.key, jac_key, a["c_out"], a["c_jac"], a["c_rep"], a["variance_explained"], a["kd_scores"],
-                 a["gene_loadings"], a["output_kd_scores"], a["output_gene_loadings"],
-                 routing.RoutingEvidence.from_dict(evidence["routing"]), routing.SvdEvidence.from_dict(evidence["svd"]),
-                 pd.read_parquet(stage / "svd_enrichment.parquet"), pd.read_parquet(stage / "linearity.parquet"),
-                 verdict.Verdict.from_dict(cache.read_json(stage / "verdict.json")),
-                 pd.read_parquet(stage / "prior_work.parquet"), {**seconds, "part3": record["seconds"]},
-                 autograd_check)
+@dataclass(frozen=True)
+class Spread:
+    """SD and mean of the off-diagonal entries of C_jac and C_out.
+
+    A model that routes every KD the same way has C_jac ≈ 1 everywhere; correlations computed on such a matrix
+    describe numerical noise, not routing (`verdict.DecisionRule.min_dissimilarity`).
+    """
+
+    jac_sd: float
+    jac_mean: float
+    out_sd: float
+    out_mean: float
 
 
-def read_across(stage: cache.StageDir, record: dict) -> Across:
-    tests = tuple(consistency.PairedDifference.from_dict(t) for t in cache.read_json(stage / "tests.json"))
-    return Across(stage.key, pd.read_parquet(stage / "kds.parquet"), tests, record["prior_work"], record["seconds"])
+@dataclass(frozen=True)
+class RoutingEvidence:
+    """Every routing statistic the verdict reads (K KDs, K(K−1)/2 pairs).
+
+    mantel_pearson / mantel_spearman: studentized Mantel of C_out vs C_jac; pearson_ci: 95 % KD-bootstrap CI of r;
+    contrast: same- vs cross-cluster C_jac; partial_mantel r(C_jac, C_out | C_rep) and mantel_out_rep
+    r(C_out, C_rep): descriptive; keyed_lookup_r: r(C_jac, C_out ⊙ C_rep), how well a per-KD lookup keyed on the
+    KD's own embedding would reproduce the routing matrix (the construct's blind spot, see `verdict`).
+    """
+
+    n_kds: int
+    n_pairs: int
+    mantel_pearson: StudentizedTest
+    mantel_spearman: StudentizedTest
+    pearson_ci: tuple[float, float]
+    contrast: ClusterContrast
+    spread: Spread
+    partial_mantel: StudentizedTest | None = None
+    mantel_out_rep: StudentizedTest | None = None
+    keyed_lookup_r: float | None = None
 
 
-def result_paths(results: Results) -> dict:
-    """The cache folders of every stage: the primary line's, then each other line's, then the across-lines stage."""
-    c = Path(results.config.cache_dir)
-    paths = {}
-    for line in results.lines:
-        suffix = f" ({line.cell_line})" if len(results.lines) > 1 else ""
-        paths |= {f"part1{suffix}": str(c / "part1" / line.part1.key),
-                  f"jacobians{suffix}": str(c / "jacobians" / line.part3.jacobian_key),
-                  f"part3{suffix}": str(c / "part3" / line.part3.key)}
-    if results.across is not None:
-        paths["across"] = str(c / "across" / results.across.key)
-    return paths
+@dataclass(frozen=True)
+class AxisReading:
+    """One SVD axis read through enrichment: the best pathway shown on both sides (or none).
+
+    term: the matched pathway ("" if none); gene_fdr / gene_nes: its prerank result on the gene loadings (NES sign =
+    the response direction in high-scoring KDs); kd_fdr / kd_nes: on the KD scores (NES > 0: the high-score end);
+    output_overlap: norm of the gene loading's projection onto the span of ΔY's leading gene loadings (1 = inside).
+    """
+
+    axis: int
+    term: str
+    gene_fdr: float
+    gene_nes: float
+    kd_fdr: float
+    kd_nes: float
+    output_overlap: float
+
+    def interpretable(self, fdr: float) -> bool:
+        return bool(self.term) and self.gene_fdr < fdr and self.kd_fdr < fdr and self.kd_nes > 0
+
+
+@dataclass(frozen=True)
+class SvdEvidence:
+    """What the SVD of the unit-norm Jacobians shows, beside the seed's literal criterion on the same axes.
+
+    seed_*: best axis-1 gene term and KD term by FDR, whatever they are (the seed's test); axes: `AxisReading` of
+    the leading n_axes routing axes; output_axes: the same for the SVD of unit-norm ΔY; min_principal_cosine: cosine
+    of the largest principal angle between the two sets of gene loadings (1 = the same subspace).
+    """
+
+    fdr: float
+    overlap_threshold: float
+    n_axes: int
+    seed_gene_term: str
+    seed_gene_fdr: float
+    seed_kd_term: str
+    seed_kd_fdr: float
+    seed_kd_nes: float
+    axes: tuple[AxisReading, ...]
+    output_axes: tuple[AxisReading, ...]
+    min_principal_cosine: float
+
+    @property
+    def seed_held(self) -> bool:
+        return bool(self.seed_gene_fdr < self.fdr and self.seed_kd_fdr < self.fdr)
+
+    @property
+    def n_interpretable(self) -> int:
+        return sum(a.interpretable(self.fdr) for a in self.axes)
+
+    @property
+    def n_output_interpretable(self) -> int:
+        return sum(a.interpretable(self.fdr) for a in self.output_axes)
+
+    @property
+    def n_beyond_output(self) -> int:
+        return sum(a.interpretable(self.fdr) and a.output_overlap < self.overlap_threshold for a in self.axes)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One row of the verdict table. supports: "Model B", "Model A" or "neither" for deciding rows, "" otherwise."""
+
+    name: str
+    family: str  # "decides", "seed (reported)", "SVD (reported)", "reported"
+    statistic: str
+    value: float
+    test: str
+    threshold: str
+    p_value: float | None
+    held: bool
+    supports: str = ""
+    note: str = ""
+    bound: float | None = None  # one-sided 95 % upper bound of `value` (deciding rows)
+    margin: float | None = None  # the smallest effect of interest that bound is compared with
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The call and the rows it rests on. call: "positive", "negative", "mixed", "inconclusive" or "degenerate";
+    degenerate_matrix: "C_jac" or "C_out" when the call is "degenerate" (the matrix found nearly 1 everywhere), else "".
+    The words (meaning, reason, caveat) are the presentation's (`present.prose`)."""
+
+    call: str
+    criteria: tuple[Criterion, ...]
+    degenerate_matrix: str = ""
+
+    @property
+    def deciding(self) -> tuple:
+        return tuple(c for c in self.criteria if c.family == "decides")
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(c) for c in self.criteria])
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean over KDs of d_k = cos J_k − cos ΔY_k between two lines (`measure`: KD-specific or raw cosines), with
+    cluster-level inference.
+
+    estimate: mean d over the KDs; ci_low/ci_high: cluster-bootstrap percentile interval (level `confidence`);
+    p_value: two-sided sign-flip p over the `n_units` clusters; exact: every sign pattern enumerated.
+    """
+
+    line_a: str
+    line_b: str
+    measure: str  # "specific" (each cosine minus the KD's mean cosine with the other KDs) or "raw"
+    n_kds: int
+    n_units: int
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_sign_patterns: int
+    exact: bool
+    confidence: float
+    alpha: float
+
+    @property
+    def direction(self) -> str:
+        """'more', 'less' (routing vs output consistency, significant at alpha with the interval agreeing) or 'no difference'."""
+        if self.p_value < self.alpha and self.ci_low > 0:
+            return "more"
+        if self.p_value < self.alpha and self.ci_high < 0:
+            return "less"
+        return "no difference"

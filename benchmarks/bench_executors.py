@@ -30,10 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import cache, demo, executors, jacobians  # noqa: E402
 from analysis.config import load_config  # noqa: E402
-from analysis.effects import compute_effects  # noqa: E402
-from analysis.load import ShippedRun, load_run  # noqa: E402
+from analysis.datasets import demo  # noqa: E402
+from analysis.model import jacobians  # noqa: E402
+from analysis.model.effects import compute_effects  # noqa: E402
+from analysis.model.load import ShippedRun, load_run  # noqa: E402
+from analysis.pipeline import executors  # noqa: E402
+from analysis.store import cache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = dict(genes=2000, hidden=328, shard_kds=16)  # the seed's model output G and pert_repr H; the pipeline's shards

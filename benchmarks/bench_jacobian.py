@@ -33,7 +33,10 @@ from torch.func import jvp, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import cache, demo, jacobians, routing  # noqa: E402
+from analysis.datasets import demo  # noqa: E402
+from analysis.model import jacobians  # noqa: E402
+from analysis.stats import routing  # noqa: E402
+from analysis.store import cache  # noqa: E402
 
 SIZES = {
     # name: (genes G, hidden H, layers, heads, encoder/decoder layers, KDs, set size S, KDs timed: reverse, engine)

@@ -19,8 +19,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from analysis import cache, calibration, known_answers
-from analysis.verdict import DecisionRule
+from analysis.config import default_decision_rule
+from analysis.datasets import calibration, known_answers
+from analysis.store import cache
 
 
 def main(argv=None) -> int:
@@ -29,10 +30,10 @@ def main(argv=None) -> int:
     parser.add_argument("--permutations", type=int, default=299)
     parser.add_argument("--known-answer-seeds", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "calibration.json",
+    parser.add_argument("--out", type=Path, default=calibration.STORED_RATES,
                         help="where the table the report shows is written (JSON)")
     args = parser.parse_args(argv)
-    rule = DecisionRule()
+    rule = default_decision_rule()
     print(f"decision rule: {rule}")
     table = []
     runs = [(w, lambda w=w: calibration.rates(w, args.replicates, args.permutations, rule, args.seed))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import analysis
 from analysis.config import load_config
 
 # The repository's demo config (the one the report reads): its paths resolve against its own folder, so the demo is
@@ -18,7 +19,7 @@ REPO_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 @pytest.fixture(scope="session")
 def demo_config():
     config = load_config(REPO_DEMO_CONFIG)
-    from analysis import demo
+    from analysis.datasets import demo
 
     demo.ensure_demo(config)
     return config
@@ -26,15 +27,14 @@ def demo_config():
 
 @pytest.fixture(scope="session")
 def demo_results(demo_config):
-    from analysis.pipeline import run_analysis
 
     logging.disable(logging.WARNING)
-    return run_analysis(demo_config, progress=False)
+    return analysis.run(demo_config, progress=False)
 
 
 @pytest.fixture(scope="session")
 def demo_run(demo_config):
-    from analysis.load import load_run
+    from analysis.model.load import load_run
 
     return load_run(demo_config.per_line()[0])
 

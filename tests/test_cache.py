@@ -16,22 +16,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from analysis import cache, jacobians, pipeline
-from analysis.__main__ import main
-from analysis.errors import CacheError
-from analysis.load import load_run
 from tiny import write_tiny_run
 
+import analysis
+from analysis.__main__ import main
+from analysis.errors import CacheError
+from analysis.pipeline import run as pipeline
+from analysis.store import cache
+from analysis.store.shards import open_shards
+
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("part1", "jacobians", "part3")
+STAGES = ("effects", "jacobians", "routing")
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     """A tiny run analysed once into a clean cache: (config, the file records {stage: {name: {size, sha256}}})."""
     config = write_tiny_run(tmp_path_factory.mktemp("tiny"))
-    pipeline.run_analysis(config, progress=False)
+    analysis.run(config, progress=False)
     return config, stage_files(config.cache_dir)
 
 
@@ -68,7 +70,7 @@ def flip_byte(path: Path, offset: int) -> None:
 def rerun(config, capsys) -> str:
     """Run the analysis again; return its stderr (the notices)."""
     capsys.readouterr()
-    pipeline.run_analysis(config, progress=False)
+    analysis.run(config, progress=False)
     return capsys.readouterr().err
 
 
@@ -94,7 +96,7 @@ def test_records_list_every_file_with_size_and_checksum(clean):
 
 
 def test_half_written_record_recomputes_the_stage(copy, clean, capsys):
-    record = stage_folder(copy.cache_dir, "part3") / "_done.json"
+    record = stage_folder(copy.cache_dir, "routing") / "_done.json"
     record.write_bytes(record.read_bytes()[:40])  # the marker a kill during its write would leave without atomicity
     assert_recovered(copy, clean, rerun(copy, capsys), "_done.json")
 
@@ -107,7 +109,7 @@ def test_record_without_the_stage_metadata_recomputes(copy, clean, capsys):
 
 
 def test_orphaned_temp_files_of_a_killed_write_are_removed(copy, clean, capsys):
-    folder = stage_folder(copy.cache_dir, "part1")
+    folder = stage_folder(copy.cache_dir, "effects")
     (folder / "_done.json").unlink()  # killed while writing the stage: files maybe written, no record
     orphan = folder / ".kds.parquet.x1y2z3.tmp"
     orphan.write_bytes(b"half a parquet")
@@ -133,22 +135,23 @@ def test_bit_flipped_shard_is_recomputed_before_it_is_read(copy, clean, capsys):
     # Part 3 cached: this run reads no shard array (sizes and headers only), so it need not hash the shards.
     assert "cache: " not in rerun(copy, capsys)
     # Part 3 to compute: the shards are hashed before it reads them, and the damaged one is recomputed.
-    (stage_folder(copy.cache_dir, "part3") / "_done.json").unlink()
+    (stage_folder(copy.cache_dir, "routing") / "_done.json").unlink()
     assert_recovered(copy, clean, rerun(copy, capsys), "shard_00000.npz")
 
 
 @pytest.mark.parametrize("offset", [4, 326, -20])
 def test_bit_flipped_parquet_is_recomputed(copy, clean, capsys, offset):
-    table = stage_folder(copy.cache_dir, "part1") / "kds.parquet"
+    table = stage_folder(copy.cache_dir, "effects") / "kds.parquet"
     flip_byte(table, offset % table.stat().st_size)
     assert_recovered(copy, clean, rerun(copy, capsys), "kds.parquet")
 
 
 def test_killed_jacobian_stage_resumes_at_missing_and_damaged_shards(tmp_path):
     config = write_tiny_run(tmp_path)
-    run = load_run(config)
-    part1 = pipeline.run_part1(config, run, progress=False)
-    shards, key, _ = pipeline.run_part2(config, run, part1, progress=False)
+    line = pipeline.load_line(config)
+    run = line.run
+    effects = pipeline.run_effects(line, progress=False)
+    shards, _ = pipeline.run_jacobians(line, effects, progress=False)
     assert len(shards.paths) == 2 and shards.n_kds == len(run.kd_names)
     folder = stage_folder(config.cache_dir, "jacobians")
     written = {p.name: p.read_bytes() for p in shards.paths}
@@ -158,27 +161,27 @@ def test_killed_jacobian_stage_resumes_at_missing_and_damaged_shards(tmp_path):
     (folder / "shard_00000.json").unlink()
     (folder / "shard_00001.npz").unlink()
     (folder / "shard_00001.json").unlink()
-    pipeline.run_part2(config, run, part1, progress=False)
+    pipeline.run_jacobians(line, effects, progress=False)
     assert {p.name: p.read_bytes() for p in sorted(folder.glob("shard_*.npz"))} == written
 
     # Killed again, this time with shard 1 intact: only the record is missing, no shard is recomputed.
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard_*.npz")}
     (folder / "_done.json").unlink()
-    _, _, record = pipeline.run_part2(config, run, part1, progress=False)
+    _, record = pipeline.run_jacobians(line, effects, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("shard_*.npz")} == stamps
     assert record["autograd_check"]["relative_error"] < 1e-4 and record["seconds"] > 0
 
     # The linear prediction stored with each shard is J_k·(p_k − p_ctrl).
-    full = {int(i): j for idx, jac in jacobians.open_shards(folder) for i, j in zip(idx, jac)}
-    step = part1.effects.pert_repr[0] - part1.effects.control_repr
-    assert np.allclose(jacobians.open_shards(folder).linear_prediction()[0], full[0] @ step, atol=1e-4)
+    full = {int(i): j for idx, jac in open_shards(folder) for i, j in zip(idx, jac)}
+    step = effects.responses.pert_repr[0] - effects.responses.control_repr
+    assert np.allclose(open_shards(folder).linear_prediction()[0], full[0] @ step, atol=1e-4)
 
 
 def test_opening_shards_reads_headers_not_arrays(clean, monkeypatch):
     config, _ = clean
     folder = stage_folder(config.cache_dir, "jacobians")
     monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("open_shards loaded an array"))
-    shards = jacobians.open_shards(folder)
+    shards = open_shards(folder)
     assert shards.n_kds == 6 and shards.shape == (24, 16)
 
 
@@ -194,15 +197,16 @@ def test_an_executor_yielding_out_of_order_gives_the_same_shards(copy, clean):
                 yield task, fn(state.local, task)
 
     shutil.rmtree(copy.cache_dir / "jacobians")
-    shutil.rmtree(copy.cache_dir / "part3")
-    pipeline.run_analysis(copy, progress=False, executor=Reversed())
+    shutil.rmtree(copy.cache_dir / "routing")
+    analysis.run(copy, progress=False, executor=Reversed())
     assert stage_files(copy.cache_dir) == clean[1]
 
 
 CONCURRENT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from analysis import cache, pipeline
+    from analysis.store import cache
+    from analysis.pipeline import run as pipeline
     from analysis.config import load_config
 
     config_path, log, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
@@ -216,8 +220,8 @@ CONCURRENT = textwrap.dedent("""
     (ready / sys.argv[4]).touch()
     while len(list(ready.iterdir())) < 2:  # start the analyses together
         time.sleep(0.01)
-    results = pipeline.run_analysis(config, progress=False)
-    print(results.part3.key, results.part3.evidence.mantel_pearson.statistic)
+    results = analysis.run(config, progress=False)
+    print(results.routing.key, results.routing.evidence.mantel_pearson.statistic)
 """)
 
 
@@ -285,7 +289,7 @@ def test_read_only_cache_is_one_line_before_any_compute(tmp_path, read_only, mon
     config = write_tiny_run(tmp_path).replace(cache_dir=read_only)
     monkeypatch.setattr(pipeline, "compute_effects", lambda *a, **k: pytest.fail("Part 1 ran"))
     with pytest.raises(CacheError, match="not writable"):
-        pipeline.run_analysis(config, progress=False)
+        analysis.run(config, progress=False)
     code, err = cli(["--config", str(write_config(tmp_path, config, runtime={"cache_dir": str(read_only)})),
                      "--quiet"], capsys)
     assert code == 2 and err.count("\n") == 1 and str(read_only) in err and "not writable" in err
@@ -300,7 +304,7 @@ def test_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(cache, "_write_all", disk_full)
     code, err = cli(["--config", str(write_config(tmp_path, config)), "--quiet"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err and "part1" in err
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err and "effects" in err
     assert not list(config.cache_dir.rglob("*.tmp"))
 
 
@@ -348,3 +352,26 @@ def test_wheel_install_runs_and_carries_the_demo_config(tmp_path):
     config = write_tiny_run(tmp_path / "tiny")
     run = python("-m", "analysis", "--config", str(write_config(tmp_path, config)), "--quiet")
     assert run.returncode == 0 and "Verdict:" in run.stdout, run.stderr
+
+
+HASH_SEED_RUN = """
+import sys
+from analysis.config import load_config
+from analysis.pipeline import run as pipeline
+config = load_config(sys.argv[1], cache_dir=sys.argv[2], cell_lines=["HepG2"])
+print(pipeline.run_effects(pipeline.load_line(config), progress=False).key)
+"""
+
+
+def test_a_stage_writes_the_same_bytes_under_any_hash_seed(demo_config, tmp_path):
+    """The effects stage (ΔY, clusters, ORA, prerank) on the demo, in two processes whose string hashing differs:
+    every stored file is byte-identical (gseapy lists overlap genes in set order, which follows the hash seed)."""
+    folders = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", HASH_SEED_RUN, str(demo_config.source), str(tmp_path / seed)],
+                             env=env, capture_output=True, text=True, check=True)
+        folders.append(tmp_path / seed / "effects" / out.stdout.split()[-1])
+    files = [{p.name: p.read_bytes() for p in sorted(f.iterdir()) if not p.name.startswith(".")} for f in folders]
+    assert set(files[0]) >= {"ora.parquet", "gsea.parquet", "kds.parquet", "effects.npz", "_done.json"}
+    assert files[0] == files[1]

@@ -12,11 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import calibration, routing, verdict
+from analysis.config import default_decision_rule
+from analysis.datasets import calibration
+from analysis.stats import routing
 
 N_REPLICATES = 300
 N_PERMUTATIONS = 299  # a valid test at α = 0.05 rejects exactly 14/300 = 4.7 %
-RULE = verdict.DecisionRule()
+RULE = default_decision_rule()
 TESTS_FEEDING_THE_CALL = ("Mantel (studentized)", "cluster contrast (studentized)")
 NULLS = tuple(w for w in calibration.NULL_WORLDS if w != "shared-cause")
 

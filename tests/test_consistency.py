@@ -6,25 +6,20 @@ import itertools
 
 import numpy as np
 import pytest
-
-from analysis import consistency, demo, jacobians, routing
-from analysis.errors import InputError
-from analysis.load import load_run
-from analysis.pipeline import run_analysis
 from tiny import KDS, tiny_config, write_tiny_run
+
+import analysis
+from analysis.datasets import demo
+from analysis.errors import InputError
+from analysis.model.load import load_run
+from analysis.present import prose
+from analysis.stats import consistency, routing
+from analysis.store.shards import open_shards
 
 
 def direct_cosine(x, y):
     nx, ny = np.linalg.norm(x), np.linalg.norm(y)
     return float(x @ y / (nx * ny)) if nx and ny else 0.0
-
-
-def test_cross_cosines_match_a_direct_computation():
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(7, 30)), rng.normal(size=(5, 30))
-    b[3] = 0.0
-    direct = [[direct_cosine(x, y) for y in b] for x in a]
-    assert np.allclose(consistency.cross_cosines(a, b), direct, atol=1e-12)
 
 
 def test_baseline_is_the_mean_cosine_with_the_other_kds_both_ways():
@@ -43,7 +38,7 @@ def write_shards(folder, names, jac, shard_kds):
         index = np.arange(start, min(start + shard_kds, len(names)))
         np.savez(folder / f"shard_{i:05d}.npz", jacobian=jac[index].astype(np.float32), kd_index=index,
                  linear_prediction=np.zeros((len(index), jac.shape[1])))
-    return jacobians.open_shards(folder)
+    return open_shards(folder)
 
 
 def test_cross_gram_and_norms_from_shards_of_different_orders_and_shardings(tmp_path):
@@ -150,29 +145,34 @@ def write_two_line_run(folder, missing_in_b=("KD_F",)):
 
 def test_two_lines_are_analysed_each_and_compared(tmp_path):
     write_two_line_run(tmp_path)
-    results = run_analysis(tiny_config(tmp_path, cell_lines=list(LINES)), progress=False)
+    results = analysis.run(tiny_config(tmp_path, cell_lines=list(LINES)), progress=False)
     assert [line.cell_line for line in results.lines] == list(LINES)
-    assert results.part1 is results.lines[0].part1
-    assert "KD_F" in results.lines[0].part1.effects.kd_names and "KD_F" not in results.lines[1].part1.effects.kd_names
+    assert results.effects is results.lines[0].effects
+    assert "KD_F" in results.lines[0].effects.responses.kd_names and "KD_F" not in results.lines[1].effects.responses.kd_names
     table, (specific, raw) = results.across.table, results.across.tests
     assert list(table["kd"]) == [k for k in KDS if k != "KD_F"]
     assert np.all(np.abs(table[["cos_output", "cos_jacobian"]].to_numpy()) <= 1 + 1e-9)
     # Each cosine recomputed from the lines' own stored ΔY.
-    a, b = (line.part1.effects for line in results.lines)
+    a, b = (line.effects.responses for line in results.lines)
     k = "KD_C"
     x, y = a.delta_y[a.kd_names.index(k)], b.delta_y[b.kd_names.index(k)]
     assert table.set_index("kd").loc[k, "cos_output"] == pytest.approx(direct_cosine(x, y))
     # …and each Jacobian cosine from the lines' own stored shards.
-    shards = [jacobians.open_shards(tmp_path / "cache" / "jacobians" / line.part3.jacobian_key) for line in results.lines]
+    shards = [open_shards(tmp_path / "cache" / "jacobians" / line.routing.jacobian_key) for line in results.lines]
     j = [next(jac[list(index).index(row)] for index, jac in line_shards if row in index).ravel()
          for line_shards, row in zip(shards, (a.kd_names.index(k), b.kd_names.index(k)))]
     assert table.set_index("kd").loc[k, "cos_jacobian"] == pytest.approx(direct_cosine(*(v.astype(np.float64) for v in j)))
     assert (specific.measure, raw.measure) == ("specific", "raw") and specific.n_kds == raw.n_kds == 5
-    assert 0 < specific.p_value <= 1 and specific.estimate == pytest.approx(table["difference"].mean())
-    nb04 = results.prior_work.set_index("prior").loc["NB04", "this_run"]
+    assert specific.estimate == pytest.approx(table["difference"].mean())
+    # p against an enumeration written out here: every sign pattern of the primary line's cluster sums
+    sums = table.groupby("cluster")["difference"].sum().to_numpy()
+    flips = [abs(sum(s * v for s, v in zip(signs, sums))) >= abs(sums.sum()) - 1e-12
+             for signs in itertools.product((1, -1), repeat=len(sums))]
+    assert specific.exact and specific.p_value == pytest.approx(np.mean(flips))
+    nb04 = prose.prior_work_table(results).set_index("prior").loc["NB04", "this_run"]
     assert "LineA vs LineB (5 KDs)" in nb04 and "median cos J" in nb04
     # Cached: a second run computes nothing and reads the same numbers.
-    again = run_analysis(tiny_config(tmp_path, cell_lines=list(LINES)), progress=False)
+    again = analysis.run(tiny_config(tmp_path, cell_lines=list(LINES)), progress=False)
     assert again.across.key == results.across.key and again.across.table.equals(table)
 
 
@@ -185,7 +185,7 @@ def test_several_cell_types_and_none_chosen_is_an_error(tmp_path):
 def test_a_listed_line_absent_from_the_data_is_an_error(tmp_path):
     write_two_line_run(tmp_path)
     with pytest.raises(InputError, match="no cells of cell line 'LineC'"):
-        run_analysis(tiny_config(tmp_path, cell_lines=["LineA", "LineC"]), progress=False)
+        analysis.run(tiny_config(tmp_path, cell_lines=["LineA", "LineC"]), progress=False)
 
 
 @pytest.mark.parametrize("value, message", [(["LineA", "LineA"], "distinct"), ([""], "non-empty"), (3, "a string")])

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from tiny import CONFIGS, relative_error, tiny_model, write_tiny_run
+from tiny import jacobian_inputs as inputs
 
-from analysis import jacobians
-from analysis.load import load_run
-from tiny import CONFIGS, jacobian_inputs as inputs, relative_error, tiny_model, write_tiny_run
+from analysis.model import jacobians
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -96,18 +96,21 @@ def test_compile_failure_falls_back_to_the_eager_graph(monkeypatch):
 
 def test_demo_run_checks_a_stored_jacobian_against_autograd(demo_results):
     """Part 2 recomputes one stored J_k of the demo with reverse mode (the seed's method) and records the error."""
-    check = demo_results.part3.autograd_check
-    assert check["kd"] in demo_results.part1.effects.kd_names
+    check = demo_results.routing.autograd_check
+    assert check["kd"] in demo_results.effects.responses.kd_names
     assert check["relative_error"] <= 1e-4
 
 
 def test_changed_inputs_get_a_different_shard_folder(tmp_path):
-    from analysis.pipeline import jacobian_key
+    from analysis.pipeline.run import load_line
 
     config = write_tiny_run(tmp_path)
-    run = load_run(config)
-    key = jacobian_key(config, run)
-    assert jacobian_key(config.replace(n_draws=3), run) != key
-    assert jacobian_key(config.replace(seed=5), run) != key
+    line = load_line(config)
+    key = line.keys["jacobians"]
+    assert load_line(config.replace(n_draws=3), line.run.model).keys["jacobians"] != key
+    assert load_line(config.replace(seed=5), line.run.model).keys["jacobians"] != key
+    assert load_line(config.replace(kds_per_call=3), line.run.model).keys["jacobians"] != key
+    assert load_line(config.replace(cluster_bootstrap=7), line.run.model).keys["jacobians"] != key  # via effects
+    assert load_line(config.replace(n_permutations=199), line.run.model).keys["jacobians"] == key  # routing only
     other = write_tiny_run(tmp_path / "other", seed=1)  # different weights and data
-    assert jacobian_key(other, load_run(other)) != key
+    assert load_line(other).keys["jacobians"] != key

@@ -7,9 +7,11 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-
-from analysis.load import load_run
 from tiny import KDS, expect_error, tiny_config, write_tiny_run
+
+import analysis
+from analysis.errors import InputError
+from analysis.model.load import load_run
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +117,11 @@ def test_cuda_requested_without_cuda(folder):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     expect_error(tiny_config(folder, device="cuda"), "device", "CUDA is not available")
+
+
+def test_every_line_is_checked_before_any_stage_runs(tmp_path):
+    """A cell line absent from the data stops the run before the first line's stages compute anything."""
+    config = write_tiny_run(tmp_path)
+    with pytest.raises(InputError, match="no cells of cell line 'Jurkat'"):
+        analysis.run(config.replace(cell_lines=(config.cell_lines[0], "Jurkat")), progress=False)
+    assert not list(config.cache_dir.rglob("*.npz")) and not list(config.cache_dir.rglob("_done.json"))

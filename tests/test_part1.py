@@ -4,15 +4,17 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import adjusted_rand_score
-
-from analysis import clustering, demo, enrichment, pipeline
-from analysis.load import load_run
 from tiny import write_tiny_run
+
+from analysis.datasets import demo
+from analysis.pipeline import run as pipeline
+from analysis.stats import clustering, enrichment
+from analysis.store.gmt import read_libraries
 
 
 def test_delta_y_equals_a_direct_forward_mean(demo_run, demo_results):
     """ΔY from the pipeline equals model.forward on one unpadded set, called the way `state tx infer` does."""
-    effects = demo_results.part1.effects
+    effects = demo_results.effects.responses
     model, r, k = demo_run.model, 1, 5
     cells = torch.as_tensor(demo_run.controls[effects.draw_cells[r]])
 
@@ -27,7 +29,7 @@ def test_delta_y_equals_a_direct_forward_mean(demo_run, demo_results):
 
 
 def test_reproducibility_is_reported(demo_results):
-    table = demo_results.part1.kd_table
+    table = demo_results.effects.kd_table
     assert {"draw_cosine", "split_half_r", "effect_norm"} <= set(table.columns)
     strong = table[table.cluster > 0]
     assert strong.draw_cosine.median() > 0.9
@@ -37,7 +39,7 @@ def test_true_delta_clusters_recover_planted_modules(demo_config, demo_results):
     truth, true_delta = demo.load_truth(demo_config)
     planted = clustering.cluster_kds(true_delta, demo_config.max_clusters, 5, 0)
     ari_truth = adjusted_rand_score(truth.module, planted.labels)
-    model_labels = demo_results.part1.kd_table.set_index("kd").loc[truth.kd, "cluster"]
+    model_labels = demo_results.effects.kd_table.set_index("kd").loc[truth.kd, "cluster"]
     ari_model = adjusted_rand_score(truth.module, model_labels)
     print(f"ARI vs planted modules: true ΔY {ari_truth:.3f}, model ΔY {ari_model:.3f}")
     assert ari_truth >= 0.8
@@ -56,7 +58,7 @@ def test_clustering_criterion_on_planted_blobs():
 
 
 def test_ribosomal_cluster_top_kd_target_term_is_translation(demo_results):
-    table, ora = demo_results.part1.kd_table, demo_results.part1.ora
+    table, ora = demo_results.effects.kd_table, demo_results.effects.ora
     ribosomal = table[table.kd.str.match(r"^RP[LS]\d")]
     cluster = ribosomal.cluster.mode()[0]
     top = enrichment.top_terms(ora).set_index("query").loc[f"cluster {cluster}"]
@@ -73,7 +75,7 @@ def test_prerank_finds_planted_response_pathways(demo_config):
     data = data[data.obs["cell_type"] == demo.CELL_LINE]  # the primary line: the other's responses differ by design
     labels = data.obs["gene"].astype(str).to_numpy()
     control = data.X[labels == demo.CONTROL].mean(0)
-    libraries = enrichment.read_libraries(demo_config.gene_sets)
+    libraries = read_libraries(demo_config.gene_sets)
     for module, (kds, programme) in demo.MODULES.items():
         if not programme:
             continue
@@ -96,13 +98,12 @@ def test_ora_uses_the_screen_as_background():
 
 def test_second_run_reuses_cache_and_changed_config_does_not(tmp_path):
     config = write_tiny_run(tmp_path)
-    run = load_run(config)
-    first = pipeline.run_part1(config, run, progress=False)
-    stage = config.cache_dir / "part1" / first.key
+    first = pipeline.run_effects(pipeline.load_line(config), progress=False)
+    stage = config.cache_dir / "effects" / first.key
     stamp = (stage / "effects.npz").stat().st_mtime_ns
-    second = pipeline.run_part1(config, load_run(config), progress=False)
+    second = pipeline.run_effects(pipeline.load_line(config), progress=False)
     assert second.key == first.key and (stage / "effects.npz").stat().st_mtime_ns == stamp
     changed = config.replace(n_draws=3)
-    third = pipeline.run_part1(changed, load_run(changed), progress=False)
-    assert third.key != first.key and third.effects.delta_y_draws.shape[0] == 3
+    third = pipeline.run_effects(pipeline.load_line(changed), progress=False)
+    assert third.key != first.key and third.responses.delta_y_draws.shape[0] == 3
     assert not list(config.cache_dir.rglob("*.tmp"))

@@ -21,11 +21,13 @@ import pytest
 if not os.environ.get("CI"):
     pytest.importorskip("ray")
 import ray  # noqa: E402
-
-from analysis import executors, pipeline  # noqa: E402
-from analysis.errors import InputError  # noqa: E402
-from analysis.executors import RayExecutor, WorkerState  # noqa: E402
 from tiny import tiny_config, write_tiny_run  # noqa: E402
+
+import analysis
+from analysis.errors import InputError  # noqa: E402
+from analysis.pipeline import executors  # noqa: E402
+from analysis.pipeline.executors import RayExecutor, WorkerState  # noqa: E402
+from analysis.store import codec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SHARDS = 6  # the tiny run's 6 KDs, one per shard, so there is a queue to fault and to bound
@@ -45,8 +47,8 @@ def ray_instance():
 def local(tmp_path_factory):
     """The tiny run analysed with the local executor: (config, {stage: {file: sha256}}, verdict)."""
     config = write_tiny_run(tmp_path_factory.mktemp("tiny")).replace(shard_kds=1)
-    results = pipeline.run_analysis(config, progress=False)
-    return config, stage_digests(config.cache_dir), results.part3.verdict.to_dict()
+    results = analysis.run(config, progress=False)
+    return config, stage_digests(config.cache_dir), codec.encode(results.routing.verdict)
 
 
 def stage_folder(cache_dir: Path, stage: str) -> Path:
@@ -57,7 +59,7 @@ def stage_folder(cache_dir: Path, stage: str) -> Path:
 def stage_digests(cache_dir: Path) -> dict:
     """{stage: {file: sha256}} as each stage's completion record lists them (shard files included)."""
     out = {}
-    for stage in ("part1", "jacobians", "part3"):
+    for stage in ("effects", "jacobians", "routing"):
         record = json.loads((stage_folder(cache_dir, stage) / "_done.json").read_text())
         out[stage] = {name: entry["sha256"] for name, entry in record["files"].items()}
     return out
@@ -71,7 +73,7 @@ def fresh_copy(config, tmp_path: Path, keep_shards: set[int] = frozenset()):
     """A copy of the local run's cache holding Part 1 and the shards `keep_shards` only: its config."""
     cache_dir = tmp_path / "cache"
     shutil.copytree(config.cache_dir, cache_dir)
-    shutil.rmtree(cache_dir / "part3")
+    shutil.rmtree(cache_dir / "routing")
     folder = stage_folder(cache_dir, "jacobians")
     (folder / "_done.json").unlink()
     for index in set(range(N_SHARDS)) - set(keep_shards):
@@ -85,10 +87,10 @@ def test_ray_gives_the_local_bytes_and_verdict_with_one_pool_for_both_parts(ray_
     config, digests, verdict = local
     ray_config = config.replace(cache_dir=tmp_path / "cache", executor="ray")
     executor = Watched(RayExecutor())
-    results = pipeline.run_analysis(ray_config, progress=False, executor=executor)
+    results = analysis.run(ray_config, progress=False, executor=executor)
     assert stage_digests(ray_config.cache_dir) == digests  # Part 1 (ΔY batches), shards and Part 3, byte for byte
     assert shard_bytes(ray_config.cache_dir) == shard_bytes(config.cache_dir)
-    assert results.part3.verdict.to_dict() == verdict
+    assert codec.encode(results.routing.verdict) == verdict
     record = json.loads((stage_folder(ray_config.cache_dir, "jacobians") / "_done.json").read_text())
     assert record["executor"] == "ray: 2 workers × 1 CPU"
     (delta_y, _, first_pids), (shards, _, pids) = executor.maps
@@ -111,7 +113,7 @@ def test_a_run_started_locally_is_finished_on_ray_computing_only_the_missing_sha
     folder = stage_folder(resumed.cache_dir, "jacobians")
     kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard_*.npz")}
     executor = Watched(RayExecutor())
-    pipeline.run_analysis(resumed, progress=False, executor=executor)
+    analysis.run(resumed, progress=False, executor=executor)
     ((tasks, _, _),) = executor.maps  # Part 1 was cached: one map, the missing shards only
     assert [task.index for task in tasks] == [1, 4, 5]
     assert {name: (folder / name).stat().st_mtime_ns for name in kept} == kept  # not rewritten
@@ -150,7 +152,7 @@ def test_a_worker_killed_by_pid_mid_run_is_replaced_and_the_results_are_identica
         os.kill(inner.pids[0], signal.SIGKILL)
 
     faulted = fresh_copy(config, tmp_path)
-    pipeline.run_analysis(faulted, progress=False, executor=Watched(RayExecutor(), kill_a_worker))
+    analysis.run(faulted, progress=False, executor=Watched(RayExecutor(), kill_a_worker))
     assert not alive(killed["pid"])
     assert stage_digests(faulted.cache_dir) == digests
     assert shard_bytes(faulted.cache_dir) == shard_bytes(config.cache_dir)
@@ -170,7 +172,8 @@ DRIVER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[1])
     from pathlib import Path
-    from analysis import cache, executors, pipeline
+    from analysis.store import cache
+    from analysis.pipeline import executors, run as pipeline
     from tiny import tiny_config
 
     put = cache.ShardStore.put
@@ -179,7 +182,7 @@ DRIVER = textwrap.dedent("""
         time.sleep(1.0)
     cache.ShardStore.put = slow_put
     executors.init_ray(sys.argv[3])
-    pipeline.run_analysis(tiny_config(Path(sys.argv[2]), shard_kds=1, executor="ray"), progress=False)
+    analysis.run(tiny_config(Path(sys.argv[2]), shard_kds=1, executor="ray"), progress=False)
 """)
 
 
@@ -205,7 +208,7 @@ def test_a_driver_killed_mid_run_leaves_whole_shards_and_the_rerun_resumes(ray_i
 
     # The rerun (here with the local executor: resume works across executors) keeps the whole shards.
     rerun = tiny_config(folder_copy, shard_kds=1)
-    pipeline.run_analysis(rerun, progress=False)
+    analysis.run(rerun, progress=False)
     assert {name: (shard_dir / name).stat().st_mtime_ns for name in written} == written
     assert stage_digests(rerun.cache_dir) == digests
 
@@ -239,7 +242,7 @@ def test_tasks_in_flight_never_exceed_workers_times_tasks_per_worker(ray_instanc
 def test_the_local_executor_never_imports_ray(tmp_path):
     script = textwrap.dedent("""
         import sys
-        from analysis import executors, pipeline
+        from analysis.pipeline import executors, run as pipeline
         from analysis.config import load_config
         config = load_config(None, run_dir="r", h5ad="d.h5ad", cache_dir="c")
         assert isinstance(executors.for_config(config), executors.LocalExecutor)

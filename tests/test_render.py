@@ -108,7 +108,7 @@ def test_rendered_pdf_shows_every_figure_as_an_image(rendered):
 
 def test_rendered_pdf_states_the_results_the_analysis_computed(rendered, demo_results):
     """The verdict, the call's statistics and the sizes, as the analysis formats them, in the PDF's text."""
-    from analysis import report
+    from analysis.present import report
 
     n = report.numbers(demo_results)
     text = _letters(rendered["pdf_text"])

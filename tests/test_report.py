@@ -19,9 +19,9 @@ import nbformat
 import numpy as np
 import pytest
 
-from analysis import plots
-from analysis.formatting import fmt_p
-from analysis.report import typeset
+from analysis.present import plots
+from analysis.present.formatting import fmt_p
+from analysis.present.report import typeset
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTICLE = ROOT / "report" / "index.qmd"
@@ -313,9 +313,9 @@ def _inline_values(executed) -> dict:
 def test_verdict_table_against_independent_values(executed, demo_results):
     """Values recomputed from the similarity matrices; p-values in the one style; notes numbered like the rows."""
     rows = _table_rows(_outputs_by_label(executed, "tbl-verdict")["text/markdown"])
-    criteria = demo_results.part3.verdict.criteria
+    criteria = demo_results.routing.verdict.criteria
     assert [r["Criterion"] for r in rows] == [typeset(f"{c.name} ({n})") for n, c in enumerate(criteria, 1)]
-    r = np.corrcoef(_upper(demo_results.part3.c_out), _upper(demo_results.part3.c_jac))[0, 1]
+    r = np.corrcoef(_upper(demo_results.routing.c_out), _upper(demo_results.routing.c_jac))[0, 1]
     pearson_rows = [row for row, c in zip(rows, criteria) if c.statistic.startswith("Pearson r(C_out, C_jac)")]
     assert pearson_rows
     for row in pearson_rows:
@@ -343,8 +343,8 @@ def _inline_or_chunk_markdown(executed, source: str) -> str:
 
 def test_prose_numbers_against_independent_values(executed, demo_results):
     values = _inline_values(executed)
-    p1, p3 = demo_results.part1, demo_results.part3
-    k = len(p1.effects.kd_names)
+    p1, p3 = demo_results.effects, demo_results.routing
+    k = len(p1.responses.kd_names)
     assert values["N.n_kds"] == f"{k:,}" and values["N.n_pairs"] == f"{k * (k - 1) // 2:,}"
     r = np.corrcoef(_upper(p3.c_out), _upper(p3.c_jac))[0, 1]
     assert _number(values["N.pearson_r"]) == pytest.approx(r, abs=6e-3)
@@ -381,10 +381,10 @@ def test_prior_work_table_against_the_encoder_geometry(executed, demo_results):
     """NB02's row names TRAPPC3's nearest KD in pert_repr, recomputed here from the representations."""
     rows = _table_rows(_outputs_by_label(executed, "tbl-prior")["text/markdown"])
     assert [r["Prior"] for r in rows] == ["NB02", "NB01", "NB08", "NB04"]
-    names = list(demo_results.part1.effects.kd_names)
+    names = list(demo_results.effects.responses.kd_names)
     if "TRAPPC3" not in names:
         pytest.skip("the demo has no TRAPPC3")
-    p = demo_results.part1.effects.pert_repr
+    p = demo_results.effects.responses.pert_repr
     unit = p / np.linalg.norm(p, axis=1, keepdims=True)
     cos = unit @ unit[names.index("TRAPPC3")]
     cos[names.index("TRAPPC3")] = -np.inf
@@ -400,7 +400,8 @@ def test_parameter_selects_the_config(demo_config, kernel_dir, tmp_path):
     text = re.sub(r'"(\.\./[^"]+)"', lambda m: json.dumps(str((base / m.group(1)).resolve())), text)
     copy.write_text(text)
     source = ("```{python}\n#| tags: [parameters]\nconfig = \"../configs/demo.toml\"\n```\n\n"
-              "```{python}\nfrom analysis import report\nR = report.load(config)\n```\n\n`{python} str(R.config.source)`\n")
+              "```{python}\nimport analysis\nR = analysis.run(analysis.load_config(config), progress=False)\n```\n\n"
+              "`{python} str(R.config.source)`\n")
     notebook, info = build_notebook(source, str(copy))
     out = execute(notebook, kernel_dir)
     assert display_data(out.cells[-1].outputs)["text/plain"].strip("'\"").endswith("my_run.toml")

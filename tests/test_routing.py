@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from analysis import cache, clustering, jacobians, routing, verdict
+from analysis.config import default_decision_rule
+from analysis.stats import axes, clustering, routing, verdict
+from analysis.store import cache
+from analysis.store.shards import open_shards
 
 
 def write_shards(folder, stacked, shard_kds):
@@ -12,7 +15,7 @@ def write_shards(folder, stacked, shard_kds):
         block = stacked[start:start + shard_kds]
         cache.write_npz(folder / f"shard_{s:05d}.npz", jacobian=block.astype(np.float32),
                         kd_index=np.arange(start, start + len(block)), linear_prediction=np.zeros(block.shape[:2]))
-    return jacobians.open_shards(folder)
+    return open_shards(folder)
 
 
 @pytest.fixture
@@ -72,7 +75,7 @@ def test_subspace_overlap_against_principal_angles():
     reference = rng.normal(size=(3, 50))
     inside = rng.normal(size=(2, 3)) @ reference
     outside = rng.normal(size=(1, 50))
-    overlap, cosine = routing.subspace_overlap(np.vstack([inside, outside]), reference)
+    overlap, cosine = axes.subspace_overlap(np.vstack([inside, outside]), reference)
     assert np.allclose(overlap[:2], 1.0) and overlap[2] < 0.6
     q, _ = np.linalg.qr(reference.T)
     unit = outside[0] / np.linalg.norm(outside[0])
@@ -194,7 +197,7 @@ def test_contrast_without_same_cluster_pairs_is_undefined_not_significant():
     result = routing.cluster_contrast(sim, np.arange(1, 11), 99, 0)
     assert result.n_same == 0 and np.isnan(result.test.p_value) and np.isnan(result.test.statistic)
     evidence = routing.core_evidence(sim, sim, np.arange(1, 11), 99, 0, 0)
-    row = verdict.deciding_criteria(evidence, verdict.DecisionRule())[1]
+    row = verdict.deciding_criteria(evidence, default_decision_rule())[1]
     assert row.p_value is None and not row.held and row.supports == "neither"
 
 

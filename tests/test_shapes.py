@@ -11,18 +11,31 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny import (
+    CONFIGS,
+    GENES,
+    KDS,
+    embedding_run,
+    expect_error,
+    jacobian_inputs,
+    relative_error,
+    tiny_config,
+    tiny_model,
+    write_tiny_run,
+)
 
-from analysis import enrichment, jacobians
+import analysis
 from analysis.config import DEFAULT_CONFIG, PACKAGE_DIR, SPACES, bundled_gene_sets, load_config
 from analysis.console import silenced
-from analysis.effects import effect_tasks, kd_means
 from analysis.errors import InputError
-from analysis.load import OutputSpace, ShippedRun, load_run
-from analysis.model_call import mean_output
-from analysis.pipeline import run_analysis
-from analysis.verdict import CALLS
-from tiny import (CONFIGS, GENES, KDS, embedding_run, expect_error, jacobian_inputs, relative_error, tiny_config,
-                  tiny_model, write_tiny_run)
+from analysis.model import jacobians
+from analysis.model.effects import effect_tasks, kd_means
+from analysis.model.forward import mean_output
+from analysis.model.load import OutputSpace, ShippedRun, load_run
+from analysis.pipeline.run import load_line
+from analysis.results import CALLS
+from analysis.stats import enrichment
+from analysis.store.gmt import read_libraries
 
 # Perturbation features as a protein language model gives them: dense vectors, zeros for the control (cell_load
 # fills perturbations missing from the features file with zeros).
@@ -48,7 +61,7 @@ def analysed(tmp_path_factory):
             folder = tmp_path_factory.mktemp("shape")
             config = write_tiny_run(folder, n_layers=1, **SHAPES[name]).replace(
                 gene_sets=(bundled_gene_sets()[HALLMARK],), kds_per_call=len(KDS), shard_kds=len(KDS))
-            done[name] = (config, run_analysis(config, progress=False))
+            done[name] = (config, analysis.run(config, progress=False))
         return done[name]
 
     return get
@@ -58,7 +71,7 @@ def analysed(tmp_path_factory):
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_every_run_shape_goes_through_the_whole_analysis(analysed, name):
     _, results = analysed(name)
-    effects, part3 = results.part1.effects, results.part3
+    effects, part3 = results.effects.responses, results.routing
     assert effects.delta_y.shape == (len(KDS), len(effects.gene_names)) and np.isfinite(effects.delta_y).all()
     assert np.abs(effects.delta_y).max() > 1e-4  # the KDs move the output
     assert part3.autograd_check["relative_error"] < 1e-4
@@ -71,13 +84,15 @@ def test_every_run_shape_goes_through_the_whole_analysis(analysed, name):
 @pytest.mark.parametrize("output_space, n_genes", [("gene", 16), ("all", 24)])
 def test_an_embedding_run_is_read_in_decoded_gene_space_unless_asked(tmp_path, output_space, n_genes):
     config = write_tiny_run(tmp_path, **embedding_run(output_space))
-    auto, genes, embedding = (load_run(config.replace(space=space)) for space in SPACES)
+    auto, genes, embedding = (load_line(config.replace(space=space)) for space in SPACES)
+    keys = (auto.keys["inputs"], genes.keys["inputs"], embedding.keys["inputs"])
+    auto, genes, embedding = auto.run, genes.run, embedding.run
     assert auto.space == OutputSpace("genes", True, f"gene space decoded by the model's gene decoder ({n_genes} genes)")
     assert auto.gene_names == tuple(GENES[:n_genes])  # var_dims gene_names: the HVGs for "gene", all genes for "all"
-    assert genes.space == auto.space and genes.input_key == auto.input_key
+    assert genes.space == auto.space and keys[1] == keys[0]  # "auto" and what it resolves to share results
     assert embedding.space == OutputSpace("embedding", False, "embedding space X_state (12 dims, undecoded)")
     assert embedding.gene_names == tuple(f"X_state:{i}" for i in range(12))
-    assert embedding.input_key != auto.input_key
+    assert keys[2] != keys[0]
 
 
 @pytest.mark.parametrize("decoder", [False, True])
@@ -92,7 +107,7 @@ def test_a_gene_space_run_is_read_in_its_own_output(tmp_path, decoder):
 def test_decoded_delta_y_is_the_set_mean_of_decoded_cells(analysed):
     """ΔY = E[decoder(forward(...))] − the same for the control: each cell decoded, then the set mean."""
     config, results = analysed(DECODED)
-    run, effects = load_run(config), results.part1.effects
+    run, effects = load_run(config), results.effects.responses
     assert effects.gene_names == tuple(GENES) and results.provenance["space"] == run.space.description
     r, k = 1, 2
     cells = torch.as_tensor(run.controls[effects.draw_cells[r]])
@@ -133,7 +148,7 @@ def test_a_shipped_run_carries_its_space(analysed):
     run = load_run(config)
     shipped = pickle.loads(pickle.dumps(ShippedRun.of(config, run))).build()
     assert shipped.space == run.space
-    task, draw_cells = effect_tasks(run, len(KDS))[0], results.part1.effects.draw_cells
+    task, draw_cells = effect_tasks(run, len(KDS))[0], results.effects.responses.draw_cells
     local = kd_means(run, task, draw_cells)
     assert local.shape == (len(draw_cells), len(KDS), len(GENES))
     assert np.array_equal(kd_means(shipped, task, draw_cells), local)
@@ -141,16 +156,16 @@ def test_a_shipped_run_carries_its_space(analysed):
 
 def test_embedding_space_responses_have_no_gene_set_tables(analysed):
     _, results = analysed(EMBEDDED)
-    assert results.part1.effects.gene_names[0] == "X_state:0"
+    assert results.effects.responses.gene_names[0] == "X_state:0"
     assert results.provenance["space"] == "embedding space X_state (12 dims, undecoded)"
-    assert results.part1.gsea.empty
-    assert not (results.part3.svd_enrichment["kind"] == "genes").any()
+    assert results.effects.gsea.empty
+    assert not (results.routing.svd_enrichment["kind"] == "genes").any()
 
 
 def test_enrichment_skips_responses_that_are_not_genes_and_keeps_kd_targets():
     """With real gene symbols on both sides, only the flag keeps response GSEA from running; KD-target ORA and the
     KD-score side of an axis run either way."""
-    libraries = enrichment.read_libraries([bundled_gene_sets()[HALLMARK]])
+    libraries = read_libraries([bundled_gene_sets()[HALLMARK]])
     terms = libraries[HALLMARK]
     genes = sorted({g for term in list(terms)[:6] for g in terms[term]})
     myc = list(terms["HALLMARK_MYC_TARGETS_V1"])[:6]
@@ -197,7 +212,7 @@ def test_perturbation_features_are_what_the_map_holds(analysed):
     assert run.model.pert_dim == FEATURE_WIDTH and np.array_equal(run.features(KDS).numpy(), features)
     with torch.no_grad():
         expected = run.model.pert_encoder(torch.as_tensor(features)).double().numpy()
-    assert np.allclose(results.part1.effects.pert_repr, expected, atol=1e-6)
+    assert np.allclose(results.effects.responses.pert_repr, expected, atol=1e-6)
 
 
 # ---------------------------------------------------------------- 4. checkpoints by name

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-
 import anndata as ad
 import numpy as np
 import pytest
 import torch
 
-from analysis import demo
 from analysis.config import load_config
+from analysis.datasets import demo
 from analysis.errors import InputError
-from analysis.load import load_run
+from analysis.model.load import load_run
 
 GENES = [f"GENE{i}" for i in range(24)]
 KDS = ["KD_A", "KD_B", "KD_C", "KD_D", "KD_E", "KD_F"]

@@ -1,4 +1,4 @@
-"""Stage 2 — predicted effects ΔY_k = E[Y | KD k] − E[Y | control] on the same control cells.
+"""Predicted effects ΔY_k = E[Y | KD k] − E[Y | control] on the same control cells.
 
 E is the mean over a set of S control cells (cells attend to each other inside a set);
 ΔY is averaged over R seeded draws of the set, and the draw-to-draw agreement is reported.
@@ -12,10 +12,10 @@ from functools import partial
 import numpy as np
 import torch
 
-from .console import StageProgress
+from ..console import StageProgress
+from ..results import Responses
+from .forward import encode_perturbations, mean_output
 from .load import LoadedRun
-from .results import Effects
-from .model_call import encode_perturbations, mean_output
 
 
 def draw_control_sets(n_controls: int, set_size: int, n_draws: int, seed: int) -> np.ndarray:
@@ -26,7 +26,7 @@ def draw_control_sets(n_controls: int, set_size: int, n_draws: int, seed: int) -
 
 @dataclass(frozen=True)
 class EffectTask:
-    """One batch of Part 1's forward calls: the KDs `kds` (indices into run.kd_names) with their perturbation
+    """One batch of the effects stage's forward calls: the KDs `kds` (indices into run.kd_names) with their perturbation
     features `features` [b, P] (carried by the task, so a worker needs no perturbation map), over every draw set."""
 
     index: int
@@ -55,13 +55,11 @@ def kd_means(run: LoadedRun, task: EffectTask, draw_cells: np.ndarray) -> np.nda
 
 
 @torch.no_grad()
-def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, progress: bool = True,
-                    executor=None, state=None) -> Effects:
+def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, executor, state,
+                    progress: bool = True) -> Responses:
     """ΔY for every KD of `run.kd_names`: KD batches of `kds_per_call` sets per forward call (`kd_means`) run on
-    `executor` with worker state `state` (default: in this process, on `run`), with one progress bar over KDs;
-    the control means and the differences are taken here."""
-    from .executors import LocalExecutor, WorkerState
-
+    `executor` (`pipeline.executors`: its `map(fn, tasks, state)`) with worker state `state`, with one progress bar
+    over KDs; the control means and the differences are taken here."""
     draw_cells = draw_control_sets(len(run.controls), run.set_size, n_draws, seed)
     control_features = run.features([run.control_label])
     control_means = torch.stack([
@@ -71,12 +69,11 @@ def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, 
     draws = np.zeros((n_draws, len(run.kd_names), len(run.gene_names)), dtype=np.float64)
     tasks = effect_tasks(run, kds_per_call)
     bar = StageProgress(len(run.kd_names), "ΔY (KDs × draws)", "KD", progress)
-    for task, means in (executor or LocalExecutor()).map(partial(kd_means, draw_cells=draw_cells), tasks,
-                                                           state or WorkerState(run, None)):
+    for task, means in executor.map(partial(kd_means, draw_cells=draw_cells), tasks, state):
         means = torch.as_tensor(means).to(run.dtype)
         draws[:, task.kds.start:task.kds.stop] = (means - control_means[:, None]).double().numpy()
         bar.update(len(task.kds))
     bar.close()
     pert_repr = encode_perturbations(run.model, run.features(run.kd_names)).double().cpu().numpy()
     control_repr = encode_perturbations(run.model, control_features)[0].double().cpu().numpy()
-    return Effects(tuple(run.kd_names), run.gene_names, draws.mean(axis=0), draws, pert_repr, control_repr, draw_cells)
+    return Responses(tuple(run.kd_names), run.gene_names, draws.mean(axis=0), draws, pert_repr, control_repr, draw_cells)

@@ -1,8 +1,8 @@
-"""Stage 3 — the Jacobian J_k = ∂E[Y]/∂pert_repr at pert_repr_k, through the model's own forward.
+"""The Jacobian J_k = ∂E[Y]/∂pert_repr at pert_repr_k, through the model's own forward.
 
 E is the mean over the S cells of a set and over the R control draws; the perturbation
 representation p is substituted for the pert_encoder output of every cell of the set
-(`model_call.pert_repr_override`). One J_k is [G, H].
+(`forward.pert_repr_override`). One J_k is [G, H].
 
 H ≪ G, so forward mode is the efficient direction: one Jacobian-vector product per
 pert_repr direction gives a whole column for every KD of the call, because the sets of
@@ -14,7 +14,7 @@ is the seed's method, kept as the oracle (`reverse_mode_jacobian`).
 
 The stage is a list of shard tasks (KD ranges); `jacobian_shard` computes one and writes
 nothing. The pipeline runs the tasks on an executor (`executors`: in process, or on Ray workers) and stores
-each shard as it finishes (`cache.ShardStore`), so an interrupted run resumes at the shards
+each shard as it finishes (`store.shards.ShardStore`), so an interrupted run resumes at the shards
 that are missing or damaged; the shard folder is keyed by model, data, draws and code, so
 a stale shard is never reused.
 """
@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from . import cache
+from .forward import mean_output, pert_repr_override
 from .load import LoadedRun
-from .model_call import mean_output, pert_repr_override
 from .tangent_graph import LinearizedFunction
 
 
@@ -40,7 +38,7 @@ def expected_output(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, per
     """E[Y] [B, G] with pert_repr [B, H] substituted, averaged over the S cells and the R draw sets [R, S, N].
 
     `pert_features` [P] is what the pert_encoder would have seen; its output is replaced. decode: Y is each cell's
-    output through the model's gene decoder (`model_call.mean_output`).
+    output through the model's gene decoder (`forward.mean_output`).
     """
     n_kds, n_draws = pert_repr.shape[0], draw_sets.shape[0]
     per_set_repr = pert_repr.repeat_interleave(n_draws, dim=0)  # [B·R, H], KD-major
@@ -138,32 +136,6 @@ def central_difference_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch
 
 
 @dataclass(frozen=True)
-class JacobianShards:
-    """The shard files of one Jacobian run, in KD order.
-
-    Each holds `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] = J_k·(p_k − p_ctrl).
-    """
-
-    folder: Path
-    paths: tuple
-    n_kds: int
-    shape: tuple  # (G, H)
-
-    def linear_prediction(self) -> np.ndarray:
-        """[K, G] J_k·(p_k − p_ctrl) gathered from the shards."""
-        out = np.zeros((self.n_kds, self.shape[0]))
-        for path in self.paths:
-            with np.load(path) as shard:
-                out[shard["kd_index"]] = shard["linear_prediction"]
-        return out
-
-    def __iter__(self):
-        for path in self.paths:
-            with np.load(path) as shard:
-                yield shard["kd_index"], shard["jacobian"]
-
-
-@dataclass(frozen=True)
 class ShardTask:
     """One shard of the Jacobian stage: shard number `index` holds the KDs `kds` (indices into run.kd_names)."""
 
@@ -208,9 +180,10 @@ def jacobian_shard(run: LoadedRun, task: ShardTask, inputs: JacobianInputs) -> d
             "linear_prediction": np.einsum("kgh,kh->kg", jacobian, step)}
 
 
-def autograd_check(run: LoadedRun, shards: JacobianShards, pert_repr: np.ndarray, draw_cells: np.ndarray,
+def autograd_check(run: LoadedRun, shards, pert_repr: np.ndarray, draw_cells: np.ndarray,
                    kd: int = 0) -> dict:
-    """Recompute one stored J_k with the seed's reverse-mode method on this model and data: max |ΔJ| / max |J|."""
+    """Recompute one stored J_k with the seed's reverse-mode method on this model and data: max |ΔJ| / max |J|.
+    shards: the stored Jacobians, iterable as (kd_index [b], jacobian [b, G, H]) (`store.shards.JacobianShards`)."""
     draw_sets = torch.as_tensor(run.controls[draw_cells], device=run.device, dtype=run.dtype)
     features = run.features([run.control_label])[0]
     p = torch.as_tensor(pert_repr[kd], device=run.device, dtype=run.dtype)
@@ -220,14 +193,3 @@ def autograd_check(run: LoadedRun, shards: JacobianShards, pert_repr: np.ndarray
     return {"kd": run.kd_names[kd], "relative_error": error}
 
 
-def open_shards(folder: Path) -> JacobianShards:
-    """The `shard_*.npz` files of a folder (as the pipeline writes them), from their array headers only."""
-    paths = tuple(sorted(Path(folder).glob("shard_*.npz")))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no Jacobian shards")
-    n_kds = 0
-    for path in paths:
-        shapes = cache.npz_shapes(path)
-        n_kds += shapes["kd_index"][0]
-        shape = shapes["jacobian"][1:]
-    return JacobianShards(Path(folder), paths, n_kds, tuple(shape))

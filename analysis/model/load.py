@@ -1,4 +1,4 @@
-"""Stage 1 — load a run written by `state tx train` and the control cells it is analysed on.
+"""Load a run written by `state tx train` and the control cells it is analysed on.
 
 A run directory is trusted code: its checkpoint is a pickle, loaded with arc-state's own
 `StateTransitionPerturbationModel.load_from_checkpoint`.
@@ -10,16 +10,16 @@ import contextlib
 import io
 import logging
 import pickle
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cache import code_version, content_key, file_digest
-from .config import AnalysisConfig
-from .console import quiet_logs
-from .errors import InputError
+from ..config import AnalysisConfig
+from ..console import quiet_logs
+from ..errors import InputError
 
 RUN_FILES = ("config.yaml", "var_dims.pkl", "pert_onehot_map.pt")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -63,7 +63,13 @@ class LoadedRun:
     controls: np.ndarray
     set_size: int
     space: OutputSpace
-    input_key: str  # hash of checkpoint, run files, control data, data fields, space and loading code
+
+    @property
+    def device_description(self) -> str:
+        """e.g. "cuda:0 (NVIDIA H100 80GB HBM3)" or "cpu (x86_64)"."""
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
+            platform.processor() or platform.machine()
+        return f"{self.device} ({name})"
 
     @property
     def hidden_dim(self) -> int:
@@ -83,8 +89,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_run(config: AnalysisConfig) -> LoadedRun:
-    """Load model, maps and control cells, checking every input a wrong file can break."""
+def input_files(config: AnalysisConfig) -> tuple[Path, ...]:
+    """The files a run's results depend on: the checkpoint, the run files and the cell data."""
+    return (checkpoint_file(config), *(config.run_dir / name for name in RUN_FILES), config.h5ad)
+
+
+def load_model(config: AnalysisConfig) -> torch.nn.Module:
+    """The checkpoint's model on the config's device and dtype (after the run folder's files are checked)."""
     run_dir = config.run_dir
     if not run_dir.is_dir():
         raise InputError(str(run_dir), "run directory not found (expected the output folder of `state tx train`)")
@@ -92,10 +103,15 @@ def load_run(config: AnalysisConfig) -> LoadedRun:
         if not (run_dir / name).is_file():
             raise InputError(str(run_dir / name), "missing; a `state tx train` run directory holds " + ", ".join(RUN_FILES))
     ckpt = checkpoint_file(config)
+    return _load_model(ckpt, str(ckpt), resolve_device(config.device), DTYPES[config.dtype])
 
-    device = resolve_device(config.device)
-    dtype = DTYPES[config.dtype]
-    model = _load_model(ckpt, str(ckpt), device, dtype)
+
+def load_run(config: AnalysisConfig, model: torch.nn.Module | None = None) -> LoadedRun:
+    """Load model (unless given: one model serves every cell line), maps and control cells, checking every input a
+    wrong file can break."""
+    model = model if model is not None else load_model(config)
+    run_dir = config.run_dir
+    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     var_dims = _load_pickle(run_dir / "var_dims.pkl")
     pert_features = _load_feature_map(run_dir / "pert_onehot_map.pt", model.pert_dim)
     if config.control_label not in pert_features:
@@ -113,15 +129,8 @@ def load_run(config: AnalysisConfig) -> LoadedRun:
     if controls.shape[0] < set_size:
         raise InputError(str(config.h5ad), f"{controls.shape[0]} control cells, fewer than the set size S={set_size}")
 
-    input_key = content_key(
-        [file_digest(ckpt)] + [file_digest(run_dir / n) for n in RUN_FILES],
-        file_digest(config.h5ad),
-        {k: getattr(config, k) for k in ("feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_lines", "dtype")},
-        [space.name, space.decode],  # the resolved space: "auto" and the choice it resolves to share results
-        code_version("load", "model_call"),
-    )
     return LoadedRun(model, device, dtype, pert_features, config.control_label, kd_names, gene_names,
-                     controls, set_size, space, input_key)
+                     controls, set_size, space)
 
 
 def checkpoint_file(config: AnalysisConfig) -> Path:
@@ -203,7 +212,7 @@ class ShippedRun:
 
     checkpoint: the checkpoint file's bytes; device: the config's device, resolved on the worker ("auto" is the
     worker's GPU when Ray gave it one); control_features: [P] the control's perturbation features, the only map
-    entry Part 2 reads; space: where ΔY and J are read (decoded or not), as the driver resolved it.
+    entry the Jacobians read; space: where ΔY and J are read (decoded or not), as the driver resolved it.
     """
 
     checkpoint: bytes
@@ -217,20 +226,19 @@ class ShippedRun:
     controls: np.ndarray
     set_size: int
     space: OutputSpace
-    input_key: str
 
     @classmethod
     def of(cls, config: AnalysisConfig, run: LoadedRun) -> "ShippedRun":
         ckpt = checkpoint_file(config)
         return cls(ckpt.read_bytes(), str(ckpt), config.device, config.dtype, run.control_label,
                    run.pert_features[run.control_label], run.kd_names, run.gene_names, run.controls, run.set_size,
-                   run.space, run.input_key)
+                   run.space)
 
     def build(self) -> LoadedRun:
         device, dtype = resolve_device(self.device), DTYPES[self.dtype]
         model = _load_model(io.BytesIO(self.checkpoint), self.checkpoint_name, device, dtype)
         return LoadedRun(model, device, dtype, {self.control_label: self.control_features}, self.control_label,
-                         self.kd_names, self.gene_names, self.controls, self.set_size, self.space, self.input_key)
+                         self.kd_names, self.gene_names, self.controls, self.set_size, self.space)
 
 
 def _load_pickle(path: Path):

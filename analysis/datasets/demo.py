@@ -26,12 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import cache
-from .config import PACKAGE_DIR, AnalysisConfig
-from .console import StageProgress, note, quiet_logs, silenced
-from .errors import CacheError
+from ..config import GENESETS_DIR, AnalysisConfig
+from ..console import StageProgress, note, quiet_logs, silenced
+from ..errors import CacheError
+from ..store import cache
 
-GENESETS = PACKAGE_DIR / "genesets"
 CELL_LINE = "HepG2"  # the primary line
 OTHER_LINE = "K562"
 CONTROL = "non-targeting"
@@ -105,8 +104,8 @@ def read_gene_sets() -> dict:
     """The bundled libraries as {'GO:<term>' or 'H:<name>': [genes]} (demo programmes only)."""
     import gseapy
 
-    go = gseapy.read_gmt(str(GENESETS / "GO_Biological_Process_2021.gmt"))
-    hallmark = gseapy.read_gmt(str(GENESETS / "MSigDB_Hallmark_v7.0.gmt"))
+    go = gseapy.read_gmt(str(GENESETS_DIR / "GO_Biological_Process_2021.gmt"))
+    hallmark = gseapy.read_gmt(str(GENESETS_DIR / "MSigDB_Hallmark_v7.0.gmt"))
     return {**{f"GO:{k}": v for k, v in go.items()}, **{f"H:{k}": v for k, v in hallmark.items()}}
 
 

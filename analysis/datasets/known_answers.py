@@ -53,8 +53,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import cache, demo
-from .config import DEFAULT_CONFIG, AnalysisConfig, load_config
+from ..config import DEFAULT_CONFIG, AnalysisConfig, load_config
+from ..store import cache
+from . import demo
 
 KINDS = ("positive", "negative", "random", "keyed", "degenerate")
 # The calls each kind may receive: "random" has no structure to rule out beyond noise, so "inconclusive" is right too.

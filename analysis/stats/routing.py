@@ -1,4 +1,4 @@
-"""Stage 4 — routing statistics: does Jacobian (routing) similarity track output similarity?
+"""Routing statistics: does Jacobian (routing) similarity track output similarity?
 
 Matrices are K × K similarities between KDs; statistics use their upper triangles. Pairs
 share KDs, so pair-level p-values are not valid: inference permutes KD labels (Mantel),
@@ -9,15 +9,30 @@ test is computed too, and labelled anti-conservative.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
+from scipy.spatial.distance import squareform
 from scipy.stats import mannwhitneyu, rankdata
 
-if TYPE_CHECKING:  # the statistics need no torch: plots and the report import them through `verdict`
-    from .jacobians import JacobianShards
+from ..results import ClusterContrast, RoutingEvidence, Spread, StudentizedTest
+
+
+class JacobianShards(Protocol):
+    """What the statistics read of stored Jacobians (`store.shards.JacobianShards` is the store's reader): K KDs of
+    shape (G, H), in shards of `sizes` KDs."""
+
+    n_kds: int
+    shape: tuple
+
+    @property
+    def sizes(self) -> list[int]: ...
+
+    def rows(self, shard_numbers: range) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
 
 
 # ---------------------------------------------------------------- streamed Gram and SVD
@@ -29,34 +44,26 @@ def stream_gram(shards: JacobianShards, memory_bytes: int = 2 << 30, other: Jaco
     itself on (every shard of `other`). Memory: one row block + one shard + K² doubles, whatever K is.
     """
     gram = np.zeros((shards.n_kds, (other or shards).n_kds))
-    paths = list(shards.paths)
-    sizes = [np.load(p, mmap_mode=None)["kd_index"].size for p in paths]
+    sizes = shards.sizes
+    n_shards = len(sizes)
     row_bytes = int(np.prod(shards.shape)) * 4
     per_block = max(1, (memory_bytes // 2) // max(row_bytes, 1))
     start = 0
-    while start < len(paths):
-        block_paths, rows = [], 0
-        while start + len(block_paths) < len(paths) and (rows + sizes[start + len(block_paths)] <= per_block or not block_paths):
-            rows += sizes[start + len(block_paths)]
-            block_paths.append(paths[start + len(block_paths)])
-        block_index, block = _read(block_paths)
-        for path in (paths[start:] if other is None else other.paths):
-            other_index, columns = _read([path])
+    while start < n_shards:
+        stop, rows = start, 0
+        while stop < n_shards and (rows + sizes[stop] <= per_block or stop == start):
+            rows += sizes[stop]
+            stop += 1
+        block_index, block = shards.rows(range(start, stop))
+        columns_from = other or shards
+        for shard in (range(start, n_shards) if other is None else range(len(other.sizes))):
+            other_index, columns = columns_from.rows(range(shard, shard + 1))
             product = block @ columns.T
             gram[np.ix_(block_index, other_index)] = product
             if other is None:
                 gram[np.ix_(other_index, block_index)] = product.T
-        start += len(block_paths)
+        start = stop
     return gram
-
-
-def _read(paths) -> tuple[np.ndarray, np.ndarray]:
-    indices, rows = [], []
-    for path in paths:
-        with np.load(path) as shard:
-            indices.append(shard["kd_index"])
-            rows.append(shard["jacobian"].reshape(len(shard["kd_index"]), -1))
-    return np.concatenate(indices), np.concatenate(rows).astype(np.float64)
 
 
 def cosine_from_gram(gram: np.ndarray) -> np.ndarray:
@@ -127,8 +134,8 @@ def jacobian_svd(gram: np.ndarray, shards: JacobianShards, delta_y: np.ndarray, 
 
 # ---------------------------------------------------------------- pair statistics
 def upper(matrix: np.ndarray) -> np.ndarray:
-    i, j = np.triu_indices(matrix.shape[0], k=1)
-    return matrix[i, j]
+    """The upper triangle of a symmetric [K, K] matrix, row by row [K(K−1)/2]."""
+    return squareform(matrix, checks=False)
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:
@@ -155,34 +162,6 @@ def rank_matrix(matrix: np.ndarray) -> np.ndarray:
     out[i, j] = ranks
     out[j, i] = ranks
     return out
-
-
-Z_ONE_SIDED_95 = 1.6448536269514722  # Φ⁻¹(0.95): one-sided 95 % bounds (equivalence at α = 0.05)
-
-
-@dataclass(frozen=True)
-class StudentizedTest:
-    """A KD-level statistic with its delete-one-KD jackknife standard error and a studentized permutation test.
-
-    p_value: one-sided (statistic > 0) permutation p of statistic / SE, KD labels permuted, with the +1 correction
-    (DiCiccio & Romano 2017): exact when the matrices are independent, asymptotically valid when they are merely
-    uncorrelated (a plain permutation of the raw statistic is not: Model-A lookups inflate its variance).
-    NaN when the statistic is undefined. upper_bound: statistic + z₀.₉₅·SE, the one-sided 95 % upper bound that an
-    equivalence ("smaller than the smallest effect of interest") claim needs.
-    """
-
-    statistic: float
-    standard_error: float
-    p_value: float
-    n_permutations: int
-
-    @property
-    def upper_bound(self) -> float:
-        return self.statistic + Z_ONE_SIDED_95 * self.standard_error
-
-    @property
-    def lower_bound(self) -> float:
-        return self.statistic - Z_ONE_SIDED_95 * self.standard_error
 
 
 def jackknife_se(leave_one_out: np.ndarray) -> np.ndarray:
@@ -332,25 +311,6 @@ def kd_bootstrap_ci(a: np.ndarray, b: np.ndarray, n_bootstrap: int, seed: int, l
 
 
 # ---------------------------------------------------------------- same- vs cross-cluster routing
-@dataclass(frozen=True)
-class ClusterContrast:
-    """Same- vs cross-cluster C_jac over KDs in clusters ≥ 1 (weak-effect group 0 excluded).
-
-    difference: mean(same) − mean(cross) in C_jac units; spread: SD of those KDs' off-diagonal C_jac, the unit a
-    reader can judge the difference in; auc: P(same pair > cross pair); rank_sum_p: the seed's pair-level
-    Mann–Whitney test (anti-conservative: pairs share KDs); test: the standardized difference (difference / spread)
-    with its delete-one-KD jackknife SE and the cluster-label permutation p of difference / SE (studentized).
-    """
-
-    n_same: int
-    n_cross: int
-    mean_same: float
-    mean_cross: float
-    difference: float
-    spread: float
-    auc: float
-    rank_sum_p: float
-    test: StudentizedTest
 
 
 def _contrast_and_jackknife_se(sim: np.ndarray, onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -425,53 +385,6 @@ def linearity(delta_y: np.ndarray, linear_prediction: np.ndarray) -> pd.Series:
 
 
 # ---------------------------------------------------------------- the evidence the verdict reads
-@dataclass(frozen=True)
-class Spread:
-    """SD and mean of the off-diagonal entries of C_jac and C_out.
-
-    A model that routes every KD the same way has C_jac ≈ 1 everywhere; correlations computed on such a matrix
-    describe numerical noise, not routing (`verdict.DecisionRule.min_dissimilarity`).
-    """
-
-    jac_sd: float
-    jac_mean: float
-    out_sd: float
-    out_mean: float
-
-
-@dataclass(frozen=True)
-class RoutingEvidence:
-    """Every Part 3 statistic the verdict reads (K KDs, K(K−1)/2 pairs).
-
-    mantel_pearson / mantel_spearman: studentized Mantel of C_out vs C_jac; pearson_ci: 95 % KD-bootstrap CI of r;
-    contrast: same- vs cross-cluster C_jac; partial_mantel r(C_jac, C_out | C_rep) and mantel_out_rep
-    r(C_out, C_rep): descriptive; keyed_lookup_r: r(C_jac, C_out ⊙ C_rep), how well a per-KD lookup keyed on the
-    KD's own embedding would reproduce the routing matrix (the construct's blind spot, see `verdict`).
-    """
-
-    n_kds: int
-    n_pairs: int
-    mantel_pearson: StudentizedTest
-    mantel_spearman: StudentizedTest
-    pearson_ci: tuple[float, float]
-    contrast: ClusterContrast
-    spread: Spread
-    partial_mantel: StudentizedTest | None = None
-    mantel_out_rep: StudentizedTest | None = None
-    keyed_lookup_r: float | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "RoutingEvidence":
-        def test(d):
-            return None if d is None else StudentizedTest(**d)
-
-        contrast = dict(data["contrast"], test=test(data["contrast"]["test"]))
-        return cls(data["n_kds"], data["n_pairs"], test(data["mantel_pearson"]), test(data["mantel_spearman"]),
-                   tuple(data["pearson_ci"]), ClusterContrast(**contrast), Spread(**data["spread"]),
-                   test(data["partial_mantel"]), test(data["mantel_out_rep"]), data["keyed_lookup_r"])
 
 
 def spread(c_out: np.ndarray, c_jac: np.ndarray) -> Spread:
@@ -500,97 +413,3 @@ def routing_evidence(c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray, la
                    keyed_lookup_r=pearson(c_jac, c_out * c_rep))
 
 
-@dataclass(frozen=True)
-class AxisReading:
-    """One SVD axis read through enrichment: the best pathway shown on both sides (or none).
-
-    term: the matched pathway ("" if none); gene_fdr / gene_nes: its prerank result on the gene loadings (NES sign =
-    the response direction in high-scoring KDs); kd_fdr / kd_nes: on the KD scores (NES > 0: the high-score end);
-    output_overlap: norm of the gene loading's projection onto the span of ΔY's leading gene loadings (1 = inside).
-    """
-
-    axis: int
-    term: str
-    gene_fdr: float
-    gene_nes: float
-    kd_fdr: float
-    kd_nes: float
-    output_overlap: float
-
-    def interpretable(self, fdr: float) -> bool:
-        return bool(self.term) and self.gene_fdr < fdr and self.kd_fdr < fdr and self.kd_nes > 0
-
-
-@dataclass(frozen=True)
-class SvdEvidence:
-    """What the SVD of the unit-norm Jacobians shows, beside the seed's literal criterion on the same axes.
-
-    seed_*: best axis-1 gene term and KD term by FDR, whatever they are (the seed's test); axes: `AxisReading` of
-    the leading n_axes routing axes; output_axes: the same for the SVD of unit-norm ΔY; min_principal_cosine: cosine
-    of the largest principal angle between the two sets of gene loadings (1 = the same subspace).
-    """
-
-    fdr: float
-    overlap_threshold: float
-    n_axes: int
-    seed_gene_term: str
-    seed_gene_fdr: float
-    seed_kd_term: str
-    seed_kd_fdr: float
-    seed_kd_nes: float
-    axes: tuple
-    output_axes: tuple
-    min_principal_cosine: float
-
-    @property
-    def seed_held(self) -> bool:
-        return bool(self.seed_gene_fdr < self.fdr and self.seed_kd_fdr < self.fdr)
-
-    @property
-    def n_interpretable(self) -> int:
-        return sum(a.interpretable(self.fdr) for a in self.axes)
-
-    @property
-    def n_output_interpretable(self) -> int:
-        return sum(a.interpretable(self.fdr) for a in self.output_axes)
-
-    @property
-    def n_beyond_output(self) -> int:
-        return sum(a.interpretable(self.fdr) and a.output_overlap < self.overlap_threshold for a in self.axes)
-
-    def describe_axes(self) -> str:
-        held = [a for a in self.axes if a.interpretable(self.fdr)]
-        if not held:
-            return "no axis shows one pathway on both sides"
-        return "; ".join(f"axis {a.axis}: {a.term} (KD NES {a.kd_nes:+.2f}, genes "
-                         f"{'up' if a.gene_nes > 0 else 'down'})" for a in held)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SvdEvidence":
-        return cls(**{**data, "axes": tuple(AxisReading(**a) for a in data["axes"]),
-                      "output_axes": tuple(AxisReading(**a) for a in data["output_axes"])})
-
-
-def output_svd(delta_y: np.ndarray, n_axes: int) -> tuple[np.ndarray, np.ndarray]:
-    """SVD of unit-norm ΔY rows [K, G]: KD scores [K, A] and gene loadings [A, G], signed like `jacobian_svd`'s
-    (the KD with the largest |score| scores positive; genes going up in high-scoring KDs load positively)."""
-    norms = np.linalg.norm(delta_y, axis=1, keepdims=True)
-    unit = delta_y / np.where(norms > 0, norms, 1.0)
-    u, s, vt = np.linalg.svd(unit, full_matrices=False)
-    n_axes = min(n_axes, len(s))
-    sign = np.sign(u[np.argmax(np.abs(u[:, :n_axes]), axis=0), np.arange(n_axes)])
-    return u[:, :n_axes] * s[:n_axes] * sign, vt[:n_axes] * sign[:, None]
-
-
-def subspace_overlap(loadings: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per row of `loadings` [A, G], the norm of its unit vector's projection onto span(reference [B, G]); and the
-    cosine of the largest principal angle between the two spans."""
-    from scipy.linalg import subspace_angles
-
-    q, _ = np.linalg.qr(reference.T)
-    unit = loadings / np.linalg.norm(loadings, axis=1, keepdims=True)
-    overlap = np.linalg.norm(unit @ q, axis=1)
-    return overlap, float(np.cos(subspace_angles(loadings.T, reference.T).max()))

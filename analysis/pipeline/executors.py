@@ -17,14 +17,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
-from .errors import InputError
+from ..config import PACKAGE_DIR
+from ..errors import InputError
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
-PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class Shipped(Protocol):
@@ -179,8 +178,8 @@ class RayExecutor:
                 self.close()
 
     def _pool_for(self, state: WorkerState, n_tasks: int) -> tuple[list, Any]:
-        """The workers and the state's object reference: the previous map's when it had the same state (Part 1
-        and Part 2 share one pool, so the model is built once per worker for both), else new ones."""
+        """The workers and the state's object reference: the previous map's when it had the same state (the effects
+        and Jacobian stages share one pool, so the model is built once per worker for both), else new ones."""
         import ray
 
         if self._pool is not None and self._pool[0] is state.local:

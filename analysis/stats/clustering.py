@@ -1,4 +1,4 @@
-"""Stage 2b — output similarity C_out and KD clusters.
+"""Output similarity C_out and KD clusters.
 
 Clusters: average-linkage hierarchical clustering on 1 − cosine of ΔY; the number of
 clusters maximises the mean silhouette (on the same distance) over 2..max_clusters.
@@ -17,8 +17,11 @@ import pandas as pd
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from sklearn.metrics import adjusted_rand_score, silhouette_score
+from sklearn.metrics.pairwise import cosine_similarity as _pairwise_cosine
 
-from .errors import InputError
+
+class TooFewStrongEffects(ValueError):
+    """Fewer than 3 KDs with a strong effect: nothing to cluster (the pipeline names the config field to change)."""
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,7 @@ class Clusters:
 
 def cosine_similarity(rows: np.ndarray) -> np.ndarray:
     """[K, D] -> [K, K] cosine similarity; an all-zero row has similarity 0 to everything (1 to itself)."""
-    norms = np.linalg.norm(rows, axis=1)
-    unit = rows / np.where(norms > 0, norms, 1.0)[:, None]
-    sim = np.clip(unit @ unit.T, -1.0, 1.0)
+    sim = np.clip(_pairwise_cosine(rows), -1.0, 1.0)
     np.fill_diagonal(sim, 1.0)
     return sim
 
@@ -67,9 +68,8 @@ def cluster_kds(delta_y: np.ndarray, max_clusters: int, n_bootstrap: int, seed: 
     norms = np.linalg.norm(delta_y, axis=1)
     strong = norms >= weak_fraction * np.median(norms)
     if strong.sum() < 3:  # silhouette needs 2 clusters with at least one of them holding 2 KDs
-        raise InputError("clustering", f"only {int(strong.sum())} of {len(delta_y)} KDs have a strong effect "
-                                       f"(‖ΔY‖ ≥ {weak_fraction} × median); at least 3 are needed to cluster — "
-                                       "analyse more KDs ([data] kds)")
+        raise TooFewStrongEffects(f"only {int(strong.sum())} of {len(delta_y)} KDs have a strong effect "
+                                  f"(‖ΔY‖ ≥ {weak_fraction} × median); at least 3 are needed to cluster")
     effects = delta_y[strong]
     tree, distance = _tree(cosine_similarity(effects))
     candidates = range(2, min(max_clusters, len(effects) - 1) + 1)

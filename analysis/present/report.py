@@ -23,23 +23,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from . import cache, consistency, enrichment, plots
-from .config import PACKAGE_DIR, load_config
-from .formatting import Md, breakable, fmt, fmt_p, library_short, p_phrase
-from .results import Results, result_paths
-from .verdict import DecisionRule
-
-
-def load(config_path: str | Path) -> Results:
-    """Set up chart rendering and return the results for `config_path`, computing what the cache lacks.
-
-    The one place the report reaches the pipeline (imported here, so that formatting and plotting never load
-    torch or the demo trainer): a render from a cold cache computes everything first.
-    """
-    from .pipeline import run_analysis
-
-    plots.enable_report_rendering()
-    return run_analysis(load_config(config_path), progress=False)
+from ..config import GENESETS_DIR
+from ..results import PairedDifference, Results
+from . import prose
+from .formatting import Md, breakable, fmt, fmt_p, library_short, p_phrase, top_terms
 
 
 # ---------------------------------------------------------------- formatting
@@ -70,15 +57,8 @@ def config_file(results: Results) -> str:
 # superscripts in the report.
 SYMBOL = re.compile(r"(?<![A-Za-z])(C|J|Y|p|w)_(out|jac|rep|k|ctrl)(?![A-Za-z])")
 POWER = re.compile(r"\b(\d+)\^(\d+)\b")
-
-
-# The analysis calls the original analysis plan "the seed"; a reader would take that for a random seed.
+# The statistics call the original analysis plan "the seed"; a reader would take that for a random seed.
 SEED_PLAN = re.compile(r"\bseed(?='s\b| \(reported\))")
-# The analysis's shorthands, in a biologist's words: a lookup switched by the KD's own embedding, the earlier
-# notebooks' sparse autoencoder.
-READER_WORDS = {"whose gate reads": "that switches on when it reads", "SAE feature": "sparse-autoencoder (SAE) feature"}
-
-
 CI_BRACKETS = re.compile(r"CI \[([^,\]]+), ([^\]]+)\]")
 MINUS = re.compile(r"(?<![\w.])-(?=\d)")
 EXPONENT = re.compile(r"(\d)e([-+])0*(\d)")
@@ -88,13 +68,11 @@ THOUSANDS = re.compile(r"(?<![\w.:/−-])\d{4,}(?![\w.])")
 def typeset(text: str) -> str:
     """Text the analysis wrote, as the report prints it (code spans left alone): C_jac as C~jac~, 2^16 as 2^16^, one CI
     style ('CI 0.44 to 0.64'), '95 %' as '95%', minus signs, '2e-07' as '2e-7', '9999' as '9,999', an apostrophe
-    after a digit, the seed's criteria as the original plan's and READER_WORDS' shorthands in plain words."""
+    after a digit (typst would set TRAPPC3's with a prime), the seed's criteria as the original plan's."""
     parts = re.split(r"(`[^`]*`)", str(text))
     for i in range(0, len(parts), 2):
         t = SEED_PLAN.sub("original plan", re.sub(r"(\d) %", r"\1%", parts[i]))
-        for shorthand, words in READER_WORDS.items():
-            t = t.replace(shorthand, words)
-        t = re.sub(r"(?<=\d)'", "’", t)  # TRAPPC3's: typst would set a prime after a digit
+        t = re.sub(r"(?<=\d)'", "’", t)
         t = EXPONENT.sub(r"\1e\2\3", CI_BRACKETS.sub(r"CI \1 to \2", t))
         t = THOUSANDS.sub(lambda m: f"{int(m.group()):,}", t)
         parts[i] = POWER.sub(r"\1^\2^", SYMBOL.sub(r"\1~\2~", MINUS.sub("−", t)))
@@ -129,8 +107,8 @@ def library_legend(libraries) -> str:
 # ---------------------------------------------------------------- numbers for the prose
 def numbers(results: Results) -> SimpleNamespace:
     """Every number the article's prose quotes, formatted (inline `{python} N.name`)."""
-    cfg, p1, p3, prov = results.config, results.part1, results.part3, results.provenance
-    ev, svd, rule = p3.evidence, p3.svd, DecisionRule.from_config(cfg)
+    cfg, p1, p3, prov = results.config, results.effects, results.routing, results.provenance
+    ev, svd, rule = p3.evidence, p3.svd, cfg.decision_rule
     mantel, contrast = ev.mantel_pearson, ev.contrast
     labels = p1.labels
     n_kds, n_genes, hidden = prov["n_kds"], prov["n_genes"], prov["hidden_dim"]
@@ -176,9 +154,9 @@ def numbers(results: Results) -> SimpleNamespace:
         svd_gene_term=str(svd.seed_gene_term), svd_gene_fdr=fmt_p(svd.seed_gene_fdr),
         svd_kd_term=str(svd.seed_kd_term), svd_kd_fdr=fmt_p(svd.seed_kd_fdr),
         svd_axes_read=f"{svd.n_axes}", svd_interpretable=f"{svd.n_interpretable}",
-        svd_axes_described=svd.describe_axes(), svd_output_interpretable=f"{svd.n_output_interpretable}",
+        svd_axes_described=next(c.note for c in p3.verdict.criteria if c.name.startswith("SVD axes show")), svd_output_interpretable=f"{svd.n_output_interpretable}",
         svd_beyond=f"{svd.n_beyond_output}", principal_cosine=fmt(svd.min_principal_cosine),
-        reason=p3.verdict.reason, caveat=p3.verdict.caveat,
+        reason=prose.reason(p3, rule), caveat=prose.caveat(p3),
         linearity_median=fmt(float(p3.linearity["explained"].median())),
         linearity_q1=fmt(float(p3.linearity["explained"].quantile(0.25))),
         linearity_q3=fmt(float(p3.linearity["explained"].quantile(0.75))),
@@ -188,7 +166,7 @@ def numbers(results: Results) -> SimpleNamespace:
         checkpoint_sha=prov["checkpoint_sha256"], data=project_path(results, cfg.h5ad), data_sha=prov["data_sha256"],
         input_key=prov["input_key"], code_version=prov["code_version"], config_file=config_file(results),
         device=prov["device"], jacobian_seconds=f"{p3.seconds.get('jacobians', float('nan')):.0f}",
-        jvp_ratio=f"{n_genes / hidden:.1f}", weak_fraction=f"{_weak_fraction():g}",
+        jvp_ratio=f"{n_genes / hidden:.1f}", weak_fraction=f"{cfg.weak_fraction:g}",
         autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
     )
     return SimpleNamespace(**{k: Md(typeset(v)) for k, v in values.items()})
@@ -206,17 +184,6 @@ def negative_linearity(linearity: pd.DataFrame) -> str:
             f"{fmt(float(negative['explained'].min()))}) {'have' if len(negative) > 1 else 'has'} a negative share: "
             f"the first-order term points away from the KD's effect, so the Jacobian at the KD does not describe "
             f"that effect, and the routing comparisons below read these KDs' local routing only.")
-
-
-SINGLE_LINE = "the single cell type of the data"  # how a config without [data] cell_line reads
-
-
-def lines_phrase(results: Results) -> str:
-    """'HepG2' or 'each analysed line (HepG2, the primary line the next sections show, and K562), on its own'."""
-    names = [line.cell_line or SINGLE_LINE for line in results.lines]
-    if len(names) == 1:
-        return names[0]
-    return f"each analysed line ({names[0]}, the primary line the next sections show, and {', '.join(names[1:])}), on its own"
 
 
 def data_description(results: Results) -> Md:
@@ -241,13 +208,15 @@ def data_description(results: Results) -> Md:
                  "section in its `config.yaml`)."))
 
 
-def _weak_fraction() -> float:
-    """The clustering's weak-effect cut, read from its signature so the text cannot drift from the code."""
-    import inspect
+SINGLE_LINE = "the single cell type of the data"  # how a config without [data] cell_line reads
 
-    from .clustering import cluster_kds
 
-    return inspect.signature(cluster_kds).parameters["weak_fraction"].default
+def lines_phrase(results: Results) -> str:
+    """'HepG2' or 'each analysed line (HepG2, the primary line the next sections show, and K562), on its own'."""
+    names = [line.cell_line or SINGLE_LINE for line in results.lines]
+    if len(names) == 1:
+        return names[0]
+    return f"each analysed line ({names[0]}, the primary line the next sections show, and {', '.join(names[1:])}), on its own"
 
 
 def is_demo(results: Results) -> bool:
@@ -258,15 +227,15 @@ def is_demo(results: Results) -> bool:
 def call_phrase(results: Results) -> Md:
     """'**positive**: Model B (internalized circuits) — the transformer uses …': the call, then its meaning with
     the call's own name dropped and at most one colon in the sentence."""
-    verdict = results.part3.verdict
-    meaning = re.sub(rf"^{re.escape(verdict.call)}\s*[:—–-]\s*", "", verdict.meaning)
+    verdict = results.routing.verdict
+    meaning = re.sub(rf"^{re.escape(verdict.call)}\s*[:—–-]\s*", "", prose.meaning(results.routing))
     return Md(f"**{verdict.call}**: {meaning.replace(': ', ' — ', 1)}")
 
 
 def abstract(results: Results) -> Md:
     """The abstract's result sentences, worded from what each deciding criterion supports."""
     n = numbers(results)
-    mantel, contrast = results.part3.verdict.deciding
+    mantel, contrast = results.routing.verdict.deciding
     r_part = (f"Pearson r = {n.pearson_r}, one-sided 95% upper bound {n.r_bound}, studentized Mantel {n.mantel_p}")
     first = {"Model B": f"Across {n.n_kds} knock-downs, routing similarity tracked output similarity ({r_part})",
              "Model A": f"Across {n.n_kds} knock-downs, routing similarity was shown not to track output similarity "
@@ -280,7 +249,7 @@ def abstract(results: Results) -> Md:
                          f"beyond {n.equivalence_contrast} SD ({c_part})",
               "neither": f"whether same-output-cluster KDs route more similarly stays open ({c_part})"}[contrast.supports]
     verdict = f"The verdict is {call_phrase(results)}."
-    caveat = f" {results.part3.verdict.caveat}" if results.part3.verdict.caveat else ""
+    caveat = f" {prose.caveat(results.routing)}" if prose.caveat(results.routing) else ""
     lines = f" {across_sentence(results)}" if results.across is not None else ""
     return Md(typeset(f"{first}; {second}. {verdict}{caveat}{lines}"))
 
@@ -293,13 +262,13 @@ def across_sentence(results: Results) -> str:
     for a, b in results.across.pairs:
         specific, raw = results.across.pair_tests(a, b)
         parts.append(f"Between {a} and {b} ({specific.n_kds} KDs), a KD's own routing was "
-                     f"{consistency.DIRECTIONS[specific.direction]} ({_paired(specific)}; on raw cosines {_paired(raw)}).")
+                     f"{prose.DIRECTIONS[specific.direction]} ({_paired(specific)}; on raw cosines {_paired(raw)}).")
     return " ".join(parts)
 
 
-def _paired(test: consistency.PairedDifference) -> str:
+def _paired(test: PairedDifference) -> str:
     return (f"{'KD-specific ' if test.measure == 'specific' else ''}cos J − cos ΔY = {fmt(test.estimate)}, 95% CI "
-            f"{fmt(test.ci_low)} to {fmt(test.ci_high)}, cluster sign-flip {test.p_phrase()}")
+            f"{fmt(test.ci_low)} to {fmt(test.ci_high)}, cluster sign-flip {prose.paired_p(test)}")
 
 
 def across_text(results: Results) -> Md:
@@ -309,9 +278,9 @@ def across_text(results: Results) -> Md:
                   "`[data] cell_line` analyses each on its own control cells with the same model and compares each "
                   "KD's output and routing between them (the original plan's NB04 question); with one line the figure below stays empty.")
     table = results.across.table
-    calls = "; ".join(f"{line.cell_line}: **{line.part3.verdict.call}** ({len(line.part1.effects.kd_names)} KDs, "
-                      f"r = {fmt(line.part3.evidence.mantel_pearson.statistic)}, contrast "
-                      f"{fmt(line.part3.evidence.contrast.test.statistic)} SD)" for line in results.lines)
+    calls = "; ".join(f"{line.cell_line}: **{line.routing.verdict.call}** ({len(line.effects.responses.kd_names)} KDs, "
+                      f"r = {fmt(line.routing.evidence.mantel_pearson.statistic)}, contrast "
+                      f"{fmt(line.routing.evidence.contrast.test.statistic)} SD)" for line in results.lines)
     medians = "; ".join(
         f"{a} vs {b}: median cos ΔY {fmt(frame['cos_output'].median())} against {fmt(frame['baseline_output'].median())} "
         f"with the other KDs, median cos J {fmt(frame['cos_jacobian'].median())} against "
@@ -323,7 +292,7 @@ def across_text(results: Results) -> Md:
               f"the model predicts the same response there, and the cosine of its flattened Jacobian whether it routes "
               f"the KD through the same directions. Each is read against its baseline, the KD's mean cosine with the "
               f"other KDs across the lines, because a component shared by all KDs (large for Jacobians: mean C_jac "
-              f"{fmt(results.part3.evidence.spread.jac_mean)} within {results.lines[0].cell_line}) makes every raw "
+              f"{fmt(results.routing.evidence.spread.jac_mean)} within {results.lines[0].cell_line}) makes every raw "
               f"cosine high ({medians}). {across_sentence(results)} KDs of one output cluster are not independent, "
               f"so the units of the sign-flip test and of the bootstrap interval are the primary line's output "
               f"clusters (@tbl-tests){sign_flip_floor(results)}."))
@@ -338,7 +307,7 @@ def sign_flip_floor(results: Results) -> str:
 
 def caveat_callout(results: Results) -> Md:
     """The construct's caveat as a callout beneath a positive call (nothing otherwise)."""
-    caveat = results.part3.verdict.caveat
+    caveat = prose.caveat(results.routing)
     return Md(f"::: {{.callout-note}}\n{typeset(caveat)}\n:::" if caveat else "")
 
 
@@ -361,7 +330,7 @@ def demo_note(results: Results) -> Md:
 def discussion(results: Results) -> Md:
     """The opening paragraph of the discussion, worded for the call this run reached."""
     n = numbers(results)
-    call = results.part3.verdict.call
+    call = results.routing.verdict.call
     opening = {
         "positive": (f"Both deciding criteria support Model B: KDs with similar predicted responses also have similar "
                      f"Jacobians with respect to the perturbation representation (r = {n.pearson_r}), and KDs of one "
@@ -381,7 +350,7 @@ def discussion(results: Results) -> Md:
                          f"significance nor has an upper bound below its smallest effect of interest (r = {n.pearson_r}, "
                          f"bound {n.r_bound}; contrast {n.contrast_sd} SD, bound {n.contrast_bound} SD). More KDs narrow "
                          f"the bounds; a negative must be shown, not inferred from non-significance."),
-        "degenerate": (f"Routing is degenerate: {results.part3.verdict.reason} A model in this state (for example one "
+        "degenerate": (f"Routing is degenerate: {prose.reason(results.routing, results.config.decision_rule)} A model in this state (for example one "
                        f"stopped early in training) answers neither question; train further or choose another "
                        f"checkpoint."),
     }[call]
@@ -453,7 +422,7 @@ def verdict_frame(results: Results) -> pd.DataFrame:
     """One row per verdict criterion, the columns of VERDICT_COLUMNS, formatted; row i is numbered (i)."""
     n = results.config.n_permutations
     rows = []
-    for number, c in enumerate(results.part3.verdict.criteria, 1):
+    for number, c in enumerate(results.routing.verdict.criteria, 1):
         row = {heading: _verdict_cell(field, getattr(c, field), n) for field, heading in VERDICT_COLUMNS.items()}
         row["Criterion"] = f"{row['Criterion']} ({number})"
         rows.append(row)
@@ -467,11 +436,11 @@ def verdict_table(results: Results) -> Md:
 def verdict_estimates(results: Results) -> pd.DataFrame:
     """The two deciding statistics of every analysed line with their one-sided 95% bounds, the two thresholds each is
     read against, and its p with the model it supports (for `plots.verdict_forest`)."""
-    rule = DecisionRule.from_config(results.config)
+    rule = results.config.decision_rule
     rows = []
     for line in results.lines:
-        ev = line.part3.evidence
-        mantel, contrast = line.part3.verdict.deciding
+        ev = line.routing.evidence
+        mantel, contrast = line.routing.verdict.deciding
         for name, test, unit, model_b, model_a, criterion in (
                 ("Output similarity predicts routing", ev.mantel_pearson, "Pearson r(C_out, C_jac)", rule.min_r,
                  rule.equivalence_r, mantel),
@@ -486,7 +455,7 @@ def verdict_estimates(results: Results) -> pd.DataFrame:
 def verdict_notes(results: Results) -> Md:
     """Beneath the verdict table: for each numbered criterion, what it measures, the test and the note."""
     lines = []
-    for number, c in enumerate(results.part3.verdict.criteria, 1):
+    for number, c in enumerate(results.routing.verdict.criteria, 1):
         extra = {k: v for k, v in dataclasses.asdict(c).items() if k not in VERDICT_COLUMNS and v not in ("", None)}
         parts = [f"{k.replace('_', ' ')}: {_note_value(v)}" for k, v in extra.items()]
         lines.append(typeset(f"({number}) " + "; ".join(parts) + "."))
@@ -501,7 +470,7 @@ def _note_value(value) -> str:
 
 
 def prior_work_table(results: Results) -> Md:
-    frame = results.prior_work.rename(columns={"prior": "Prior", "finding": "Finding",
+    frame = prose.prior_work_table(results).rename(columns={"prior": "Prior", "finding": "Finding",
                                                      "question": "What this tests", "this_run": "This run"})
     return markdown_table(frame, [7, 22, 22, 40])
 
@@ -517,9 +486,9 @@ def cluster_table(results: Results, line: int = 0) -> Md:
     ORA term and the best response GSEA term."""
     if line >= len(results.lines):
         return markdown_table(pd.DataFrame({"Cluster": ["—"], "Note": ["one cell line was analysed"]}), [10, 40])
-    p1 = results.lines[line].part1
-    top_ora = enrichment.top_terms(p1.ora).set_index("query")
-    top_gsea = enrichment.top_terms(p1.gsea).set_index("query")
+    p1 = results.lines[line].effects
+    top_ora = top_terms(p1.ora).set_index("query")
+    top_gsea = top_terms(p1.gsea).set_index("query")
     rows = []
     for cluster, members in p1.kd_table.groupby("cluster"):
         q = f"cluster {cluster}"
@@ -534,8 +503,8 @@ def cluster_table(results: Results, line: int = 0) -> Md:
 def routing_by_cluster_table(results: Results) -> Md:
     """Per output cluster: its KDs, mean C_jac between its KDs and between them and the other clustered KDs, and the
     median share of ΔY the first-order term explains (how far the local Jacobian describes the cluster's effects)."""
-    labels, c_jac = results.part1.labels, results.part3.c_jac
-    linearity = results.part3.linearity.groupby("cluster")["explained"].median()
+    labels, c_jac = results.effects.labels, results.routing.c_jac
+    linearity = results.routing.linearity.groupby("cluster")["explained"].median()
     rows = []
     for cluster in sorted(set(labels.tolist())):
         inside = np.flatnonzero(labels == cluster)
@@ -557,38 +526,33 @@ def _ari(a: pd.Series, b: pd.Series) -> str:
     return f"{fmt(adjusted_rand_score(a[both].astype(str), b[both].astype(str)))} ({len(both)} KDs)"
 
 
-def lines_table(results: Results) -> Md:
+def lines_table(results: Results, planted: pd.DataFrame | None = None) -> Md:
     """Per analysed line: KDs, clusters and the call; its output clusters against the primary line's (ARI over the KDs
-    analysed in both) and, for the demo, against the planted modules (no-effect KDs are a module of their own)."""
-    primary = results.lines[0].part1.kd_table.set_index("kd")["cluster"]
-    planted = None
-    if is_demo(results):
-        from .demo import load_truth
-
-        planted = load_truth(results.config)[0].set_index("kd")["module"]
+    analysed in both) and, for the demo, against the planted modules (`planted`: kd, module, as
+    `datasets.demo.load_truth` gives them; no-effect KDs are a module of their own)."""
+    primary = results.lines[0].effects.kd_table.set_index("kd")["cluster"]
+    modules = planted.set_index("kd")["module"] if planted is not None else None
     rows = []
     for line in results.lines:
-        clusters = line.part1.kd_table.set_index("kd")["cluster"]
-        ev = line.part3.evidence
+        clusters = line.effects.kd_table.set_index("kd")["cluster"]
+        ev = line.routing.evidence
         rows.append({"Line": line.cell_line or SINGLE_LINE, "KDs": f"{len(clusters):,}",
                      "Clusters (+ weak group)": f"{int(clusters.max())}",
-                     "Call (r; contrast)": f"{line.part3.verdict.call} ({fmt(ev.mantel_pearson.statistic)}; "
+                     "Call (r; contrast)": f"{line.routing.verdict.call} ({fmt(ev.mantel_pearson.statistic)}; "
                                            f"{fmt(ev.contrast.test.statistic)} SD)",
                      f"ARI with {results.lines[0].cell_line or 'the primary line'}": _ari(clusters, primary),
-                     "ARI with planted modules": _ari(clusters, planted) if planted is not None else "— (not a demo)"})
+                     "ARI with planted modules": _ari(clusters, modules) if modules is not None else "— (not a demo)"})
     return markdown_table(pd.DataFrame(rows), [10, 7, 10, 20, 15, 15], "lrrlll")
 
 
-def planted_sharing_table(results: Results) -> Md:
+def planted_sharing_table(results: Results, planted: pd.DataFrame | None = None) -> Md:
     """The demo's planted sharing of each module's response between the lines against what the model shows: per
-    sharing level, the planted cosine of ΔY between the lines and the model's cosines of ΔY and J (medians)."""
-    if results.across is None or not is_demo(results):
+    sharing level, the planted cosine of ΔY between the lines and the model's cosines of ΔY and J (medians).
+    planted: kd, module, sharing, true_cosine, as `datasets.demo.load_line_truth` gives them (None: not a demo)."""
+    if results.across is None or planted is None:
         note = "one cell line analysed" if results.across is None else "not a demo run: no planted truth"
         return markdown_table(pd.DataFrame({"Planted sharing": ["—"], "Note": [note]}), [10, 40])
-    from .demo import load_line_truth
-
-    truth = load_line_truth(results.config).dropna(subset=["sharing"])
-    table = results.across.table.merge(truth, on="kd")
+    table = results.across.table.merge(planted.dropna(subset=["sharing"]), on="kd")
     rows = []
     for sharing, group in table.groupby("sharing", sort=False):
         rows.append({"Planted sharing": f"{100 * sharing:.0f}%", "Modules": ", ".join(sorted(group["module"].unique())),
@@ -600,12 +564,12 @@ def planted_sharing_table(results: Results) -> Md:
 
 def svd_table(results: Results) -> Md:
     """The best prerank term of each leading axis, for gene loadings and for KD scores."""
-    table = results.part3.svd_enrichment
+    table = results.routing.svd_enrichment
     table = table[table["source"] == "routing"] if "source" in table else table
     if table.empty:
         return Md("No SVD enrichment was computed.")
     best = table.sort_values(["fdr", "p_value"]).groupby(["axis", "kind"], sort=True).head(1).sort_values(["axis", "kind"])
-    variance = results.part3.variance_explained
+    variance = results.routing.variance_explained
     frame = pd.DataFrame({
         "Axis": best["axis"].astype(int), "Share": [f"{100 * variance[a - 1]:.1f}%" for a in best["axis"]],
         "Ranking": best["kind"],
@@ -614,19 +578,15 @@ def svd_table(results: Results) -> Md:
     return markdown_table(frame, [5, 7, 9, 55, 7, 8], "rrllrr")
 
 
-CALIBRATION_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "calibration.json"
-
-
-def calibration_frame(path: Path = CALIBRATION_FILE) -> pd.DataFrame | None:
-    """The calibration script's table (`benchmarks/calibration.py` writes it): per world, the rejection rates of the
-    two tests that decide and of the original plan's rank-sum test, and the calls: positive, negative and the rest
-    (inconclusive, mixed or degenerate), which sum to 100%. Where the partial Mantel was run (the shared-cause world,
-    its null), its rejection rate is given beside the world's name."""
-    if not Path(path).is_file():
+def calibration_frame(stored: dict | None) -> pd.DataFrame | None:
+    """The calibration table (`benchmarks/calibration.py` writes it; `datasets.calibration.stored_rates` reads it):
+    per world, the rejection rates of the two tests that decide and of the original plan's rank-sum test, and the
+    calls: positive, negative and the rest (inconclusive, mixed or degenerate), which sum to 100%. Where the partial
+    Mantel was run (the shared-cause world, its null), its rejection rate is given beside the world's name."""
+    if stored is None:
         return None
-    data = cache.read_json(path)
     rows = []
-    for rates in data["rates"]:
+    for rates in stored["rates"]:
         rej, calls = rates["rejections"], rates["calls"]
         pct = (lambda v: f"{100 * v:.1f}%")
         partial = f"; partial Mantel {pct(rej['partial Mantel'])}" if "partial Mantel" in rej else ""
@@ -638,8 +598,8 @@ def calibration_frame(path: Path = CALIBRATION_FILE) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def calibration_table(results: Results) -> Md:
-    frame = calibration_frame()
+def calibration_table(stored: dict | None) -> Md:
+    frame = calibration_frame(stored)
     if frame is None:
         return Md("The calibration table is written by `python benchmarks/calibration.py`; it was not found here.")
     return markdown_table(frame, [34, 13, 13, 13, 13, 13], "lrrrrr")
@@ -647,8 +607,8 @@ def calibration_table(results: Results) -> Md:
 
 def enrichment_legend(results: Results) -> Md:
     """Beneath the tables that name gene-set libraries: what the short names stand for."""
-    libraries = pd.concat([results.part1.ora["library"], results.part1.gsea["library"],
-                           results.part3.svd_enrichment.get("library", pd.Series(dtype=str))])
+    libraries = pd.concat([results.effects.ora["library"], results.effects.gsea["library"],
+                           results.routing.svd_enrichment.get("library", pd.Series(dtype=str))])
     legend = library_legend(libraries)
     return Md(f"Libraries: {legend}." if legend else "")
 
@@ -685,8 +645,7 @@ def config_values(results: Results) -> dict:
 def _gene_set_name(results: Results, path) -> str:
     """A bundled library by its name (its path inside the installed package means nothing to a reader), else the
     file relative to the config."""
-    bundled = PACKAGE_DIR / "genesets"
-    return f"{Path(path).stem} (bundled)" if Path(path).parent == bundled else config_relative(results, path)
+    return f"{Path(path).stem} (bundled)" if Path(path).parent == GENESETS_DIR else config_relative(results, path)
 
 
 def config_table(results: Results) -> Md:
@@ -698,7 +657,7 @@ def config_table(results: Results) -> Md:
 def _command(*args: str) -> str | None:
     """First line a command prints, or None when it is missing or fails."""
     try:
-        out = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=PACKAGE_DIR)
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
     except OSError:
         return None
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
@@ -708,7 +667,7 @@ def render_versions() -> list[tuple[str, str]]:
     """The code and the tools of this rendering: the git commit of the analysis package (with '+ local changes' when
     the checkout differs from it), Quarto and its typst, when the report is rendered by Quarto."""
     commit = _command("git", "rev-parse", "--short=12", "HEAD")
-    if commit and _command("git", "status", "--porcelain", "--untracked-files=no", "--", "."):
+    if commit and _command("git", "status", "--porcelain", "--untracked-files=no", "--", ".."):
         commit += " + local changes"
     rows = [("Git commit", commit or "not a git checkout")]
     quarto_bin = os.environ.get("QUARTO_BIN_PATH")
@@ -732,27 +691,19 @@ def environment_table(results: Results) -> Md:
 
 def provenance_table(results: Results) -> Md:
     """Hashes, cache folders and stage timings."""
-    prov, paths = results.provenance, result_paths(results)
+    prov, paths = results.provenance, results.stage_paths
     rows = [("Config file", f"`{config_file(results)}`"),
             ("Checkpoint sha256", f"`{prov['checkpoint_sha256']}`"), ("Control data sha256", f"`{prov['data_sha256']}`"),
             ("Input key (model + data + code)", f"`{prov['input_key']}`"), ("Code version", f"`{prov['code_version']}`")]
     rows += [(f"Cache: {stage}", f"`{config_relative(results, path)}`") for stage, path in paths.items()]
-    labels = {"part1": "Part 1 (ΔY, clusters, enrichment)", "jacobians": "Part 2 (Jacobians)",
-              "part3": "Part 3 (Gram, SVD, statistics)"}
+    labels = {"effects": "Effects (ΔY, clusters, enrichment)", "jacobians": "Jacobians",
+              "routing": "Routing (Gram, SVD, statistics)"}
     for line in results.lines:
         where_line = f", {line.cell_line}" if len(results.lines) > 1 else ""
-        device = _stage_meta(results, "jacobians", line.part3.jacobian_key).get("device")
-        for stage, value in line.part3.seconds.items():
+        device = line.routing.jacobian_device
+        for stage, value in line.routing.seconds.items():
             where = f" on {device}" if stage == "jacobians" and device else ""
             rows.append((f"Time: {labels.get(stage, stage)}{where_line}", f"{value:,.1f} s{where}"))
     if results.across is not None:
         rows.append(("Time: across cell lines (cosines, paired test)", f"{results.across.seconds:,.1f} s"))
     return markdown_table(pd.DataFrame(rows, columns=["Item", "Value"]), [16, 45])
-
-
-def _stage_meta(results: Results, stage: str, key: str) -> dict:
-    """The `_done.json` of a cached stage (e.g. the device the Jacobians were computed on), or {}."""
-    try:
-        return cache.StageDir(results.config.cache_dir, stage, key).meta()
-    except (FileNotFoundError, OSError, ValueError):
-        return {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 
 class Md(str):
     """A string shown as itself: Markdown for Quarto, and no quotes in its plain-text repr (inline expressions)."""
@@ -54,6 +56,13 @@ def p_phrase(p: float | None, n_permutations: int | None = None) -> str:
 def breakable(text: str) -> str:
     """`text` with a zero-width space after each underscore, where typst and browsers may wrap a gene-set name."""
     return str(text).replace("_", "_\u200b")
+
+
+def top_terms(frame: pd.DataFrame, per_query: int = 1) -> pd.DataFrame:
+    """The best `per_query` rows (lowest FDR, then p) of each query."""
+    if frame.empty:
+        return frame
+    return frame.groupby("query", sort=True).head(per_query).sort_values("query", kind="stable").reset_index(drop=True)
 
 
 # Library file stems -> short names for tables and chart labels (a legend beneath each table spells them out).

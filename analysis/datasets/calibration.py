@@ -1,4 +1,4 @@
-"""Worlds with a known answer for the Part 3 statistics, and how often the decision rule errs in them.
+"""Worlds with a known answer for the routing statistics, and how often the decision rule errs in them.
 
 Each world draws (ΔY [K, D], C_out, C_jac, C_rep, cluster labels) with a seeded generator. Null worlds have routing
 that does *not* follow outputs — a valid test feeding the call rejects ≈ α there and the call must not say
@@ -24,11 +24,17 @@ Alternatives:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .clustering import cluster_kds, cosine_similarity
-from .routing import RoutingEvidence, core_evidence, partial_mantel
+from ..config import PACKAGE_DIR
+from ..results import CALLS, RoutingEvidence
+from ..stats.clustering import cluster_kds, cosine_similarity
+from ..stats.routing import core_evidence, partial_mantel
+from ..stats.verdict import decide
+from ..store.cache import read_json
+from .known_answers import planted_model
 
 NULL_WORLDS = ("independent", "lookup-tight", "lookup-singletons", "lookup-hetero", "lookup-K20", "lookup-K120",
                "shared-cause")
@@ -153,8 +159,6 @@ def rates(world: str, n_replicates: int, n_permutations: int, rule, seed: int = 
 
 def _tally(name: str, replicates, n_replicates: int, n_permutations: int, rule) -> Rates:
     """Rates over `replicates`, an iterable of (evidence, {extra test: rejected}) — one decision per replicate."""
-    from .verdict import CALLS, decide
-
     counts: dict = {}
     calls = dict.fromkeys(CALLS, 0)
     r_values = []
@@ -179,8 +183,6 @@ def replicate_rejections(evidence: RoutingEvidence, alpha: float) -> dict:
 def known_answer_world(kind: str, seed: int, max_clusters: int = 8) -> World:
     """The planted known-answer model `kind` (`known_answers.planted_model`) as a world: analytic ΔY and J_k in the
     linear-LayerNorm approximation (no arc-state forward; the pipeline tests run the real model)."""
-    from .known_answers import planted_model
-
     planted = planted_model(kind, seed)
     delta_y = planted.delta_y()
     c_out = cosine_similarity(delta_y)
@@ -197,3 +199,11 @@ def known_answer_calls(kind: str, n_seeds: int, n_permutations: int, rule) -> Ra
             yield core_evidence(w.c_out, w.c_jac, w.labels, n_permutations, 0, seed), {}
 
     return _tally(f"known answer '{kind}'", replicates(), n_seeds, n_permutations, rule)
+
+
+STORED_RATES = PACKAGE_DIR / "datasets" / "calibration_rates.json"  # written by benchmarks/calibration.py
+
+
+def stored_rates(path: Path = STORED_RATES) -> dict | None:
+    """The last calibration run's table ({"rule", "rates"}), or None when it was never written."""
+    return read_json(path) if Path(path).is_file() else None

@@ -8,7 +8,7 @@ cache on a shared filesystem is readable by other users.
 A stage is complete only when its record `_done.json` exists. `StageDir.complete` is its one writer and
 writes it last; it lists every file of the stage with its size and sha256, beside the stage's key and
 metadata. Reading verifies every listed file: a missing, truncated or altered file makes the stage
-recompute, with a one-line notice on stderr. Jacobian shards carry a record each (`ShardStore`), so a
+recompute, with a one-line notice on stderr. Jacobian shards carry a record each (`shards.ShardStore`), so a
 resumed stage recomputes exactly the shards that are missing or damaged. A file lock per stage makes a
 second concurrent run wait for the first and then reuse its result.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
-import inspect
 import io
 import json
 import os
@@ -32,9 +31,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .errors import CacheError
+from ..errors import CacheError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 FILE_MODE, DIR_MODE = 0o644, 0o755
 RECORD, LOCK = "_done.json", ".lock"
 
@@ -57,24 +55,6 @@ def file_digest(path: str | Path) -> str:
     """sha256 of an input file's bytes (memoised per path, size and mtime: for cache keys, not verification)."""
     st = os.stat(path)
     return _memoised_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=None)
-def code_version(*parts: str | Callable) -> str:
-    """Hash of the code a result is computed with: analysis modules by name (e.g. "jacobians") and single
-    functions by their source (a stage's body in the pipeline). A change to that code invalidates the result,
-    while a change elsewhere (plots, the report, the CLI summary, another stage) keeps it."""
-    h = hashlib.sha256()
-    for name, source in sorted(_source(part) for part in parts):
-        h.update(name.encode())
-        h.update(source)
-    return h.hexdigest()[:16]
-
-
-def _source(part: str | Callable) -> tuple[str, bytes]:
-    if isinstance(part, str):
-        return part, (PACKAGE_DIR / f"{part}.py").read_bytes()
-    return f"{part.__module__}.{part.__qualname__}", inspect.getsource(part).encode()
 
 
 def content_key(*parts) -> str:
@@ -266,7 +246,7 @@ class StageDir:
         unless `quiet`: for a look ahead at a stage that is read, and reported on, later).
 
         contents=False checks sizes only: for a stage whose files this run will not read (Jacobian shards when
-        Part 3 is cached), so a render does not hash gigabytes; they are hashed whenever they are to be read.
+        the routing stage is cached), so a render does not hash gigabytes; they are hashed whenever they are to be read.
         """
         if not self.has_record:
             return None
@@ -324,46 +304,3 @@ class StageDir:
         return record
 
 
-class ShardStore:
-    """The shards of one stage, `shard_00000.npz` …, each followed by its own record `shard_00000.json`
-    (size, sha256, KD range, seconds) written atomically after it: a resumed stage recomputes exactly the
-    shards that are missing or damaged. Valid shards are entered into the stage's `files`."""
-
-    def __init__(self, stage: StageDir):
-        self.stage = stage
-        self.seconds: dict[int, float] = {}  # shard index -> seconds it took to compute
-
-    @staticmethod
-    def name(index: int) -> str:
-        return f"shard_{index:05d}.npz"
-
-    def _record_path(self, index: int) -> Path:
-        return self.stage / f"shard_{index:05d}.json"
-
-    def valid(self, index: int, kds: range) -> bool:
-        """Whether shard `index` holds KDs `kds` and matches its record (a notice when it exists but does not)."""
-        name, record_path = self.name(index), self._record_path(index)
-        if not record_path.is_file() and not (self.stage / name).is_file():
-            return False
-        try:
-            entry = json.loads(record_path.read_bytes())
-            problem = None if entry["kds"] == [kds.start, kds.stop] else "records another KD range"
-        except (OSError, ValueError, KeyError, TypeError):
-            problem = "no readable shard record"
-        problem = problem or verify(self.stage / name, entry)
-        if problem:
-            self.stage.notice(name, problem)
-            return False
-        self.stage.files[name] = {"size": entry["size"], "sha256": entry["sha256"]}
-        self.seconds[index] = float(entry.get("seconds", 0.0))
-        return True
-
-    def put(self, index: int, kds: range, arrays: dict, seconds: float) -> None:
-        """Write shard `index` atomically, then its record."""
-        entry = write_npz(self.stage / self.name(index), **arrays)
-        write_json(self._record_path(index), {**entry, "kds": [kds.start, kds.stop], "seconds": seconds})
-        self.stage.files[self.name(index)] = entry
-        self.seconds[index] = seconds
-
-    def total_seconds(self) -> float:
-        return float(sum(self.seconds.values()))

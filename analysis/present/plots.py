@@ -1,7 +1,7 @@
 """Altair charts for the report, drawn from what `analysis.results.Results` already holds, and how they render.
 
 Nothing here computes a statistic: every number a chart states comes from the results
-(`part3.evidence`, enrichment tables, SVD arrays). Charts only reshape into long tables and,
+(`RoutingResult.evidence`, enrichment tables, SVD arrays). Charts only reshape into long tables and,
 for large K, reduce what is drawn (block means of a heatmap, a random sample of pairs),
 saying so in the chart's subtitle so the caption can point there.
 
@@ -23,8 +23,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from ..config import KD_FAMILIES
 from .formatting import library_short, p_phrase
-from .verdict import GROUPS
+from .prose import paired_p
 
 # Heatmaps above this many KDs a side are drawn as block means: K = 1,035 would otherwise be
 # ~1.07 M cells, too heavy for an HTML page and unreadable at print size anyway.
@@ -163,8 +164,8 @@ def cluster_scale(clusters) -> alt.Scale:
 
 def kd_groups(kd_names) -> np.ndarray:
     """Display group of each KD, for colouring: the seed's named families, MYC, other."""
-    patterns = [("ribosomal (RPL/RPS)", GROUPS["ribosomal"]), ("mitoribosomal (MRPL/MRPS)", GROUPS["mitoribosomal"]),
-                ("TRAPP", GROUPS["TRAPP"]), ("MYC", r"^MYC$")]
+    patterns = [("ribosomal (RPL/RPS)", KD_FAMILIES["ribosomal"]), ("mitoribosomal (MRPL/MRPS)", KD_FAMILIES["mitoribosomal"]),
+                ("TRAPP", KD_FAMILIES["TRAPP"]), ("MYC", r"^MYC$")]
     out = []
     for kd in kd_names:
         out.append(next((name for name, pattern in patterns if re.match(pattern, kd)), "other"))
@@ -256,7 +257,7 @@ def similarity_heatmaps(matrices: dict, kd_names, labels: np.ndarray, order: np.
             .properties(title=alt.Title("KDs ordered by output cluster and dendrogram", subtitle=resolution)))
 
 
-# ---------------------------------------------------------------- Part 1
+# ---------------------------------------------------------------- effects
 def silhouette_curve(silhouette: pd.DataFrame, n_clusters: int) -> alt.LayerChart:
     """Mean silhouette per candidate number of clusters; the chosen (maximal) one marked."""
     frame = silhouette.assign(chosen=silhouette["n_clusters"] == n_clusters)
@@ -319,7 +320,7 @@ def enrichment_heatmap(ora: pd.DataFrame, gsea: pd.DataFrame, fdr: float, per_cl
     return alt.vconcat(*panels, spacing=24).resolve_scale(color="independent")
 
 
-# ---------------------------------------------------------------- Part 2
+# ---------------------------------------------------------------- jacobians
 def linearity_by_cluster(linearity: pd.DataFrame) -> alt.LayerChart:
     """Per KD, the share of ΔY that the first-order term J·Δp explains, by output cluster."""
     # Seeded jitter, so the static image is the same on every render.
@@ -336,7 +337,7 @@ def linearity_by_cluster(linearity: pd.DataFrame) -> alt.LayerChart:
     return (box + points + rule).properties(width=420, height=180)
 
 
-# ---------------------------------------------------------------- Part 3
+# ---------------------------------------------------------------- routing
 def _pairs(labels: np.ndarray):
     i, j = np.triu_indices(len(labels), k=1)
     same = labels[i] == labels[j]
@@ -448,7 +449,7 @@ def gene_loadings(gene_loadings: np.ndarray, gene_names, n_axes: int = 3, top: i
     for a in range(min(n_axes, gene_loadings.shape[0])):
         idx = np.argsort(-np.abs(gene_loadings[a]))[:top]
         frame = pd.DataFrame({"gene": gene_names[idx], "loading": np.round(gene_loadings[a, idx], 4)})
-        frame["kind"] = np.where(frame["gene"].str.match(GROUPS["ribosomal"]), "ribosomal protein (RPL/RPS)", "other")
+        frame["kind"] = np.where(frame["gene"].str.match(KD_FAMILIES["ribosomal"]), "ribosomal protein (RPL/RPS)", "other")
         panels.append(alt.Chart(frame).mark_bar().encode(
             x=alt.X("loading:Q", title="loading", axis=alt.Axis(tickCount=3, labelOverlap=True, format=".2f")), y=alt.Y("gene:N", sort=alt.EncodingSortField("loading", order="descending"),
                                                            title=None),
@@ -497,7 +498,7 @@ def cross_line_consistency(across) -> alt.Chart:
     """Per KD, consistency of ΔY (x) against consistency of J (y) between two lines, coloured by the primary line's
     output cluster: raw cosines (left) and KD-specific ones, each minus the KD's mean cosine with the other KDs
     (right); above the diagonal a KD's routing agrees across the lines more than its output. One row per pair of
-    lines (`across`: `results.Across`, or None when one line was analysed), each panel's comparison in its title."""
+    lines (`across`: `results.AcrossResult`, or None when one line was analysed), each panel's comparison in its title."""
     if across is None:  # one line analysed: say so where the figure would be
         return alt.Chart(pd.DataFrame({"text": ["one cell line analysed: list two or more in [data] cell_line"]})).mark_text(
             fontSize=13, color="#666").encode(text="text:N").properties(width=420, height=60)
@@ -521,7 +522,7 @@ def cross_line_consistency(across) -> alt.Chart:
                 strokeDash=[4, 3], color="#888").encode(x="x:Q", y="y:Q")
             title = alt.Title(f"{'raw' if test.measure == 'raw' else 'KD-specific'}: mean difference {test.estimate:+.2f}",
                               subtitle=f"95% CI {test.ci_low:+.2f} to {test.ci_high:+.2f}; sign-flip over "
-                                       f"{test.n_units} clusters, {test.p_phrase()}")
+                                       f"{test.n_units} clusters, {paired_p(test)}")
             panels.append((points + diagonal).properties(width=250, height=220, title=title))
         rows.append(alt.hconcat(*panels))
     return alt.vconcat(*rows) if len(rows) > 1 else rows[0]

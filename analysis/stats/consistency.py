@@ -1,4 +1,4 @@
-"""Stage 3b — routing across cell lines: is a KD's routing more consistent between lines than its output?
+"""Routing across cell lines: is a KD's routing more consistent between lines than its output?
 
 The seed's NB04 found that in-silico knock-outs barely agree between cell lines (mean cross-line r = 0.057):
 input routing is not backbone-level. For every KD analysed in two lines (same model, each line's own control
@@ -22,90 +22,22 @@ independent, and the sign-flip distribution of the cluster sums is exact (every 
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics.pairwise import cosine_similarity
 
-from .formatting import p_phrase
+from ..results import PairedDifference
 from .routing import stream_gram
 
-# How a PairedDifference's direction reads, after "routing" (CLI) or "a KD's own routing was" (report).
-DIRECTIONS = {"more": "more consistent between the lines than output",
-              "less": "less consistent between the lines than output",
-              "no difference": "neither more nor less consistent between the lines than output"}
-
 MAX_ENUMERATED_UNITS = 16  # 2^16 sign patterns; beyond, a Monte Carlo sample
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """Mean over KDs of d_k = cos J_k − cos ΔY_k between two lines (`measure`: KD-specific or raw cosines), with
-    cluster-level inference.
-
-    estimate: mean d over the KDs; ci_low/ci_high: cluster-bootstrap percentile interval (level `confidence`);
-    p_value: two-sided sign-flip p over the `n_units` clusters; exact: every sign pattern enumerated.
-    """
-
-    line_a: str
-    line_b: str
-    measure: str  # "specific" (each cosine minus the KD's mean cosine with the other KDs) or "raw"
-    n_kds: int
-    n_units: int
-    estimate: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    n_sign_patterns: int
-    exact: bool
-    confidence: float
-    alpha: float
-
-    @property
-    def direction(self) -> str:
-        """'more', 'less' (routing vs output consistency, significant at alpha with the interval agreeing) or 'no difference'."""
-        if self.p_value < self.alpha and self.ci_low > 0:
-            return "more"
-        if self.p_value < self.alpha and self.ci_high < 0:
-            return "less"
-        return "no difference"
-
-    def p_phrase(self) -> str:
-        """'p = 0.016' (exact sign-flip) or 'p ≤ 1e-4' (sampled patterns at their floor)."""
-        return p_phrase(self.p_value, None if self.exact else self.n_sign_patterns)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PairedDifference":
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class LineData:
-    """What one cell line contributes to the comparison: its KDs in its own order, ΔY [K, G] in that order, its
-    Jacobian shards, the Frobenius norm of each J_k [K] (Part 3's, from the Gram's diagonal) and its output
-    clusters [K] (the primary line's are the units of inference)."""
-
-    name: str
-    kd_names: tuple
-    delta_y: np.ndarray
-    shards: object  # jacobians.JacobianShards
-    jacobian_norms: np.ndarray
-    labels: np.ndarray
 
 
 def common_kds(primary: tuple, other: tuple) -> tuple:
     """The KDs analysed in both lines, in the primary line's order."""
     present = set(other)
     return tuple(k for k in primary if k in present)
-
-
-def cross_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[K_a, K_b] cosine between every row of a [K_a, D] and every row of b [K_b, D]; 0 where a row is zero."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return cosines_from_products(a @ b.T, np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))
 
 
 def cosines_from_products(products: np.ndarray, norms_a: np.ndarray, norms_b: np.ndarray) -> np.ndarray:
@@ -176,7 +108,7 @@ def compare_lines(primary: LineData, other: LineData, n_permutations: int, n_boo
         raise ValueError(f"cell lines {primary.name} and {other.name} share {len(kds)} KD(s); at least 3 are needed")
     rows_a = np.array([primary.kd_names.index(k) for k in kds])
     rows_b = np.array([other.kd_names.index(k) for k in kds])
-    output = cross_cosines(primary.delta_y[rows_a], other.delta_y[rows_b])
+    output = cosine_similarity(primary.delta_y[rows_a].astype(np.float64), other.delta_y[rows_b].astype(np.float64))
     gram = stream_gram(primary.shards, other=other.shards)[np.ix_(rows_a, rows_b)]
     routing = cosines_from_products(gram, primary.jacobian_norms[rows_a], other.jacobian_norms[rows_b])
     (cos_output, base_output), (cos_jacobian, base_jacobian) = matched_and_baseline(output), matched_and_baseline(routing)
@@ -193,15 +125,18 @@ def compare_lines(primary: LineData, other: LineData, n_permutations: int, n_boo
     return table, tests
 
 
-def describe(table: pd.DataFrame, tests: tuple) -> str:
-    """One sentence on one pair of lines: median cosines with their baselines, and each paired comparison."""
-    parts = []
-    for test in tests:
-        kind = "exact" if test.exact else f"{test.n_sign_patterns:,} sampled patterns"
-        parts.append(f"{test.measure} cos J − cos ΔY = {test.estimate:+.2f} ({test.confidence:.0%} cluster-bootstrap CI "
-                     f"{test.ci_low:+.2f} to {test.ci_high:+.2f}; sign-flip over {test.n_units} clusters, {kind}, "
-                     f"{test.p_phrase()}): routing {DIRECTIONS[test.direction]}")
-    first = tests[0]
-    return (f"{first.line_a} vs {first.line_b} ({first.n_kds} KDs): median cos ΔY {table['cos_output'].median():.2f} "
-            f"(other KDs {table['baseline_output'].median():.2f}), median cos J {table['cos_jacobian'].median():.2f} "
-            f"(other KDs {table['baseline_jacobian'].median():.2f}); " + "; ".join(parts))
+
+
+@dataclass(frozen=True)
+class LineData:
+    """What one cell line contributes to the comparison: its KDs in its own order, ΔY [K, G] in that order, its
+    Jacobian shards, the Frobenius norm of each J_k [K] (the routing stage's, from the Gram's diagonal) and its output
+    clusters [K] (the primary line's are the units of inference)."""
+
+    name: str
+    kd_names: tuple
+    delta_y: np.ndarray
+    shards: object  # store.shards.JacobianShards
+    jacobian_norms: np.ndarray
+    labels: np.ndarray
+

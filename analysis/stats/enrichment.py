@@ -1,4 +1,4 @@
-"""Stage 5 — offline gene-set enrichment with gseapy on the bundled GMT libraries (no network).
+"""Offline gene-set enrichment with gseapy on the bundled GMT libraries (no network).
 
 Two questions, two tests, BH-FDR over all terms of all libraries within each query:
 - KD-target over-representation (hypergeometric, `gseapy.enrich`): are a cluster's
@@ -12,23 +12,14 @@ Two questions, two tests, BH-FDR over all terms of all libraries within each que
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
-from .console import silenced
+from ..console import silenced
 
 ORA_COLUMNS = ["query", "library", "term", "overlap", "p_value", "fdr", "odds_ratio", "genes"]
 PRERANK_COLUMNS = ["query", "library", "term", "nes", "p_value", "fdr", "size", "lead_genes"]
-
-
-def read_libraries(paths) -> dict:
-    """{library name (file stem): {term: [genes]}} from GMT files."""
-    import gseapy
-
-    return {Path(p).stem: gseapy.read_gmt(str(p)) for p in paths}
 
 
 def _bh(frame: pd.DataFrame, strength: str) -> pd.DataFrame:
@@ -36,7 +27,9 @@ def _bh(frame: pd.DataFrame, strength: str) -> pd.DataFrame:
     frame = frame.copy()
     frame["fdr"] = false_discovery_control(frame["p_value"].clip(0, 1).to_numpy(), method="bh") if len(frame) else []
     frame["_strength"] = -frame[strength].abs()
-    return frame.sort_values(["fdr", "p_value", "_strength"]).drop(columns="_strength").reset_index(drop=True)
+    # library and term last: a total order, so equal inputs give equal bytes whatever order gseapy returned
+    return (frame.sort_values(["fdr", "p_value", "_strength", "library", "term"], kind="stable")
+            .drop(columns="_strength").reset_index(drop=True))
 
 
 def over_representation(query: str, genes, background, libraries: dict, min_overlap: int = 2) -> pd.DataFrame:
@@ -57,7 +50,8 @@ def over_representation(query: str, genes, background, libraries: dict, min_over
         frames.append(pd.DataFrame({
             "query": query, "library": library, "term": res["Term"], "overlap": res["Overlap"],
             "p_value": res["P-value"].astype(float), "odds_ratio": res["Odds Ratio"].astype(float),
-            "genes": res["Genes"],
+            # gseapy lists the overlap in set-iteration order, which follows Python's per-process string hashing
+            "genes": res["Genes"].str.split(";").map(sorted).str.join(";"),
         }))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ORA_COLUMNS)
     return _bh(frame, "odds_ratio")[ORA_COLUMNS]
@@ -108,13 +102,6 @@ def cluster_enrichment(kd_names, labels: np.ndarray, delta_y: np.ndarray, gene_n
         gsea.append(prerank(query, mean_response, response_libraries, permutations, seed))
     ora_frame = pd.concat(ora, ignore_index=True) if ora else pd.DataFrame(columns=ORA_COLUMNS)
     return ora_frame, pd.concat(gsea, ignore_index=True)
-
-
-def top_terms(frame: pd.DataFrame, per_query: int = 1) -> pd.DataFrame:
-    """The best `per_query` rows (lowest FDR, then p) of each query."""
-    if frame.empty:
-        return frame
-    return frame.groupby("query", sort=True).head(per_query).sort_values("query", kind="stable").reset_index(drop=True)
 
 
 def axis_enrichment(source: str, kd_scores: np.ndarray, gene_loadings: np.ndarray, kd_names, gene_names,

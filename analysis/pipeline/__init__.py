@@ -1,0 +1,1 @@
+"""The pipeline: the stage graph and its keys, the run, executors and provenance."""

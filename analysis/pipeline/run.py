@@ -1,0 +1,240 @@
+"""The pipeline: inputs → effects (ΔY, clusters, enrichment) → jacobians → routing (statistics, verdict), per cell
+line, then across the lines.
+
+Each stage is cached under `<cache_dir>/<stage>/<key>/`, its key derived from the stage graph (`stages`); `run`
+checks every input of every line first, computes what the cache lacks, and returns results read back from the cache
+(`store.readers`), so the report sees the same objects whether they were computed now or on a GPU node earlier.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pandas as pd
+from ..config import AnalysisConfig
+from ..console import StageProgress, note
+from ..errors import InputError
+from ..model import jacobians
+from ..model.effects import compute_effects
+from ..model.load import LoadedRun, ShippedRun, input_files, load_model, load_run
+from ..results import AcrossResult, EffectsResult, LineResults, Results, RoutingResult
+from ..stats import clustering, consistency, enrichment, routing, verdict
+from ..stats.axes import output_svd, read_axes
+from ..stats.draws import reproducibility
+from ..stats.prior_work import prior_work
+from ..store import cache, codec
+from ..store.gmt import read_libraries
+from ..store.readers import read_across, read_effects, read_routing
+from ..store.shards import JacobianShards, ShardStore, open_shards
+from . import executors, stages
+from .provenance import provenance
+
+
+@dataclass(frozen=True)
+class Line:
+    """One cell line, loaded and keyed before anything is computed."""
+
+    config: AnalysisConfig
+    run: LoadedRun
+    keys: dict  # stage name -> key
+
+    def stage(self, name: str) -> cache.StageDir:
+        return cache.StageDir(self.config.cache_dir, name, self.keys[name])
+
+
+def run(config: AnalysisConfig, progress: bool = True, executor=None) -> Results:
+    """Every stage for each cell line of the config (the first is the primary line), then routing across the lines
+    when there are several, computing only what the cache lacks. `executor` runs the ΔY batches and the Jacobian
+    shards (default: the config's [runtime] executor).
+
+    Every line is loaded and checked (cells, KDs, the run's shape) before the first stage runs; InputError names
+    the first problem. CacheError before any compute when something must be computed and the cache is not writable.
+    """
+    model = load_model(config)
+    lines = [load_line(line_config, model) for line_config in config.per_line()]
+    across_key = stages.key("across", config, {"lines": [[ln.config.cell_line, ln.keys["effects"], ln.keys["routing"]]
+                                                         for ln in lines]}, {}) if len(lines) > 1 else None
+    needed = [ln.stage(name) for ln in lines for name in ("effects", "jacobians", "routing")]
+    needed += [cache.StageDir(config.cache_dir, "across", across_key)] if across_key else []
+    if not all(stage.has_record for stage in needed):
+        cache.require_writable(config.cache_dir)
+    executor = executor or executors.for_config(config)
+    results = []
+    for line in lines:
+        if progress and len(lines) > 1:
+            note(f"Cell line {line.config.cell_line}:")
+        results.append(analyse_line(line, progress, executor))
+    across = run_across(config, across_key, lines, tuple(results)) if across_key else None
+    return Results(config, tuple(results), across, stage_paths(config, lines, across_key))
+
+
+def load_line(config: AnalysisConfig, model=None) -> Line:
+    """A line's loaded run (every input check; `model`: the checkpoint's model when already loaded) and the keys of
+    its stages."""
+    loaded = load_run(config, model)
+    facts = {"input_digests": [cache.file_digest(p) for p in input_files(config)],
+             # the resolved space: "auto" and the choice it resolves to share results
+             "space": [loaded.space.name, loaded.space.decode],
+             "kd_names": list(loaded.kd_names), "set_size": loaded.set_size,
+             "gene_set_digests": [cache.file_digest(p) for p in config.gene_sets]}
+    keys: dict = {}
+    for stage in stages.STAGES:
+        if stage.name != "across":
+            keys[stage.name] = stages.key(stage.name, config, facts, keys)
+    return Line(config, loaded, keys)
+
+
+def analyse_line(line: Line, progress: bool, executor) -> LineResults:
+    """The three stages of one cell line."""
+    effects = run_effects(line, progress, executor)
+    # Shards are hashed only when the routing stage will read them; with it cached, sizes and headers suffice.
+    shards, jacobian_record = run_jacobians(line, effects, progress, executor,
+                                            verify_shards=line.stage("routing").record(quiet=True) is None)
+    routing_result = run_routing(line, effects, shards, jacobian_record)
+    return LineResults(line.config.cell_line, effects, routing_result, provenance(line.config, line.run, line.keys["inputs"]))
+
+
+# ---------------------------------------------------------------- stages
+def run_effects(line: Line, progress: bool = True, executor=None) -> EffectsResult:
+    """ΔY for every KD (batches on `executor`, default the config's), its reproducibility, clusters and enrichment."""
+    config, loaded, stage = line.config, line.run, line.stage("effects")
+    executor = executor or executors.for_config(config)
+
+    def compute() -> dict:
+        started = time.perf_counter()
+        # the loaded run as the executor's worker state: itself here, checkpoint bytes and control cells elsewhere
+        state = executors.WorkerState(loaded, partial(ShippedRun.of, config, loaded))
+        responses = compute_effects(loaded, config.n_draws, config.seed, config.kds_per_call, executor, state, progress)
+        try:
+            clusters = clustering.cluster_kds(responses.delta_y, config.max_clusters, config.cluster_bootstrap,
+                                              config.seed, config.weak_fraction)
+        except clustering.TooFewStrongEffects as exc:
+            raise InputError(f"{config.source} [data].kds", f"{exc}; analyse more KDs") from None
+        libraries = read_libraries(config.gene_sets)
+        ora, gsea = enrichment.cluster_enrichment(responses.kd_names, clusters.labels, responses.delta_y,
+                                                  responses.gene_names, libraries, config.prerank_permutations,
+                                                  config.seed, loaded.space.has_genes)
+        stage.write_npz("effects.npz", delta_y=responses.delta_y, delta_y_draws=responses.delta_y_draws,
+                        pert_repr=responses.pert_repr, control_repr=responses.control_repr,
+                        draw_cells=responses.draw_cells, c_out=clustering.cosine_similarity(responses.delta_y),
+                        bootstrap_ari=clusters.bootstrap_ari, order=clusters.order)
+        stage.write_json("names.json", {"kd_names": list(responses.kd_names), "gene_names": list(responses.gene_names)})
+        stage.write_parquet("kds.parquet", clustering.cluster_table(
+            responses.kd_names, clusters, reproducibility(responses.kd_names, responses.delta_y_draws)))
+        stage.write_parquet("silhouette.parquet", clusters.silhouette)
+        stage.write_parquet("ora.parquet", ora)
+        stage.write_parquet("gsea.parquet", gsea)
+        return {"seconds": time.perf_counter() - started, "n_clusters": clusters.n_clusters}
+
+    return read_effects(stage, stage.ensure(compute))
+
+
+def run_jacobians(line: Line, effects: EffectsResult, progress: bool = True, executor=None,
+                  verify_shards: bool = True) -> tuple[JacobianShards, dict]:
+    """Jacobian shards and the stage record (time, device, executor, autograd check of one KD).
+
+    The shard tasks run on `executor`, which gets the loaded run as its worker state (shipped as checkpoint bytes
+    and control cells to remote workers); each result is stored here, as it arrives, with one progress bar over
+    KDs, whichever executor computed it. Shards already stored and intact (a killed run's) are kept.
+    verify_shards=False checks a cached stage's shard sizes, not their sha256 (for a run that will not read them).
+    """
+    config, loaded, stage, responses = line.config, line.run, line.stage("jacobians"), effects.responses
+    executor = executor or executors.for_config(config)
+
+    def compute() -> dict:
+        store = ShardStore(stage)
+        tasks = jacobians.shard_tasks(len(loaded.kd_names), config.shard_kds)
+        todo = [task for task in tasks if not store.valid(task.index, task.kds)]
+        inputs = jacobians.JacobianInputs(responses.pert_repr, responses.control_repr, responses.draw_cells,
+                                          config.kds_per_call, config.tangents_per_call, config.compile_jacobian)
+        bar = StageProgress(len(loaded.kd_names), "Jacobians ∂E[Y]/∂pert_repr", "KD", progress,
+                            initial=len(loaded.kd_names) - sum(len(t.kds) for t in todo))
+        last = time.perf_counter()
+        state = executors.WorkerState(loaded, partial(ShippedRun.of, config, loaded))
+        for task, arrays in executor.map(partial(jacobians.jacobian_shard, inputs=inputs), todo, state):
+            now = time.perf_counter()
+            store.put(task.index, task.kds, arrays, seconds=now - last)  # wall time since the previous shard
+            last = now
+            bar.update(len(task.kds))
+        bar.close()
+        check = jacobians.autograd_check(loaded, open_shards(stage.path), responses.pert_repr, responses.draw_cells)
+        return {"n_kds": len(loaded.kd_names), "n_shards": len(tasks), "seconds": store.total_seconds(),
+                "device": str(loaded.device), "executor": executor.describe(), "autograd_check": check}
+
+    record = stage.ensure(compute, contents=verify_shards)
+    return open_shards(stage.path), record
+
+
+def run_routing(line: Line, effects: EffectsResult, shards: JacobianShards, jacobian_record: dict) -> RoutingResult:
+    """C_jac from the streamed Gram, the SVD and its reading, the statistics, the verdict, the prior-work numbers."""
+    config, stage, responses = line.config, line.stage("routing"), effects.responses
+
+    def compute() -> dict:
+        started = time.perf_counter()
+        gram = routing.stream_gram(shards)
+        c_jac = routing.cosine_from_gram(gram)
+        c_rep = clustering.cosine_similarity(responses.pert_repr)
+        svd = routing.jacobian_svd(gram, shards, responses.delta_y, config.n_axes)
+        output_scores, output_loadings = output_svd(responses.delta_y, config.n_axes)
+        linear = routing.linearity(responses.delta_y, shards.linear_prediction())
+        evidence = routing.routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
+                                            config.n_bootstrap, config.seed)
+        svd_table, svd_evidence = read_axes(svd, output_scores, output_loadings, responses.kd_names,
+                                            responses.gene_names, read_libraries(config.gene_sets), config.fdr,
+                                            config.prerank_permutations, config.seed, line.run.space.has_genes)
+        call = verdict.decide(evidence, config.decision_rule, svd_evidence)
+        linearity_frame = pd.DataFrame({"kd": responses.kd_names, "cluster": effects.labels,
+                                        "explained": linear.to_numpy(), "jacobian_norm": np.sqrt(np.diag(gram))})
+        stage.write_npz("matrices.npz", c_out=effects.c_out, c_jac=c_jac, c_rep=c_rep, gram=gram,
+                        variance_explained=svd.variance_explained, kd_scores=svd.kd_scores,
+                        gene_loadings=svd.gene_loadings, output_kd_scores=output_scores,
+                        output_gene_loadings=output_loadings)
+        stage.write_json("evidence.json", {"routing": codec.encode(evidence), "svd": codec.encode(svd_evidence)})
+        stage.write_json("verdict.json", codec.encode(call))
+        stage.write_parquet("svd_enrichment.parquet", svd_table)
+        stage.write_parquet("linearity.parquet", linearity_frame)
+        stage.write_json("prior_work.json", prior_work(responses.kd_names, effects.c_out, c_jac, c_rep, effects.labels))
+        return {"seconds": time.perf_counter() - started}
+
+    return read_routing(stage, stage.ensure(compute), line.stage("jacobians"), jacobian_record, effects.seconds)
+
+
+def run_across(config: AnalysisConfig, across_key: str, lines: list[Line], results: tuple) -> AcrossResult:
+    """The primary line against each other line: per-KD cosines of ΔY and of J, and the paired comparison."""
+    stage = cache.StageDir(config.cache_dir, "across", across_key)
+    shard_folders = [line.stage("jacobians").path for line in lines]
+
+    def line_data(index: int) -> consistency.LineData:
+        result = results[index]
+        responses = result.effects.responses
+        return consistency.LineData(result.cell_line, responses.kd_names, responses.delta_y,
+                                    open_shards(shard_folders[index]),
+                                    result.routing.linearity["jacobian_norm"].to_numpy(), result.effects.labels)
+
+    def compute() -> dict:
+        started = time.perf_counter()
+        primary, tables, tests = line_data(0), [], []
+        for index in range(1, len(results)):
+            table, pair_tests = consistency.compare_lines(primary, line_data(index), config.n_permutations,
+                                                          config.n_bootstrap, config.seed, config.alpha)
+            tables.append(table)
+            tests += pair_tests
+        stage.write_parquet("kds.parquet", pd.concat(tables, ignore_index=True))
+        stage.write_json("tests.json", [codec.encode(test) for test in tests])
+        return {"seconds": time.perf_counter() - started}
+
+    return read_across(stage, stage.ensure(compute))
+
+
+def stage_paths(config: AnalysisConfig, lines: list[Line], across_key: str | None) -> dict:
+    """{label: cache folder} of every stage: each line's, then the across-lines stage."""
+    paths = {}
+    for line in lines:
+        suffix = f" ({line.config.cell_line})" if len(lines) > 1 else ""
+        paths |= {f"{name}{suffix}": str(line.stage(name).path) for name in ("effects", "jacobians", "routing")}
+    if across_key:
+        paths["across"] = str(stages.stage_folder(config, "across", across_key))
+    return paths

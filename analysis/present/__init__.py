@@ -1,0 +1,1 @@
+"""Presentation: every word, table and chart, made from the results container."""

@@ -1,0 +1,1 @@
+"""The statistics: numbers and what they support (no words, no files, no torch)."""

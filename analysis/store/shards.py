@@ -1,0 +1,118 @@
+"""Jacobian shards on disk: the writer (`ShardStore`, one record per shard so a resumed stage recomputes exactly the
+missing or damaged ones) and the reader (`JacobianShards`, the one path from shard files to arrays).
+
+A shard `shard_00000.npz` holds `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] =
+J_k·(p_k − p_ctrl) for b consecutive KDs; its record `shard_00000.json` (size, sha256, KD range, seconds) is
+written atomically after it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cache import StageDir, npz_shapes, verify, write_json, write_npz
+
+
+@dataclass(frozen=True)
+class JacobianShards:
+    """The shard files of one Jacobian run, in KD order.
+
+    Each holds `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] = J_k·(p_k − p_ctrl).
+    """
+
+    folder: Path
+    paths: tuple
+    n_kds: int
+    shape: tuple  # (G, H)
+
+    def linear_prediction(self) -> np.ndarray:
+        """[K, G] J_k·(p_k − p_ctrl) gathered from the shards."""
+        out = np.zeros((self.n_kds, self.shape[0]))
+        for path in self.paths:
+            with np.load(path) as shard:
+                out[shard["kd_index"]] = shard["linear_prediction"]
+        return out
+
+    @property
+    def sizes(self) -> list[int]:
+        """KDs per shard, from the array headers (nothing read)."""
+        return [npz_shapes(path)["kd_index"][0] for path in self.paths]
+
+    def rows(self, shard_numbers: range) -> tuple[np.ndarray, np.ndarray]:
+        """KD indices [b] and flattened Jacobians [b, G·H] (float64) of a run of consecutive shards."""
+        indices, rows = [], []
+        for path in self.paths[shard_numbers.start:shard_numbers.stop]:
+            with np.load(path) as shard:
+                indices.append(shard["kd_index"])
+                rows.append(shard["jacobian"].reshape(len(shard["kd_index"]), -1))
+        return np.concatenate(indices), np.concatenate(rows).astype(np.float64)
+
+    def __iter__(self):
+        """(kd_index [b], jacobian [b, G, H] float32) shard by shard."""
+        for path in self.paths:
+            with np.load(path) as shard:
+                yield shard["kd_index"], shard["jacobian"]
+
+
+def open_shards(folder: Path) -> JacobianShards:
+    """The `shard_*.npz` files of a folder (as the pipeline writes them), from their array headers only."""
+    paths = tuple(sorted(Path(folder).glob("shard_*.npz")))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no Jacobian shards")
+    n_kds = 0
+    for path in paths:
+        shapes = npz_shapes(path)
+        n_kds += shapes["kd_index"][0]
+        shape = shapes["jacobian"][1:]
+    return JacobianShards(Path(folder), paths, n_kds, tuple(shape))
+
+
+
+class ShardStore:
+    """The shards of one stage, `shard_00000.npz` …, each followed by its own record `shard_00000.json`
+    (size, sha256, KD range, seconds) written atomically after it: a resumed stage recomputes exactly the
+    shards that are missing or damaged. Valid shards are entered into the stage's `files`."""
+
+    def __init__(self, stage: StageDir):
+        self.stage = stage
+        self.seconds: dict[int, float] = {}  # shard index -> seconds it took to compute
+
+    @staticmethod
+    def name(index: int) -> str:
+        return f"shard_{index:05d}.npz"
+
+    def _record_path(self, index: int) -> Path:
+        return self.stage / f"shard_{index:05d}.json"
+
+    def valid(self, index: int, kds: range) -> bool:
+        """Whether shard `index` holds KDs `kds` and matches its record (a notice when it exists but does not)."""
+        name, record_path = self.name(index), self._record_path(index)
+        if not record_path.is_file() and not (self.stage / name).is_file():
+            return False
+        try:
+            entry = json.loads(record_path.read_bytes())
+            problem = None if entry["kds"] == [kds.start, kds.stop] else "records another KD range"
+        except (OSError, ValueError, KeyError, TypeError):
+            problem = "no readable shard record"
+        problem = problem or verify(self.stage / name, entry)
+        if problem:
+            self.stage.notice(name, problem)
+            return False
+        self.stage.files[name] = {"size": entry["size"], "sha256": entry["sha256"]}
+        self.seconds[index] = float(entry.get("seconds", 0.0))
+        return True
+
+    def put(self, index: int, kds: range, arrays: dict, seconds: float) -> None:
+        """Write shard `index` atomically, then its record."""
+        entry = write_npz(self.stage / self.name(index), **arrays)
+        write_json(self._record_path(index), {**entry, "kds": [kds.start, kds.stop], "seconds": seconds})
+        self.stage.files[self.name(index)] = entry
+        self.seconds[index] = seconds
+
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
+
