@@ -205,8 +205,8 @@ def test_an_executor_yielding_out_of_order_gives_the_same_shards(copy, clean):
 CONCURRENT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
+    import analysis
     from analysis.store import cache
-    from analysis.pipeline import run as pipeline
     from analysis.config import load_config
 
     config_path, log, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
