@@ -62,7 +62,7 @@ SEED_PLAN = re.compile(r"\bseed(?='s\b| \(reported\))")
 CI_BRACKETS = re.compile(r"CI \[([^,\]]+), ([^\]]+)\]")
 MINUS = re.compile(r"(?<![\w.])-(?=\d)")
 EXPONENT = re.compile(r"(\d)e([-+])0*(\d)")
-THOUSANDS = re.compile(r"(?<![\w.:/−-])\d{4,}(?![\w.])")
+THOUSANDS = re.compile(r"(?<![\w.:/−\u200b-])\d{4,}(?![\w.])")  # not in names broken at _ (`breakable`)
 
 
 def typeset(text: str) -> str:
