@@ -3,7 +3,6 @@ the same place the README's command uses, so a later run reuses it."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,6 @@ def demo_config():
 
 @pytest.fixture(scope="session")
 def demo_results(demo_config):
-
-    logging.disable(logging.WARNING)
     return analysis.run(demo_config, progress=False)
 
 

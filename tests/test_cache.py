@@ -5,6 +5,7 @@ clean run. Also: the executor seam, one-line errors for unusable caches and bad 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -55,9 +56,14 @@ def stage_files(cache_dir: Path) -> dict:
     return {s: json.loads((stage_folder(cache_dir, s) / "_done.json").read_text())["files"] for s in STAGES}
 
 
+def sha256(path: Path) -> str:
+    """The file's sha256, by hashlib (not the cache's own digest function)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def digests_on_disk(cache_dir: Path) -> dict:
     """sha256 of every file the records list, hashed here from the bytes on disk (not read from the records)."""
-    return {s: {name: cache._sha256(stage_folder(cache_dir, s) / name) for name in files}
+    return {s: {name: sha256(stage_folder(cache_dir, s) / name) for name in files}
             for s, files in stage_files(cache_dir).items()}
 
 
@@ -90,7 +96,7 @@ def test_records_list_every_file_with_size_and_checksum(clean):
         record = json.loads((folder / "_done.json").read_text())
         assert record["stage"] == stage and record["key"] == folder.name
         for name, entry in files[stage].items():
-            assert entry == {"size": (folder / name).stat().st_size, "sha256": cache._sha256(folder / name)}
+            assert entry == {"size": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
     jac = json.loads((stage_folder(config.cache_dir, "jacobians") / "_done.json").read_text())
     assert {"seconds", "device", "autograd_check", "n_kds"} <= jac.keys()  # one record, written once, holds all
 
@@ -348,6 +354,15 @@ def test_wheel_install_runs_and_carries_the_demo_config(tmp_path):
     module, cache_dir, *gene_sets = probe.stdout.split("\n")[:-1]
     assert module.startswith(str(site)) and Path(cache_dir) == work / "cache"
     assert len(gene_sets) == 2 and all(g.startswith(str(site)) and Path(g).is_file() for g in gene_sets)
+
+    # The stored calibration rates are package data: found in the installed copy, equal to the source's file.
+    rates = python("-c", "import json; from analysis.datasets import calibration as c; "
+                         "print(c.STORED_RATES); print(json.dumps(c.stored_rates(), sort_keys=True))")
+    assert rates.returncode == 0, rates.stderr
+    rates_path, stored = rates.stdout.split("\n")[:2]
+    assert rates_path.startswith(str(site)) and Path(rates_path).is_file()
+    source_rates = json.loads((ROOT / "analysis" / "datasets" / "calibration_rates.json").read_text())
+    assert json.loads(stored) == source_rates and {"rule", "rates"} <= source_rates.keys()
 
     config = write_tiny_run(tmp_path / "tiny")
     run = python("-m", "analysis", "--config", str(write_config(tmp_path, config)), "--quiet")

@@ -1,7 +1,9 @@
 """Every input a wrong file can break gives a one-line error naming the file or field."""
 
+import json
 import pickle
 import shutil
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -125,3 +127,37 @@ def test_every_line_is_checked_before_any_stage_runs(tmp_path):
     with pytest.raises(InputError, match="no cells of cell line 'Jurkat'"):
         analysis.run(config.replace(cell_lines=(config.cell_lines[0], "Jurkat")), progress=False)
     assert not list(config.cache_dir.rglob("*.npz")) and not list(config.cache_dir.rglob("_done.json"))
+
+
+# ---------------------------------------------------------------- when the demo is (re)built
+def test_demo_version_follows_the_module_text_and_the_seed(tmp_path, monkeypatch):
+    from analysis.datasets import demo
+
+    version = demo.demo_version(0)
+    assert demo.demo_version(0) == version and demo.demo_version(1) != version
+    source = Path(demo.__file__).read_text()
+    copy = tmp_path / "demo.py"
+    copy.write_text(source)
+    monkeypatch.setattr(demo, "__file__", str(copy))  # the version is read from the module's own file
+    assert demo.demo_version(0) == version
+    copy.write_text(source + "\n# an edit to the demo's definition\n")
+    assert demo.demo_version(0) != version
+
+
+def test_the_demo_is_built_when_missing_stale_or_incomplete_and_not_when_current(folder):
+    from analysis.datasets import demo
+
+    config = tiny_config(folder, demo=True, demo_seed=3)
+    marker = folder / "run" / "demo_build.json"
+    assert not marker.exists() and demo.needs_build(config)  # no marker: not built by the demo
+    marker.write_text(json.dumps({"demo_version": demo.demo_version(0)}))  # built with another seed: stale
+    assert demo.needs_build(config)
+    marker.write_text(json.dumps({"demo_version": "0123456789abcdef"}))  # another definition: stale
+    assert demo.needs_build(config)
+    marker.write_text("{not json")  # unreadable: rebuilt
+    assert demo.needs_build(config)
+    marker.write_text(json.dumps({"demo_version": demo.demo_version(3)}))
+    assert not demo.needs_build(config)  # current
+    assert not demo.needs_build(config.replace(demo=False)) and not demo.needs_build(tiny_config(folder))
+    (folder / "run" / "checkpoints" / "final.ckpt").unlink()
+    assert demo.needs_build(config)  # current marker, checkpoint missing

@@ -1,14 +1,19 @@
 """Part 1 on the demo: ΔY against a direct forward call, clusters against planted modules, enrichment, cache."""
 
+from math import comb
+
 import numpy as np
 import pandas as pd
+import pytest
 import torch
+from scipy.stats import hypergeom
 from sklearn.metrics import adjusted_rand_score
 from tiny import write_tiny_run
 
 from analysis.datasets import demo
 from analysis.pipeline import run as pipeline
 from analysis.stats import clustering, enrichment
+from analysis.stats.draws import reproducibility
 from analysis.store.gmt import read_libraries
 
 
@@ -28,11 +33,38 @@ def test_delta_y_equals_a_direct_forward_mean(demo_run, demo_results):
     assert np.allclose(effects.delta_y, effects.delta_y_draws.mean(0))
 
 
-def test_reproducibility_is_reported(demo_results):
-    table = demo_results.effects.kd_table
-    assert {"draw_cosine", "split_half_r", "effect_norm"} <= set(table.columns)
-    strong = table[table.cluster > 0]
-    assert strong.draw_cosine.median() > 0.9
+def test_reproducibility_of_planted_draws_against_hand_computed_numbers():
+    s = np.sqrt(2)
+    # Two draws [R=2, K=2, G=3]. KD a: [1,0,0] and [1,1,0]: cosine 1/√2; centred [2,-1,-1]/3 and [1,1,-2]/3 give
+    # r = (3/9) / (6/9) = 0.5; ‖mean‖ = ‖[1, 0.5, 0]‖. KD b: [2,0,0] and [-3,0,0]: cosine −1, r −1, ‖mean‖ 0.5.
+    two = np.array([[[1, 0, 0], [2, 0, 0]], [[1, 1, 0], [-3, 0, 0]]], dtype=float)
+    table = reproducibility(["a", "b"], two)
+    assert list(table.kd) == ["a", "b"]
+    assert np.allclose(table.draw_cosine, [1 / s, -1.0])
+    assert np.allclose(table.split_half_r, [0.5, -1.0])
+    assert np.allclose(table.effect_norm, [np.sqrt(1.25), 0.5])
+    # Three draws of one KD: [1,0], [0,1], [1,1]: pairwise cosines 0, 1/√2, 1/√2, mean √2/3. Halves: the first
+    # draw [1,0] against the mean of the others [0.5,1]; centred [0.5,-0.5] and [-0.25,0.25]: r = −1.
+    three = np.array([[[1, 0]], [[0, 1]], [[1, 1]]], dtype=float)
+    table = reproducibility(["c"], three)
+    assert np.allclose(table.draw_cosine, [s / 3]) and np.allclose(table.split_half_r, [-1.0])
+    assert np.allclose(table.effect_norm, [np.hypot(2 / 3, 2 / 3)])
+    # One draw: neither can be computed.
+    table = reproducibility(["d"], np.ones((1, 1, 4)))
+    assert table.draw_cosine.isna().all() and table.split_half_r.isna().all() and np.allclose(table.effect_norm, [2.0])
+
+
+def test_demo_reproducibility_equals_cosines_of_its_stored_draws(demo_results):
+    """The demo's KD table against pairwise cosines computed here, pair by pair, from the stored draws; the strong
+    KDs' responses hardly depend on which control cells were drawn."""
+    table, draws = demo_results.effects.kd_table.set_index("kd"), demo_results.effects.responses.delta_y_draws
+    names = demo_results.effects.responses.kd_names
+    for k in (0, len(names) // 2, len(names) - 1):
+        cosines = [float(draws[r, k] @ draws[q, k] / np.linalg.norm(draws[r, k]) / np.linalg.norm(draws[q, k]))
+                   for r in range(len(draws)) for q in range(len(draws)) if r != q]
+        assert table.loc[names[k], "draw_cosine"] == pytest.approx(np.mean(cosines), abs=1e-9)
+        assert table.loc[names[k], "effect_norm"] == pytest.approx(np.linalg.norm(draws[:, k].mean(0)), rel=1e-9)
+    assert table[table.cluster > 0].draw_cosine.median() > 0.9
 
 
 def test_true_delta_clusters_recover_planted_modules(demo_config, demo_results):
@@ -93,7 +125,9 @@ def test_ora_uses_the_screen_as_background():
     result = enrichment.over_representation("q", ["A1", "A2", "A3", "A4"], screen, libraries)
     best = result.iloc[0]
     assert best.term == "pathway" and best.overlap == "4/4"  # Z9 is not in the screen, so the term has 4 members
-    assert best.fdr < 0.05
+    # The hypergeometric tail: all 4 of the term's 4 screen genes among 4 drawn from 16: 1 / C(16, 4).
+    assert best.p_value == pytest.approx(hypergeom.sf(3, 16, 4, 4), rel=1e-6)
+    assert best.p_value == pytest.approx(1 / comb(16, 4), rel=1e-6) and best.fdr < 0.05
 
 
 def test_second_run_reuses_cache_and_changed_config_does_not(tmp_path):

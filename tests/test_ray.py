@@ -172,15 +172,16 @@ DRIVER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[1])
     from pathlib import Path
-    from analysis.store import cache
-    from analysis.pipeline import executors, run as pipeline
+    import analysis
+    from analysis.store import shards
+    from analysis.pipeline import executors
     from tiny import tiny_config
 
-    put = cache.ShardStore.put
+    put = shards.ShardStore.put
     def slow_put(self, *args, **kwargs):
         put(self, *args, **kwargs)
         time.sleep(1.0)
-    cache.ShardStore.put = slow_put
+    shards.ShardStore.put = slow_put
     executors.init_ray(sys.argv[3])
     analysis.run(tiny_config(Path(sys.argv[2]), shard_kds=1, executor="ray"), progress=False)
 """)
@@ -205,6 +206,8 @@ def test_a_driver_killed_mid_run_leaves_whole_shards_and_the_rerun_resumes(ray_i
     driver.wait()
     written = {p.name: p.stat().st_mtime_ns for p in shard_dir.glob("shard_*.npz") if p.with_suffix(".json").exists()}
     assert 2 <= len(written) < N_SHARDS and not (shard_dir / "_done.json").exists()
+    local_shards = shard_bytes(config.cache_dir)
+    assert {name: (shard_dir / name).read_bytes() for name in written} == {name: local_shards[name] for name in written}
 
     # The rerun (here with the local executor: resume works across executors) keeps the whole shards.
     rerun = tiny_config(folder_copy, shard_kds=1)

@@ -310,23 +310,77 @@ def _inline_values(executed) -> dict:
             outputs_of(executed, lambda i: i["kind"] == "inline")}
 
 
+def cached_arrays(results) -> dict:
+    """The primary line's C_out and C_jac and its KD labels, read here from the cache files (matrices.npz,
+    names.json, kds.parquet), not from the records; with the KD-pair statistics computed from them with
+    numpy and scipy."""
+    import pandas as pd
+    from scipy.stats import mannwhitneyu, spearmanr
+
+    routing = next(Path(p) for label, p in results.stage_paths.items() if label.startswith("routing"))
+    effects = next(Path(p) for label, p in results.stage_paths.items() if label.startswith("effects"))
+    with np.load(routing / "matrices.npz") as m:
+        c_out, c_jac = m["c_out"], m["c_jac"]
+    names = json.loads((effects / "names.json").read_text())["kd_names"]
+    labels = pd.read_parquet(effects / "kds.parquet").set_index("kd").loc[names, "cluster"].to_numpy()
+    i, j = np.triu_indices(len(names), k=1)
+    out = {"c_out": c_out, "c_jac": c_jac, "labels": labels, "n_pairs": len(i),
+           "r": np.corrcoef(c_out[i, j], c_jac[i, j])[0, 1], "spearman": spearmanr(c_out[i, j], c_jac[i, j])[0],
+           "jac_mean": c_jac[i, j].mean(), "out_mean": c_out[i, j].mean()}
+    # Same- vs cross-cluster C_jac among the KDs of clusters >= 1, pair by pair.
+    strong = np.flatnonzero(labels > 0)
+    same, cross = [], []
+    for a in range(len(strong)):
+        for b in range(a + 1, len(strong)):
+            value = c_jac[strong[a], strong[b]]
+            (same if labels[strong[a]] == labels[strong[b]] else cross).append(value)
+    same, cross = np.array(same), np.array(cross)
+    difference, sd = same.mean() - cross.mean(), np.concatenate([same, cross]).std()
+    u = mannwhitneyu(same, cross, alternative="greater")
+    out |= {"n_same": len(same), "n_cross": len(cross), "mean_same": same.mean(), "mean_cross": cross.mean(),
+            "difference": difference, "sd": sd, "standardized": difference / sd,
+            "auc": u.statistic / (len(same) * len(cross)), "rank_sum_p": u.pvalue}
+    return out
+
+
+def _shows(text: str, value: float) -> bool:
+    """Whether the formatted number `text` is `value` to the precision it is shown with."""
+    text = text.replace("−", "-").replace(",", "")
+    if "e" in text:
+        return float(text) == pytest.approx(value, rel=0.05)
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return abs(float(text) - value) <= 0.5 * 10 ** -decimals + 1e-9
+
+
 def test_verdict_table_against_independent_values(executed, demo_results):
-    """Values recomputed from the similarity matrices; p-values in the one style; notes numbered like the rows."""
+    """Each row's value recomputed from the cached similarity matrices and labels (numpy, scipy); p-values in the
+    one style; notes numbered like the rows."""
     rows = _table_rows(_outputs_by_label(executed, "tbl-verdict")["text/markdown"])
     criteria = demo_results.routing.verdict.criteria
     assert [r["Criterion"] for r in rows] == [typeset(f"{c.name} ({n})") for n, c in enumerate(criteria, 1)]
-    r = np.corrcoef(_upper(demo_results.routing.c_out), _upper(demo_results.routing.c_jac))[0, 1]
-    pearson_rows = [row for row, c in zip(rows, criteria) if c.statistic.startswith("Pearson r(C_out, C_jac)")]
-    assert pearson_rows
-    for row in pearson_rows:
-        assert _number(row["Value"]) == pytest.approx(r, abs=6e-4)
+    truth = cached_arrays(demo_results)
+    independent = {"Pearson r(C_out, C_jac)": truth["r"], "mean C_jac same − cross": truth["difference"],
+                   "(mean C_jac same − cross) / SD(C_jac)": truth["standardized"]}
+    checked = []
+    for row, c in zip(rows, criteria):
+        if c.statistic in independent:
+            assert _shows(row["Value"], independent[c.statistic]), (c.statistic, row["Value"], independent[c.statistic])
+            checked.append(c.statistic)
+        if c.test.startswith("Wilcoxon rank-sum"):
+            if truth["rank_sum_p"] < 1e-300:
+                assert row["p"] == "< 1e-300"
+            else:
+                assert _number(row["p"]) == pytest.approx(truth["rank_sum_p"], rel=0.05)
+            checked.append("rank-sum p")
+    assert sorted(set(checked)) == sorted([*independent, "rank-sum p"])
+    assert checked.count("Pearson r(C_out, C_jac)") == 2  # the deciding row and the seed's
     floor = 1 / (demo_results.config.n_permutations + 1)
     for row, c in zip(rows, criteria):
         assert row["Held"] == ("yes" if c.held else "no")
         if c.p_value is None:
             assert row["p"] == "—"
         elif math.isclose(c.p_value, floor):
-            assert row["p"] == f"≤ {fmt_p(floor)}"
+            assert row["p"] == "≤ 1e-4"  # 9,999 permutations
         elif c.p_value == 0:
             assert row["p"] == "< 1e-300"
         else:
@@ -342,14 +396,26 @@ def _inline_or_chunk_markdown(executed, source: str) -> str:
 
 
 def test_prose_numbers_against_independent_values(executed, demo_results):
+    """The numbers the prose quotes, against values computed here from the cached arrays (numpy, scipy)."""
     values = _inline_values(executed)
-    p1, p3 = demo_results.effects, demo_results.routing
-    k = len(p1.responses.kd_names)
-    assert values["N.n_kds"] == f"{k:,}" and values["N.n_pairs"] == f"{k * (k - 1) // 2:,}"
-    r = np.corrcoef(_upper(p3.c_out), _upper(p3.c_jac))[0, 1]
-    assert _number(values["N.pearson_r"]) == pytest.approx(r, abs=6e-3)
-    assert values["N.n_clusters"] == str(len(set(p1.labels.tolist()) - {0}))
-    assert values["N.n_weak"] == str(int(np.sum(p1.labels == 0)))
+    truth = cached_arrays(demo_results)
+    p3 = demo_results.routing
+    k = len(truth["labels"])
+    assert values["N.n_kds"] == f"{k:,}" and values["N.n_pairs"] == f"{k * (k - 1) // 2:,}" == f"{truth['n_pairs']:,}"
+    assert values["N.n_clusters"] == str(len(set(truth["labels"].tolist()) - {0}))
+    assert values["N.n_weak"] == str(int(np.sum(truth["labels"] == 0)))
+    assert values["N.n_clustered"] == str(int(np.sum(truth["labels"] > 0)))
+    for name, key in [("pearson_r", "r"), ("spearman_r", "spearman"), ("mean_same", "mean_same"),
+                      ("mean_cross", "mean_cross"), ("difference", "difference"), ("jac_sd", "sd"),
+                      ("contrast_sd", "standardized"), ("auc", "auc"), ("jac_mean", "jac_mean"),
+                      ("out_mean", "out_mean")]:
+        assert _shows(values[f"N.{name}"], truth[key]), (name, values[f"N.{name}"], truth[key])
+    draws = demo_results.effects.responses.delta_y_draws  # the draws' cosines, pair by pair
+    unit = draws / np.linalg.norm(draws, axis=2, keepdims=True)
+    per_kd = [np.mean([unit[r, kd] @ unit[q, kd] for r in range(len(draws)) for q in range(len(draws)) if r != q])
+              for kd in range(k)]
+    assert _shows(values["N.draw_cosine_median"], float(np.median(per_kd)))
+    assert _shows(values["N.draw_cosine_min"], float(np.min(per_kd)))
     abstract = values["ABSTRACT"]
     assert f"**{p3.verdict.call}**" in abstract and values["N.pearson_r"] in abstract
     assert values["N.call_phrase"].count(":") == 1, values["N.call_phrase"]
@@ -405,3 +471,72 @@ def test_parameter_selects_the_config(demo_config, kernel_dir, tmp_path):
     notebook, info = build_notebook(source, str(copy))
     out = execute(notebook, kernel_dir)
     assert display_data(out.cells[-1].outputs)["text/plain"].strip("'\"").endswith("my_run.toml")
+
+
+# ---------------------------------------------------------------- the CLI summary and the heatmap's block means
+def test_cli_summary_shows_the_records(demo_results):
+    """The call, one row per cluster (size, top KD-target term and its FDR from the ORA table), and one line per
+    cell line with its call, r (numpy, from its own C_out and C_jac) and contrast."""
+    from analysis.present.summary import summary_lines
+
+    lines = summary_lines(demo_results)
+    effects, routing = demo_results.effects, demo_results.routing
+    (call_line,) = [line for line in lines if line.startswith("Verdict: ")]
+    assert call_line.startswith(f"Verdict: {routing.verdict.call.upper()} — ")
+    labels = effects.kd_table["cluster"].to_numpy()
+    start = lines.index(next(line for line in lines if line.lstrip().startswith("cluster"))) + 2
+    rows = lines[start:start + len(set(labels.tolist()))]
+    assert [row.split()[:2] for row in rows] == [[str(c), str(int(np.sum(labels == c)))] for c in sorted(set(labels))]
+    for cluster, row in zip(sorted(set(labels)), rows):
+        ora = effects.ora[effects.ora["query"] == f"cluster {cluster}"]
+        if ora.empty:
+            assert row.split()[2] == "—"
+            continue
+        best = ora["fdr"].min()
+        assert f"({best:.1e})" in row
+        assert any(term[:48] in row for term in ora.loc[ora["fdr"] == best, "term"])
+    start = lines.index(next(line for line in lines if line.startswith("Across cell lines")))
+    assert lines[start] == f"Across cell lines (the lines above: {demo_results.lines[0].cell_line})"
+    for line, shown in zip(demo_results.lines, lines[start + 1:]):
+        r = np.corrcoef(line.routing.c_out[np.triu_indices(len(line.routing.c_out), k=1)],
+                        line.routing.c_jac[np.triu_indices(len(line.routing.c_jac), k=1)])[0, 1]
+        contrast = line.routing.evidence.contrast.test.statistic
+        assert shown == f"  {line.cell_line}: {line.routing.verdict.call.upper()} (r = {r:.2f}, contrast {contrast:.2f} SD)"
+
+
+def _heatmap_cells(chart) -> "pd.DataFrame":
+    import pandas as pd
+
+    import altair as alt
+
+    with alt.data_transformers.disable_max_rows():  # as the report's rendering allows (plots.enable_report_rendering)
+        spec = chart.to_dict()
+    (cells,) = [rows for rows in spec["datasets"].values() if rows and {"r", "c", "m0"} <= rows[0].keys()]
+    return pd.DataFrame(cells).set_index(["r", "c"])
+
+
+def test_heatmap_above_200_kds_draws_block_means():
+    """205 KDs: 200 blocks, the first five of two consecutive KDs (in the given order), the rest of one. A cell is
+    the mean over its block pair, a KD's similarity to itself left out."""
+    k = 205
+    rng = np.random.default_rng(0)
+    m = rng.uniform(-1, 1, size=(k, k))
+    m = (m + m.T) / 2
+    np.fill_diagonal(m, 1.0)
+    order = rng.permutation(k)
+    names = [f"KD{i}" for i in range(k)]
+    labels = np.arange(k) % 3
+    cells = _heatmap_cells(plots.similarity_heatmaps({"C": m}, names, labels, order))
+    assert len(cells) == 200 * 200
+    o = order  # block 0 = ordered positions 0, 1; block 1 = 2, 3; block b >= 5 = position b + 5
+    expected = {
+        (0, 0): (m[o[0], o[1]] + m[o[1], o[0]]) / 2,
+        (0, 1): (m[o[0], o[2]] + m[o[0], o[3]] + m[o[1], o[2]] + m[o[1], o[3]]) / 4,
+        (10, 3): (m[o[15], o[6]] + m[o[15], o[7]]) / 2,
+        (10, 12): m[o[15], o[17]],
+        (10, 10): 1.0,  # a one-KD block's diagonal: its similarity to itself
+    }
+    for cell, value in expected.items():
+        assert cells.loc[cell, "m0"] == pytest.approx(round(value, 3), abs=1e-9), cell
+    small = _heatmap_cells(plots.similarity_heatmaps({"C": m[:50, :50]}, names[:50], labels[:50], np.arange(50)))
+    assert len(small) == 50 * 50 and small.loc[(3, 7), "m0"] == pytest.approx(round(m[3, 7], 3))  # every pair

@@ -1,11 +1,13 @@
 """Routing statistics against direct computations and planted truth."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from analysis.config import default_decision_rule
-from analysis.stats import axes, clustering, routing, verdict
+from analysis.results import ClusterContrast, RoutingEvidence, Spread, StudentizedTest
+from analysis.stats import axes, clustering, enrichment, routing, verdict
 from analysis.store import cache
 from analysis.store.shards import open_shards
 
@@ -225,3 +227,97 @@ def test_weak_effect_group_is_left_out_of_the_contrast():
 def test_linearity_share():
     delta = np.array([[1.0, 0.0], [2.0, 2.0]])
     assert np.allclose(routing.linearity(delta, np.array([[1.0, 0.0], [0.0, 0.0]])), [1.0, 0.0])
+
+
+# ---------------------------------------------------------------- the call, from records built by hand
+RULE = default_decision_rule()
+# Deciding rows that clearly support one model under the default rule (α 0.05, r > 0.3 / bound < 0.1, contrast
+# ≥ 0.5 SD / bound < 0.5 SD): B = significant and large; A = the one-sided bound (statistic + 1.645 SE) below the margin.
+MANTEL_B = StudentizedTest(0.6, 0.05, 0.001, 999)  # p < α, r > 0.3
+MANTEL_A = StudentizedTest(0.0, 0.02, 0.6, 999)  # bound 0.033 < 0.1
+CONTRAST_B = StudentizedTest(2.0, 0.3, 0.001, 999)  # p < α, 2 SD ≥ 0.5
+CONTRAST_A = StudentizedTest(0.0, 0.1, 0.5, 999)  # bound 0.164 < 0.5
+SPREAD = Spread(jac_sd=0.2, jac_mean=0.1, out_sd=0.3, out_mean=0.2)
+
+
+def evidence(mantel, contrast, spread=SPREAD):
+    cluster = ClusterContrast(n_same=20, n_cross=170, mean_same=0.3, mean_cross=0.1, difference=0.2, spread=0.2,
+                              auc=0.7, rank_sum_p=0.01, test=contrast)
+    return RoutingEvidence(n_kds=20, n_pairs=190, mantel_pearson=mantel, mantel_spearman=mantel,
+                           pearson_ci=(0.1, 0.5), contrast=cluster, spread=spread)
+
+
+def test_the_default_rule_is_the_one_these_records_were_built_for():
+    assert (RULE.alpha, RULE.min_r, RULE.equivalence_r, RULE.min_contrast, RULE.equivalence_contrast,
+            RULE.min_dissimilarity) == (0.05, 0.3, 0.1, 0.5, 0.5, 0.01)
+
+
+@pytest.mark.parametrize("mantel, contrast, call", [
+    (MANTEL_B, CONTRAST_B, "positive"), (MANTEL_A, CONTRAST_A, "negative"),
+    (MANTEL_B, CONTRAST_A, "mixed"), (MANTEL_A, CONTRAST_B, "mixed"),
+    (MANTEL_B, StudentizedTest(2.0, 0.3, 0.2, 999), "inconclusive"),  # contrast: not significant, bound 2.5 ≥ 0.5
+])
+def test_the_call_follows_what_each_deciding_row_supports(mantel, contrast, call):
+    result = verdict.decide(evidence(mantel, contrast), RULE)
+    expected_supports = {MANTEL_B: "Model B", MANTEL_A: "Model A"}[mantel], \
+        {CONTRAST_B: "Model B", CONTRAST_A: "Model A"}.get(contrast, "neither")
+    assert result.call == call and result.degenerate_matrix == ""
+    assert tuple(c.supports for c in result.deciding) == expected_supports
+    assert [c.value for c in result.deciding] == [mantel.statistic, contrast.statistic]
+
+
+def test_responses_all_alike_are_degenerate_on_c_out_whatever_the_rows_support():
+    """1 − mean off-diagonal C_out = 0.001 < 0.01: every KD responds the same way; the rows (here positive) are
+    not read. Just above the threshold (0.02) the rows decide again."""
+    alike = Spread(jac_sd=0.2, jac_mean=0.1, out_sd=0.001, out_mean=0.999)
+    result = verdict.decide(evidence(MANTEL_B, CONTRAST_B, alike), RULE)
+    assert (result.call, result.degenerate_matrix) == ("degenerate", "C_out")
+    assert len(result.deciding) == 2  # the rows are still shown
+    near = Spread(jac_sd=0.2, jac_mean=0.1, out_sd=0.01, out_mean=0.98)
+    assert verdict.decide(evidence(MANTEL_B, CONTRAST_B, near), RULE).call == "positive"
+    both = Spread(jac_sd=0.001, jac_mean=0.999, out_sd=0.001, out_mean=0.999)
+    assert verdict.decide(evidence(MANTEL_B, CONTRAST_B, both), RULE).degenerate_matrix == "C_jac"  # C_jac first
+
+
+# ---------------------------------------------------------------- the pathway an axis shows on both sides
+def hits(*rows):
+    return pd.DataFrame(rows, columns=["library", "term", "fdr", "nes"])
+
+
+def test_matched_pathway_same_term_overlapping_terms_or_none():
+    libraries = {"GO": {"translation": list("ABCDEFGH"), "spliceosome": list("STUVWXYZ")},
+                 "H": {"RIBOSOME": list("ABCDEFIJ"),  # Jaccard with translation: 6 / 10 = 0.6
+                       "MYC": list("ABKLMNOP")}}  # with translation: 2 / 14 = 0.14
+    genes = hits(("GO", "translation", 0.001, 2.0), ("GO", "spliceosome", 0.5, 1.5))
+    # The same term on both sides.
+    label, g, k = enrichment.matched_pathway(genes, hits(("GO", "translation", 0.01, 1.8)), libraries, 0.05)
+    assert label == "translation" and g["term"] == k["term"] == "translation"
+    # Different terms whose gene sets overlap (Jaccard 0.6 ≥ 0.25): named as a pair.
+    label, g, k = enrichment.matched_pathway(genes, hits(("H", "RIBOSOME", 0.02, 1.1)), libraries, 0.05)
+    assert label == "translation ~ RIBOSOME" and (g["library"], k["library"]) == ("GO", "H")
+    # None: overlap too small (0.14), KD side at the low end (NES < 0), or a side not significant.
+    for kds in (hits(("H", "MYC", 0.001, 2.0)), hits(("GO", "translation", 0.001, -2.0)),
+                hits(("GO", "spliceosome", 0.001, 2.0)), hits(("GO", "translation", 0.2, 2.0))):
+        assert enrichment.matched_pathway(genes, kds, libraries, 0.05) == ("", None, None)
+    # Two candidates: the one whose worse FDR is smaller wins.
+    kds = hits(("H", "RIBOSOME", 0.002, 1.1), ("GO", "translation", 0.03, 1.8))
+    assert enrichment.matched_pathway(genes, kds, libraries, 0.05)[0] == "translation ~ RIBOSOME"
+
+
+# ---------------------------------------------------------------- the SVD of ΔY
+def test_output_svd_against_numpy_with_the_documented_signs():
+    rng = np.random.default_rng(3)
+    delta_y = rng.normal(size=(12, 30)) * rng.uniform(0.1, 10, size=(12, 1))  # rows of very different norms
+    delta_y[4] = 0.0  # a KD without effect stays a zero row, not NaN
+    scores, loadings = axes.output_svd(delta_y, 3)
+    norms = np.linalg.norm(delta_y, axis=1)
+    unit = np.divide(delta_y, norms[:, None], out=np.zeros_like(delta_y), where=norms[:, None] > 0)
+    u, s, vt = np.linalg.svd(unit)
+    assert scores.shape == (12, 3) and loadings.shape == (3, 30) and np.all(np.isfinite(scores))
+    for a in range(3):
+        # numpy's axis up to one sign, that sign making the KD with the largest |score| positive
+        sign = np.sign(u[np.argmax(np.abs(u[:, a])), a])
+        assert np.allclose(scores[:, a], sign * s[a] * u[:, a]) and np.allclose(loadings[a], sign * vt[a])
+        assert scores[np.argmax(np.abs(scores[:, a])), a] > 0
+    assert np.allclose(scores @ loadings, (u[:, :3] * s[:3]) @ vt[:3])  # the rank-3 approximation of unit ΔY
+    assert axes.output_svd(delta_y, 50)[0].shape == (12, 12)  # no more axes than KDs

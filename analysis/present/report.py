@@ -286,7 +286,7 @@ def across_text(results: Results) -> Md:
         f"with the other KDs, median cos J {fmt(frame['cos_jacobian'].median())} against "
         f"{fmt(frame['baseline_jacobian'].median())}"
         for (a, b), frame in table.groupby(["line_a", "line_b"], sort=False))
-    return Md(typeset(f"The same model was analysed on each line's own control cells (Parts 1–3 per line; the sections above "
+    return Md(typeset(f"The same model was analysed on each line's own control cells (every stage per line; the sections above "
               f"show {results.lines[0].cell_line}, the primary line). Per line, the call and its two deciding statistics: "
               f"{calls}. For every KD analysed in both lines, the cosine of its ΔY between the lines measures whether "
               f"the model predicts the same response there, and the cosine of its flattened Jacobian whether it routes "
