@@ -389,4 +389,7 @@ def test_a_stage_writes_the_same_bytes_under_any_hash_seed(demo_config, tmp_path
         folders.append(tmp_path / seed / "effects" / out.stdout.split()[-1])
     files = [{p.name: p.read_bytes() for p in sorted(f.iterdir()) if not p.name.startswith(".")} for f in folders]
     assert set(files[0]) >= {"ora.parquet", "gsea.parquet", "kds.parquet", "effects.npz", "_done.json"}
+    # The record holds the stage's wall time, which no two runs share; everything else in it must agree.
+    records = [json.loads(f.pop("_done.json")) for f in files]
+    assert [r.pop("seconds") > 0 for r in records] == [True, True] and records[0] == records[1]
     assert files[0] == files[1]
