@@ -1,10 +1,45 @@
-"""Keeping third-party chatter (arc-state's module print, Lightning banners, gseapy logs) off the user's console."""
+"""The console: progress on stderr (a bar on a terminal, one summary line per stage otherwise), and keeping
+third-party chatter (arc-state's module print, Lightning banners, gseapy logs) off it."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import sys
+import time
+
+from tqdm import tqdm
+
+
+class StageProgress:
+    """Progress of one stage over `total` units, on stderr: a live bar when stderr is a terminal; otherwise nothing
+    while it runs and one line when it closes ('ΔY (KDs × draws): 153 KDs in 12.3 s'), so a redirected log holds no
+    carriage-return updates. `enabled=False` shows nothing at all."""
+
+    def __init__(self, total: int, desc: str, unit: str, enabled: bool = True, initial: int = 0):
+        terminal = sys.stderr.isatty()
+        self.desc, self.unit, self.initial, self.done = desc, unit, initial, initial
+        self.summary = enabled and not terminal
+        self.started = time.perf_counter()
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
+                        disable=not (enabled and terminal))
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.summary:
+            kept = f" ({self.initial:,} already cached)" if self.initial else ""
+            print(f"{self.desc}: {self.done - self.initial:,} {self.unit}s in {time.perf_counter() - self.started:.1f} s"
+                  f"{kept}", file=sys.stderr, flush=True)
+
+
+def note(message: str) -> None:
+    """A progress message (stage headers, the demo build): stderr, so stdout holds only the results."""
+    print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

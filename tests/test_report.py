@@ -1,8 +1,8 @@
 """The manuscript: every Python chunk of report/index.qmd runs, in order, in a Jupyter kernel against the demo.
 
 The kernel is this interpreter (a kernel spec written to a temporary folder), so the test works in
-a fresh virtual environment without `ipykernel install`. A real `quarto render` (HTML and typst PDF,
-checked through the rendered files and `pdftotext`) runs only where Quarto is on PATH.
+a fresh virtual environment without `ipykernel install`. The real `quarto render`, read in a browser and as PDF
+text, is tests/test_render.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import json
 import math
 import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import pytest
 
 from analysis.present import plots
 from analysis.present.formatting import fmt_p
+from analysis.present.report import typeset
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTICLE = ROOT / "report" / "index.qmd"
@@ -348,7 +347,7 @@ def test_verdict_table_against_independent_values(executed, demo_results):
     one style; notes numbered like the rows."""
     rows = _table_rows(_outputs_by_label(executed, "tbl-verdict")["text/markdown"])
     criteria = demo_results.routing.verdict.criteria
-    assert [r["Criterion"] for r in rows] == [f"{c.name} ({n})" for n, c in enumerate(criteria, 1)]
+    assert [r["Criterion"] for r in rows] == [typeset(f"{c.name} ({n})") for n, c in enumerate(criteria, 1)]
     c_out, c_jac = demo_results.routing.c_out, demo_results.routing.c_jac
     for statistic, matrix in (("Pearson r(C_out, C_jac)", c_jac), ("Pearson r(C_out, C_jac^spec)", _specific(c_jac))):
         r = np.corrcoef(_upper(c_out), _upper(matrix))[0, 1]
@@ -369,7 +368,7 @@ def test_verdict_table_against_independent_values(executed, demo_results):
             assert _number(row["p"]) == pytest.approx(c.p_value, rel=0.05)
     notes = _inline_or_chunk_markdown(executed, "report.verdict_notes(R)")
     for n, c in enumerate(criteria, 1):
-        assert f"({n}) " in notes and c.test in notes
+        assert f"({n}) " in notes and typeset(c.test) in notes
 
 
 def _inline_or_chunk_markdown(executed, source: str) -> str:
@@ -456,83 +455,6 @@ def test_parameter_selects_the_config(demo_config, kernel_dir, tmp_path):
     notebook, info = build_notebook(source, str(copy))
     out = execute(notebook, kernel_dir)
     assert display_data(out.cells[-1].outputs)["text/plain"].strip("'\"").endswith("my_run.toml")
-
-
-# ---------------------------------------------------------------- the real render
-def _letters(text: str) -> str:
-    """Letters and digits only: what survives line breaks, hyphenation and typography in extracted PDF text."""
-    return "".join(ch for ch in text if ch.isalnum())
-
-
-@pytest.fixture(scope="module")
-def rendered(demo_results):
-    """`quarto render` of the project (HTML + typst PDF), the kernel importing this checkout."""
-    if shutil.which("quarto") is None:
-        pytest.skip("quarto is not on PATH: the real render is not checked here (see README, Render)")
-    if shutil.which("pdftotext") is None or shutil.which("pdfinfo") is None:
-        pytest.skip("pdftotext/pdfinfo (poppler-utils) are needed to read the rendered PDF")
-    gitignore = (ROOT / ".gitignore").read_bytes()
-    env = {**os.environ, "QUARTO_PYTHON": sys.executable,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
-    result = subprocess.run(["quarto", "render"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-4000:]
-    html, pdf = ROOT / "_output" / "report" / "index.html", ROOT / "_output" / "report" / "index.pdf"
-    assert html.exists() and pdf.exists(), result.stderr[-2000:]
-    pages = int(re.search(r"^Pages:\s+(\d+)", subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True,
-                                                             check=True).stdout, re.M).group(1))
-    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
-    return {"html": html.read_text(errors="replace"), "pdf_text": text, "pages": pages, "log": result.stderr,
-            "gitignore_before": gitignore}
-
-
-def _captions(kind: str) -> list[str]:
-    chunks = [s for k, s in article_parts(ARTICLE.read_text()) if k == "chunk"]
-    return [chunk_options(s)[f"{kind}-cap"].strip('"') for s in chunks if f"{kind}-cap" in chunk_options(s)]
-
-
-@pytest.mark.slow
-def test_rendered_pdf_has_every_section_and_caption(rendered):
-    text = _letters(rendered["pdf_text"])
-    headings = re.findall(r"^#{1,2} ([^{\n]+?)\s*(?:\{[^}]*\})?$", prose(ARTICLE.read_text()), re.M)
-    assert len(headings) >= 10
-    for heading in headings:
-        assert _letters(heading) in text, f"section '{heading}' missing from the PDF"
-    for caption in _captions("fig") + _captions("tbl"):
-        assert _letters(caption)[:60] in text, f"caption '{caption[:60]}…' missing from the PDF"
-    assert "?@" not in rendered["pdf_text"], "unresolved cross-reference"
-    assert 10 <= rendered["pages"] <= 30, rendered["pages"]
-
-
-@pytest.mark.slow
-def test_rendered_pdf_has_no_console_noise(rendered):
-    text = rendered["pdf_text"]
-    for noise in ("Warning", "warnings.warn", "Traceback", "it/s]", "s/it]", "%|", "UserWarning", "INFO:"):
-        assert noise not in text, f"'{noise}' leaked into the PDF"
-
-
-@pytest.mark.slow
-def test_rendered_html_has_one_chart_per_figure_and_needs_no_network(rendered):
-    page = rendered["html"]
-    figures = _figure_labels(ARTICLE.read_text())
-    ids = CHART_DIV.findall(page)
-    assert len(ids) == len(set(ids)) == len(figures), ids
-    for chart_id in ids:
-        assert page.count(f"vegaEmbed('#{chart_id}'") == 1, chart_id
-    for label in figures:
-        # Each chart sits inside its own figure, above that figure's caption.
-        start = page.index(f'id="{label}"')
-        inside = page[start:page.index("<figcaption", start)]
-        assert len(CHART_DIV.findall(inside)) == 1, label
-    assert page.count(VEGA_LIBRARY) == 1
-    external = EXTERNAL.findall(page)
-    assert not external, external[:3]
-    assert "Could not fetch resource" not in rendered["log"]
-
-
-@pytest.mark.slow
-def test_render_leaves_the_checkout_clean(rendered):
-    """Quarto appends its ignore lines to .gitignore when they are missing; they are committed, so nothing changes."""
-    assert (ROOT / ".gitignore").read_bytes() == rendered["gitignore_before"]
 
 
 # ---------------------------------------------------------------- the CLI summary and the heatmap's block means

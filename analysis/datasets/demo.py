@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from ..config import GENESETS_DIR, AnalysisConfig
-from ..console import quiet_logs, silenced
+from ..console import StageProgress, note, quiet_logs, silenced
 from ..errors import CacheError
 from ..store import cache
 
@@ -288,7 +288,7 @@ def ensure_demo(config: AnalysisConfig, progress: bool = True) -> None:
         if not needs_build(config):
             return
         if progress:
-            print(f"Building the embedded demo into {config.run_dir.parent} (about 3 minutes, first use only) …", flush=True)
+            note(f"Building the embedded demo into {config.run_dir.parent} (about 3 minutes, first use only) …")
         try:
             build_demo(config, progress=progress)
         except CacheError:
@@ -399,11 +399,20 @@ def _train_run(world, cells: dict, run_dir: Path, seed: int, n_steps: int, progr
         batch_size=batch_sets, collate_fn=_flatten_sets,
     )
     # Quiet (progress=False, e.g. inside the report's kernel): Lightning's banner and tips would land in the document.
+    # Lightning's own bar writes to stdout; ours goes to stderr, and is one summary line when that is not a terminal.
     quiet = quiet_logs() if progress else silenced()
+    bar = StageProgress(n_steps, "Training the demo model", "step", progress)
+
+    class TrainingProgress(pl.Callback):
+        def on_train_batch_end(self, *args):
+            bar.update(1)
+
     with quiet:
         trainer = pl.Trainer(max_steps=n_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                             enable_model_summary=False, enable_progress_bar=progress, deterministic=False)
+                             enable_model_summary=False, enable_progress_bar=False, deterministic=False,
+                             callbacks=[TrainingProgress()])
         trainer.fit(model, train_dataloaders=loader)
+    bar.close()
 
     state_config = {
         "name": "demo", "output_dir": str(run_dir.parent), "overwrite": False, "use_wandb": False,

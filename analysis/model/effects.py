@@ -11,8 +11,8 @@ from functools import partial
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from ..console import StageProgress
 from ..results import Responses
 from .forward import encode_perturbations, mean_output
 from .load import LoadedRun
@@ -68,7 +68,7 @@ def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, 
         for rows in draw_cells]).cpu()  # [R, G]
     draws = np.zeros((n_draws, len(run.kd_names), len(run.gene_names)), dtype=np.float64)
     tasks = effect_tasks(run, kds_per_call)
-    bar = tqdm(total=len(run.kd_names), desc="ΔY (KDs × draws)", disable=not progress, unit="KD")
+    bar = StageProgress(len(run.kd_names), "ΔY (KDs × draws)", "KD", progress)
     for task, means in executor.map(partial(kd_means, draw_cells=draw_cells), tasks, state):
         means = torch.as_tensor(means).to(run.dtype)
         draws[:, task.kds.start:task.kds.stop] = (means - control_means[:, None]).double().numpy()

@@ -14,9 +14,8 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
 from ..config import AnalysisConfig
+from ..console import StageProgress, note
 from ..errors import InputError
 from ..model import jacobians
 from ..model.effects import compute_effects
@@ -66,7 +65,7 @@ def run(config: AnalysisConfig, progress: bool = True, executor=None) -> Results
     results = []
     for line in lines:
         if progress and len(lines) > 1:
-            print(f"Cell line {line.config.cell_line}:", flush=True)
+            note(f"Cell line {line.config.cell_line}:")
         results.append(analyse_line(line, progress, executor))
     across = run_across(config, across_key, lines, tuple(results)) if across_key else None
     return Results(config, tuple(results), across, stage_paths(config, lines, across_key))
@@ -151,8 +150,8 @@ def run_jacobians(line: Line, effects: EffectsResult, progress: bool = True, exe
         todo = [task for task in tasks if not store.valid(task.index, task.kds)]
         inputs = jacobians.JacobianInputs(responses.pert_repr, responses.control_repr, responses.draw_cells,
                                           config.kds_per_call, config.tangents_per_call, config.compile_jacobian)
-        bar = tqdm(total=len(loaded.kd_names), initial=len(loaded.kd_names) - sum(len(t.kds) for t in todo),
-                   desc="Jacobians ∂E[Y]/∂pert_repr", unit="KD", disable=not progress)
+        bar = StageProgress(len(loaded.kd_names), "Jacobians ∂E[Y]/∂pert_repr", "KD", progress,
+                            initial=len(loaded.kd_names) - sum(len(t.kds) for t in todo))
         last = time.perf_counter()
         state = executors.WorkerState(loaded, partial(ShippedRun.of, config, loaded))
         for task, arrays in executor.map(partial(jacobians.jacobian_shard, inputs=inputs), todo, state):

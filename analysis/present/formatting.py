@@ -63,3 +63,13 @@ def top_terms(frame: pd.DataFrame, per_query: int = 1) -> pd.DataFrame:
     if frame.empty:
         return frame
     return frame.groupby("query", sort=True).head(per_query).sort_values("query", kind="stable").reset_index(drop=True)
+
+
+# Library file stems -> short names for tables and chart labels (a legend beneath each table spells them out).
+LIBRARY_ABBREVIATIONS = {"GO_Biological_Process": "GO BP", "GO_Molecular_Function": "GO MF",
+                         "GO_Cellular_Component": "GO CC", "MSigDB_Hallmark": "Hallmark", "KEGG": "KEGG",
+                         "Reactome": "Reactome"}
+
+
+def library_short(library: str) -> str:
+    return next((short for prefix, short in LIBRARY_ABBREVIATIONS.items() if library.startswith(prefix)), library)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import KD_FAMILIES
-from .formatting import p_phrase
+from .formatting import library_short, p_phrase
 from .prose import paired_p
 
 # Heatmaps above this many KDs a side are drawn as block means: K = 1,035 would otherwise be
@@ -148,6 +148,18 @@ GROUP_COLOURS = {
     "MYC": "#9467bd", "other": "#c7c7c7",
 }
 ANNOTATED_KDS = ("TRAPPC3", "TRAPPC5", "MYC")
+# Output clusters: the same colour for a cluster number in every figure (0, the weak-effect group, grey).
+CLUSTER_PALETTE = ["#bdbdbd", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+                   "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#9edae5", "#dbdb8d"]
+# Pairs of KDs: same cluster / different clusters / a weak-effect KD (not red, which marks ribosomal KDs and genes).
+PAIR_COLOURS = {"same cluster": "#6a3d9a", "different clusters": "#66c2a5", "involves a weak-effect KD": "#bbbbbb"}
+
+
+def cluster_scale(clusters) -> alt.Scale:
+    """Colour scale for the cluster numbers present (ints, or strings as a chart's data holds them), the colour fixed
+    by the number."""
+    values = sorted({c if isinstance(c, str) else int(c) for c in clusters}, key=int)
+    return alt.Scale(domain=values, range=[CLUSTER_PALETTE[int(c) % len(CLUSTER_PALETTE)] for c in values])
 
 
 def kd_groups(kd_names) -> np.ndarray:
@@ -221,7 +233,7 @@ def similarity_heatmaps(matrices: dict, kd_names, labels: np.ndarray, order: np.
     x_pos = alt.X("pos:Q", axis=None, scale=alt.Scale(domain=[-0.5, n - 0.5], nice=False, zero=False))
     strip = alt.layer(
         alt.Chart(axis).mark_rect(width=size / n + 0.5).encode(
-            x=x_pos, color=alt.Color("cluster:N", legend=None, scale=alt.Scale(scheme="tableau20")),
+            x=x_pos, color=alt.Color("cluster:N", legend=None, scale=cluster_scale(labels)),
             tooltip=["kd", "cluster"]),
         alt.Chart(segments[segments["end"] - segments["start"] >= 2]).mark_text(fontSize=MIN_FONT_PX, color="black").encode(
             x=alt.X("mid:Q", axis=None, scale=alt.Scale(domain=[-0.5, n - 0.5], nice=False, zero=False)),
@@ -256,9 +268,10 @@ def silhouette_curve(silhouette: pd.DataFrame, n_clusters: int) -> alt.LayerChar
         tooltip=["n_clusters", alt.Tooltip("silhouette:Q", format=".3f")])).properties(width=320, height=180)
 
 
-def _short_term(term: str, width: int = 52) -> str:
-    term = re.sub(r"\s*\(GO:\d+\)$", "", term).replace("HALLMARK_", "")
-    return term if len(term) <= width else term[: width - 1] + "…"
+def _term_label(term: str, library: str) -> str:
+    """The whole term (GO id and HALLMARK_ prefix dropped) with its library's short name: 'ribosome biogenesis [GO BP]'."""
+    name = re.sub(r"\s*\(GO:\d+\)$", "", term).replace("HALLMARK_", "")
+    return f"{name} [{library_short(library)}]"
 
 
 def _top_terms(table: pd.DataFrame, fdr: float, per_cluster: int) -> pd.DataFrame:
@@ -269,7 +282,7 @@ def _top_terms(table: pd.DataFrame, fdr: float, per_cluster: int) -> pd.DataFram
     best = t[t["fdr"] < fdr].groupby("cluster").head(per_cluster)
     chosen = best.drop_duplicates("term")["term"]
     cells = t[t["term"].isin(chosen)].drop_duplicates(["cluster", "term"]).copy()
-    cells["label"] = cells["term"].map(_short_term)
+    cells["label"] = [_term_label(t, lib) for t, lib in zip(cells["term"], cells["library"])]
     cells["significant"] = np.where(cells["fdr"] < fdr, "•", "")
     return cells
 
@@ -297,7 +310,7 @@ def enrichment_heatmap(ora: pd.DataFrame, gsea: pd.DataFrame, fdr: float, per_cl
         base = alt.Chart(cells).encode(
             x=alt.X("cluster:O", title="output cluster", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("label:N", title=None, sort=alt.EncodingSortField("cluster", op="min"),
-                    axis=alt.Axis(labelLimit=320)))
+                    axis=alt.Axis(labelLimit=0)))
         heat = base.mark_rect().encode(
             color=alt.Color("score:Q", scale=scale, title=legend),
             tooltip=["cluster", "term", "library", alt.Tooltip("fdr:Q", format=".2g")]
@@ -316,7 +329,7 @@ def linearity_by_cluster(linearity: pd.DataFrame) -> alt.LayerChart:
     base = alt.Chart(frame).encode(x=alt.X("cluster:O", title="output cluster (0 = weak effect)",
                                            axis=alt.Axis(labelAngle=0)))
     box = base.mark_boxplot(extent="min-max", opacity=0.35, color="#4c78a8", size=30).encode(
-        y=alt.Y("explained:Q", title="share of ΔY explained by J·Δp (clipped at −1)"))
+        y=alt.Y("explained:Q", title="share of ΔY_k explained by J_k·(p_k − p_ctrl)"))
     points = base.mark_circle(size=18, opacity=0.6, color="#333").encode(
         y="explained:Q", xOffset=alt.XOffset("jitter:Q", scale=alt.Scale(domain=[-1, 1])),
         tooltip=["kd", "cluster", alt.Tooltip("explained:Q", format=".3f"), alt.Tooltip("jacobian_norm:Q", format=".3g")])
@@ -357,7 +370,7 @@ def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.n
     return alt.Chart(frame).mark_circle(size=12, opacity=0.45).encode(
         x=alt.X("c_out:Q", title="output similarity C_out (cosine of ΔY)"),
         y=alt.Y("c_jac:Q", title="KD-specific routing similarity C_jac^spec"),
-        color=alt.Color("kind:N", title="pair", scale=alt.Scale(domain=kinds, range=["#d62728", "#4c78a8", "#bbbbbb"]),
+        color=alt.Color("kind:N", title="pair", scale=alt.Scale(domain=kinds, range=[PAIR_COLOURS[k] for k in kinds]),
                         legend=alt.Legend(orient="bottom")),
         tooltip=["pair", "kind", alt.Tooltip("c_out:Q", format=".3f"), alt.Tooltip("c_jac:Q", format=".3f")],
     ).properties(width=460, height=240, title=alt.Title(title, subtitle=subtitle))
@@ -379,7 +392,8 @@ def cluster_contrast(c_jac: np.ndarray, labels: np.ndarray, contrast, bins: int 
     c = contrast
     means = pd.DataFrame({"kind": ["same cluster", "different clusters"], "mean": [c.mean_same, c.mean_cross]})
     colour = alt.Color("kind:N", title="pair", scale=alt.Scale(domain=["same cluster", "different clusters"],
-                                                               range=["#d62728", "#4c78a8"]),
+                                                               range=[PAIR_COLOURS["same cluster"],
+                                                                      PAIR_COLOURS["different clusters"]]),
                        legend=alt.Legend(orient="bottom"))
     bars = alt.Chart(hist).mark_rect(opacity=0.5).encode(
         x=alt.X("start:Q", title="KD-specific routing similarity C_jac^spec"), x2="end:Q", y=alt.Y("density:Q", stack=None), y2=alt.datum(0),
@@ -401,7 +415,7 @@ def svd_overview(variance_explained: np.ndarray, kd_scores: np.ndarray, kd_names
                           "cumulative": np.cumsum(variance_explained)[:n_show]})
     base = alt.Chart(scree).encode(x=alt.X("axis:O", title="SVD axis", axis=alt.Axis(labelAngle=0)))
     scree_chart = (base.mark_bar(color="#4c78a8").encode(
-        y=alt.Y("share:Q", title="share of Σ‖J‖²", axis=alt.Axis(format="%")),
+        y=alt.Y("share:Q", title="share of the unit-norm Jacobians' total", axis=alt.Axis(format="%")),
         tooltip=["axis", alt.Tooltip("share:Q", format=".1%"), alt.Tooltip("cumulative:Q", format=".1%")])
         + base.mark_line(color="#d62728", point=True).encode(y="cumulative:Q")).properties(
         width=alt.Step(18), height=220, title=alt.Title("Variance explained", subtitle="bars: each axis; line: cumulative"))
@@ -437,7 +451,7 @@ def gene_loadings(gene_loadings: np.ndarray, gene_names, n_axes: int = 3, top: i
         frame = pd.DataFrame({"gene": gene_names[idx], "loading": np.round(gene_loadings[a, idx], 4)})
         frame["kind"] = np.where(frame["gene"].str.match(KD_FAMILIES["ribosomal"]), "ribosomal protein (RPL/RPS)", "other")
         panels.append(alt.Chart(frame).mark_bar().encode(
-            x=alt.X("loading:Q", title="loading"), y=alt.Y("gene:N", sort=alt.EncodingSortField("loading", order="descending"),
+            x=alt.X("loading:Q", title="loading", axis=alt.Axis(tickCount=3, labelOverlap=True, format=".2f")), y=alt.Y("gene:N", sort=alt.EncodingSortField("loading", order="descending"),
                                                            title=None),
             color=alt.Color("kind:N", title="output gene", scale=alt.Scale(domain=["ribosomal protein (RPL/RPS)", "other"],
                                                                           range=["#d62728", "#9e9e9e"]),
@@ -445,6 +459,38 @@ def gene_loadings(gene_loadings: np.ndarray, gene_names, n_axes: int = 3, top: i
             tooltip=["gene", alt.Tooltip("loading:Q", format=".3f")]).properties(width=130, height=alt.Step(14),
                                                                                 title=f"axis {a + 1}"))
     return alt.hconcat(*panels)
+
+
+# ---------------------------------------------------------------- verdict
+THRESHOLD_COLOURS = {"Model B: minimum effect": "#6a3d9a", "Model A: smallest effect of interest": "#1b9e77"}
+
+
+def verdict_forest(estimates: pd.DataFrame) -> alt.HConcatChart:
+    """The verdict at a glance: one panel per deciding criterion, one row per cell line, the statistic (point) between
+    its one-sided 95% bounds (bar), the Model B minimum and the Model A smallest effect of interest (dashed lines), its
+    p and the model it supports beside it. estimates: criterion, line, statistic, lower, upper, model_b, model_a, label,
+    unit (one row per criterion and line, in the order shown)."""
+    panels = []
+    for criterion, frame in estimates.groupby("criterion", sort=False):
+        y = alt.Y("line:N", title=None, sort=list(frame["line"]))
+        low = float(min(frame["lower"].min(), frame["model_a"].min(), 0.0))
+        high = float(max(frame["upper"].max(), frame["model_b"].max()))
+        scale = alt.Scale(domain=[low - 0.1 * (high - low), high + 0.6 * (high - low)], nice=False)
+        thresholds = pd.DataFrame({"x": [frame["model_b"].iloc[0], frame["model_a"].iloc[0]],
+                                   "threshold": list(THRESHOLD_COLOURS)})
+        rules = alt.Chart(thresholds).mark_rule(strokeDash=[5, 3], strokeWidth=1.5).encode(
+            x=alt.X("x:Q", scale=scale, title=frame["unit"].iloc[0]),
+            color=alt.Color("threshold:N", title=None, scale=alt.Scale(domain=list(THRESHOLD_COLOURS),
+                                                                     range=list(THRESHOLD_COLOURS.values())),
+                            legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=0)))
+        base = alt.Chart(frame.round({"statistic": 4, "lower": 4, "upper": 4}))
+        bars = base.mark_rule(strokeWidth=2.5, color="#333").encode(x="lower:Q", x2="upper:Q", y=y)
+        points = base.mark_point(filled=True, size=80, color="#333").encode(
+            x="statistic:Q", y=y, tooltip=["line", alt.Tooltip("statistic:Q", format=".3f"),
+                                           alt.Tooltip("lower:Q", format=".3f"), alt.Tooltip("upper:Q", format=".3f")])
+        labels = base.mark_text(align="left", dx=8, fontSize=MIN_FONT_PX).encode(x="upper:Q", y=y, text="label:N")
+        panels.append(alt.layer(rules, bars, points, labels).properties(width=250, height=alt.Step(36), title=criterion))
+    return alt.hconcat(*panels, spacing=30)
 
 
 # ---------------------------------------------------------------- across cell lines
@@ -469,7 +515,8 @@ def cross_line_consistency(across) -> alt.Chart:
             points = alt.Chart(shown).mark_circle(size=22, opacity=0.7).encode(
                 x=alt.X("x:Q", title=f"{words} ΔY, {a} vs {b}", scale=scale),
                 y=alt.Y("y:Q", title=f"{words} J, {a} vs {b}", scale=scale),
-                color=alt.Color("cluster:N", title=f"{a} cluster", legend=alt.Legend(orient="bottom", columns=8)),
+                color=alt.Color("cluster:N", title=f"{a} cluster", scale=cluster_scale(shown["cluster"]),
+                                legend=alt.Legend(orient="bottom", columns=8)),
                 tooltip=["kd", "cluster", alt.Tooltip("x:Q", format=".3f"), alt.Tooltip("y:Q", format=".3f")])
             diagonal = alt.Chart(pd.DataFrame({"x": [low, 1.0], "y": [low, 1.0]})).mark_line(
                 strokeDash=[4, 3], color="#888").encode(x="x:Q", y="y:Q")

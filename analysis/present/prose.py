@@ -23,8 +23,8 @@ CALL_MEANINGS = {
     "degenerate": "degenerate responses — every KD's predicted response points the same way; routing cannot be "
                   "compared with it",
 }
-CAVEAT = ("A per-KD lookup whose gate reads each KD's own embedding gives C_jac = C_out ⊙ C_rep and the same "
-          "cluster-circuits call: local Jacobians cannot distinguish it from shared routing.")
+CAVEAT = ("A per-KD lookup that switches on when it reads each KD's own embedding gives C_jac = C_out ⊙ C_rep and "
+          "the same cluster-circuits call: local Jacobians cannot distinguish it from shared routing.")
 # How a PairedDifference's direction reads, after "routing" (CLI) or "a KD's own routing was" (report).
 DIRECTIONS = {"more": "more consistent between the lines than output",
               "less": "less consistent between the lines than output",
@@ -174,7 +174,7 @@ def prior_work_table(results: Results) -> pd.DataFrame:
     rows = [
         ("NB02", "pert_encoder clusters by pathway (TRAPPC3's nearest neighbour is TRAPPC5; ribosomal island)",
          "Are those clusters functionally active, not just geometric?", _pair_text(numbers)),
-        ("NB01", "SAE feature clusters: mitoribosome PASS, ER/secretory FAIL",
+        ("NB01", "sparse-autoencoder (SAE) feature clusters: mitoribosome PASS, ER/secretory FAIL",
          "Do gene-output clusters match? Does routing also differ?",
          "; ".join(_family_text(name, family) for name, family in numbers["families"].items())),
         ("NB08", "MYC generalizes (r = 0.355), TRAPPC3 does not (r = 0.001)",

@@ -16,15 +16,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
+from ..config import GENESETS_DIR
 from ..results import PairedDifference, Results
 from . import prose
-from .formatting import Md, breakable, fmt, fmt_p, p_phrase, top_terms
+from .formatting import Md, breakable, fmt, fmt_p, library_short, p_phrase, top_terms
 
 
 # ---------------------------------------------------------------- formatting
@@ -32,6 +34,14 @@ def config_relative(results: Results, path: str | Path) -> str:
     """`path` as the config file would name it: relative to the config's folder, the same on every machine."""
     base = results.config.source.parent if results.config.source else Path.cwd()
     return os.path.relpath(path, base)
+
+
+def project_path(results: Results, path: str | Path) -> str:
+    """`path` relative to the Quarto project (or working) folder when it lies inside, else as the config names it:
+    no '../' climbing out of the rendered tree and no machine's absolute path."""
+    root = os.environ.get("QUARTO_PROJECT_ROOT") or os.getcwd()
+    relative = os.path.relpath(path, root)
+    return config_relative(results, path) if relative.startswith("..") else relative
 
 
 def config_file(results: Results) -> str:
@@ -43,8 +53,39 @@ def config_file(results: Results) -> str:
     return str(results.config.source) if relative.startswith("..") else relative
 
 
+# Symbols the analysis writes with underscores (C_jac, J_k, ΔY_k, p_ctrl) and 2^16 powers: Markdown sub- and
+# superscripts in the report.
+SYMBOL = re.compile(r"(?<![A-Za-z])(C|J|Y|p|w)_(out|jac|rep|k|ctrl)(\^spec)?(?![A-Za-z])")
+POWER = re.compile(r"\b(\d+)\^(\d+)\b")
+# The statistics call the original analysis plan "the seed"; a reader would take that for a random seed.
+SEED_PLAN = re.compile(r"\bseed(?='s\b| \(reported\))")
+CI_BRACKETS = re.compile(r"CI \[([^,\]]+), ([^\]]+)\]")
+MINUS = re.compile(r"(?<![\w.])-(?=\d)")
+EXPONENT = re.compile(r"(\d)e([-+])0*(\d)")
+THOUSANDS = re.compile(r"(?<![\w.:/−\u200b-])\d{4,}(?![\w.])")  # not in names broken at _ (`breakable`)
+
+
+def _subscript(match: re.Match) -> str:
+    """C_jac as C~jac~, C_jac^spec as C~jac~^spec^ (Pandoc's sub- and superscripts, in HTML and typst)."""
+    return f"{match.group(1)}~{match.group(2)}~" + ("^spec^" if match.group(3) else "")
+
+
+def typeset(text: str) -> str:
+    """Text the analysis wrote, as the report prints it (code spans left alone): C_jac as C~jac~, 2^16 as 2^16^, one CI
+    style ('CI 0.44 to 0.64'), '95 %' as '95%', minus signs, '2e-07' as '2e-7', '9999' as '9,999', an apostrophe
+    after a digit (typst would set TRAPPC3's with a prime), the seed's criteria as the original plan's."""
+    parts = re.split(r"(`[^`]*`)", str(text))
+    for i in range(0, len(parts), 2):
+        t = SEED_PLAN.sub("original plan", re.sub(r"(\d) %", r"\1%", parts[i]))
+        t = re.sub(r"(?<=\d)'", "’", t)
+        t = EXPONENT.sub(r"\1e\2\3", CI_BRACKETS.sub(r"CI \1 to \2", t))
+        t = THOUSANDS.sub(lambda m: f"{int(m.group()):,}", t)
+        parts[i] = POWER.sub(r"\1^\2^", SYMBOL.sub(_subscript, MINUS.sub("−", t)))
+    return "".join(parts)
+
+
 def _cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return typeset(value).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(frame: pd.DataFrame, widths: list[int], align: str | None = None) -> Md:
@@ -60,16 +101,6 @@ def markdown_table(frame: pd.DataFrame, widths: list[int], align: str | None = N
              "|" + "|".join(rule[a].format("-" * max(3, w)) for w, a in zip(widths, align)) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return Md("\n".join(lines))
-
-
-# Library file stems -> short names for tables (a legend beneath each table spells them out).
-LIBRARY_ABBREVIATIONS = {"GO_Biological_Process": "GO BP", "GO_Molecular_Function": "GO MF",
-                         "GO_Cellular_Component": "GO CC", "MSigDB_Hallmark": "Hallmark", "KEGG": "KEGG",
-                         "Reactome": "Reactome"}
-
-
-def library_short(library: str) -> str:
-    return next((short for prefix, short in LIBRARY_ABBREVIATIONS.items() if library.startswith(prefix)), library)
 
 
 def library_legend(libraries) -> str:
@@ -143,15 +174,52 @@ def numbers(results: Results) -> SimpleNamespace:
         linearity_median=fmt(float(p3.linearity["explained"].median())),
         linearity_q1=fmt(float(p3.linearity["explained"].quantile(0.25))),
         linearity_q3=fmt(float(p3.linearity["explained"].quantile(0.75))),
+        linearity_negative=negative_linearity(p3.linearity),
         call=p3.verdict.call, call_phrase=call_phrase(results),
-        checkpoint=config_relative(results, Path(cfg.run_dir) / "checkpoints" / cfg.checkpoint),
-        checkpoint_sha=prov["checkpoint_sha256"], data=config_relative(results, cfg.h5ad), data_sha=prov["data_sha256"],
+        checkpoint=project_path(results, Path(cfg.run_dir) / "checkpoints" / cfg.checkpoint),
+        checkpoint_sha=prov["checkpoint_sha256"], data=project_path(results, cfg.h5ad), data_sha=prov["data_sha256"],
         input_key=prov["input_key"], code_version=prov["code_version"], config_file=config_file(results),
         device=prov["device"], jacobian_seconds=f"{p3.seconds.get('jacobians', float('nan')):.0f}",
         jvp_ratio=f"{n_genes / hidden:.1f}", weak_fraction=f"{cfg.weak_fraction:g}",
         autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
     )
-    return SimpleNamespace(**{k: Md(v) for k, v in values.items()})
+    return SimpleNamespace(**{k: Md(typeset(v)) for k, v in values.items()})
+
+
+def negative_linearity(linearity: pd.DataFrame) -> str:
+    """The KDs whose first-order term points away from their effect (a negative explained share), by cluster."""
+    negative = linearity[linearity["explained"] < 0]
+    if negative.empty:
+        return "No KD has a negative share."
+    clusters = sorted(int(c) for c in negative["cluster"].unique())
+    where = (f"cluster {clusters[0]}" if len(clusters) == 1
+             else "clusters " + ", ".join(map(str, clusters[:-1])) + f" and {clusters[-1]}")
+    return (f"{len(negative)} KD{'s' if len(negative) > 1 else ''} ({where}; lowest share "
+            f"{fmt(float(negative['explained'].min()))}) {'have' if len(negative) > 1 else 'has'} a negative share: "
+            f"the first-order term points away from the KD's effect, so the Jacobian at the KD does not describe "
+            f"that effect, and the routing comparisons below read these KDs' local routing only.")
+
+
+def data_description(results: Results) -> Md:
+    """The data in a sentence: cells per analysed line (controls and perturbed) from the .h5ad, and how the model was
+    trained, from the run's config.yaml (what `state tx train` records)."""
+    import anndata
+    import yaml
+
+    cfg = results.config
+    obs = anndata.read_h5ad(cfg.h5ad, backed="r").obs
+    counts = []
+    for line in results.lines:
+        cells = obs[obs[cfg.cell_type_column] == line.cell_line] if line.cell_line else obs
+        controls = int((cells[cfg.perturbation_column] == cfg.control_label).sum())
+        counts.append(f"{line.cell_line or SINGLE_LINE}: {len(cells):,} cells, {controls:,} of them controls, "
+                      f"{cells[cfg.perturbation_column].nunique() - 1:,} perturbations")
+    training = (yaml.safe_load((cfg.run_dir / "config.yaml").read_text()) or {}).get("training") or {}
+    trained = ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k.replace('_', ' ')} {v}"
+                        for k, v in training.items() if k in ("max_steps", "batch_size", "lr"))
+    return Md(f"The data file holds {'; '.join(counts)}. The model was trained "
+              + (f"with {trained} (its `config.yaml`)." if trained else "as its run folder records (no training "
+                 "section in its `config.yaml`)."))
 
 
 SINGLE_LINE = "the single cell type of the data"  # how a config without [data] cell_line reads
@@ -201,7 +269,7 @@ def abstract(results: Results) -> Md:
     verdict = f"The verdict is {call_phrase(results)}."
     caveat = f" {prose.caveat(results.routing)}" if prose.caveat(results.routing) else ""
     lines = f" {across_sentence(results)}" if results.across is not None else ""
-    return Md(f"{share}; {first}; {second}. {verdict}{caveat}{lines}")
+    return Md(typeset(f"{share}; {first}; {second}. {verdict}{caveat}{lines}"))
 
 
 # ---------------------------------------------------------------- across cell lines
@@ -226,7 +294,7 @@ def across_text(results: Results) -> Md:
     if results.across is None:
         return Md(f"One cell line was analysed ({lines_phrase(results)}). Listing two or more lines in "
                   "`[data] cell_line` analyses each on its own control cells with the same model and compares each "
-                  "KD's output and routing between them (the seed's NB04 question); with one line the figure below stays empty.")
+                  "KD's output and routing between them (the original plan's NB04 question); with one line the figure below stays empty.")
     table = results.across.table
     calls = "; ".join(f"{line.cell_line}: **{line.routing.verdict.call}** ({len(line.effects.responses.kd_names)} KDs, "
                       f"r = {fmt(line.routing.evidence.mantel_pearson.statistic)}, contrast "
@@ -236,7 +304,7 @@ def across_text(results: Results) -> Md:
         f"with the other KDs, median cos J {fmt(frame['cos_jacobian'].median())} against "
         f"{fmt(frame['baseline_jacobian'].median())}"
         for (a, b), frame in table.groupby(["line_a", "line_b"], sort=False))
-    return Md(f"The same model was analysed on each line's own control cells (every stage per line; the sections above "
+    return Md(typeset(f"The same model was analysed on each line's own control cells (every stage per line; the sections above "
               f"show {results.lines[0].cell_line}, the primary line). Per line, the call and its two deciding statistics: "
               f"{calls}. For every KD analysed in both lines, the cosine of its ΔY between the lines measures whether "
               f"the model predicts the same response there, and the cosine of its flattened Jacobian whether it routes "
@@ -245,22 +313,36 @@ def across_text(results: Results) -> Md:
               f"{fmt(results.routing.evidence.spread.jac_mean)} within {results.lines[0].cell_line}) makes every raw "
               f"cosine high ({medians}). {across_sentence(results)} KDs of one output cluster are not independent, "
               f"so the units of the sign-flip test and of the bootstrap interval are the primary line's output "
-              f"clusters (@tbl-tests).")
+              f"clusters (@tbl-tests){sign_flip_floor(results)}."))
+
+
+def sign_flip_floor(results: Results) -> str:
+    """With few clusters an exact sign flip has a floor: 2 of the 2^n patterns are at least as extreme (two-sided)."""
+    floors = {test.n_units for a, b in results.across.pairs for test in results.across.pair_tests(a, b) if test.exact}
+    return "".join(f"; with {n} clusters the smallest p an exact two-sided sign flip can give is 2/2^{n} = "
+                   f"{fmt_p(2 / 2 ** n)}" for n in sorted(floors))
 
 
 def caveat_callout(results: Results) -> Md:
     """The construct's caveat as a callout beneath a positive call (nothing otherwise)."""
     caveat = prose.caveat(results.routing)
-    return Md(f"::: {{.callout-note}}\n{caveat}\n:::" if caveat else "")
+    return Md(f"::: {{.callout-note}}\n{typeset(caveat)}\n:::" if caveat else "")
 
 
 def demo_note(results: Results) -> Md:
+    """First thing under the title when the run is the embedded demo: what it is, before any finding."""
     if not is_demo(results):
         return Md("")
-    return Md("*Demo run.* This rendering reports on the embedded demo: a small arc-state State-Transition model trained on a "
-              "synthetic Perturb-seq world with planted pathway modules, standing in for the seed's HepG2 checkpoint. "
-              "Its numbers illustrate the method, not the biology of the seed's model; render with `-P config:…` "
-              "to report on a real run.")
+    lines = " and ".join(f"“{line.cell_line}”" for line in results.lines)
+    return Md('::: {.callout-important title="Demo run on synthetic data: no biological finding"}\n'
+              "This report analyses the embedded demo, not a model trained on real cells: a small arc-state "
+              "State-Transition model trained on a synthetic Perturb-seq world. Its genes are synthetic (named after "
+              "real genes so that the bundled gene-set libraries can be read on them, which is why real GO and "
+              f"Hallmark terms appear), its cell lines {lines} are synthetic stand-ins, and its KDs come in planted "
+              "modules (ribosome, mitoribosome, proteasome, TRAPP, MYC, spliceosome, mediator) plus KDs without "
+              "effect. The numbers show what the method finds when the answer is planted; the prior-work table "
+              "compares them with notebooks run on a real model only to show where each question is answered. "
+              "Render with `-P config:…` to report on a real run.\n:::")
 
 
 def discussion(results: Results) -> Md:
@@ -287,7 +369,7 @@ def discussion(results: Results) -> Md:
                          f"narrow the bounds."),
         "degenerate": (f"The responses are degenerate: {prose.reason(results.routing, results.config.decision_rule)}"),
     }[call]
-    return Md(opening)
+    return Md(typeset(opening))
 
 
 # ---------------------------------------------------------------- tables
@@ -298,7 +380,8 @@ def tests_table(results: Results) -> Md:
     pair_note = "pairs share KDs, so pairs are not independent units"
     rows = [
         ("Output vs routing similarity", "Pearson r of the upper triangles of C_out and C_jac",
-         f"studentized Mantel test: r / its delete-one-KD jackknife SE, KD labels of one matrix permuted ({perm}), "
+         f"studentized Mantel test [@mantel1967; @diciccio2017]: r / its delete-one-KD jackknife SE, KD labels of one "
+         f"matrix permuted ({perm}), "
          "one-sided; one-sided 95% upper bound r + 1.645 SE for equivalence",
          pair_note + "; studentized because a plain permutation test assumes independence, not mere uncorrelation"),
         ("", "Spearman r (same pairs)", f"studentized Mantel test on ranks ({perm})", pair_note),
@@ -307,10 +390,10 @@ def tests_table(results: Results) -> Md:
         ("Same- vs cross-cluster routing", "(mean C_jac(same) − mean C_jac(cross)) / SD(C_jac), clusters ≥ 1; AUC",
          f"cluster labels permuted over KDs ({perm}), difference / jackknife SE, one-sided; upper bound for equivalence",
          pair_note + "; labels are a KD-level property"),
-        ("", "the same contrast, as the seed wrote it",
+        ("", "the same contrast, as the original plan wrote it",
          "Wilcoxon rank-sum on pairs", "reported for comparison; anti-conservative because " + pair_note),
         ("Routing beyond encoder geometry", "partial Mantel r(C_jac, C_out | C_rep)",
-         f"KD labels of C_jac permuted ({perm}), one-sided (Smouse et al. 1986)", pair_note),
+         f"KD labels of C_jac permuted ({perm}), one-sided [@smouse1986]", pair_note),
         ("Encoder geometry vs output", "Mantel r(C_out, C_rep)", f"KD labels permuted ({perm})", pair_note),
         ("KD-target enrichment per cluster", "over-representation of a cluster's KD targets",
          "hypergeometric test, background = all KDs of the screen, BH-FDR per cluster",
@@ -365,14 +448,40 @@ def verdict_table(results: Results) -> Md:
     return markdown_table(verdict_frame(results), [27, 17, 8, 22, 9, 6], "llrlrl")
 
 
+def verdict_estimates(results: Results) -> pd.DataFrame:
+    """The two deciding statistics of every analysed line with their one-sided 95% bounds, the two thresholds each is
+    read against, and its p with the model it supports (for `plots.verdict_forest`)."""
+    rule = results.config.decision_rule
+    rows = []
+    for line in results.lines:
+        ev = line.routing.evidence
+        mantel, contrast = line.routing.verdict.deciding
+        for name, test, unit, model_b, model_a, criterion in (
+                ("Output similarity predicts routing", ev.mantel_pearson, "Pearson r(C_out, C_jac)", rule.min_r,
+                 rule.equivalence_r, mantel),
+                ("Same-cluster KDs share routing", ev.contrast.test, "same − cross mean C_jac, in SD of C_jac",
+                 rule.min_contrast, rule.equivalence_contrast, contrast)):
+            rows.append({"criterion": name, "line": line.cell_line or SINGLE_LINE, "statistic": test.statistic,
+                         "lower": test.lower_bound, "upper": test.upper_bound, "model_b": model_b, "model_a": model_a,
+                         "label": f"{p_phrase(test.p_value, test.n_permutations)}: {criterion.supports}", "unit": unit})
+    return pd.DataFrame(rows)
+
+
 def verdict_notes(results: Results) -> Md:
     """Beneath the verdict table: for each numbered criterion, what it measures, the test and the note."""
     lines = []
     for number, c in enumerate(results.routing.verdict.criteria, 1):
         extra = {k: v for k, v in dataclasses.asdict(c).items() if k not in VERDICT_COLUMNS and v not in ("", None)}
-        parts = [f"{k.replace('_', ' ')}: {fmt(v, 3) if isinstance(v, float) else v}" for k, v in extra.items()]
-        lines.append(f"({number}) " + "; ".join(parts) + ".")
+        parts = [f"{k.replace('_', ' ')}: {_note_value(v)}" for k, v in extra.items()]
+        lines.append(typeset(f"({number}) " + "; ".join(parts) + "."))
     return Md("\n\n".join(lines))
+
+
+def _note_value(value) -> str:
+    """A criterion's field beneath the verdict table: a whole number (a count) without decimals."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() else fmt(value, 3)
+    return str(value)
 
 
 def prior_work_table(results: Results) -> Md:
@@ -387,9 +496,12 @@ def _term_cell(row: pd.Series, statistic: str | None = None) -> str:
     return f"{breakable(row['term'])} [{library_short(row['library'])}] ({stat}FDR {fmt_p(row['fdr'])})"
 
 
-def cluster_table(results: Results) -> Md:
-    """Per output cluster: size and members, the best KD-target ORA term and the best response GSEA term."""
-    p1 = results.effects
+def cluster_table(results: Results, line: int = 0) -> Md:
+    """Per output cluster of the `line`-th analysed line (0: the primary one): size and members, the best KD-target
+    ORA term and the best response GSEA term."""
+    if line >= len(results.lines):
+        return markdown_table(pd.DataFrame({"Cluster": ["—"], "Note": ["one cell line was analysed"]}), [10, 40])
+    p1 = results.lines[line].effects
     top_ora = top_terms(p1.ora).set_index("query")
     top_gsea = top_terms(p1.gsea).set_index("query")
     rows = []
@@ -401,6 +513,68 @@ def cluster_table(results: Results) -> Md:
                      "KD targets (ORA)": _term_cell(top_ora.loc[q]) if q in top_ora.index else "—",
                      "Response (GSEA)": _term_cell(top_gsea.loc[q], "nes") if q in top_gsea.index else "—"})
     return markdown_table(pd.DataFrame(rows), [10, 5, 25, 30, 30], "lrlll")
+
+
+def routing_by_cluster_table(results: Results) -> Md:
+    """Per output cluster: its KDs, mean C_jac between its KDs and between them and the other clustered KDs, and the
+    median share of ΔY the first-order term explains (how far the local Jacobian describes the cluster's effects)."""
+    labels, c_jac = results.effects.labels, results.routing.c_jac
+    linearity = results.routing.linearity.groupby("cluster")["explained"].median()
+    rows = []
+    for cluster in sorted(set(labels.tolist())):
+        inside = np.flatnonzero(labels == cluster)
+        others = np.flatnonzero((labels != cluster) & (labels > 0))
+        within = c_jac[np.ix_(inside, inside)][np.triu_indices(len(inside), k=1)]
+        rows.append({"Cluster": "0 (weak)" if cluster == 0 else str(cluster), "KDs": f"{len(inside)}",
+                     "Mean C_jac within": fmt(float(within.mean()), 3) if len(within) else "—",
+                     "Mean C_jac to other clusters": fmt(float(c_jac[np.ix_(inside, others)].mean()), 3)
+                     if len(others) else "—",
+                     "Median linear share": fmt(float(linearity.get(cluster, np.nan)))})
+    return markdown_table(pd.DataFrame(rows), [10, 6, 16, 20, 16], "lrrrr")
+
+
+def _ari(a: pd.Series, b: pd.Series) -> str:
+    """Adjusted Rand index of two labellings over the KDs both have."""
+    from sklearn.metrics import adjusted_rand_score
+
+    both = a.index.intersection(b.index)
+    return f"{fmt(adjusted_rand_score(a[both].astype(str), b[both].astype(str)))} ({len(both)} KDs)"
+
+
+def lines_table(results: Results, planted: pd.DataFrame | None = None) -> Md:
+    """Per analysed line: KDs, clusters and the call; its output clusters against the primary line's (ARI over the KDs
+    analysed in both) and, for the demo, against the planted modules (`planted`: kd, module, as
+    `datasets.demo.load_truth` gives them; no-effect KDs are a module of their own)."""
+    primary = results.lines[0].effects.kd_table.set_index("kd")["cluster"]
+    modules = planted.set_index("kd")["module"] if planted is not None else None
+    rows = []
+    for line in results.lines:
+        clusters = line.effects.kd_table.set_index("kd")["cluster"]
+        ev = line.routing.evidence
+        rows.append({"Line": line.cell_line or SINGLE_LINE, "KDs": f"{len(clusters):,}",
+                     "Clusters (+ weak group)": f"{int(clusters.max())}",
+                     "Call (r; contrast)": f"{line.routing.verdict.call} ({fmt(ev.mantel_pearson.statistic)}; "
+                                           f"{fmt(ev.contrast.test.statistic)} SD)",
+                     f"ARI with {results.lines[0].cell_line or 'the primary line'}": _ari(clusters, primary),
+                     "ARI with planted modules": _ari(clusters, modules) if modules is not None else "— (not a demo)"})
+    return markdown_table(pd.DataFrame(rows), [10, 7, 10, 20, 15, 15], "lrrlll")
+
+
+def planted_sharing_table(results: Results, planted: pd.DataFrame | None = None) -> Md:
+    """The demo's planted sharing of each module's response between the lines against what the model shows: per
+    sharing level, the planted cosine of ΔY between the lines and the model's cosines of ΔY and J (medians).
+    planted: kd, module, sharing, true_cosine, as `datasets.demo.load_line_truth` gives them (None: not a demo)."""
+    if results.across is None or planted is None:
+        note = "one cell line analysed" if results.across is None else "not a demo run: no planted truth"
+        return markdown_table(pd.DataFrame({"Planted sharing": ["—"], "Note": [note]}), [10, 40])
+    table = results.across.table.merge(planted.dropna(subset=["sharing"]), on="kd")
+    rows = []
+    for sharing, group in table.groupby("sharing", sort=False):
+        rows.append({"Planted sharing": f"{100 * sharing:.0f}%", "Modules": ", ".join(sorted(group["module"].unique())),
+                     "KDs": f"{len(group)}", "Planted cos ΔY": fmt(group["true_cosine"].median()),
+                     "Model cos ΔY": fmt(group["cos_output"].median()), "Model cos J": fmt(group["cos_jacobian"].median())})
+    frame = pd.DataFrame(rows).sort_values("Planted sharing", key=lambda c: -c.str.rstrip("%").astype(float))
+    return markdown_table(frame, [10, 30, 6, 12, 12, 12], "llrrrr")
 
 
 def svd_table(results: Results) -> Md:
@@ -429,7 +603,8 @@ def calibration_frame(stored: dict | None) -> pd.DataFrame | None:
     for rates in stored["rates"]:
         rej = rates["rejections"]
         pct = (lambda v: f"{100 * v:.1f}%")
-        rows.append({"World (replicates)": f"{breakable(rates['world'])} ({rates['n_replicates']:,})",
+        partial = f"; partial Mantel {pct(rej['partial Mantel'])}" if "partial Mantel" in rej else ""
+        rows.append({"World (replicates)": f"{breakable(rates['world'])} ({rates['n_replicates']:,}{partial})",
                      "Mantel": pct(rej["Mantel (studentized)"]), "Contrast": pct(rej["cluster contrast (studentized)"]),
                      "Rank-sum": pct(rej["pair-level rank-sum"]),
                      "Calls: circuits / per-KD / global": " / ".join(
@@ -464,7 +639,7 @@ def config_values(results: Results) -> dict:
         if field in ("run_dir", "h5ad", "cache_dir"):
             value = config_relative(results, value)
         elif field == "gene_sets":
-            value = ", ".join(config_relative(results, v) for v in value) or "none"
+            value = ", ".join(_gene_set_name(results, v) for v in value) or "none"
         elif field == "kds":
             value = (f"{', '.join(value)} ({prov['n_kds']} KDs)" if value
                      else f"all {prov['n_kds']} KDs of the perturbation map in the cell line")
@@ -483,17 +658,50 @@ def config_values(results: Results) -> dict:
     return values
 
 
+def _gene_set_name(results: Results, path) -> str:
+    """A bundled library by its name (its path inside the installed package means nothing to a reader), else the
+    file relative to the config."""
+    return f"{Path(path).stem} (bundled)" if Path(path).parent == GENESETS_DIR else config_relative(results, path)
+
+
 def config_table(results: Results) -> Md:
     values = config_values(results)
     frame = pd.DataFrame({"Field": list(values), "Value": [f"`{v}`" for v in values.values()]})
     return markdown_table(frame, [12, 40])
 
 
+def _command(*args: str) -> str | None:
+    """First line a command prints, or None when it is missing or fails."""
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
+    except OSError:
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def render_versions() -> list[tuple[str, str]]:
+    """The code and the tools of this rendering: the git commit of the analysis package (with '+ local changes' when
+    the checkout differs from it), Quarto and its typst, when the report is rendered by Quarto."""
+    commit = _command("git", "rev-parse", "--short=12", "HEAD")
+    if commit and _command("git", "status", "--porcelain", "--untracked-files=no", "--", ".."):
+        commit += " + local changes"
+    rows = [("Git commit", commit or "not a git checkout")]
+    quarto_bin = os.environ.get("QUARTO_BIN_PATH")
+    if quarto_bin:
+        typst = os.environ.get("QUARTO_TYPST") or next(iter(sorted(Path(quarto_bin).glob("tools/*/typst"))), None)
+        rows += [("Quarto", _command(str(Path(quarto_bin) / "quarto"), "--version") or "unknown"),
+                 ("typst (Quarto's)", (_command(str(typst), "--version") if typst else None) or "unknown")]
+    return rows
+
+
 def environment_table(results: Results) -> Md:
+    """Software and hardware: the operating system's name only (the host's kernel string identifies a machine, not
+    the environment), the versions the analysis ran with, and this rendering's commit and tools."""
     prov = results.provenance
-    rows = [("Python", prov["python"]), ("Platform", prov["platform"]), ("Device", prov["device"]),
+    rows = [("Python", prov["python"]), ("Operating system", prov["platform"].split("-")[0]), ("Device", prov["device"]),
             ("CPU cores", prov["cpu_count"])]
     rows += [(name, version) for name, version in prov["versions"].items()]
+    rows += render_versions()
     return markdown_table(pd.DataFrame(rows, columns=["Component", "Version / value"]), [12, 30])
 
 
