@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from test_report import (ARTICLE, CHART_DIV, EXTERNAL, VEGA_LIBRARY, _figure_labels, article_parts, chunk_options,
-                         prose)
+from test_report import ARTICLE, CHART_DIV, EXTERNAL, VEGA_LIBRARY, _figure_labels, article_parts, chunk_options, prose
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "_output" / "report"

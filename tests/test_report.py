@@ -483,7 +483,7 @@ def test_cli_summary_shows_the_records(demo_results):
     assert lines[start] == f"Across cell lines (the lines above: {demo_results.lines[0].cell_line})"
     for line, shown in zip(demo_results.lines, lines[start + 1:]):
         r = np.corrcoef(line.routing.c_out[np.triu_indices(len(line.routing.c_out), k=1)],
-                        line.routing.c_jac[np.triu_indices(len(line.routing.c_jac), k=1)])[0, 1]
+                        line.routing.c_jac_specific[np.triu_indices(len(line.routing.c_jac), k=1)])[0, 1]
         contrast = line.routing.evidence.contrast.test.statistic
         assert shown == f"  {line.cell_line}: {line.routing.verdict.call.upper()} (r = {r:.2f}, contrast {contrast:.2f} SD)"
 

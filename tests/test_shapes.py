@@ -104,8 +104,10 @@ def test_every_run_shape_goes_through_the_whole_analysis(analysed, name):
     unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
     assert np.allclose(part3.c_jac, unit @ unit.T, atol=1e-5)
     upper = np.triu_indices(len(KDS), k=1)
-    r = np.corrcoef(part3.c_out[upper], part3.c_jac[upper])[0, 1]
-    assert part3.verdict.deciding[0].value == pytest.approx(r, abs=1e-6)
+    raw = np.corrcoef(part3.c_out[upper], part3.c_jac[upper])[0, 1]
+    assert part3.evidence.raw_mantel.statistic == pytest.approx(raw, abs=1e-6)  # reported beside the deciding r
+    specific = np.corrcoef(part3.c_out[upper], part3.c_jac_specific[upper])[0, 1]
+    assert part3.verdict.deciding[0].value == pytest.approx(specific, abs=1e-6)  # the deciding r: KD-specific
 
     prov = results.provenance
     assert (prov["n_kds"], prov["n_genes"], prov["hidden_dim"], prov["set_size"], prov["space"]) == \

@@ -14,6 +14,7 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
+
 from ..config import AnalysisConfig
 from ..console import StageProgress, note
 from ..errors import InputError

@@ -457,10 +457,12 @@ def verdict_estimates(results: Results) -> pd.DataFrame:
         ev = line.routing.evidence
         mantel, contrast = line.routing.verdict.deciding
         for name, test, unit, model_b, model_a, criterion in (
-                ("Output similarity predicts routing", ev.mantel_pearson, "Pearson r(C_out, C_jac)", rule.min_r,
+                ("Output similarity predicts routing", ev.mantel_pearson, "Pearson r(C_out, C_jac^spec)", rule.min_r,
                  rule.equivalence_r, mantel),
-                ("Same-cluster KDs share routing", ev.contrast.test, "same − cross mean C_jac, in SD of C_jac",
-                 rule.min_contrast, rule.equivalence_contrast, contrast)):
+                # the contrast's margin is the r-scale margin in SDs of this line's C_jac^spec (its pair share q)
+                ("Same-cluster KDs share routing", ev.contrast.test, "same − cross mean C_jac^spec, in SD",
+                 rule.min_contrast, rule.equivalence_r / ev.contrast.r_scale if ev.contrast.r_scale > 0 else float("nan"),
+                 contrast)):
             rows.append({"criterion": name, "line": line.cell_line or SINGLE_LINE, "statistic": test.statistic,
                          "lower": test.lower_bound, "upper": test.upper_bound, "model_b": model_b, "model_a": model_a,
                          "label": f"{p_phrase(test.p_value, test.n_permutations)}: {criterion.supports}", "unit": unit})
