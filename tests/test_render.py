@@ -247,7 +247,8 @@ new Promise(resolve => {
 
 def browse(chromium: str, page: Path) -> dict:
     """`page` as headless Chromium showed it: its charts and links, console messages, exceptions and requests."""
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile after the browser exits: cleanup is best effort
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         browser = DevTools(chromium, Path(profile))
         try:
             target = browser.call("Target.createTarget", url="about:blank")["targetId"]
