@@ -41,6 +41,7 @@ class Line:
     config: AnalysisConfig
     run: LoadedRun
     keys: dict  # stage name -> key
+    state: executors.WorkerState  # the loaded run for executors: itself here, checkpoint bytes and cells elsewhere
 
     def stage(self, name: str) -> cache.StageDir:
         return cache.StageDir(self.config.cache_dir, name, self.keys[name])
@@ -85,7 +86,7 @@ def load_line(config: AnalysisConfig, model=None) -> Line:
     for stage in stages.STAGES:
         if stage.name != "across":
             keys[stage.name] = stages.key(stage.name, config, facts, keys)
-    return Line(config, loaded, keys)
+    return Line(config, loaded, keys, executors.WorkerState(loaded, partial(ShippedRun.of, config, loaded)))
 
 
 def analyse_line(line: Line, progress: bool, executor) -> LineResults:
@@ -106,9 +107,8 @@ def run_effects(line: Line, progress: bool = True, executor=None) -> EffectsResu
 
     def compute() -> dict:
         started = time.perf_counter()
-        # the loaded run as the executor's worker state: itself here, checkpoint bytes and control cells elsewhere
-        state = executors.WorkerState(loaded, partial(ShippedRun.of, config, loaded))
-        responses = compute_effects(loaded, config.n_draws, config.seed, config.kds_per_call, executor, state, progress)
+        responses = compute_effects(loaded, config.n_draws, config.seed, config.kds_per_call, executor, line.state,
+                                    progress)
         try:
             clusters = clustering.cluster_kds(responses.delta_y, config.max_clusters, config.cluster_bootstrap,
                                               config.seed, config.weak_fraction)
@@ -154,8 +154,7 @@ def run_jacobians(line: Line, effects: EffectsResult, progress: bool = True, exe
         bar = StageProgress(len(loaded.kd_names), "Jacobians ∂E[Y]/∂pert_repr", "KD", progress,
                             initial=len(loaded.kd_names) - sum(len(t.kds) for t in todo))
         last = time.perf_counter()
-        state = executors.WorkerState(loaded, partial(ShippedRun.of, config, loaded))
-        for task, arrays in executor.map(partial(jacobians.jacobian_shard, inputs=inputs), todo, state):
+        for task, arrays in executor.map(partial(jacobians.jacobian_shard, inputs=inputs), todo, line.state):
             now = time.perf_counter()
             store.put(task.index, task.kds, arrays, seconds=now - last)  # wall time since the previous shard
             last = now
