@@ -42,7 +42,9 @@ class DecisionRule:
     the common share at or above which routing whose KD-specific part follows no cluster is a global readout
     (below it: per-KD routing); min_cluster_share: same − cross mean C_jac^spec (the share of the KD-specific
     energy shared within clusters) needed for Model B besides its SD — a structure of a few 1/K, which the common
-    direction's estimate leaves when the noise level follows the modules, is significant but not a circuit.
+    direction's estimate leaves when the noise level follows the modules, is significant but not a circuit;
+    substitution_margin: the smallest gain of centroid substitution over random groups worth calling use of the
+    geometry (cosine units): "used" above it (p < α), "not used" when the gain's upper bound is below it.
     """
 
     alpha: float
@@ -52,6 +54,7 @@ class DecisionRule:
     min_specific_share: float
     global_share: float
     min_cluster_share: float
+    substitution_margin: float
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ class AnalysisConfig:
     min_specific_share: float = 1e-4  # KD-specific share of the Jacobian energy below which routing is one readout
     global_share: float = 0.5  # common share at or above which unstructured KD-specific routing is a global readout
     min_cluster_share: float = 0.1  # same − cross mean C_jac^spec (share of KD-specific energy) needed for Model B
+    random_groups: int = 8  # random-group centroids per output cluster, the reference of centroid substitution
+    substitution_margin: float = 0.1  # smallest substitution gain (cosine) of interest: "used" / "not used"
     fdr: float = 0.05
     n_axes: int = 5
     gene_sets: tuple[Path, ...] = ()
@@ -135,7 +140,7 @@ class AnalysisConfig:
 
 # The config fields the verdict's rule is built from, in `DecisionRule`'s order.
 RULE_FIELDS = ("alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share",
-               "min_cluster_share")
+               "min_cluster_share", "substitution_margin")
 
 
 def default_decision_rule() -> DecisionRule:
@@ -153,6 +158,7 @@ _SECTIONS = {
     "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
                    "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share", "min_cluster_share",
                    "n_axes"},
+    "interventions": {"random_groups", "substitution_margin"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
     "runtime": {"device", "cache_dir", "executor", "ray_address"},
     "demo": {"enabled", "seed"},
@@ -188,6 +194,8 @@ _RANGES = {
     "global_share": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "min_cluster_share": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "n_axes": (lambda v: v >= 1, "an integer >= 1"),
+    "random_groups": (lambda v: v >= 1, "an integer >= 1"),
+    "substitution_margin": (lambda v: 0 < v <= 1, "a number in (0, 1] (cosine)"),
     "cell_lines": (lambda v: len(set(v)) == len(v) and all(v), "distinct, non-empty cell-line names"),
     "prerank_permutations": (lambda v: v >= 1, "an integer >= 1"),
 }

@@ -17,6 +17,7 @@ import pandas as pd
 from .config import AnalysisConfig
 
 CALLS = ("cluster circuits", "per-KD", "global readout", "mixed", "inconclusive", "degenerate")  # what a `Verdict` can call
+USES = ("used", "not used", "inconclusive")  # what the interventions say of the encoder geometry (`Verdict.use`)
 Z_ONE_SIDED_95 = 1.6448536269514722  # Φ⁻¹(0.95): one-sided 95 % bounds (equivalence at α = 0.05)
 
 
@@ -87,6 +88,93 @@ class RoutingResult:
     autograd_check: dict  # {"kd", "relative_error"}: one stored J_k against reverse mode on this run
     jacobian_device: str  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
     c_jac_specific: np.ndarray | None = None  # [K, K] C_jac^spec, the KD-specific routing the criteria read
+    input_directions: np.ndarray | None = None  # [A, H] each routing axis's pert_repr factor (unit norm)
+
+
+@dataclass(frozen=True)
+class SubstitutionTest:
+    """Centroid substitution (`stats.interventions`): is a KD's response carried by what its cluster's embeddings share?
+
+    n_kds substituted KDs in n_clusters output clusters (of ≥ 3 KDs), random_groups random-group centroids per KD.
+    cosine / random_cosine: mean cos(ΔY(c), ΔY_k) with c the cluster's leave-one-out centroid / a random group's
+    (0 where the model gives no response); share / random_share: mean share of ΔY_k reproduced,
+    1 − ‖ΔY(c) − ΔY_k‖²/‖ΔY_k‖²; size_ratio: median ‖ΔY(c)‖/‖ΔY_k‖; no_response: share of KDs whose centroid gave
+    exactly no response. gain: mean d_k = cosine − random cosine (cosine units); standard_error: delete-one-cluster
+    jackknife; lower / bound: one-sided 95 % bounds (t, C − 1 df); p_value: one-sided cluster sign-flip p.
+    """
+
+    n_kds: int
+    n_clusters: int
+    random_groups: int
+    cosine: float
+    random_cosine: float
+    share: float
+    random_share: float
+    size_ratio: float
+    no_response: float
+    gain: float
+    standard_error: float
+    lower: float
+    bound: float
+    p_value: float
+    n_sign_patterns: int
+    exact: bool
+
+
+@dataclass(frozen=True)
+class InterchangeTest:
+    """Interchange across clusters (`stats.interventions`): the cluster-shared component of p_k (its projection on the
+    span of the cluster centroids, of dimension `rank`) swapped for another cluster's.
+
+    accuracy: share of the n_kds interventions whose response is closer to the target cluster's mean response than
+    to the source's; null_accuracy: the same swap along a random subspace of the same rank; gain: accuracy −
+    null_accuracy, lower: its one-sided 95 % lower bound, p_value: one-sided cluster sign-flip p."""
+
+    n_kds: int
+    n_clusters: int
+    rank: int
+    accuracy: float
+    null_accuracy: float
+    gain: float
+    lower: float
+    p_value: float
+    n_sign_patterns: int
+    exact: bool
+
+
+@dataclass(frozen=True)
+class InterventionsResult:
+    """The interventions stage: the model's responses to substituted pert_repr, scored.
+
+    table: per substituted KD — kd, cluster, cosine, share, size_ratio, random_cosine, random_share, gain (centroid
+    substitution) and target, interchange_success, interchange_null_success; substitution / interchange: the tests
+    (interchange None with fewer than 2 clusters); n_sets: forward-pass sets evaluated (points × R draws);
+    seconds: wall time of the stage.
+    """
+
+    key: str
+    table: pd.DataFrame
+    substitution: SubstitutionTest
+    interchange: InterchangeTest | None
+    n_sets: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SteeringResult:
+    """The steering stage: ΔY as p moves along each leading routing axis (`stats.interventions.steering_table`).
+
+    table: axis, kd (the axis's highest scorer, where steering starts), step (units of `scale`, the median
+    ‖p_k − p_ctrl‖), distance, relative_error of the first-order prediction J_k·v·step, cos_first_order, cos_loading;
+    trust_radius [A]: the largest |step| with relative error below `tolerance` at every smaller step; seconds.
+    """
+
+    key: str
+    table: pd.DataFrame
+    trust_radius: tuple[float, ...]
+    scale: float
+    tolerance: float
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -97,6 +185,8 @@ class LineResults:
     effects: EffectsResult
     routing: RoutingResult
     provenance: dict
+    interventions: InterventionsResult | None = None
+    steering: SteeringResult | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +228,14 @@ class Results:
     @property
     def routing(self) -> RoutingResult:
         return self.lines[0].routing
+
+    @property
+    def interventions(self) -> InterventionsResult | None:
+        return self.lines[0].interventions
+
+    @property
+    def steering(self) -> SteeringResult | None:
+        return self.lines[0].steering
 
     @property
     def provenance(self) -> dict:
@@ -345,6 +443,7 @@ class Verdict:
     call: str
     criteria: tuple[Criterion, ...]
     degenerate_matrix: str = ""
+    use: str = ""  # is the encoder geometry used? one of `USES`; "" when no intervention was run
 
     @property
     def deciding(self) -> tuple:

@@ -28,7 +28,7 @@ from analysis.store import cache
 from analysis.store.shards import open_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("effects", "jacobians", "routing")
+STAGES = ("effects", "interventions", "jacobians", "routing", "steering")
 
 
 @pytest.fixture(scope="module")

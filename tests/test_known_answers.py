@@ -66,6 +66,23 @@ def test_pipeline_sees_the_planted_function(known, kind):
     assert np.abs(results.routing.c_jac - planted_c_jac).max() < 0.01
 
 
+@pytest.mark.parametrize("kind", known_answers.KINDS)
+def test_interventions_give_the_planted_use(known, kind):
+    """Through the real forward: each kind's encoder geometry is used or not, as it was built (substitution of the
+    cluster's leave-one-out centroid against random groups), and the words say what the intervention showed."""
+    results, _, planted = known(kind)
+    test, verdict = results.interventions.substitution, results.routing.verdict
+    print(f"{kind}: {verdict.call} / {verdict.use}; cos {test.cosine:.3f} vs random {test.random_cosine:.3f}, gain "
+          f"{test.gain:.3f} (bound {test.bound:.3f}, {test.p_value:.3g}); share {test.share:.3f}, size ratio "
+          f"{test.size_ratio:.2f}; {results.interventions.n_sets} sets in {results.interventions.seconds:.1f} s")
+    assert verdict.use == planted.expected_use
+    assert verdict.call in planted.expected_calls
+    assert prose.use_meaning(results.routing).startswith(verdict.use)
+    assert f"gain of {test.gain:.3f}" in prose.use_reason(results.interventions)
+    # Forward passes only: a small fraction of the Jacobian stage's time.
+    assert results.interventions.seconds < 0.25 * results.routing.seconds["jacobians"]
+
+
 def why(results) -> str:
     return prose.reason(results.routing, results.config.decision_rule)
 
@@ -85,8 +102,10 @@ def test_positive_shared_routing_is_called_positive(known):
     assert ev.mantel_pearson.statistic > 0.3 and ev.mantel_pearson.p_value < 0.01 and ev.pearson_ci[0] > 0.3
     assert ev.contrast.test.statistic > 1 and ev.contrast.test.p_value < 0.01
     assert [c.supports for c in _deciding(results)] == ["Model B", "Model B"]
-    assert results.routing.verdict.call == "cluster circuits" and "C_out ⊙ C_rep" in prose.caveat(results.routing)
+    caveat = prose.caveat(results.routing, results.interventions)
+    assert results.routing.verdict.call == "cluster circuits" and "the intervention rules it out" in caveat
     assert "shown (r = " in why(results) and "p " in why(results)
+    assert prose.synthesis(results.routing).startswith("Model B")
 
 
 def test_positive_routing_axes_show_the_planted_modules(known):
@@ -115,7 +134,8 @@ def test_negative_per_kd_lookup_is_called_per_kd_by_equivalence(known):
     assert ev.mantel_pearson.upper_bound < 0.1 and ev.contrast.r_bound < 0.1  # both bounds on the r scale
     assert ev.decomposition.common_share < 0.5  # most routing is KD-specific
     assert [c.supports for c in _deciding(results)] == ["Model A", "Model A"]
-    assert p3.verdict.call == "per-KD" and not prose.caveat(p3)
+    assert p3.verdict.call == "per-KD" and not prose.caveat(p3, results.interventions)
+    assert prose.synthesis(p3).startswith("Model A")
     assert "smaller than the smallest effect of interest" in why(results) and "decorative" not in why(results)
 
 
@@ -128,13 +148,25 @@ def test_random_model_is_not_called_cluster_circuits(known):
     assert results.routing.verdict.call in known_answers.EXPECTED_CALLS["random"]
 
 
-def test_keyed_lookup_is_positive_with_the_caveat(known):
-    """The construct's blind spot: a lookup keyed on each KD's own embedding routes like shared routing."""
+def test_keyed_lookup_routes_like_cluster_circuits_and_the_intervention_detects_it(known):
+    """The Jacobians' blind spot: a lookup keyed on each KD's own embedding routes like shared routing; substituting
+    the cluster's shared embedding collapses its responses, and the words say the lookup was detected."""
     results, _, _ = known("keyed")
     ev = results.routing.evidence
-    print(f"keyed: r(C_jac, C_out ⊙ C_rep) = {ev.keyed_lookup_r:.3f}; {prose.caveat(results.routing)}")
-    assert results.routing.verdict.call == "cluster circuits"
-    assert ev.keyed_lookup_r > 0.95 and "cannot distinguish" in prose.caveat(results.routing)
+    caveat = prose.caveat(results.routing, results.interventions)
+    print(f"keyed: r(C_jac, C_out ⊙ C_rep) = {ev.keyed_lookup_r:.3f}; {caveat}")
+    assert results.routing.verdict.call == "cluster circuits" and results.routing.verdict.use == "not used"
+    assert ev.keyed_lookup_r > 0.95 and caveat.startswith("Keyed lookup detected") and "cannot distinguish" not in caveat
+    assert results.interventions.substitution.no_response > 0.9  # no unit opens at a centroid
+    assert prose.synthesis(results.routing).startswith("a keyed lookup")
+
+
+def test_smoothly_gated_lookup_is_shared_routing_to_every_test(known):
+    """What the tests cannot tell apart: a lookup whose gates open for the module's other KDs interpolates over the
+    module's embeddings — routing shared within modules, and the module centroid reproduces the responses."""
+    results, _, _ = known("keyed-smooth")
+    assert results.routing.verdict.call == "cluster circuits" and results.routing.verdict.use == "used"
+    assert results.interventions.substitution.cosine > 0.9 and results.interventions.interchange.accuracy > 0.9
 
 
 def test_one_linear_map_is_a_global_readout_not_cluster_circuits(known):
@@ -148,3 +180,25 @@ def test_one_linear_map_is_a_global_readout_not_cluster_circuits(known):
     assert ev.decomposition.specific_share < results.config.decision_rule.min_specific_share
     assert results.routing.verdict.call == "global readout" and results.routing.verdict.degenerate_matrix == "C_jac"
     assert "below the floor" in why(results)
+
+
+@pytest.mark.parametrize("kind", ["positive", "degenerate"])
+def test_steering_follows_the_planted_function(known, kind):
+    """Steering through the real forward agrees with the planted p-space function and its Jacobian (an independent
+    numpy oracle): the relative error of the first-order prediction at every step, and the trust radius — every
+    step for the linear map."""
+    results, _, planted = known(kind)
+    steering, routing = results.steering, results.routing
+    jacobians = planted.jacobians()
+    for axis, frame in steering.table.groupby("axis"):
+        k = planted.kd_names.index(frame["kd"].iloc[0])
+        v = routing.input_directions[axis - 1]
+        start = planted.pert_repr[k]
+        steps = frame["step"].to_numpy() * steering.scale
+        change = planted.respond(start + np.outer(steps, v)) - planted.respond(start[None])
+        predicted = np.outer(steps, jacobians[k] @ v)
+        oracle = np.linalg.norm(change - predicted, axis=1) / np.linalg.norm(predicted, axis=1)
+        print(kind, axis, np.round(frame["relative_error"].to_numpy(), 4), np.round(oracle, 4))
+        assert np.allclose(frame["relative_error"], oracle, atol=0.02, rtol=0.05)
+    if kind == "degenerate":
+        assert steering.trust_radius == (2.0,) * len(steering.trust_radius)

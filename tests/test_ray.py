@@ -59,7 +59,7 @@ def stage_folder(cache_dir: Path, stage: str) -> Path:
 def stage_digests(cache_dir: Path) -> dict:
     """{stage: {file: sha256}} as each stage's completion record lists them (shard files included)."""
     out = {}
-    for stage in ("effects", "jacobians", "routing"):
+    for stage in ("effects", "interventions", "jacobians", "routing", "steering"):
         record = json.loads((stage_folder(cache_dir, stage) / "_done.json").read_text())
         out[stage] = {name: entry["sha256"] for name, entry in record["files"].items()}
     return out

@@ -55,11 +55,11 @@ def traced(tmp_path_factory):
 
 def test_every_stage_computed_and_was_traced(traced):
     calls, _ = traced
-    assert set(calls) == {"effects", "jacobians", "routing", "across"}
+    assert set(calls) == {"effects", "interventions", "jacobians", "routing", "steering", "across"}
     assert all(len(seen) > 10 for seen in calls.values())
 
 
-@pytest.mark.parametrize("name", ["effects", "jacobians", "routing", "across"])
+@pytest.mark.parametrize("name", ["effects", "interventions", "jacobians", "routing", "steering", "across"])
 def test_every_executed_function_is_in_the_stage_key(traced, name):
     calls, _ = traced
     stage = stages.BY_NAME[name]
@@ -72,7 +72,7 @@ def test_every_executed_function_is_in_the_stage_key(traced, name):
     assert not outside, f"{name} executes code its key does not hash: {outside}"
 
 
-@pytest.mark.parametrize("name", ["inputs", "effects", "jacobians", "routing", "across"])
+@pytest.mark.parametrize("name", ["inputs", "effects", "interventions", "jacobians", "routing", "steering", "across"])
 def test_changing_any_covered_file_or_the_runner_changes_the_key(traced, monkeypatch, name):
     _, config = traced
     stage = stages.BY_NAME[name]
@@ -108,7 +108,7 @@ def test_a_field_no_stage_declares_changes_no_key(traced):
     """Fields that only decide how results are shown or where work runs leave every key alone."""
     _, config = traced
     facts = {"input_digests": [], "space": [], "kd_names": [], "set_size": 1, "gene_set_digests": [], "lines": []}
-    for name in ("effects", "jacobians", "routing"):
+    for name in ("effects", "interventions", "jacobians", "routing", "steering"):
         needs = {n: "k" for n in stages.BY_NAME[name].needs}
         assert stages.key(name, config.replace(executor="ray"), facts, needs) == stages.key(name, config, facts, needs)
 

@@ -32,16 +32,18 @@ Worlds with a common component (issue 18), unit-norm J_k in ROUTING_WORLD_DIM di
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..config import PACKAGE_DIR
-from ..results import CALLS, RoutingEvidence
+from ..results import CALLS, USES, RoutingEvidence
 from ..stats.clustering import cluster_kds, cosine_similarity
+from ..stats.interventions import centroids, substitution_plan, substitution_test
 from ..stats.routing import core_evidence, partial_mantel
-from ..stats.verdict import decide
+from ..stats.verdict import decide, use_criteria
 from ..store.cache import read_json
 from .known_answers import planted_model
 
@@ -257,4 +259,106 @@ STORED_RATES = PACKAGE_DIR / "datasets" / "calibration_rates.json"  # written by
 
 def stored_rates(path: Path = STORED_RATES) -> dict | None:
     """The last calibration run's table ({"rule", "rates"}), or None when it was never written."""
+    return read_json(path) if Path(path).is_file() else None
+
+
+# ---------------------------------------------------------------- is the geometry used? (interventions)
+# Worlds at the model level: a planted known-answer model's p-space function (`PlantedModel.respond`) answers every
+# substituted pert_repr, with draw noise — a part shared by every response of a replicate (the control draws' own
+# offset) and an independent part — of USE_NOISE × the median ‖ΔY_k‖ each. Clusters come from `cluster_kds` on the
+# noisy ΔY, as in the pipeline. Each world: (known-answer kind, planted answer, variant).
+# - "lookup", "keyed", "random": per-KD lookups (gated on KD-specific directions; keyed on each KD's own embedding,
+#   whose geometry clusters by output; random embeddings): "not used"; wrong: "used".
+# - "keyed-common": the keyed lookup plus a unit every KD opens, reading the embeddings' mean direction and writing
+#   one programme (half of the response's size): any centroid reproduces that common part, cluster or random —
+#   built to fool a test that reads the share reproduced rather than the gain over random groups. "not used".
+# - "positive", "keyed-smooth", "degenerate": module units, a lookup wide enough to interpolate over the module, one
+#   linear map: "used"; wrong: "not used".
+# - "partial-use": the positive model with its module units writing a quarter of their programme (the KD-specific
+#   units unchanged): the shared part carries a minority of the response. "used".
+USE_WORLDS = {"lookup": ("negative", "not used"), "keyed": ("keyed", "not used"), "random": ("random", "not used"),
+              "keyed-common": ("keyed", "not used"), "positive": ("positive", "used"),
+              "keyed-smooth": ("keyed-smooth", "used"), "degenerate": ("degenerate", "used"),
+              "partial-use": ("positive", "used")}
+USE_NOISE = 0.2
+PARTIAL_USE = 0.25  # the module units' share of their planted programme in "partial-use"
+
+
+def use_world(world: str, seed: int):
+    """One replicate: (ΔY [K, G] as observed, pert_repr [K, H], respond(p [B, H]) -> noisy ΔY(p) [B, G], labels [K])."""
+    kind, _ = USE_WORLDS[world]
+    planted = planted_model(kind, seed)
+    if world == "partial-use":
+        w2 = planted.w2.copy()
+        modules = [u for u, name in enumerate(planted.unit_kind) if name.startswith("module:")]
+        w2[:, modules] *= PARTIAL_USE
+        planted = dataclasses.replace(planted, w2=w2)
+    rng = np.random.default_rng([seed, 31, list(USE_WORLDS).index(world)])
+    n_genes = planted.w2.shape[0]
+    common_direction = _unit(planted.pert_repr.mean(axis=0))
+    common_programme = _unit(rng.normal(size=n_genes))
+    scale = float(np.median(np.linalg.norm(planted.delta_y(), axis=1)))
+    reach = float(np.median(planted.pert_repr @ common_direction))
+
+    def respond(p: np.ndarray) -> np.ndarray:
+        out = planted.respond(p)
+        if world == "keyed-common":  # a unit open for every KD, reading the embeddings' mean direction
+            out = out + 0.5 * scale * np.maximum(p @ common_direction, 0.0)[:, None] / reach * common_programme
+        noise = rng.normal(size=out.shape) / np.sqrt(n_genes)
+        return out + USE_NOISE * scale * (shared + noise)
+
+    shared = rng.normal(size=n_genes) / np.sqrt(n_genes)
+    delta_y = respond(planted.pert_repr)
+    return delta_y, planted.pert_repr, respond, cluster_kds(delta_y, 8, 0, 0).labels
+
+
+@dataclass(frozen=True)
+class UseRates:
+    """The substitution test and the use answer over `n_replicates` replicates of one world: rejection (p < α),
+    uses {answer: share}, false_rate (the wrong answer's share) with its binomial SE, mean_gain."""
+
+    world: str
+    expected: str
+    n_replicates: int
+    alpha: float
+    rejection: float
+    uses: dict
+    false_rate: float
+    false_se: float
+    mean_gain: float
+
+    def summary(self) -> str:
+        uses = ", ".join(f"{k} {v:.1%}" for k, v in self.uses.items() if v > 0)
+        return (f"{self.world} (planted: {self.expected}): {self.n_replicates} replicates, mean gain "
+                f"{self.mean_gain:.3f}; substitution rejects {self.rejection:.1%} ± "
+                f"{Rates.se(self.rejection, self.n_replicates):.1%}; answers: {uses} — wrong: {self.false_rate:.1%} ± "
+                f"{self.false_se:.1%}")
+
+
+def use_rates(world: str, n_replicates: int, rule, random_groups: int = 8, seed: int = 0) -> UseRates:
+    """The interventions' answer (`verdict.use_criteria`, as the pipeline decides it) over seeded replicates."""
+    _, expected = USE_WORLDS[world]
+    wrong = "used" if expected == "not used" else "not used"
+    uses = dict.fromkeys(USES, 0)
+    rejections, gains = 0, []
+    for replicate in range(n_replicates):
+        delta_y, pert_repr, respond, labels = use_world(world, seed + replicate)
+        plan = substitution_plan(labels, random_groups, replicate)
+        test, _ = substitution_test(delta_y, respond(centroids(pert_repr, plan)), plan, range(len(labels)), 999,
+                                    replicate)
+        support = use_criteria(test, None, rule)[0].supports
+        uses[{"used": "used", "not used": "not used"}.get(support, "inconclusive")] += 1
+        rejections += bool(test.p_value < rule.alpha)
+        gains.append(test.gain)
+    false_rate = uses[wrong] / n_replicates
+    return UseRates(world, expected, n_replicates, rule.alpha, rejections / n_replicates,
+                    {k: v / n_replicates for k, v in uses.items()}, false_rate, Rates.se(false_rate, n_replicates),
+                    float(np.nanmean(gains)) if np.isfinite(gains).any() else float("nan"))
+
+
+STORED_USE_RATES = PACKAGE_DIR / "datasets" / "calibration_interventions.json"  # written by benchmarks/calibration.py
+
+
+def stored_use_rates(path: Path = STORED_USE_RATES) -> dict | None:
+    """The last interventions calibration ({"rule", "rates"}), or None when it was never written."""
     return read_json(path) if Path(path).is_file() else None

@@ -36,6 +36,11 @@ programmes from the demo world, `analysis.demo.build_world`):
   the KD's *own embedding* p_k (not a direction orthogonal to the modules): J_k = w_k ⊗ p_k/‖p_k‖², so
   C_jac = C_out ⊙ C_rep, which tracks C_out because C_rep clusters by module → expected "cluster circuits", which the
   verdict qualifies with its caveat: local Jacobians cannot tell this lookup from shared routing.
+- "keyed-smooth": the same lookup with wide gates (each unit opens at 0.3 of its key's response, so the KDs of a module
+  open each other's units): a kernel smoother over the module's embeddings. Routing is shared within modules and the
+  module's centroid opens the same units → "cluster circuits", geometry used. The tests cannot tell it from shared
+  routing, because functionally it is shared routing; the sharp "keyed" lookup they do tell apart (its module
+  centroid opens no unit, so substitution collapses).
 - "degenerate": every hidden unit open for every KD (a linear decoder), so J_k = W2·W1 for all k and C_jac ≈ 1:
   the model routes every KD the same way while ΔY still clusters by module → expected "global readout" (the
   KD-specific share of the Jacobian energy, 2.5e-6 from the final LayerNorm's curvature and float32, is below the floor —
@@ -59,10 +64,15 @@ from ..config import DEFAULT_CONFIG, AnalysisConfig, load_config
 from ..store import cache
 from . import demo
 
-KINDS = ("positive", "negative", "random", "keyed", "degenerate")
+KINDS = ("positive", "negative", "random", "keyed", "keyed-smooth", "degenerate")
 # The calls each kind may receive: "random" has no structure to rule out beyond noise, so "inconclusive" is right too.
 EXPECTED_CALLS = {"positive": {"cluster circuits"}, "negative": {"per-KD"}, "random": {"per-KD", "inconclusive"},
-                  "keyed": {"cluster circuits"}, "degenerate": {"global readout"}}
+                  "keyed": {"cluster circuits"}, "keyed-smooth": {"cluster circuits"}, "degenerate": {"global readout"}}
+# What the interventions must say of each kind's encoder geometry (`Verdict.use`): a linear readout uses it; a
+# lookup keyed on each KD's own embedding, sharply gated, does not; gated widely, it interpolates over the module.
+EXPECTED_USES = {"positive": "used", "negative": "not used", "random": "not used", "keyed": "not used",
+                 "keyed-smooth": "used", "degenerate": "used"}
+SMOOTH_GATE = 0.3  # "keyed-smooth": a unit opens at this share of its own key's input (module mates give ≈ 0.5)
 
 MODULES = ("cytosolic_ribosome", "mitoribosome", "TRAPP", "proteasome", "MYC", "spliceosome", "mediator")
 # Up to 24 KDs of each module (K = 116, modules of 7 to 24 KDs): enough KDs that a negative can be *shown* (the
@@ -108,13 +118,21 @@ class PlantedModel:
     def expected_calls(self) -> set:
         return EXPECTED_CALLS[self.kind]
 
+    @property
+    def expected_use(self) -> str:
+        return EXPECTED_USES[self.kind]
+
+    def respond(self, p: np.ndarray) -> np.ndarray:
+        """The planted ΔY(p) [B, G] = W2 (h(p) − h(0)) for any representations p [B, H] (linear-LayerNorm approximation)."""
+        return (self.hidden(p) - self.hidden(np.zeros(self.w1.shape[1]))) @ self.w2.T
+
     def hidden(self, p: np.ndarray) -> np.ndarray:
         """relu(W1 p + b1) [.., U] (the exact-linear approximation of the model's first decoder layer)."""
         return np.maximum(p @ self.w1.T + self.b1, 0.0)
 
     def delta_y(self) -> np.ndarray:
         """Planted ΔY [K, G] = W2 (h(p_k) − h(0)) in the linear-LayerNorm approximation."""
-        return (self.hidden(self.pert_repr) - self.hidden(np.zeros(self.w1.shape[1]))) @ self.w2.T
+        return self.respond(self.pert_repr)
 
     def jacobians(self) -> np.ndarray:
         """Planted J_k [K, G, H] = W2 diag(on_k) W1 in the linear-LayerNorm approximation."""
@@ -210,11 +228,12 @@ def planted_model(kind: str, seed: int = 0) -> PlantedModel:
         pert_repr = rng.normal(size=(n_kds, basis.shape[0])) @ basis / np.sqrt(basis.shape[0]) * 1.2
         columns = rng.normal(size=(n_kds, N_GENES)) * PROGRAMME_NORM / np.sqrt(N_GENES)
         _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names)
-    elif kind == "keyed":
+    elif kind in ("keyed", "keyed-smooth"):
         pert_repr = strength[:, None] * module_dirs[module_index] + 1.0 * kd_dirs
         columns = np.stack([rng.uniform(0.8, 1.2) * programmes[module_index[k]] + kd_noise(0.4 * PROGRAMME_NORM)
                             for k in range(n_kds)])
-        _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names)
+        _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names,
+                      SMOOTH_GATE if kind == "keyed-smooth" else None)
     else:  # degenerate: every unit open for every KD (and the control): a linear decoder, one J for all KDs
         pert_repr = strength[:, None] * module_dirs[module_index] + 0.5 * kd_dirs
         for j, m in enumerate(MODULES):
@@ -227,22 +246,32 @@ def planted_model(kind: str, seed: int = 0) -> PlantedModel:
     return planted
 
 
-def _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names) -> None:
+def _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names, gate: float | None = None) -> None:
     """Per-KD lookup units gated on each KD's own embedding: unit k reads p_k/‖p_k‖² (1 for KD k) and opens halfway
-    between 1 and the largest input any other KD gives it; writes `columns[k]` (scaled so ΔY_k = columns[k])."""
+    between 1 and the largest input any other KD gives it (sharp), or at `gate` (wide); writes `columns[k]` (scaled
+    so that KD k's own unit adds columns[k])."""
     norms = np.linalg.norm(pert_repr, axis=1)
     reach = (pert_repr / norms[:, None] ** 2) @ pert_repr.T - np.eye(len(pert_repr))  # [k, l]: unit k's input from KD l
+    sharp = gate is None
     for k, kd in enumerate(kd_names):
-        gate = 0.5 * (1.0 + max(reach[k].max(), 0.0))
+        if sharp:
+            gate = 0.5 * (1.0 + max(reach[k].max(), 0.0))
         w1[k], b1[k], w2[:, k], unit_kind[k] = pert_repr[k] / norms[k] ** 2, -gate, columns[k] / (1.0 - gate), f"kd:{kd}"
 
 
 def _check_gating(planted: PlantedModel) -> None:
     """Every KD opens exactly its planted units (its module's unit, its own unit) and the control opens none;
-    in the degenerate kind every KD and the control open every used unit."""
+    in the degenerate kind every KD and the control open every used unit; in "keyed-smooth" a KD opens its own unit
+    and units of its module only."""
     on = planted.pert_repr @ planted.w1.T + planted.b1 > 0  # [K, U]
     used = {u for u, name in enumerate(planted.unit_kind) if name != "off"}
+    module_of = {f"kd:{kd}": m for kd, m in zip(planted.kd_names, planted.kd_module)}
     for k, kd in enumerate(planted.kd_names):
+        if planted.kind == "keyed-smooth":
+            opened = {planted.unit_kind[u] for u in np.flatnonzero(on[k])}
+            if f"kd:{kd}" not in opened or any(module_of[u] != planted.kd_module[k] for u in opened):
+                raise AssertionError(f"keyed-smooth: KD {kd} opens {sorted(opened)}")
+            continue
         if planted.kind == "degenerate":
             expected = {planted.unit_kind[u] for u in used}
         else:

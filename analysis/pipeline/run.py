@@ -1,5 +1,5 @@
-"""The pipeline: inputs → effects (ΔY, clusters, enrichment) → jacobians → routing (statistics, verdict), per cell
-line, then across the lines.
+"""The pipeline: inputs → effects (ΔY, clusters, enrichment) → interventions (substituted pert_repr) → jacobians →
+routing (statistics, verdict), per cell line, then across the lines.
 
 Each stage is cached under `<cache_dir>/<stage>/<key>/`, its key derived from the stage graph (`stages`); `run`
 checks every input of every line first, computes what the cache lacks, and returns results read back from the cache
@@ -20,15 +20,24 @@ from ..console import StageProgress, note
 from ..errors import InputError
 from ..model import jacobians
 from ..model.effects import compute_effects
+from ..model.interventions import substituted_responses
 from ..model.load import LoadedRun, ShippedRun, input_files, load_model, load_run
-from ..results import AcrossResult, EffectsResult, LineResults, Results, RoutingResult
-from ..stats import clustering, consistency, enrichment, routing, verdict
+from ..results import (
+    AcrossResult,
+    EffectsResult,
+    InterventionsResult,
+    LineResults,
+    Results,
+    RoutingResult,
+    SteeringResult,
+)
+from ..stats import clustering, consistency, enrichment, interventions, routing, verdict
 from ..stats.axes import output_svd, read_axes
 from ..stats.draws import reproducibility
 from ..stats.prior_work import prior_work
 from ..store import cache, codec
 from ..store.gmt import read_libraries
-from ..store.readers import read_across, read_effects, read_routing
+from ..store.readers import read_across, read_effects, read_interventions, read_routing, read_steering
 from ..store.shards import JacobianShards, ShardStore, open_shards
 from . import executors, stages
 from .provenance import provenance
@@ -59,7 +68,7 @@ def run(config: AnalysisConfig, progress: bool = True, executor=None) -> Results
     lines = [load_line(line_config, model) for line_config in config.per_line()]
     across_key = stages.key("across", config, {"lines": [[ln.config.cell_line, ln.keys["effects"], ln.keys["routing"]]
                                                          for ln in lines]}, {}) if len(lines) > 1 else None
-    needed = [ln.stage(name) for ln in lines for name in ("effects", "jacobians", "routing")]
+    needed = [ln.stage(name) for ln in lines for name in LINE_STAGES]
     needed += [cache.StageDir(config.cache_dir, "across", across_key)] if across_key else []
     if not all(stage.has_record for stage in needed):
         cache.require_writable(config.cache_dir)
@@ -89,14 +98,20 @@ def load_line(config: AnalysisConfig, model=None) -> Line:
     return Line(config, loaded, keys, executors.WorkerState(loaded, partial(ShippedRun.of, config, loaded)))
 
 
+LINE_STAGES = ("effects", "interventions", "jacobians", "routing", "steering")  # one line's computed stages, in order
+
+
 def analyse_line(line: Line, progress: bool, executor) -> LineResults:
-    """The three stages of one cell line."""
+    """The computed stages of one cell line."""
     effects = run_effects(line, progress, executor)
+    intervened = run_interventions(line, effects, progress, executor)
     # Shards are hashed only when the routing stage will read them; with it cached, sizes and headers suffice.
     shards, jacobian_record = run_jacobians(line, effects, progress, executor,
                                             verify_shards=line.stage("routing").record(quiet=True) is None)
-    routing_result = run_routing(line, effects, shards, jacobian_record)
-    return LineResults(line.config.cell_line, effects, routing_result, provenance(line.config, line.run, line.keys["inputs"]))
+    routing_result = run_routing(line, effects, intervened, shards, jacobian_record)
+    steered = run_steering(line, effects, shards, routing_result, progress, executor)
+    return LineResults(line.config.cell_line, effects, routing_result,
+                       provenance(line.config, line.run, line.keys["inputs"]), intervened, steered)
 
 
 # ---------------------------------------------------------------- stages
@@ -131,6 +146,39 @@ def run_effects(line: Line, progress: bool = True, executor=None) -> EffectsResu
         return {"seconds": time.perf_counter() - started, "n_clusters": clusters.n_clusters}
 
     return read_effects(stage, stage.ensure(compute))
+
+
+def run_interventions(line: Line, effects: EffectsResult, progress: bool = True,
+                      executor=None) -> InterventionsResult:
+    """The model's responses to substituted pert_repr (forward passes only, on the effects stage's control draws):
+    each KD's cluster leave-one-out centroid and random groups' centroids, and the interchange of cluster-shared
+    components; scored by `stats.interventions`."""
+    config, loaded, stage, responses = line.config, line.run, line.stage("interventions"), effects.responses
+    executor = executor or executors.for_config(config)
+
+    def compute() -> dict:
+        started = time.perf_counter()
+        plan = interventions.substitution_plan(effects.labels, config.random_groups, config.seed)
+        swap = interventions.interchange_plan(responses.pert_repr, responses.control_repr, plan, config.seed)
+        points = [interventions.centroids(responses.pert_repr, plan)] if plan.n_points else []
+        points += [swap.points] if swap is not None else []
+        answers = (substituted_responses(loaded, np.concatenate(points), responses.control_repr,
+                                         responses.draw_cells, executor, line.state,
+                                         "Interventions (substituted pert_repr)", progress)
+                   if points else np.zeros((0, len(responses.gene_names))))
+        substitution, table = interventions.substitution_test(responses.delta_y, answers[:plan.n_points], plan,
+                                                               responses.kd_names, config.n_permutations, config.seed)
+        interchange = None
+        if swap is not None:
+            interchange, swapped = interventions.interchange_test(responses.delta_y, answers[plan.n_points:], swap,
+                                                                  config.n_permutations, config.seed)
+            table = pd.concat([table, swapped], axis=1)
+        stage.write_parquet("kds.parquet", table)
+        stage.write_json("tests.json", {"substitution": codec.encode(substitution),
+                                        "interchange": codec.encode(interchange)})
+        return {"seconds": time.perf_counter() - started, "n_sets": len(answers) * len(responses.draw_cells)}
+
+    return read_interventions(stage, stage.ensure(compute))
 
 
 def run_jacobians(line: Line, effects: EffectsResult, progress: bool = True, executor=None,
@@ -168,9 +216,10 @@ def run_jacobians(line: Line, effects: EffectsResult, progress: bool = True, exe
     return open_shards(stage.path), record
 
 
-def run_routing(line: Line, effects: EffectsResult, shards: JacobianShards, jacobian_record: dict) -> RoutingResult:
+def run_routing(line: Line, effects: EffectsResult, intervened: InterventionsResult, shards: JacobianShards,
+                jacobian_record: dict) -> RoutingResult:
     """C_jac and its KD-specific part C_jac^spec from the streamed Gram, the SVD and its reading, the statistics, the
-    verdict, the prior-work numbers."""
+    verdict (with the interventions' answer to whether the geometry is used), the prior-work numbers."""
     config, stage, responses = line.config, line.stage("routing"), effects.responses
 
     def compute() -> dict:
@@ -187,12 +236,14 @@ def run_routing(line: Line, effects: EffectsResult, shards: JacobianShards, jaco
         svd_table, svd_evidence = read_axes(svd, output_scores, output_loadings, responses.kd_names,
                                             responses.gene_names, read_libraries(config.gene_sets), config.fdr,
                                             config.prerank_permutations, config.seed, line.run.space.has_genes)
-        call = verdict.decide(evidence, config.decision_rule, svd_evidence)
+        call = verdict.decide(evidence, config.decision_rule, svd_evidence, intervened.substitution,
+                              intervened.interchange)
         linearity_frame = pd.DataFrame({"kd": responses.kd_names, "cluster": effects.labels,
                                         "explained": linear.to_numpy(), "jacobian_norm": np.sqrt(np.diag(gram))})
         stage.write_npz("matrices.npz", c_out=effects.c_out, c_jac=c_jac, c_jac_specific=c_jac_specific, c_rep=c_rep, gram=gram,
                         variance_explained=svd.variance_explained, kd_scores=svd.kd_scores,
-                        gene_loadings=svd.gene_loadings, output_kd_scores=output_scores,
+                        gene_loadings=svd.gene_loadings, input_directions=svd.input_directions,
+                        output_kd_scores=output_scores,
                         output_gene_loadings=output_loadings)
         stage.write_json("evidence.json", {"routing": codec.encode(evidence), "svd": codec.encode(svd_evidence)})
         stage.write_json("verdict.json", codec.encode(call))
@@ -202,6 +253,28 @@ def run_routing(line: Line, effects: EffectsResult, shards: JacobianShards, jaco
         return {"seconds": time.perf_counter() - started}
 
     return read_routing(stage, stage.ensure(compute), line.stage("jacobians"), jacobian_record, effects.seconds)
+
+
+def run_steering(line: Line, effects: EffectsResult, shards: JacobianShards, routing_result: RoutingResult,
+                 progress: bool = True, executor=None) -> SteeringResult:
+    """ΔY as p moves along each leading routing axis from its highest-scoring KD (forward passes only), against the
+    first-order prediction from that KD's stored Jacobian: dose-response and trust radius per axis."""
+    config, loaded, stage, responses = line.config, line.run, line.stage("steering"), effects.responses
+    executor = executor or executors.for_config(config)
+
+    def compute() -> dict:
+        started = time.perf_counter()
+        plan = interventions.steering_plan(responses.pert_repr, responses.control_repr, routing_result.kd_scores,
+                                           routing_result.input_directions)
+        answers = substituted_responses(loaded, plan.points, responses.control_repr, responses.draw_cells, executor,
+                                        line.state, "Steering along routing axes", progress)
+        table, radii = interventions.steering_table(answers, interventions.first_order_columns(shards, plan), plan,
+                                                    routing_result.gene_loadings, responses.kd_names)
+        stage.write_parquet("steering.parquet", table)
+        return {"seconds": time.perf_counter() - started, "trust_radius": list(radii), "scale": plan.scale,
+                "tolerance": interventions.TRUST_TOLERANCE}
+
+    return read_steering(stage, stage.ensure(compute))
 
 
 def run_across(config: AnalysisConfig, across_key: str, lines: list[Line], results: tuple) -> AcrossResult:
@@ -236,7 +309,7 @@ def stage_paths(config: AnalysisConfig, lines: list[Line], across_key: str | Non
     paths = {}
     for line in lines:
         suffix = f" ({line.config.cell_line})" if len(lines) > 1 else ""
-        paths |= {f"{name}{suffix}": str(line.stage(name).path) for name in ("effects", "jacobians", "routing")}
+        paths |= {f"{name}{suffix}": str(line.stage(name).path) for name in LINE_STAGES}
     if across_key:
         paths["across"] = str(stages.stage_folder(config, "across", across_key))
     return paths

@@ -337,6 +337,47 @@ def linearity_by_cluster(linearity: pd.DataFrame) -> alt.LayerChart:
     return (box + points + rule).properties(width=420, height=180)
 
 
+# ---------------------------------------------------------------- interventions
+def substitution_by_cluster(table: pd.DataFrame) -> alt.LayerChart:
+    """Per substituted KD, how well the model's response to a centroid put in place of its pert_repr points along its
+    own ΔY: its cluster's leave-one-out centroid against random groups of the same size, by output cluster."""
+    kinds = {"cosine": "its cluster's centroid (leave-one-out)", "random_cosine": "random groups' centroids (mean)"}
+    frame = table.melt(id_vars=["kd", "cluster"], value_vars=list(kinds), var_name="centroid", value_name="cos")
+    frame["centroid"] = frame["centroid"].map(kinds)
+    colour = alt.Color("centroid:N", title="pert_repr replaced by", scale=alt.Scale(
+        domain=list(kinds.values()), range=["#7b3294", "#9e9e9e"]), legend=alt.Legend(orient="bottom"))
+    base = alt.Chart(frame).encode(x=alt.X("cluster:O", title="output cluster", axis=alt.Axis(labelAngle=0)),
+                                   xOffset=alt.XOffset("centroid:N", sort=list(kinds.values())), color=colour)
+    box = base.mark_boxplot(extent="min-max", opacity=0.45, size=14).encode(
+        y=alt.Y("cos:Q", title="cos(ΔY(centroid), ΔY_k)", scale=alt.Scale(domain=[-1, 1])))
+    points = base.mark_circle(size=14, opacity=0.7).encode(
+        y="cos:Q", tooltip=["kd", "cluster", "centroid", alt.Tooltip("cos:Q", format=".3f")])
+    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(strokeDash=[4, 3], color="#888").encode(y="y:Q")
+    return (box + points + zero).properties(width=420, height=200)
+
+
+def steering_dose_response(table: pd.DataFrame, tolerance: float) -> alt.HConcatChart:
+    """Steering along each routing axis: whether the change of ΔY follows the axis's gene loading (left) and how far
+    the first-order prediction J·v·step holds (right: its relative error, log scale, against the tolerance)."""
+    axis = alt.Color("axis:N", title="routing axis", legend=alt.Legend(orient="bottom"))
+    tooltip = ["axis", "kd", "step", alt.Tooltip("relative_error:Q", format=".3g"),
+               alt.Tooltip("cos_loading:Q", format=".3f")]
+    base = alt.Chart(table).encode(color=axis, tooltip=tooltip)
+    follows = (base.mark_line(point=True).encode(
+        x=alt.X("step:Q", title="step along the axis (median KD offsets)"),
+        y=alt.Y("cos_loading:Q", title="cos(change of ΔY, axis gene loading)", scale=alt.Scale(domain=[-1, 1])))
+        .properties(width=230, height=190))
+    floor = table.assign(relative_error=table["relative_error"].clip(lower=1e-6))
+    error = (alt.Chart(floor).mark_point(filled=True).encode(
+        x=alt.X("distance:Q", title="‖Δp‖ (pert_repr units)"),
+        y=alt.Y("relative_error:Q", title="relative error of J·Δp", scale=alt.Scale(type="log")),
+        color=axis, shape=alt.Shape("direction:N", title="direction"), tooltip=tooltip)
+        .transform_calculate(direction="datum.step > 0 ? 'positive' : 'negative'")
+        .properties(width=230, height=190))
+    line = alt.Chart(pd.DataFrame({"y": [tolerance]})).mark_rule(strokeDash=[4, 3], color="#888").encode(y="y:Q")
+    return alt.hconcat(follows, error + line)
+
+
 # ---------------------------------------------------------------- routing
 def _pairs(labels: np.ndarray):
     i, j = np.triu_indices(len(labels), k=1)

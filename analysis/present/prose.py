@@ -7,7 +7,16 @@ from __future__ import annotations
 import pandas as pd
 
 from ..config import DecisionRule
-from ..results import AcrossResult, Criterion, PairedDifference, Results, RoutingResult
+from ..results import (
+    AcrossResult,
+    Criterion,
+    InterchangeTest,
+    InterventionsResult,
+    PairedDifference,
+    Results,
+    RoutingResult,
+    SubstitutionTest,
+)
 from .formatting import p_phrase
 
 CALL_MEANINGS = {
@@ -25,6 +34,31 @@ CALL_MEANINGS = {
 }
 CAVEAT = ("A per-KD lookup that switches on when it reads each KD's own embedding gives C_jac = C_out ⊙ C_rep and "
           "the same cluster-circuits call: local Jacobians cannot distinguish it from shared routing.")
+USE_MEANINGS = {
+    "used": "used — a KD's response is carried by what its output cluster's embeddings share: the cluster's centroid "
+            "reproduces it, an arbitrary group's does not",
+    "not used": "not used — replacing a KD's embedding by its cluster's shared part reproduces its response no better "
+                "than a random group's (by less than the smallest gain of interest): the model reads KD-specific "
+                "components",
+    "inconclusive": "not decided — the substitution gain is neither shown nor bounded below the smallest gain of "
+                    "interest",
+}
+# The routing call and the interventions' answer, read together (the call alone is the Jacobians' answer).
+SYNTHESES = {
+    ("cluster circuits", "used"): "Model B: routing is shared within output clusters, and the model uses the "
+                                  "cluster-shared part of the encoder geometry to produce the responses",
+    ("cluster circuits", "not used"): "a keyed lookup: routing similarity follows the clusters only because each "
+                                      "KD's gate reads its own embedding; the cluster-shared geometry carries none of "
+                                      "the response",
+    ("per-KD", "not used"): "Model A: a per-KD lookup; neither routing nor the responses use the clusters' shared "
+                            "geometry",
+    ("per-KD", "used"): "routing is KD-specific, yet the cluster-shared part of the embeddings carries the responses "
+                        "(a smooth per-KD readout of clustered embeddings)",
+    ("global readout", "used"): "one global readout of the encoder geometry: every KD is routed alike and the "
+                                "embeddings' cluster structure carries the responses",
+    ("global readout", "not used"): "every KD is routed alike, but the cluster-shared geometry does not carry the "
+                                    "responses",
+}
 # How a PairedDifference's direction reads, after "routing" (CLI) or "a KD's own routing was" (report).
 DIRECTIONS = {"more": "more consistent between the lines than output",
               "less": "less consistent between the lines than output",
@@ -79,12 +113,63 @@ def _within(evidence, rule: DecisionRule, deciding: tuple) -> str:
             f"not two; over same-cluster pairs only, r = {w.statistic:.3f} (bound {w.upper_bound:.3g}; {p}): {what}.")
 
 
-def caveat(routing: RoutingResult) -> str:
-    """The construct's blind spot, said with every cluster-circuits call ("" otherwise)."""
+def caveat(routing: RoutingResult, intervened: InterventionsResult | None = None) -> str:
+    """The construct's blind spot, with every cluster-circuits call ("" otherwise): what the interventions showed of
+    it when they decided, the caveat itself when they did not (or were not run)."""
     if routing.verdict.call != "cluster circuits":
         return ""
     r = routing.evidence.keyed_lookup_r
-    return CAVEAT + (f" Here r(C_jac, C_out ⊙ C_rep) = {r:.2f}." if r is not None else "")
+    here = f" (here r(C_jac, C_out ⊙ C_rep) = {r:.2f})" if r is not None else ""
+    use = routing.verdict.use
+    if use == "used":
+        return (f"A per-KD lookup keyed on each KD's own embedding would give C_jac = C_out ⊙ C_rep{here} and the same "
+                f"routing statistics; the intervention rules it out: {substitution_phrase(intervened.substitution)}.")
+    if use == "not used":
+        return (f"Keyed lookup detected: routing similarity follows the clusters as C_jac = C_out ⊙ C_rep predicts for "
+                f"a lookup keyed on each KD's own embedding{here}, and the intervention shows the lookup: "
+                f"{substitution_phrase(intervened.substitution)}.")
+    undecided = (f" The intervention did not decide: {substitution_phrase(intervened.substitution)}."
+                 if use == "inconclusive" else "")
+    return CAVEAT + (f" Here r(C_jac, C_out ⊙ C_rep) = {r:.2f}." if r is not None else "") + undecided
+
+
+def substitution_phrase(test: SubstitutionTest) -> str:
+    """What centroid substitution showed: cosines, share and size, then the gain with its bound and p."""
+    if test.n_clusters < 2:
+        return (f"fewer than two output clusters of at least three KDs ({test.n_clusters}), so no cluster's centroid "
+                "could be tested against random groups")
+    p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
+    return (f"a KD's cluster's leave-one-out centroid, put in place of its embedding, reproduces its response with "
+            f"cosine {test.cosine:.2f} (random groups of the same size {test.random_cosine:.2f}; share reproduced "
+            f"{test.share:.2f}, median size ratio {test.size_ratio:.2f}; {test.n_kds} KDs in {test.n_clusters} "
+            f"clusters) — a gain of {test.gain:.3f} in cosine (one-sided 95 % upper bound {test.bound:.3g}; cluster "
+            f"sign-flip {p})")
+
+
+def interchange_phrase(test: InterchangeTest) -> str:
+    """What swapping the cluster-shared component showed."""
+    p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
+    return (f"swapping a KD's cluster-shared component (its projection on the span of the {test.rank} cluster "
+            f"centroids) for another cluster's moves its response to that cluster in {test.accuracy:.0%} of "
+            f"{test.n_kds} KDs ({test.null_accuracy:.0%} for the same swap along random directions; {p})")
+
+
+def use_meaning(routing: RoutingResult) -> str:
+    """Is the encoder geometry used? The interventions' answer ("" when they were not run)."""
+    return USE_MEANINGS[routing.verdict.use] if routing.verdict.use else ""
+
+
+def use_reason(intervened: InterventionsResult | None) -> str:
+    """Why the interventions answered as they did: the substitution, then the interchange ("" when not run)."""
+    if intervened is None:
+        return ""
+    swap = f"; {interchange_phrase(intervened.interchange)}" if intervened.interchange is not None else ""
+    return f"{substitution_phrase(intervened.substitution)}{swap}."
+
+
+def synthesis(routing: RoutingResult) -> str:
+    """The routing call and the interventions' answer read together ("" when no pairing has a reading of its own)."""
+    return SYNTHESES.get((routing.verdict.call, routing.verdict.use), "")
 
 
 def _explain(row: Criterion, n_permutations: int, alpha: float = 0.05) -> str:

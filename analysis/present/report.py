@@ -170,7 +170,7 @@ def numbers(results: Results) -> SimpleNamespace:
         svd_axes_read=f"{svd.n_axes}", svd_interpretable=f"{svd.n_interpretable}",
         svd_axes_described=next(c.note for c in p3.verdict.criteria if c.name.startswith("SVD axes show")), svd_output_interpretable=f"{svd.n_output_interpretable}",
         svd_beyond=f"{svd.n_beyond_output}", principal_cosine=fmt(svd.min_principal_cosine),
-        reason=prose.reason(p3, rule), caveat=prose.caveat(p3),
+        reason=prose.reason(p3, rule), caveat=prose.caveat(p3, results.interventions),
         linearity_median=fmt(float(p3.linearity["explained"].median())),
         linearity_q1=fmt(float(p3.linearity["explained"].quantile(0.25))),
         linearity_q3=fmt(float(p3.linearity["explained"].quantile(0.75))),
@@ -182,8 +182,70 @@ def numbers(results: Results) -> SimpleNamespace:
         device=prov["device"], jacobian_seconds=f"{p3.seconds.get('jacobians', float('nan')):.0f}",
         jvp_ratio=f"{n_genes / hidden:.1f}", weak_fraction=f"{cfg.weak_fraction:g}",
         autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
+        **intervention_numbers(results),
     )
     return SimpleNamespace(**{k: Md(typeset(v)) for k, v in values.items()})
+
+
+def intervention_numbers(results: Results) -> dict:
+    """The interventions' numbers the prose quotes (`sub_*`: centroid substitution; `swap_*`: interchange)."""
+    intervened, rule = results.interventions, results.config.decision_rule
+    s, i = intervened.substitution, intervened.interchange
+    values = dict(
+        use=results.routing.verdict.use, random_groups=f"{s.random_groups}", substitution_margin=f"{rule.substitution_margin:g}",
+        sub_n_kds=f"{s.n_kds}", sub_n_clusters=f"{s.n_clusters}", sub_cosine=fmt(s.cosine),
+        sub_random_cosine=fmt(s.random_cosine), sub_share=fmt(s.share), sub_random_share=fmt(s.random_share),
+        sub_size=fmt(s.size_ratio), sub_gain=fmt(s.gain, 3), sub_se=fmt(s.standard_error, 3),
+        sub_bound=fmt(s.bound, 3), sub_lower=fmt(s.lower, 3),
+        sub_p=p_phrase(s.p_value, None if s.exact else s.n_sign_patterns) if s.n_clusters >= 2 else "p undefined",
+        sub_floor=fmt_p(2.0 ** -s.n_clusters) if s.n_clusters else "—",
+        intervention_sets=f"{intervened.n_sets:,}", intervention_seconds=f"{intervened.seconds:.0f}",
+        intervention_share=f"{100 * intervened.seconds / max(results.routing.seconds['jacobians'], 1e-9):.0f}%",
+        use_meaning=prose.use_meaning(results.routing), use_reason=prose.use_reason(intervened),
+        synthesis=prose.synthesis(results.routing) or "the routing call and the interventions' answer are read side by side",
+    )
+    if i is not None:
+        values |= dict(swap_rank=f"{i.rank}", swap_accuracy=f"{100 * i.accuracy:.0f}%",
+                       swap_null=f"{100 * i.null_accuracy:.0f}%",
+                       swap_p=p_phrase(i.p_value, None if i.exact else i.n_sign_patterns))
+    else:
+        values |= dict.fromkeys(("swap_rank", "swap_accuracy", "swap_null", "swap_p"), "—")
+    return values
+
+
+def interventions_text(results: Results) -> Md:
+    """The interventions' Results paragraph: what substitution and interchange showed, and their cost."""
+    n = numbers(results)
+    swap = (f" Swapping the cluster-shared component (rank {n.swap_rank}) for another cluster's moved the response "
+            f"to that cluster for {n.swap_accuracy} of KDs, against {n.swap_null} for the same swap along random "
+            f"directions ({n.swap_p})." if results.interventions.interchange is not None else "")
+    return Md(typeset(
+        f"{n.sub_n_kds} KDs in {n.sub_n_clusters} output clusters were substituted (@fig-substitution). At its "
+        f"cluster's leave-one-out centroid, a KD's response pointed along its own ΔY with mean cosine {n.sub_cosine}, "
+        f"against {n.sub_random_cosine} at random groups' centroids; the centroid reproduced a mean share "
+        f"{n.sub_share} of ΔY (random groups {n.sub_random_share}), at a median size ratio of {n.sub_size}. The gain, "
+        f"{n.sub_gain} in cosine (delete-one-cluster SE {n.sub_se}; one-sided 95% bounds {n.sub_lower} to "
+        f"{n.sub_bound}; cluster sign-flip {n.sub_p}, whose floor with {n.sub_n_clusters} clusters is {n.sub_floor}), "
+        f"answers the question: the geometry is **{n.use}**.{swap} The interventions took {n.intervention_seconds} s "
+        f"for {n.intervention_sets} sets, {n.intervention_share} of the Jacobian stage's time."))
+
+
+def steering_text(results: Results) -> Md:
+    """The steering paragraph: how far each routing axis's first-order picture holds, and whether ΔY follows it."""
+    steering = results.steering
+    table = steering.table
+    parts = []
+    for (axis, kd), frame in table.groupby(["axis", "kd"], sort=True):
+        radius = steering.trust_radius[int(axis) - 1]
+        held = (f"holds within {fmt(steering.tolerance)} up to {fmt(radius)} median KD offsets"
+                if radius > 0 else f"misses by more than {fmt(steering.tolerance)} already at the smallest step")
+        parts.append(f"axis {axis} (from {kd}): the first-order prediction {held}, and the change of ΔY has median "
+                     f"|cos| {fmt(float(frame['cos_loading'].abs().median()))} with the axis's gene loading")
+    return Md(typeset(
+        f"Steering p along the leading routing axes (@fig-steering; steps of "
+        f"{', '.join(fmt(t) for t in sorted(table['step'].unique()))} × {fmt(steering.scale, 3)}, the median distance "
+        f"of a KD's `pert_repr` from the control's): " + "; ".join(parts) + ". A trust radius says how far the "
+        "Jacobians' local picture of routing extends; beyond it the model's gates open or close."))
 
 
 def negative_linearity(linearity: pd.DataFrame) -> str:
@@ -267,7 +329,13 @@ def abstract(results: Results) -> Md:
               "neither": f"whether same-output-cluster KDs share KD-specific routing stays open ({c_part})"}[
         contrast.supports]
     verdict = f"The verdict is {call_phrase(results)}."
-    caveat = f" {prose.caveat(results.routing)}" if prose.caveat(results.routing) else ""
+    if results.routing.verdict.use:
+        verdict += (f" Asked directly, by substituting each KD's representation with its cluster's shared part, the "
+                    f"encoder geometry is **{results.routing.verdict.use}** (cosine gain over random groups "
+                    f"{n.sub_gain}, upper bound {n.sub_bound}, {n.sub_p})"
+                    + (f": {prose.synthesis(results.routing)}." if prose.synthesis(results.routing) else "."))
+    caveat = prose.caveat(results.routing, results.interventions)
+    caveat = f" {caveat}" if caveat else ""
     lines = f" {across_sentence(results)}" if results.across is not None else ""
     return Md(typeset(f"{share}; {first}; {second}. {verdict}{caveat}{lines}"))
 
@@ -325,7 +393,7 @@ def sign_flip_floor(results: Results) -> str:
 
 def caveat_callout(results: Results) -> Md:
     """The construct's caveat as a callout beneath a positive call (nothing otherwise)."""
-    caveat = prose.caveat(results.routing)
+    caveat = prose.caveat(results.routing, results.interventions)
     return Md(f"::: {{.callout-note}}\n{typeset(caveat)}\n:::" if caveat else "")
 
 
@@ -409,6 +477,13 @@ def tests_table(results: Results) -> Md:
          f"sign flips of the primary line's output-cluster sums (every pattern up to 2^16, else {perm}), two-sided; "
          f"95% interval by resampling clusters ({boot})",
          "KDs of one cluster share responses, so clusters, not KDs, are the independent units"),
+        ("Is the encoder geometry used?",
+         "mean over KDs of cos(ΔY(cluster's leave-one-out centroid), ΔY_k) − mean cos(ΔY(random groups' centroids), ΔY_k)",
+         "sign flips of the output-cluster sums (every pattern up to 2^16), one-sided; one-sided 95% upper bound from "
+         "the delete-one-cluster jackknife with t on C − 1 df",
+         "KDs of one cluster share their centroid's members, so clusters are the units"),
+        ("", "interchange accuracy − the same swap along a random subspace of equal rank",
+         "sign flips of the output-cluster sums, one-sided", "as above"),
         ("Number and stability of clusters", "mean silhouette on 1 − cos for 2 … max clusters; ARI",
          f"maximum silhouette; bootstrap of output genes ({cfg.cluster_bootstrap}) re-clustered at that number",
          "a stated, data-driven criterion; stability against the choice of genes"),
@@ -614,6 +689,22 @@ def calibration_frame(stored: dict | None) -> pd.DataFrame | None:
                                                                                   "global readout")),
                      "False calls": pct(rates["false_rate"]) if rates.get("false_calls") else "—"})
     return pd.DataFrame(rows)
+
+
+def intervention_calibration_table(stored: dict | None) -> Md:
+    """The interventions' calibration (`benchmarks/calibration.py` writes it; `datasets.calibration.stored_use_rates`
+    reads it): per world, the substitution test's rejection rate and the share of each answer, wrong ones marked."""
+    if stored is None:
+        return Md("The interventions' calibration is written by `python benchmarks/calibration.py`; it was not "
+                  "found here.")
+    pct = (lambda v: f"{100 * v:.1f}%")
+    rows = [{"World (replicates)": f"{breakable(r['world'])} ({r['n_replicates']:,})",
+             "Planted": r["expected"], "Rejects": pct(r["rejection"]),
+             "Used / not used / undecided": " / ".join(pct(r["uses"].get(u, 0.0)) for u in ("used", "not used",
+                                                                                               "inconclusive")),
+             "Wrong answer": f"{pct(r['false_rate'])} ± {pct(r['false_se'])}", "Mean gain": fmt(r["mean_gain"], 3)}
+            for r in stored["rates"]]
+    return markdown_table(pd.DataFrame(rows), [26, 10, 9, 22, 15, 9], "llrrrr")
 
 
 def calibration_table(stored: dict | None) -> Md:

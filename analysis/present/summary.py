@@ -30,10 +30,23 @@ def summary_lines(results: Results) -> list[str]:
               f"{effects.responses.pert_repr.shape[1]} in {routing.seconds['jacobians']:.0f} s; {check['kd']} against "
               f"reverse mode: relative error {check['relative_error']:.1e}; median share of ΔY explained by J·Δp "
               f"{routing.linearity['explained'].median():.2f}"]
+    intervened = results.interventions
+    if intervened is not None:
+        lines += ["", f"Interventions: {intervened.n_sets:,} substituted sets (forward passes only) in "
+                      f"{intervened.seconds:.0f} s"]
+    if results.steering is not None:
+        radii = ", ".join(f"axis {a}: {r:g}" for a, r in enumerate(results.steering.trust_radius, 1))
+        lines.append(f"Steering along the routing axes: first-order prediction within "
+                     f"{results.steering.tolerance:g} up to (median KD offsets) {radii}")
     lines += ["", f"Verdict: {routing.verdict.call.upper()} — {prose.meaning(routing)}",
               f"  Why: {prose.reason(routing, results.config.decision_rule)}"]
-    if prose.caveat(routing):
-        lines.append(f"  Caveat: {prose.caveat(routing)}")
+    if routing.verdict.use:
+        lines += [f"Geometry: {routing.verdict.use.upper()} — {prose.use_meaning(routing)}",
+                  f"  Why: {prose.use_reason(intervened)}"]
+    if prose.synthesis(routing):
+        lines.append(f"Together: {prose.synthesis(routing)}.")
+    if prose.caveat(routing, intervened):
+        lines.append(f"  Caveat: {prose.caveat(routing, intervened)}")
     lines.append("")
     for c in routing.verdict.criteria:
         p = "" if c.p_value is None else ", " + p_phrase(c.p_value, results.config.n_permutations)
@@ -42,7 +55,8 @@ def summary_lines(results: Results) -> list[str]:
                      f"{basis}; threshold {c.threshold}")
     if results.across is not None:
         lines += ["", "Across cell lines (the lines above: " + results.lines[0].cell_line + ")"]
-        lines += [f"  {line.cell_line}: {line.routing.verdict.call.upper()} "
+        lines += [f"  {line.cell_line}: {line.routing.verdict.call.upper()}"
+                  f"{'; geometry ' + line.routing.verdict.use if line.routing.verdict.use else ''} "
                   f"(r = {line.routing.evidence.mantel_pearson.statistic:.2f}, "
                   f"contrast {line.routing.evidence.contrast.test.statistic:.2f} SD)" for line in results.lines]
         lines.append(f"  {prose.describe_across(results.across)}")

@@ -54,21 +54,24 @@ def matched_and_baseline(cosines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.diag(cosines).copy(), off / (2 * (n - 1))
 
 
-def sign_flip_p(unit_sums: np.ndarray, n_permutations: int, seed: int) -> tuple[float, int, bool]:
-    """Two-sided p of Σ unit_sums against its sign-flip distribution: (p, patterns used, exact).
+def sign_flip_p(unit_sums: np.ndarray, n_permutations: int, seed: int,
+                one_sided: bool = False) -> tuple[float, int, bool]:
+    """p of Σ unit_sums against its sign-flip distribution: (p, patterns used, exact). Two-sided, or one-sided
+    (Σ > 0) with `one_sided`.
 
     Exact (all 2^C patterns, the observed one included) for C ≤ MAX_ENUMERATED_UNITS units, else
     `n_permutations` seeded patterns with the +1 correction.
     """
-    observed = abs(unit_sums.sum())
+    fold = (lambda x: x) if one_sided else np.abs
+    observed = fold(unit_sums.sum())
     tolerance = 1e-12 * max(np.abs(unit_sums).sum(), 1e-300)  # ties within rounding count as extreme
     if len(unit_sums) <= MAX_ENUMERATED_UNITS:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(unit_sums))))
-        extreme = np.abs(signs @ unit_sums) >= observed - tolerance
+        extreme = fold(signs @ unit_sums) >= observed - tolerance
         return float(extreme.mean()), len(signs), True
     rng = np.random.default_rng(seed)
     signs = rng.choice((1.0, -1.0), size=(n_permutations, len(unit_sums)))
-    extreme = np.abs(signs @ unit_sums) >= observed - tolerance
+    extreme = fold(signs @ unit_sums) >= observed - tolerance
     return float((1 + extreme.sum()) / (n_permutations + 1)), n_permutations, False
 
 

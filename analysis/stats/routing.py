@@ -82,7 +82,8 @@ class JacobianSVD:
     first axis by size alone; on unit-norm rows an axis is a shared routing *direction*.
     singular_values [A]; variance_explained [A] (share of K = trace of C_jac); kd_scores [K, A] = U·s; axes [A, G, H]
     right singular vectors; gene_loadings [A, G] (leading gene factor of each axis, signed so that genes going up in
-    high-scoring KDs load positively).
+    high-scoring KDs load positively); input_directions [A, H] (the matching pert_repr factor, unit norm: moving p
+    along it moves the output along the gene loading, to first order).
     """
 
     singular_values: np.ndarray
@@ -90,6 +91,7 @@ class JacobianSVD:
     kd_scores: np.ndarray
     axes: np.ndarray
     gene_loadings: np.ndarray
+    input_directions: np.ndarray
 
 
 def jacobian_svd(gram: np.ndarray, shards: JacobianShards, delta_y: np.ndarray, n_axes: int) -> JacobianSVD:
@@ -123,13 +125,12 @@ def jacobian_svd(gram: np.ndarray, shards: JacobianShards, delta_y: np.ndarray, 
         axes += np.einsum("ka,kgh->agh", u[kd_index] / norms[kd_index, None], jac.astype(np.float64))
     axes /= s[:, None, None]
     loadings = np.zeros((n_axes, shards.shape[0]))
+    directions = np.zeros((n_axes, shards.shape[1]))
     for a in range(n_axes):
-        left, _, _ = np.linalg.svd(axes[a], full_matrices=False)
-        gene = left[:, 0]
-        if gene @ (u[:, a] @ delta_y) < 0:
-            gene = -gene
-        loadings[a] = gene
-    return JacobianSVD(s, eigenvalues / max(np.trace(unit_gram), 1e-300), u * s, axes, loadings)
+        left, _, right = np.linalg.svd(axes[a], full_matrices=False)
+        sign = -1.0 if left[:, 0] @ (u[:, a] @ delta_y) < 0 else 1.0
+        loadings[a], directions[a] = sign * left[:, 0], sign * right[0]
+    return JacobianSVD(s, eigenvalues / max(np.trace(unit_gram), 1e-300), u * s, axes, loadings, directions)
 
 
 # ---------------------------------------------------------------- pair statistics

@@ -32,6 +32,12 @@ Calls:
 - mixed: one criterion shows cluster sharing, the other rules it out.
 - inconclusive: anything else (a criterion neither shown nor ruled out).
 
+Is the geometry used? (a second question, asked of the model by intervention, `stats.interventions`): the
+centroid-substitution gain decides — "used" when p < α and the gain is at least `substitution_margin`, "not used" when
+its one-sided 95 % upper bound is below that margin, "inconclusive" otherwise (also with fewer than 2 substitutable
+clusters); the interchange row is reported beside it. `Verdict.use` holds the answer; the routing call is unchanged
+by it, and the words combine the two (`present.prose`).
+
 Not done here: a noise floor from independent control-cell draws (split-half reliability of C_jac^spec); until
 it is, KD-specific structure that is draw-to-draw noise cannot be told from routing, and no call says "unreliable".
 
@@ -39,8 +45,9 @@ The SVD, the partial Mantel and the seed's pair-level tests are reported beside 
 never change the call.
 
 The construct's limit: a per-KD lookup whose gate reads the KD's own embedding has J_k = w_k ⊗ p_k/‖p_k‖², so
-C_jac = C_out ⊙ C_rep, and local Jacobians cannot tell it from shared routing when C_rep clusters like C_out.
-Every cluster-circuits call carries that caveat, with r(C_jac, C_out ⊙ C_rep) beside it.
+C_jac = C_out ⊙ C_rep, and local Jacobians cannot tell it from shared routing when C_rep clusters like C_out. The
+interventions can: substituting the cluster's shared part collapses such a lookup's response. Without them, every
+cluster-circuits call carries that caveat, with r(C_jac, C_out ⊙ C_rep) beside it.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DecisionRule
-from ..results import Criterion, RoutingEvidence, SvdEvidence, Verdict
+from ..results import Criterion, InterchangeTest, RoutingEvidence, SubstitutionTest, SvdEvidence, Verdict
 
 
 def _support(significant: bool, large_enough: bool, equivalent: bool) -> str:
@@ -163,18 +170,54 @@ def reported_criteria(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvi
     return tuple(rows)
 
 
-def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None = None) -> Verdict:
+def use_criteria(substitution: SubstitutionTest, interchange: InterchangeTest | None,
+                 rule: DecisionRule) -> tuple[Criterion, ...]:
+    """The interventions' rows: centroid substitution (decides whether the geometry is used) and interchange
+    (reported)."""
+    s, a, m = substitution, rule.alpha, rule.substitution_margin
+    if s.n_clusters >= 2:
+        support = ("used" if s.p_value < a and s.gain >= m else "not used" if s.bound < m else "neither")
+    else:
+        support = "neither"
+    rows = [Criterion("A cluster's shared embedding reproduces its KDs' responses", "decides (use)",
+                      "mean cos(ΔY(cluster centroid), ΔY_k) − mean cos(ΔY(random-group centroid), ΔY_k)", s.gain,
+                      f"leave-one-out centroid substitution through the model's forward, {s.random_groups} random "
+                      f"groups per KD; one-sided cluster sign-flip over {s.n_clusters} clusters; delete-one-cluster "
+                      "jackknife bound (t)", f"used: gain ≥ {m:g}, p < {a}; not used: bound < {m:g}",
+                      _p(s.p_value), support == "used", support,
+                      f"{s.n_kds} KDs; cos {s.cosine:.3f} (random groups {s.random_cosine:.3f}); share reproduced "
+                      f"{s.share:.3f} (random {s.random_share:.3f}); median size ratio {s.size_ratio:.2f}",
+                      _finite(s.bound), m)]
+    if interchange is not None:
+        i = interchange
+        rows.append(Criterion("Swapping the cluster-shared component moves the response to the other cluster",
+                              "interventions (reported)", "interchange accuracy − random-subspace swap", i.gain,
+                              f"projection on the span of {i.rank} cluster centroids swapped; one-sided cluster "
+                              "sign-flip", f"p < {a}", _p(i.p_value), bool(i.p_value < a and i.gain > 0),
+                              note=f"accuracy {i.accuracy:.2f} vs {i.null_accuracy:.2f} for a random subspace of the "
+                                   f"same rank ({i.n_kds} KDs)"))
+    return tuple(rows)
+
+
+def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None = None,
+           substitution: SubstitutionTest | None = None, interchange: InterchangeTest | None = None) -> Verdict:
     """The call and its evidential basis, from the statistics alone (the pipeline, the known answers and the
-    calibration all call this one function)."""
+    calibration all call this one function); with the interventions, also whether the geometry is used."""
     mantel_row, contrast_row = deciding_criteria(evidence, rule)
-    criteria = (mantel_row, contrast_row) + structure_criteria(evidence, rule) + reported_criteria(evidence, rule, svd)
+    criteria = (mantel_row, contrast_row) + structure_criteria(evidence, rule)
+    use = ""
+    if substitution is not None:
+        use_rows = use_criteria(substitution, interchange, rule)
+        criteria += use_rows
+        use = {"used": "used", "not used": "not used"}.get(use_rows[0].supports, "inconclusive")
+    criteria += reported_criteria(evidence, rule, svd)
     d, s = evidence.decomposition, evidence.spread
     n = evidence.n_kds
     out_specific = (n - 1) / n * (1 - s.out_mean) if n > 1 else 0.0  # the same share for unit-norm ΔY
     if out_specific < rule.min_specific_share:
-        return Verdict("degenerate", criteria, "C_out")
+        return Verdict("degenerate", criteria, "C_out", use)
     if d.specific_share < rule.min_specific_share:
-        return Verdict("global readout", criteria, "C_jac")
+        return Verdict("global readout", criteria, "C_jac", use)
     supports = (mantel_row.supports, contrast_row.supports)
     if supports == ("Model B", "Model B"):
         call = "cluster circuits"
@@ -184,7 +227,7 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
         call = "mixed"
     else:
         call = "inconclusive"
-    return Verdict(call, criteria)
+    return Verdict(call, criteria, use=use)
 
 
 def _axes_note(svd: SvdEvidence) -> str:

@@ -9,10 +9,14 @@ import pandas as pd
 from ..results import (
     AcrossResult,
     EffectsResult,
+    InterchangeTest,
+    InterventionsResult,
     PairedDifference,
     Responses,
     RoutingEvidence,
     RoutingResult,
+    SteeringResult,
+    SubstitutionTest,
     SvdEvidence,
     Verdict,
 )
@@ -37,6 +41,14 @@ def read_effects(stage: StageDir, record: dict) -> EffectsResult:
                          record["seconds"])
 
 
+def read_interventions(stage: StageDir, record: dict) -> InterventionsResult:
+    tests = read_json(stage / "tests.json")
+    return InterventionsResult(stage.key, pd.read_parquet(stage / "kds.parquet"),
+                               codec.decode(SubstitutionTest, tests["substitution"]),
+                               codec.decode(InterchangeTest, tests["interchange"]), record["n_sets"],
+                               record["seconds"])
+
+
 def read_routing(stage: StageDir, record: dict, jacobians: StageDir, jacobian_record: dict,
                  effects_seconds: float) -> RoutingResult:
     """The routing stage from its folder, with what the Jacobian stage's record says (time, device, check)."""
@@ -48,7 +60,13 @@ def read_routing(stage: StageDir, record: dict, jacobians: StageDir, jacobian_re
                          codec.decode(RoutingEvidence, evidence["routing"]), codec.decode(SvdEvidence, evidence["svd"]),
                          pd.read_parquet(stage / "svd_enrichment.parquet"), pd.read_parquet(stage / "linearity.parquet"),
                          codec.decode(Verdict, read_json(stage / "verdict.json")), read_json(stage / "prior_work.json"),
-                         seconds, jacobian_record["autograd_check"], jacobian_record["device"], a.get("c_jac_specific"))
+                         seconds, jacobian_record["autograd_check"], jacobian_record["device"], a.get("c_jac_specific"),
+                         a.get("input_directions"))
+
+
+def read_steering(stage: StageDir, record: dict) -> SteeringResult:
+    return SteeringResult(stage.key, pd.read_parquet(stage / "steering.parquet"), tuple(record["trust_radius"]),
+                          record["scale"], record["tolerance"], record["seconds"])
 
 
 def read_across(stage: StageDir, record: dict) -> AcrossResult:
