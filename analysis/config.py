@@ -93,7 +93,7 @@ class AnalysisConfig:
     min_specific_share: float = 1e-4  # KD-specific share of the Jacobian energy below which routing is one readout
     global_share: float = 0.5  # common share at or above which unstructured KD-specific routing is a global readout
     min_cluster_share: float = 0.1  # same − cross mean C_jac^spec (share of KD-specific energy) needed for Model B
-    random_groups: int = 8  # random-group centroids per output cluster, the reference of centroid substitution
+    random_groups: int = 8  # random-group centroids per KD, the reference of centroid substitution
     substitution_margin: float = 0.1  # smallest substitution gain (cosine) of interest: "used" / "not used"
     fdr: float = 0.05
     n_axes: int = 5

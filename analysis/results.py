@@ -92,19 +92,36 @@ class RoutingResult:
 
 
 @dataclass(frozen=True)
+class ClusterInference:
+    """Inference for the mean of a per-KD quantity with the output clusters as units (`stats.interventions`).
+
+    estimate: the mean over KDs; standard_error: delete-one-cluster jackknife; lower / bound: one-sided 95 % bounds
+    (t, C − 1 df); p_value: one-sided (estimate > 0) sign-flip p of the cluster sums, over n_sign_patterns patterns
+    (exact: all enumerated); n_clusters: C.
+    """
+
+    estimate: float
+    standard_error: float
+    lower: float
+    bound: float
+    p_value: float
+    n_sign_patterns: int
+    exact: bool
+    n_clusters: int
+
+
+@dataclass(frozen=True)
 class SubstitutionTest:
     """Centroid substitution (`stats.interventions`): is a KD's response carried by what its cluster's embeddings share?
 
-    n_kds substituted KDs in n_clusters output clusters (of ≥ 3 KDs), random_groups random-group centroids per KD.
-    cosine / random_cosine: mean cos(ΔY(c), ΔY_k) with c the cluster's leave-one-out centroid / a random group's
-    (0 where the model gives no response); share / random_share: mean share of ΔY_k reproduced,
-    1 − ‖ΔY(c) − ΔY_k‖²/‖ΔY_k‖²; size_ratio: median ‖ΔY(c)‖/‖ΔY_k‖; no_response: share of KDs whose centroid gave
-    exactly no response. gain: mean d_k = cosine − random cosine (cosine units); standard_error: delete-one-cluster
-    jackknife; lower / bound: one-sided 95 % bounds (t, C − 1 df); p_value: one-sided cluster sign-flip p.
+    n_kds substituted KDs (in clusters of ≥ 3), random_groups random-group centroids per cluster. cosine /
+    random_cosine: mean cos(ΔY(c), ΔY_k) with c the cluster's leave-one-out centroid / a random group's (0 where the
+    model gives no response); share / random_share: mean share of ΔY_k reproduced, 1 − ‖ΔY(c) − ΔY_k‖²/‖ΔY_k‖²;
+    size_ratio: median ‖ΔY(c)‖/‖ΔY_k‖; no_response: share of KDs whose centroid gave exactly no response;
+    gain: the mean of d_k = cosine − random cosine (cosine units), with its cluster-level inference.
     """
 
     n_kds: int
-    n_clusters: int
     random_groups: int
     cosine: float
     random_cosine: float
@@ -112,13 +129,7 @@ class SubstitutionTest:
     random_share: float
     size_ratio: float
     no_response: float
-    gain: float
-    standard_error: float
-    lower: float
-    bound: float
-    p_value: float
-    n_sign_patterns: int
-    exact: bool
+    gain: ClusterInference
 
 
 @dataclass(frozen=True)
@@ -127,19 +138,14 @@ class InterchangeTest:
     span of the cluster centroids, of dimension `rank`) swapped for another cluster's.
 
     accuracy: share of the n_kds interventions whose response is closer to the target cluster's mean response than
-    to the source's; null_accuracy: the same swap along a random subspace of the same rank; gain: accuracy −
-    null_accuracy, lower: its one-sided 95 % lower bound, p_value: one-sided cluster sign-flip p."""
+    to the source's; null_accuracy: the same swap along a random subspace of the same rank; gain: the mean per-KD
+    difference of successes (accuracy − null_accuracy), with its cluster-level inference."""
 
     n_kds: int
-    n_clusters: int
     rank: int
     accuracy: float
     null_accuracy: float
-    gain: float
-    lower: float
-    p_value: float
-    n_sign_patterns: int
-    exact: bool
+    gain: ClusterInference
 
 
 @dataclass(frozen=True)

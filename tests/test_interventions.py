@@ -25,28 +25,27 @@ from analysis.stats.verdict import use_criteria
 def test_plan_substitutes_clusters_of_three_or_more_with_leave_one_out_centroids():
     labels = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 3, 4])  # group 0 weak; cluster 2 has two KDs, 4 one
     plan = interventions.substitution_plan(labels, random_groups=5, seed=0)
-    assert list(plan.kds) == [2, 3, 4, 7, 8, 9, 10] and list(plan.names) == [1, 3]
-    for k, mates in zip(plan.kds, plan.mates):
+    assert list(plan.kds) == [2, 3, 4, 7, 8, 9, 10]
+    for k, (mates, *randoms) in zip(plan.kds, plan.groups):
         assert k not in mates and set(mates) == set(np.flatnonzero(labels == labels[k])) - {k}
-    for cluster, groups in zip(plan.names, plan.random):
-        size = min((labels == cluster).sum() - 1, (np.isin(labels, [1, 3]) & (labels != cluster)).sum())
-        assert len(groups) == 5
-        for group in groups:  # drawn from the other substituted clusters only, without repeats
-            assert len(group) == size == len(set(group)) and not set(labels[group]) & {0, 2, 4, cluster}
+        assert len(randoms) == 5
+        for group in randoms:  # drawn from the other substituted KDs, without repeats, never the KD itself
+            assert len(group) == len(mates) == len(set(group)) and k not in group
+            assert set(labels[group]) <= {1, 3}
     pert_repr = np.random.default_rng(1).normal(size=(len(labels), 4))
     points = interventions.centroids(pert_repr, plan)
-    assert points.shape == (plan.n_points, 4) and plan.n_points == 7 + 2 * 5
+    assert points.shape == (plan.n_points, 4) and plan.n_points == 7 * 6
     assert np.allclose(points[0], pert_repr[[3, 4]].mean(axis=0))  # KD 2's centroid: KDs 3 and 4
-    assert np.allclose(points[7], pert_repr[plan.random[0][0]].mean(axis=0))
+    assert np.allclose(points[1], pert_repr[plan.groups[0][1]].mean(axis=0))
 
 
 def test_a_single_substitutable_cluster_is_not_decided():
-    """One cluster has no random groups to compare with: no p, and the use row supports neither answer."""
+    """One cluster cannot be compared across clusters: no p, and the use row supports neither answer."""
     labels = np.array([1, 1, 1, 1, 2, 2])
     plan = interventions.substitution_plan(labels, random_groups=3, seed=0)
-    assert plan.random_groups == 0 and plan.n_points == 4
-    test, table = interventions.substitution_test(np.ones((6, 3)), np.ones((4, 3)), plan, list("abcdef"), 99, 0)
-    assert test.n_clusters == 0 and np.isnan(test.p_value) and len(table) == 4
+    assert plan.n_points == 4 * 4
+    test, table = interventions.substitution_test(np.ones((6, 3)), np.ones((16, 3)), plan, list("abcdef"), 99, 0)
+    assert test.gain.n_clusters == 0 and np.isnan(test.gain.p_value) and len(table) == 4
     assert use_criteria(test, None, default_decision_rule())[0].supports == "neither"
 
 
@@ -57,13 +56,12 @@ def test_substitution_scores_against_a_hand_computed_oracle():
     rng = np.random.default_rng(0)
     delta_y = rng.normal(size=(6, 5))
     responses = rng.normal(size=(plan.n_points, 5))
-    responses[1] = 0.0  # the model gives no response to KD 1's centroid: cosine 0, share 0
+    responses[3] = 0.0  # the model gives no response to KD 1's centroid: cosine 0, share 0
     test, table = interventions.substitution_test(delta_y, responses, plan, list("abcdef"), 99, 0)
     for i, k in enumerate(plan.kds):
-        y, r = delta_y[k], responses[i]
+        y, r = delta_y[k], responses[3 * i]
         cos = 0.0 if not r.any() else y @ r / np.linalg.norm(y) / np.linalg.norm(r)
-        c = list(plan.names).index(labels[k])
-        randoms = responses[6 + 2 * c: 8 + 2 * c]
+        randoms = responses[3 * i + 1: 3 * i + 3]
         rand_cos = np.mean([y @ q / np.linalg.norm(y) / np.linalg.norm(q) for q in randoms])
         assert table.loc[i, "cosine"] == pytest.approx(cos)
         assert table.loc[i, "share"] == pytest.approx(1 - np.sum((r - y) ** 2) / np.sum(y**2))
@@ -71,7 +69,7 @@ def test_substitution_scores_against_a_hand_computed_oracle():
         assert table.loc[i, "random_cosine"] == pytest.approx(rand_cos)
         assert table.loc[i, "gain"] == pytest.approx(cos - rand_cos)
     assert table.loc[1, "cosine"] == 0 and table.loc[1, "share"] == 0
-    assert test.gain == pytest.approx(table["gain"].mean()) and test.no_response == pytest.approx(1 / 6)
+    assert test.gain.estimate == pytest.approx(table["gain"].mean()) and test.no_response == pytest.approx(1 / 6)
 
 
 def test_cluster_inference_against_enumeration_and_an_explicit_jackknife():
@@ -111,12 +109,12 @@ def test_planted_models_get_their_planted_use(kind):
     """Every known-answer model, through its planted p-space function: the use it was built to have."""
     planted, test, interchange = _planted_use(kind)
     row = use_criteria(test, interchange, default_decision_rule())[0]
-    print(f"{kind}: cos {test.cosine:.3f} vs random {test.random_cosine:.3f}, gain {test.gain:.3f} "
-          f"(bound {test.bound:.3f}, p {test.p_value:.3g}); interchange {interchange.accuracy:.2f} vs "
+    print(f"{kind}: cos {test.cosine:.3f} vs random {test.random_cosine:.3f}, gain {test.gain.estimate:.3f} "
+          f"(bound {test.gain.bound:.3f}, p {test.gain.p_value:.3g}); interchange {interchange.accuracy:.2f} vs "
           f"{interchange.null_accuracy:.2f}")
     assert {"used": "used", "not used": "not used"}.get(row.supports, "inconclusive") == planted.expected_use
     if planted.expected_use == "used":  # the shared component also carries the response across clusters
-        assert interchange.accuracy > 0.9 and interchange.p_value < 0.05
+        assert interchange.accuracy > 0.9 and interchange.gain.p_value < 0.05
     else:  # a lookup collapses: no response at all to the cluster's centroid
         assert test.no_response == 1.0 and interchange.accuracy == 0.0
 

@@ -73,12 +73,12 @@ def test_interventions_give_the_planted_use(known, kind):
     results, _, planted = known(kind)
     test, verdict = results.interventions.substitution, results.routing.verdict
     print(f"{kind}: {verdict.call} / {verdict.use}; cos {test.cosine:.3f} vs random {test.random_cosine:.3f}, gain "
-          f"{test.gain:.3f} (bound {test.bound:.3f}, {test.p_value:.3g}); share {test.share:.3f}, size ratio "
+          f"{test.gain.estimate:.3f} (bound {test.gain.bound:.3f}, {test.gain.p_value:.3g}); share {test.share:.3f}, size ratio "
           f"{test.size_ratio:.2f}; {results.interventions.n_sets} sets in {results.interventions.seconds:.1f} s")
     assert verdict.use == planted.expected_use
     assert verdict.call in planted.expected_calls
-    assert prose.use_meaning(results.routing).startswith(verdict.use)
-    assert f"gain of {test.gain:.3f}" in prose.use_reason(results.interventions)
+    assert prose.use_meaning(results.routing) == prose.USE_MEANINGS[verdict.use]
+    assert f"gain of {test.gain.estimate:.3f}" in prose.use_reason(results.interventions)
     # Forward passes only: a small fraction of the Jacobian stage's time.
     assert results.interventions.seconds < 0.25 * results.routing.seconds["jacobians"]
 

@@ -8,6 +8,7 @@ text, is tests/test_render.py.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 import os
@@ -411,6 +412,31 @@ def test_prose_numbers_against_independent_values(executed, demo_results):
         assert style.fullmatch(value), f"{key} = {value!r}"
 
 
+def test_intervention_numbers_against_the_per_kd_table(executed, demo_results):
+    """The interventions' prose against the per-KD table, recomputed here: mean cosines, the gain, its one-sided
+    sign-flip p by enumeration over the clusters, the answer's word; the steering trust radius from its table."""
+    values = _inline_values(executed)
+    table = demo_results.interventions.table
+    assert _shows(values["N.sub_cosine"], table["cosine"].mean())
+    assert _shows(values["N.sub_random_cosine"], table["random_cosine"].mean())
+    gain = table["cosine"] - table["random_cosine"]
+    assert _shows(values["N.sub_gain"], gain.mean())
+    sums = gain.groupby(table["cluster"]).sum().to_numpy()
+    flips = np.array([np.dot(signs, sums) for signs in itertools.product((1, -1), repeat=len(sums))])
+    p = np.mean(flips >= sums.sum() - 1e-12)
+    assert values["N.sub_p"] == f"p = {p:.2g}"
+    assert values["N.use"] == demo_results.routing.verdict.use
+    steering = demo_results.steering
+    for axis, frame in steering.table.groupby("axis"):
+        radius = 0.0
+        for size in sorted(frame["step"].abs().unique()):
+            if (frame.loc[frame["step"].abs() <= size, "relative_error"] < steering.tolerance).all():
+                radius = size
+            else:
+                break
+        assert steering.trust_radius[axis - 1] == radius
+
+
 def test_document_names_no_machine_path(executed):
     """A collaborator's copy shows paths relative to the config file; the rendering machine's folders appear nowhere."""
     notebook, info = executed
@@ -485,7 +511,11 @@ def test_cli_summary_shows_the_records(demo_results):
         r = np.corrcoef(line.routing.c_out[np.triu_indices(len(line.routing.c_out), k=1)],
                         line.routing.c_jac_specific[np.triu_indices(len(line.routing.c_jac), k=1)])[0, 1]
         contrast = line.routing.evidence.contrast.test.statistic
-        assert shown == f"  {line.cell_line}: {line.routing.verdict.call.upper()} (r = {r:.2f}, contrast {contrast:.2f} SD)"
+        use = f"; geometry {line.routing.verdict.use}" if line.routing.verdict.use else ""
+        assert shown == (f"  {line.cell_line}: {line.routing.verdict.call.upper()}{use} (r = {r:.2f}, "
+                         f"contrast {contrast:.2f} SD)")
+    (use_line,) = [line for line in lines if line.startswith("Geometry: ")]
+    assert use_line.startswith(f"Geometry: {routing.verdict.use.upper()} — ")
 
 
 def _heatmap_cells(chart):

@@ -348,8 +348,8 @@ def use_rates(world: str, n_replicates: int, rule, random_groups: int = 8, seed:
                                     replicate)
         support = use_criteria(test, None, rule)[0].supports
         uses[{"used": "used", "not used": "not used"}.get(support, "inconclusive")] += 1
-        rejections += bool(test.p_value < rule.alpha)
-        gains.append(test.gain)
+        rejections += bool(test.gain.p_value < rule.alpha)
+        gains.append(test.gain.estimate)
     false_rate = uses[wrong] / n_replicates
     return UseRates(world, expected, n_replicates, rule.alpha, rejections / n_replicates,
                     {k: v / n_replicates for k, v in uses.items()}, false_rate, Rates.se(false_rate, n_replicates),

@@ -59,7 +59,7 @@ def substituted_responses(run: LoadedRun, pert_repr: np.ndarray, control_repr: n
              for i, start in enumerate(range(0, len(pert_repr), batch))]
     control = substituted_means(run, SubstitutionTask(-1, range(1), control_repr[None]), draw_cells)[0]
     out = np.zeros((len(pert_repr), control.shape[0]))
-    bar = StageProgress(len(pert_repr), label, "set", progress)
+    bar = StageProgress(len(pert_repr), label, "representation", progress)
     for task, means in executor.map(partial(substituted_means, draw_cells=draw_cells), tasks, state):
         out[task.rows.start:task.rows.stop] = means - control
         bar.update(len(task.rows))

@@ -265,7 +265,7 @@ def run_steering(line: Line, effects: EffectsResult, shards: JacobianShards, rou
     def compute() -> dict:
         started = time.perf_counter()
         plan = interventions.steering_plan(responses.pert_repr, responses.control_repr, routing_result.kd_scores,
-                                           routing_result.input_directions)
+                                           routing_result.input_directions, effects.labels)
         answers = substituted_responses(loaded, plan.points, responses.control_repr, responses.draw_cells, executor,
                                         line.state, "Steering along routing axes", progress)
         table, radii = interventions.steering_table(answers, interventions.first_order_columns(shards, plan), plan,

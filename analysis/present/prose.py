@@ -35,12 +35,12 @@ CALL_MEANINGS = {
 CAVEAT = ("A per-KD lookup that switches on when it reads each KD's own embedding gives C_jac = C_out ⊙ C_rep and "
           "the same cluster-circuits call: local Jacobians cannot distinguish it from shared routing.")
 USE_MEANINGS = {
-    "used": "used — a KD's response is carried by what its output cluster's embeddings share: the cluster's centroid "
+    "used": "a KD's response is carried by what its output cluster's embeddings share: the cluster's centroid "
             "reproduces it, an arbitrary group's does not",
-    "not used": "not used — replacing a KD's embedding by its cluster's shared part reproduces its response no better "
+    "not used": "replacing a KD's embedding by its cluster's shared part reproduces its response no better "
                 "than a random group's (by less than the smallest gain of interest): the model reads KD-specific "
                 "components",
-    "inconclusive": "not decided — the substitution gain is neither shown nor bounded below the smallest gain of "
+    "inconclusive": "the substitution gain is neither shown nor bounded below the smallest gain of "
                     "interest",
 }
 # The routing call and the interventions' answer, read together (the call alone is the Jacobians' answer).
@@ -135,27 +135,28 @@ def caveat(routing: RoutingResult, intervened: InterventionsResult | None = None
 
 def substitution_phrase(test: SubstitutionTest) -> str:
     """What centroid substitution showed: cosines, share and size, then the gain with its bound and p."""
-    if test.n_clusters < 2:
-        return (f"fewer than two output clusters of at least three KDs ({test.n_clusters}), so no cluster's centroid "
+    g = test.gain
+    if g.n_clusters < 2:
+        return (f"fewer than two output clusters of at least three KDs ({g.n_clusters}), so no cluster's centroid "
                 "could be tested against random groups")
-    p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
+    p = p_phrase(g.p_value, None if g.exact else g.n_sign_patterns)
     return (f"a KD's cluster's leave-one-out centroid, put in place of its embedding, reproduces its response with "
             f"cosine {test.cosine:.2f} (random groups of the same size {test.random_cosine:.2f}; share reproduced "
-            f"{test.share:.2f}, median size ratio {test.size_ratio:.2f}; {test.n_kds} KDs in {test.n_clusters} "
-            f"clusters) — a gain of {test.gain:.3f} in cosine (one-sided 95 % upper bound {test.bound:.3g}; cluster "
+            f"{test.share:.2f}, median size ratio {test.size_ratio:.2f}; {test.n_kds} KDs in {g.n_clusters} "
+            f"clusters) — a gain of {g.estimate:.3f} in cosine (one-sided 95 % upper bound {g.bound:.3g}; cluster "
             f"sign-flip {p})")
 
 
 def interchange_phrase(test: InterchangeTest) -> str:
     """What swapping the cluster-shared component showed."""
-    p = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
+    p = p_phrase(test.gain.p_value, None if test.gain.exact else test.gain.n_sign_patterns)
     return (f"swapping a KD's cluster-shared component (its projection on the span of the {test.rank} cluster "
             f"centroids) for another cluster's moves its response to that cluster in {test.accuracy:.0%} of "
             f"{test.n_kds} KDs ({test.null_accuracy:.0%} for the same swap along random directions; {p})")
 
 
 def use_meaning(routing: RoutingResult) -> str:
-    """Is the encoder geometry used? The interventions' answer ("" when they were not run)."""
+    """Is the encoder geometry used? What the interventions' answer means, without its label ("" when not run)."""
     return USE_MEANINGS[routing.verdict.use] if routing.verdict.use else ""
 
 

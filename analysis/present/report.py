@@ -191,23 +191,27 @@ def intervention_numbers(results: Results) -> dict:
     """The interventions' numbers the prose quotes (`sub_*`: centroid substitution; `swap_*`: interchange)."""
     intervened, rule = results.interventions, results.config.decision_rule
     s, i = intervened.substitution, intervened.interchange
+    g = s.gain
     values = dict(
         use=results.routing.verdict.use, random_groups=f"{s.random_groups}", substitution_margin=f"{rule.substitution_margin:g}",
-        sub_n_kds=f"{s.n_kds}", sub_n_clusters=f"{s.n_clusters}", sub_cosine=fmt(s.cosine),
+        sub_n_kds=f"{s.n_kds}", sub_n_clusters=f"{g.n_clusters}", sub_cosine=fmt(s.cosine),
         sub_random_cosine=fmt(s.random_cosine), sub_share=fmt(s.share), sub_random_share=fmt(s.random_share),
-        sub_size=fmt(s.size_ratio), sub_gain=fmt(s.gain, 3), sub_se=fmt(s.standard_error, 3),
-        sub_bound=fmt(s.bound, 3), sub_lower=fmt(s.lower, 3),
-        sub_p=p_phrase(s.p_value, None if s.exact else s.n_sign_patterns) if s.n_clusters >= 2 else "p undefined",
-        sub_floor=fmt_p(2.0 ** -s.n_clusters) if s.n_clusters else "—",
+        sub_size=fmt(s.size_ratio), sub_gain=fmt(g.estimate, 3), sub_se=fmt(g.standard_error, 3),
+        sub_bound=fmt(g.bound, 3), sub_lower=fmt(g.lower, 3),
+        sub_p=p_phrase(g.p_value, None if g.exact else g.n_sign_patterns) if g.n_clusters >= 2 else "p undefined",
+        sub_floor=fmt_p(2.0 ** -g.n_clusters) if g.n_clusters else "—",
         intervention_sets=f"{intervened.n_sets:,}", intervention_seconds=f"{intervened.seconds:.0f}",
         intervention_share=f"{100 * intervened.seconds / max(results.routing.seconds['jacobians'], 1e-9):.0f}%",
         use_meaning=prose.use_meaning(results.routing), use_reason=prose.use_reason(intervened),
         synthesis=prose.synthesis(results.routing) or "the routing call and the interventions' answer are read side by side",
     )
+    steps = np.abs(results.steering.table["step"].to_numpy())
+    values |= dict(steering_steps=f"±{steps.min():g} to ±{steps.max():g}",
+                   steering_tolerance=f"{results.steering.tolerance:g}")
     if i is not None:
         values |= dict(swap_rank=f"{i.rank}", swap_accuracy=f"{100 * i.accuracy:.0f}%",
                        swap_null=f"{100 * i.null_accuracy:.0f}%",
-                       swap_p=p_phrase(i.p_value, None if i.exact else i.n_sign_patterns))
+                       swap_p=p_phrase(i.gain.p_value, None if i.gain.exact else i.gain.n_sign_patterns))
     else:
         values |= dict.fromkeys(("swap_rank", "swap_accuracy", "swap_null", "swap_p"), "—")
     return values
@@ -237,13 +241,13 @@ def steering_text(results: Results) -> Md:
     parts = []
     for (axis, kd), frame in table.groupby(["axis", "kd"], sort=True):
         radius = steering.trust_radius[int(axis) - 1]
-        held = (f"holds within {fmt(steering.tolerance)} up to {fmt(radius)} median KD offsets"
-                if radius > 0 else f"misses by more than {fmt(steering.tolerance)} already at the smallest step")
+        held = (f"holds within {steering.tolerance:g} up to {radius:g} median KD offsets"
+                if radius > 0 else f"misses by more than {steering.tolerance:g} already at the smallest step")
         parts.append(f"axis {axis} (from {kd}): the first-order prediction {held}, and the change of ΔY has median "
                      f"|cos| {fmt(float(frame['cos_loading'].abs().median()))} with the axis's gene loading")
     return Md(typeset(
         f"Steering p along the leading routing axes (@fig-steering; steps of "
-        f"{', '.join(fmt(t) for t in sorted(table['step'].unique()))} × {fmt(steering.scale, 3)}, the median distance "
+        f"{', '.join(f'{t:g}'.replace('-', '−') for t in sorted(table['step'].unique()))} × {fmt(steering.scale, 3)}, the median distance "
         f"of a KD's `pert_repr` from the control's): " + "; ".join(parts) + ". A trust radius says how far the "
         "Jacobians' local picture of routing extends; beyond it the model's gates open or close."))
 
@@ -422,7 +426,7 @@ def discussion(results: Results) -> Md:
                              f"cluster share routing that KDs of other clusters do not (r = {n.pearson_r}, "
                              f"{n.mantel_p}; {n.contrast_sd} SD, {n.contrast_p}). The two statistics read the same "
                              f"cluster blocks; within clusters r = {n.within_r} ({n.within_p}) says whether routing "
-                             f"also follows outputs beyond them — with the one exception discussed below."),
+                             f"also follows outputs beyond them."),
         "per-KD": (f"Most routing is KD-specific (common share {n.common_share}), and its sharing within output "
                    f"clusters is smaller than the smallest effect of interest: bounds {n.r_bound} and "
                    f"{n.contrast_r_bound} below {n.equivalence_r} (both on the r scale). This is evidence for "
@@ -437,6 +441,12 @@ def discussion(results: Results) -> Md:
                          f"narrow the bounds."),
         "degenerate": (f"The responses are degenerate: {prose.reason(results.routing, results.config.decision_rule)}"),
     }[call]
+    use = results.routing.verdict.use
+    if use:
+        reading = prose.synthesis(results.routing)
+        opening += (f" Asked of the model directly, the encoder geometry is {use}: substituting each KD's "
+                    f"representation with its cluster's shared part gains {n.sub_gain} in cosine over random groups "
+                    f"(bound {n.sub_bound}, {n.sub_p})" + (f" — {reading}." if reading else "."))
     return Md(typeset(opening))
 
 

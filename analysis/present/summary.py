@@ -32,8 +32,9 @@ def summary_lines(results: Results) -> list[str]:
               f"{routing.linearity['explained'].median():.2f}"]
     intervened = results.interventions
     if intervened is not None:
-        lines += ["", f"Interventions: {intervened.n_sets:,} substituted sets (forward passes only) in "
-                      f"{intervened.seconds:.0f} s"]
+        draws = results.config.n_draws
+        lines += ["", f"Interventions: {intervened.n_sets // draws:,} substituted representations × {draws} control "
+                      f"draws (forward passes only) in {intervened.seconds:.0f} s"]
     if results.steering is not None:
         radii = ", ".join(f"axis {a}: {r:g}" for a, r in enumerate(results.steering.trust_radius, 1))
         lines.append(f"Steering along the routing axes: first-order prediction within "

@@ -14,8 +14,8 @@ collapses. Direction and size are scored apart (a KD far from its cluster's mean
 direction right): cos(ΔY(c₋ₖ), ΔY_k) (0 when the model gives no response at all), the size ratio
 ‖ΔY(c₋ₖ)‖/‖ΔY_k‖, and both together as the share reproduced, 1 − ‖ΔY(c₋ₖ) − ΔY_k‖²/‖ΔY_k‖².
 The reference is the same substitution by centroids of *random* groups of n − 1 KDs drawn from the other
-clusters' substituted KDs, `random_groups` per cluster (shared by the cluster's KDs, so the stage costs n + C ×
-random_groups substituted sets, not n × (1 + random_groups)). The deciding quantity is the gain
+substituted KDs, `random_groups` per KD (for KD k, the group a cluster-label permutation would give it). The
+deciding quantity is the gain
 d_k = cos(cluster centroid) − mean cos(random centroids): how much better the cluster's shared part reproduces the
 response than an arbitrary group's average does (a response common to all KDs, which any centroid reproduces, is
 not cluster geometry).
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from ..results import InterchangeTest, SubstitutionTest
+from ..results import ClusterInference, InterchangeTest, SubstitutionTest
 from .consistency import sign_flip_p
 
 MIN_CLUSTER = 3  # KDs a cluster needs to be substituted (see the module docstring)
@@ -55,48 +55,42 @@ MIN_CLUSTER = 3  # KDs a cluster needs to be substituted (see the module docstri
 class SubstitutionPlan:
     """Which pert_repr centroids the model is asked about.
 
-    kds [n]: indices (into the run's KDs) of the substituted KDs; clusters [n]: their output clusters; mates: for each
-    substituted KD, its cluster's other KDs (the leave-one-out centroid's members); names [C]: the substituted
-    clusters; random: for each of them, `random_groups` groups of KDs drawn from the other clusters' substituted KDs,
-    of the cluster's leave-one-out size (all of them when fewer remain). Points, in `centroids`' order: the n
-    leave-one-out centroids, then the C × random_groups random centroids, cluster by cluster.
+    kds [n]: indices (into the run's KDs) of the substituted KDs; clusters [n]: their output clusters; groups: for
+    each substituted KD, 1 + random_groups member-index arrays — its cluster's other KDs first, then random groups of
+    the same size from the other substituted KDs. Points, in `centroids`' order: KD by KD, its leave-one-out
+    centroid, then its random groups' centroids.
     """
 
     kds: np.ndarray
     clusters: np.ndarray
-    mates: tuple
-    names: np.ndarray
-    random: tuple
+    groups: tuple
     random_groups: int
 
     @property
     def n_points(self) -> int:
-        return len(self.kds) + len(self.names) * self.random_groups
+        return len(self.kds) * (1 + self.random_groups)
 
 
 def substitution_plan(labels: np.ndarray, random_groups: int, seed: int) -> SubstitutionPlan:
     """The substitution design for output clusters `labels` [K] (0: weak-effect group, not substituted)."""
     labels = np.asarray(labels)
     names, sizes = np.unique(labels, return_counts=True)
-    eligible = np.array(sorted(c for c, n in zip(names, sizes) if c != 0 and n >= MIN_CLUSTER), dtype=labels.dtype)
+    eligible = [c for c, n in zip(names, sizes) if c != 0 and n >= MIN_CLUSTER]
     kds = np.flatnonzero(np.isin(labels, eligible))
     rng = np.random.default_rng([seed, 17])
-    mates = tuple(kds[(labels[kds] == labels[k]) & (kds != k)] for k in kds)
-    random = []
-    for c in eligible:
-        pool = kds[labels[kds] != c]
-        size = min(int((labels[kds] == c).sum()) - 1, len(pool))
-        random.append(tuple(np.sort(rng.choice(pool, size=size, replace=False)) for _ in range(random_groups))
-                      if size > 0 else ())
-    random_groups = random_groups if all(random) else 0  # one cluster alone has no other KDs to draw from
-    return SubstitutionPlan(kds, labels[kds], mates, eligible, tuple(random), random_groups)
+    groups = []
+    for k in kds:
+        mates = kds[(labels[kds] == labels[k]) & (kds != k)]
+        others = kds[kds != k]
+        groups.append((mates,) + tuple(np.sort(rng.choice(others, size=len(mates), replace=False))
+                                       for _ in range(random_groups)))
+    return SubstitutionPlan(kds, labels[kds], tuple(groups), random_groups)
 
 
 def centroids(pert_repr: np.ndarray, plan: SubstitutionPlan) -> np.ndarray:
-    """The substituted pert_repr [n_points, H] in the plan's order (leave-one-out centroids, then random ones)."""
-    groups = list(plan.mates) + [group for cluster in plan.random[:len(plan.names) if plan.random_groups else 0]
-                                 for group in cluster]
-    return np.stack([pert_repr[group].mean(axis=0) for group in groups]) if groups else np.zeros((0, pert_repr.shape[1]))
+    """The substituted pert_repr [n_points, H] in the plan's order."""
+    points = [pert_repr[group].mean(axis=0) for kd_groups in plan.groups for group in kd_groups]
+    return np.stack(points) if points else np.zeros((0, pert_repr.shape[1]))
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -108,21 +102,6 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _share(response: np.ndarray, target: np.ndarray) -> np.ndarray:
     """1 − ‖response − target‖² / ‖target‖², row-wise (1: reproduced; 0: nothing; below 0: worse than nothing)."""
     return 1.0 - ((response - target) ** 2).sum(axis=-1) / np.maximum((target**2).sum(axis=-1), 1e-300)
-
-
-@dataclass(frozen=True)
-class ClusterInference:
-    """Cluster-level inference for the mean of a per-KD quantity: estimate, jackknife SE, one-sided 95 % bounds,
-    one-sided sign-flip p (and how many patterns, whether all were enumerated)."""
-
-    estimate: float
-    standard_error: float
-    lower: float
-    bound: float
-    p_value: float
-    n_sign_patterns: int
-    exact: bool
-    n_clusters: int
 
 
 def cluster_inference(values: np.ndarray, clusters: np.ndarray, n_permutations: int, seed: int) -> ClusterInference:
@@ -149,12 +128,13 @@ def substitution_test(delta_y: np.ndarray, responses: np.ndarray, plan: Substitu
     Returns the test and the per-KD table (kd, cluster, cosine, share, size_ratio, random_cosine, random_share, gain).
     """
     n, groups = len(plan.kds), plan.random_groups
-    if n == 0 or groups == 0:
+    if n == 0 or len(np.unique(plan.clusters)) < 2:
         nan = float("nan")
-        return (SubstitutionTest(n, 0, groups, *([nan] * 11), 0, True), _table(kd_names, plan))
+        undecided = ClusterInference(nan, nan, nan, nan, nan, 0, True, 0)
+        return SubstitutionTest(n, groups, *([nan] * 6), undecided), _table(kd_names, plan)
     target = delta_y[plan.kds]  # [n, G]
-    own = responses[:n]
-    random = responses[n:].reshape(len(plan.names), groups, -1)[np.searchsorted(plan.names, plan.clusters)]
+    answers = responses.reshape(n, 1 + groups, -1)
+    own, random = answers[:, 0], answers[:, 1:]
     cosine, share = _cosines(own, target), _share(own, target)  # [n]
     random_cosine = _cosines(random, target[:, None]).mean(axis=1)
     random_share = _share(random, target[:, None]).mean(axis=1)
@@ -163,11 +143,9 @@ def substitution_test(delta_y: np.ndarray, responses: np.ndarray, plan: Substitu
     inference = cluster_inference(gain, plan.clusters, n_permutations, seed)
     table = _table(kd_names, plan, cosine=cosine, share=share, size_ratio=size, random_cosine=random_cosine,
                    random_share=random_share, gain=gain)
-    test = SubstitutionTest(n, inference.n_clusters, groups, float(cosine.mean()), float(random_cosine.mean()),
-                            float(share.mean()), float(random_share.mean()), float(np.median(size)),
-                            float((np.linalg.norm(own, axis=-1) == 0).mean()), inference.estimate,
-                            inference.standard_error, inference.lower, inference.bound, inference.p_value,
-                            inference.n_sign_patterns, inference.exact)
+    test = SubstitutionTest(n, groups, float(cosine.mean()), float(random_cosine.mean()), float(share.mean()),
+                            float(random_share.mean()), float(np.median(size)),
+                            float((np.linalg.norm(own, axis=-1) == 0).mean()), inference)
     return test, table
 
 
@@ -230,15 +208,14 @@ def interchange_test(delta_y: np.ndarray, responses: np.ndarray, plan: Interchan
     target = cluster_means[np.searchsorted(names, plan.targets)]
     success = [(_cosines(r, target) > _cosines(r, source)).astype(float) for r in (responses[:n], responses[n:])]
     inference = cluster_inference(success[0] - success[1], plan.clusters, n_permutations, seed)
-    test = InterchangeTest(n, inference.n_clusters, plan.rank, float(success[0].mean()), float(success[1].mean()),
-                           inference.estimate, inference.lower, inference.p_value, inference.n_sign_patterns,
-                           inference.exact)
+    test = InterchangeTest(n, plan.rank, float(success[0].mean()), float(success[1].mean()), inference)
     return test, pd.DataFrame({"target": plan.targets, "interchange_success": success[0].astype(bool),
                                "interchange_null_success": success[1].astype(bool)})
 
 
 # ---------------------------------------------------------------- steering along the routing axes
-STEPS = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 1.0, 2.0)  # in units of the median ‖p_k − p_ctrl‖
+# In units of the median ‖p_k − p_ctrl‖; small steps first, so a trust radius far below a KD's own offset shows.
+STEPS = tuple(sign * size for size in (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0) for sign in (-1.0, 1.0))
 TRUST_TOLERANCE = 0.1  # the first-order prediction holds while its relative error stays below this
 STEERED_AXES = 3  # leading routing axes steered along
 
@@ -257,11 +234,14 @@ class SteeringPlan:
 
 
 def steering_plan(pert_repr: np.ndarray, control_repr: np.ndarray, kd_scores: np.ndarray,
-                  input_directions: np.ndarray, n_axes: int = STEERED_AXES) -> SteeringPlan:
-    """Where to steer from and how far: scale = the median ‖p_k − p_ctrl‖ over KDs, so a step of 1 moves p as far as
-    a typical KD lies from the control."""
+                  input_directions: np.ndarray, labels: np.ndarray, n_axes: int = STEERED_AXES) -> SteeringPlan:
+    """Where to steer from and how far: from the KD of an output cluster (any KD when none is clustered) scoring
+    highest on the axis; scale = the median ‖p_k − p_ctrl‖ over KDs, so a step of 1 moves p as far as a typical KD
+    lies from the control."""
     n_axes = min(n_axes, len(input_directions))
-    kds = np.argmax(kd_scores[:, :n_axes], axis=0)
+    clustered = np.asarray(labels) > 0
+    scores = np.where(clustered[:, None], kd_scores[:, :n_axes], -np.inf) if clustered.any() else kd_scores[:, :n_axes]
+    kds = np.argmax(scores, axis=0)
     scale = float(np.median(np.linalg.norm(pert_repr - control_repr, axis=1)))
     steps = np.asarray(STEPS)
     points = [np.concatenate([pert_repr[k][None], pert_repr[k] + np.outer(steps * scale, input_directions[a])])

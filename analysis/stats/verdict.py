@@ -175,25 +175,26 @@ def use_criteria(substitution: SubstitutionTest, interchange: InterchangeTest | 
     """The interventions' rows: centroid substitution (decides whether the geometry is used) and interchange
     (reported)."""
     s, a, m = substitution, rule.alpha, rule.substitution_margin
-    if s.n_clusters >= 2:
-        support = ("used" if s.p_value < a and s.gain >= m else "not used" if s.bound < m else "neither")
+    g = s.gain
+    if g.n_clusters >= 2:
+        support = ("used" if g.p_value < a and g.estimate >= m else "not used" if g.bound < m else "neither")
     else:
         support = "neither"
     rows = [Criterion("A cluster's shared embedding reproduces its KDs' responses", "decides (use)",
-                      "mean cos(ΔY(cluster centroid), ΔY_k) − mean cos(ΔY(random-group centroid), ΔY_k)", s.gain,
+                      "mean cos(ΔY(cluster centroid), ΔY_k) − mean cos(ΔY(random-group centroid), ΔY_k)", g.estimate,
                       f"leave-one-out centroid substitution through the model's forward, {s.random_groups} random "
-                      f"groups per KD; one-sided cluster sign-flip over {s.n_clusters} clusters; delete-one-cluster "
+                      f"groups per KD; one-sided cluster sign-flip over {g.n_clusters} clusters; delete-one-cluster "
                       "jackknife bound (t)", f"used: gain ≥ {m:g}, p < {a}; not used: bound < {m:g}",
-                      _p(s.p_value), support == "used", support,
+                      _p(g.p_value), support == "used", support,
                       f"{s.n_kds} KDs; cos {s.cosine:.3f} (random groups {s.random_cosine:.3f}); share reproduced "
                       f"{s.share:.3f} (random {s.random_share:.3f}); median size ratio {s.size_ratio:.2f}",
-                      _finite(s.bound), m)]
+                      _finite(g.bound), m)]
     if interchange is not None:
         i = interchange
         rows.append(Criterion("Swapping the cluster-shared component moves the response to the other cluster",
-                              "interventions (reported)", "interchange accuracy − random-subspace swap", i.gain,
+                              "interventions (reported)", "interchange accuracy − random-subspace swap", i.gain.estimate,
                               f"projection on the span of {i.rank} cluster centroids swapped; one-sided cluster "
-                              "sign-flip", f"p < {a}", _p(i.p_value), bool(i.p_value < a and i.gain > 0),
+                              "sign-flip", f"p < {a}", _p(i.gain.p_value), bool(i.gain.p_value < a and i.gain.estimate > 0),
                               note=f"accuracy {i.accuracy:.2f} vs {i.null_accuracy:.2f} for a random subspace of the "
                                    f"same rank ({i.n_kds} KDs)"))
     return tuple(rows)
