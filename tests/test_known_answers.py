@@ -186,11 +186,14 @@ def test_one_linear_map_is_a_global_readout_not_cluster_circuits(known):
 def test_steering_follows_the_planted_function(known, kind):
     """Steering through the real forward agrees with the planted p-space function and its Jacobian (an independent
     numpy oracle): the relative error of the first-order prediction at every step, and the trust radius — every
-    step for the linear map."""
+    step for the linear map. Only axes that carry routing energy are compared: the linear map's second and third
+    axes carry 1e-6 of it (the LayerNorm's curvature), so their first-order changes are at float32 rounding."""
     results, _, planted = known(kind)
     steering, routing = results.steering, results.routing
     jacobians = planted.jacobians()
-    for axis, frame in steering.table.groupby("axis"):
+    carried = [a + 1 for a in range(len(steering.trust_radius)) if routing.variance_explained[a] > 0.01]
+    assert carried and carried[0] == 1
+    for axis, frame in steering.table[steering.table["axis"].isin(carried)].groupby("axis"):
         k = planted.kd_names.index(frame["kd"].iloc[0])
         v = routing.input_directions[axis - 1]
         start = planted.pert_repr[k]
@@ -201,4 +204,4 @@ def test_steering_follows_the_planted_function(known, kind):
         print(kind, axis, np.round(frame["relative_error"].to_numpy(), 4), np.round(oracle, 4))
         assert np.allclose(frame["relative_error"], oracle, atol=0.02, rtol=0.05)
     if kind == "degenerate":
-        assert steering.trust_radius == (2.0,) * len(steering.trust_radius)
+        assert carried == [1] and steering.trust_radius[0] == 2.0

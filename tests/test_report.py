@@ -415,7 +415,13 @@ def test_prose_numbers_against_independent_values(executed, demo_results):
 def test_intervention_numbers_against_the_per_kd_table(executed, demo_results):
     """The interventions' prose against the per-KD table, recomputed here: mean cosines, the gain, its one-sided
     sign-flip p by enumeration over the clusters, the answer's word; the steering trust radius from its table."""
-    values = _inline_values(executed)
+    from analysis.present import report
+
+    inline = _inline_values(executed)
+    values = {f"N.{k}": str(v) for k, v in vars(report.numbers(demo_results)).items()}
+    (text,) = [v for k, v in inline.items() if "interventions_text" in k]
+    for key in ("N.sub_cosine", "N.sub_random_cosine", "N.sub_gain", "N.sub_p"):
+        assert values[key] in text, key
     table = demo_results.interventions.table
     assert _shows(values["N.sub_cosine"], table["cosine"].mean())
     assert _shows(values["N.sub_random_cosine"], table["random_cosine"].mean())
@@ -425,7 +431,7 @@ def test_intervention_numbers_against_the_per_kd_table(executed, demo_results):
     flips = np.array([np.dot(signs, sums) for signs in itertools.product((1, -1), repeat=len(sums))])
     p = np.mean(flips >= sums.sum() - 1e-12)
     assert values["N.sub_p"] == f"p = {p:.2g}"
-    assert values["N.use"] == demo_results.routing.verdict.use
+    assert inline["N.use"] == demo_results.routing.verdict.use
     steering = demo_results.steering
     for axis, frame in steering.table.groupby("axis"):
         radius = 0.0

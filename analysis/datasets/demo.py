@@ -439,7 +439,8 @@ def write_run_directory(run_dir: Path, model, onehots: dict, var_dims: dict, sta
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoints" / "final.ckpt"
     if trainer is not None:
-        trainer.save_checkpoint(str(ckpt))
+        with quiet_logs():  # Lightning logs "`weights_only` was not set" at INFO on every save
+            trainer.save_checkpoint(str(ckpt))
     else:
         torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                     "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0}, ckpt)

@@ -224,7 +224,7 @@ def interventions_text(results: Results) -> Md:
             f"to that cluster for {n.swap_accuracy} of KDs, against {n.swap_null} for the same swap along random "
             f"directions ({n.swap_p})." if results.interventions.interchange is not None else "")
     return Md(typeset(
-        f"{n.sub_n_kds} KDs in {n.sub_n_clusters} output clusters were substituted (@fig-substitution). At its "
+        f"{n.sub_n_kds} KDs in {n.sub_n_clusters} output clusters were substituted. At its "
         f"cluster's leave-one-out centroid, a KD's response pointed along its own ΔY with mean cosine {n.sub_cosine}, "
         f"against {n.sub_random_cosine} at random groups' centroids; the centroid reproduced a mean share "
         f"{n.sub_share} of ΔY (random groups {n.sub_random_share}), at a median size ratio of {n.sub_size}. The gain, "
@@ -246,7 +246,7 @@ def steering_text(results: Results) -> Md:
         parts.append(f"axis {axis} (from {kd}): the first-order prediction {held}, and the change of ΔY has median "
                      f"|cos| {fmt(float(frame['cos_loading'].abs().median()))} with the axis's gene loading")
     return Md(typeset(
-        f"Steering p along the leading routing axes (@fig-steering; steps of "
+        f"Steering p along the leading routing axes (steps of "
         f"{', '.join(f'{t:g}'.replace('-', '−') for t in sorted(table['step'].unique()))} × {fmt(steering.scale, 3)}, the median distance "
         f"of a KD's `pert_repr` from the control's): " + "; ".join(parts) + ". A trust radius says how far the "
         "Jacobians' local picture of routing extends; beyond it the model's gates open or close."))

@@ -267,7 +267,8 @@ def steering_table(responses: np.ndarray, columns: np.ndarray, plan: SteeringPla
     prediction t·s·J·v. Returns the table (axis, kd, step, distance, relative_error = ‖change − prediction‖ /
     ‖prediction‖, cos_first_order, cos_loading: cosine of the change with the axis's gene loading) and each axis's
     trust radius: the largest |step| up to which every step (both signs) keeps the relative error below
-    TRUST_TOLERANCE (0 when the smallest does not)."""
+    TRUST_TOLERANCE (0 when the smallest does not). Along an axis that carries almost no routing energy the changes
+    at small steps are at the float rounding of the outputs, and so is their relative error (and the radius)."""
     n_steps = len(plan.steps)
     rows, radii = [], []
     for a, k in enumerate(plan.kds):
