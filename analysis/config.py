@@ -94,6 +94,8 @@ class AnalysisConfig:
     n_axes: int = 5
     gene_sets: tuple[Path, ...] = ()
     prerank_permutations: int = 1000
+    held_out_kds: tuple[str, ...] = ()  # KDs held out of training (empty: read from the run's split when it names one)
+    min_observed_cells: int = 4  # KDs with fewer observed cells in the line are listed as unscored in Part 0
     executor: str = "local"  # where ΔY batches and Jacobian shards run: "local" (this process) or "ray" (Ray workers)
     ray_address: str | None = None  # None: a local Ray instance; "auto" or "ray://host:port": an existing cluster
     demo: bool = False  # build the embedded demo run into run_dir/h5ad when they are missing
@@ -154,6 +156,7 @@ _SECTIONS = {
                    "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share", "min_cluster_share",
                    "n_axes"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
+    "quality": {"held_out_kds", "min_observed_cells"},
     "runtime": {"device", "cache_dir", "executor", "ray_address"},
     "demo": {"enabled", "seed"},
 }
@@ -190,6 +193,7 @@ _RANGES = {
     "n_axes": (lambda v: v >= 1, "an integer >= 1"),
     "cell_lines": (lambda v: len(set(v)) == len(v) and all(v), "distinct, non-empty cell-line names"),
     "prerank_permutations": (lambda v: v >= 1, "an integer >= 1"),
+    "min_observed_cells": (lambda v: v >= 2, "an integer >= 2 (the split-half ceiling needs two halves)"),
 }
 
 

@@ -55,11 +55,11 @@ def traced(tmp_path_factory):
 
 def test_every_stage_computed_and_was_traced(traced):
     calls, _ = traced
-    assert set(calls) == {"effects", "jacobians", "routing", "across"}
+    assert set(calls) == {"effects", "jacobians", "routing", "quality", "across"}
     assert all(len(seen) > 10 for seen in calls.values())
 
 
-@pytest.mark.parametrize("name", ["effects", "jacobians", "routing", "across"])
+@pytest.mark.parametrize("name", ["effects", "jacobians", "routing", "quality", "across"])
 def test_every_executed_function_is_in_the_stage_key(traced, name):
     calls, _ = traced
     stage = stages.BY_NAME[name]
@@ -72,7 +72,7 @@ def test_every_executed_function_is_in_the_stage_key(traced, name):
     assert not outside, f"{name} executes code its key does not hash: {outside}"
 
 
-@pytest.mark.parametrize("name", ["inputs", "effects", "jacobians", "routing", "across"])
+@pytest.mark.parametrize("name", ["inputs", "effects", "jacobians", "routing", "quality", "across"])
 def test_changing_any_covered_file_or_the_runner_changes_the_key(traced, monkeypatch, name):
     _, config = traced
     stage = stages.BY_NAME[name]

@@ -1,5 +1,5 @@
-"""The pipeline: inputs → effects (ΔY, clusters, enrichment) → jacobians → routing (statistics, verdict), per cell
-line, then across the lines.
+"""The pipeline: inputs → effects (ΔY, clusters, enrichment) → jacobians → routing (statistics, verdict) → quality
+(Part 0: predictions against observed cells), per cell line, then across the lines.
 
 Each stage is cached under `<cache_dir>/<stage>/<key>/`, its key derived from the stage graph (`stages`); `run`
 checks every input of every line first, computes what the cache lacks, and returns results read back from the cache
@@ -9,6 +9,7 @@ checks every input of every line first, computes what the cache lacks, and retur
 from __future__ import annotations
 
 import time
+import tracemalloc
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,14 +22,16 @@ from ..errors import InputError
 from ..model import jacobians
 from ..model.effects import compute_effects
 from ..model.load import LoadedRun, ShippedRun, input_files, load_model, load_run
-from ..results import AcrossResult, EffectsResult, LineResults, Results, RoutingResult
-from ..stats import clustering, consistency, enrichment, routing, verdict
+from ..model.observed import load_observed, training_split
+from ..model.predict import predict_cells
+from ..results import AcrossResult, EffectsResult, LineResults, QualityResult, Results, RoutingResult
+from ..stats import clustering, consistency, enrichment, quality, routing, verdict
 from ..stats.axes import output_svd, read_axes
 from ..stats.draws import reproducibility
 from ..stats.prior_work import prior_work
 from ..store import cache, codec
 from ..store.gmt import read_libraries
-from ..store.readers import read_across, read_effects, read_routing
+from ..store.readers import read_across, read_effects, read_quality, read_routing
 from ..store.shards import JacobianShards, ShardStore, open_shards
 from . import executors, stages
 from .provenance import provenance
@@ -59,7 +62,7 @@ def run(config: AnalysisConfig, progress: bool = True, executor=None) -> Results
     lines = [load_line(line_config, model) for line_config in config.per_line()]
     across_key = stages.key("across", config, {"lines": [[ln.config.cell_line, ln.keys["effects"], ln.keys["routing"]]
                                                          for ln in lines]}, {}) if len(lines) > 1 else None
-    needed = [ln.stage(name) for ln in lines for name in ("effects", "jacobians", "routing")]
+    needed = [ln.stage(name) for ln in lines for name in ("effects", "jacobians", "routing", "quality")]
     needed += [cache.StageDir(config.cache_dir, "across", across_key)] if across_key else []
     if not all(stage.has_record for stage in needed):
         cache.require_writable(config.cache_dir)
@@ -90,13 +93,14 @@ def load_line(config: AnalysisConfig, model=None) -> Line:
 
 
 def analyse_line(line: Line, progress: bool, executor) -> LineResults:
-    """The three stages of one cell line."""
+    """The four stages of one cell line."""
     effects = run_effects(line, progress, executor)
     # Shards are hashed only when the routing stage will read them; with it cached, sizes and headers suffice.
     shards, jacobian_record = run_jacobians(line, effects, progress, executor,
                                             verify_shards=line.stage("routing").record(quiet=True) is None)
     routing_result = run_routing(line, effects, shards, jacobian_record)
-    return LineResults(line.config.cell_line, effects, routing_result, provenance(line.config, line.run, line.keys["inputs"]))
+    return LineResults(line.config.cell_line, effects, routing_result, provenance(line.config, line.run, line.keys["inputs"]),
+                       run_quality(line, effects, routing_result))
 
 
 # ---------------------------------------------------------------- stages
@@ -204,6 +208,62 @@ def run_routing(line: Line, effects: EffectsResult, shards: JacobianShards, jaco
     return read_routing(stage, stage.ensure(compute), line.stage("jacobians"), jacobian_record, effects.seconds)
 
 
+def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResult) -> QualityResult:
+    """Part 0: each KD with observed cells in the line predicted on the effects stage's control draws (per cell) and
+    scored through cell-eval with its baseline and ceiling, per KD and overall (seen / held out when the split is
+    known); then the routing statistics and the call on the KDs the model predicts better than the baseline.
+
+    Not scored (the run goes on, the reason recorded) when the .h5ad holds no perturbed cells of the analysed KDs in
+    the line, or when the space is an undecoded embedding (cell-eval scores expression)."""
+    config, loaded, stage, responses = line.config, line.run, line.stage("quality"), effects.responses
+    matrices_file = line.stage("routing") / "matrices.npz"  # the Gram of the Jacobians
+
+    def compute() -> dict:
+        started = time.perf_counter()
+        tracemalloc.start()
+        try:
+            kd_names = responses.kd_names
+            held_out, split_source = training_split(config, kd_names)
+            observed = load_observed(config, loaded)
+            counts = pd.Series(observed.labels).value_counts()
+            scored = [kd for kd in kd_names if counts.get(kd, 0) >= config.min_observed_cells and loaded.space.has_genes]
+            status = ("not scored: the space is an undecoded embedding; cell-eval scores expression"
+                      if not loaded.space.has_genes else
+                      "" if scored else f"not scored: no KD has {config.min_observed_cells} or more observed cells in "
+                                        f"cell line '{config.cell_line}' of {config.h5ad.name}")
+            kd_table, overall, keep = pd.DataFrame({"kd": []}), pd.DataFrame({"group": []}), np.zeros(len(kd_names), bool)
+            if not status:
+                predicted, control_cells = predict_cells(loaded, scored, responses.draw_cells, config.kds_per_call)
+                rows = np.isin(observed.labels, scored + [config.control_label])
+                kd_table, ceiling = quality.score_predictions(predicted, control_cells, observed.cells[rows],
+                                                              observed.labels[rows], scored, loaded.gene_names,
+                                                              config.control_label, config.seed)
+                del predicted
+                groups = {"all": scored}
+                if held_out is not None:
+                    groups |= {"seen": [k for k in scored if k not in held_out], "held out": [k for k in scored if k in held_out]}
+                overall = quality.overall_table(kd_table, ceiling, groups)
+                keep = quality.well_predicted(kd_table, kd_names)
+            with np.load(matrices_file) as matrices:
+                gram = matrices["gram"]
+            found = quality.sensitivity(keep, effects.c_out, routing_result.c_jac, routing_result.c_rep, gram, effects.labels,
+                                        config.n_permutations, config.n_bootstrap, config.seed, config.decision_rule)
+            stage.write_parquet("kds.parquet", kd_table)
+            stage.write_parquet("overall.parquet", overall)
+            stage.write_json("quality.json", {
+                "status": status, "unscored": [k for k in kd_names if k not in set(scored)], "split_source": split_source,
+                "held_out": None if held_out is None else list(held_out), "cell_eval": quality.cell_eval_version(),
+                "well_predicted": [k for k, kept in zip(kd_names, keep) if kept]})
+            stage.write_json("sensitivity.json", {"evidence": codec.encode(found[0]) if found else None,
+                                                  "verdict": codec.encode(found[1]) if found else None})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return {"seconds": time.perf_counter() - started, "peak_mb": peak / 2**20}
+
+    return read_quality(stage, stage.ensure(compute))
+
+
 def run_across(config: AnalysisConfig, across_key: str, lines: list[Line], results: tuple) -> AcrossResult:
     """The primary line against each other line: per-KD cosines of ΔY and of J, and the paired comparison."""
     stage = cache.StageDir(config.cache_dir, "across", across_key)
@@ -236,7 +296,7 @@ def stage_paths(config: AnalysisConfig, lines: list[Line], across_key: str | Non
     paths = {}
     for line in lines:
         suffix = f" ({line.config.cell_line})" if len(lines) > 1 else ""
-        paths |= {f"{name}{suffix}": str(line.stage(name).path) for name in ("effects", "jacobians", "routing")}
+        paths |= {f"{name}{suffix}": str(line.stage(name).path) for name in ("effects", "jacobians", "routing", "quality")}
     if across_key:
         paths["across"] = str(stages.stage_folder(config, "across", across_key))
     return paths

@@ -8,6 +8,7 @@ import numpy as np
 from ..results import Results
 from . import prose
 from .formatting import p_phrase, top_terms
+from .quality import summary_line as quality_line
 
 
 def summary_lines(results: Results) -> list[str]:
@@ -30,6 +31,7 @@ def summary_lines(results: Results) -> list[str]:
               f"{effects.responses.pert_repr.shape[1]} in {routing.seconds['jacobians']:.0f} s; {check['kd']} against "
               f"reverse mode: relative error {check['relative_error']:.1e}; median share of ΔY explained by J·Δp "
               f"{routing.linearity['explained'].median():.2f}"]
+    lines += ["", quality_line(results)]
     lines += ["", f"Verdict: {routing.verdict.call.upper()} — {prose.meaning(routing)}",
               f"  Why: {prose.reason(routing, results.config.decision_rule)}"]
     if prose.caveat(routing):
