@@ -214,3 +214,7 @@ def test_demo_baseline_below_model_below_ceiling_on_modules_and_weak_kds_worse(d
     assert base[modules].mean() < model[modules].mean() < ceiling[modules].mean()
     assert model[weak].mean() < model[modules].mean() and centred[weak].mean() < centred[modules].mean()
     assert q.sensitivity is not None and set(q.well_predicted) <= set(demo_results.effects.responses.kd_names)
+    assert demo_results.provenance["versions"]["cell-eval"] == q.cell_eval
+    (line,) = [line for line in summary_lines(demo_results) if line.startswith("Part 0 (cell-eval 0.8.2): ")]
+    overall = q.overall[(q.overall.group == "all") & (q.overall.reference == "control")].set_index("predictor")
+    assert f"model {overall.pearson_delta['model']:.3f} vs baseline {overall.pearson_delta['baseline']:.3f}" in line

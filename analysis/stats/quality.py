@@ -47,7 +47,8 @@ def _adata(cells: np.ndarray, labels: np.ndarray, gene_names) -> ad.AnnData:
 
 
 def centred(adata: ad.AnnData, control: str) -> ad.AnnData:
-    """The same cells with the control group replaced by every perturbed cell (Systema's perturbed-mean reference)."""
+    """The same cells with the control group replaced by every perturbed cell (Systema's perturbed-mean reference;
+    the observed cells, whose split-half ceiling needs cells)."""
     perturbed = adata[(adata.obs[COLUMN] != control).to_numpy()]
     reference = perturbed.X.copy()
     labels = np.concatenate([[control] * len(reference), perturbed.obs[COLUMN].astype(str).to_numpy()])
@@ -58,14 +59,17 @@ def _frame(results: pl.DataFrame) -> pd.DataFrame:
     return results.to_pandas().rename(columns={"perturbation": "kd"})
 
 
-def _score(pred: ad.AnnData | None, real: ad.AnnData, control: str, seed: int, skip_de: bool) -> tuple:
+def _score(pred: ad.AnnData | None, real: ad.AnnData, control: str, seed: int, skip_de: bool, workdir: str,
+           de_real: str | None = None) -> tuple:
     """cell-eval on one pair: per-KD scores, or with pred None the ceiling (per KD and of the mean over KDs), each
-    Spearman–Brown corrected by cell-eval."""
+    Spearman–Brown corrected by cell-eval. The observed cells' DE table is written to `workdir` (real_de.csv) and,
+    given as `de_real`, read back instead of recomputed."""
     from cell_eval import MetricsEvaluator
     from cell_eval._evaluator import _spearman_brown_correct  # the ceiling's own correction, applied per KD too
 
-    with tempfile.TemporaryDirectory() as out, silenced():
-        evaluator = MetricsEvaluator(pred, real, control_pert=control, pert_col=COLUMN, outdir=out, skip_de=skip_de)
+    with silenced():
+        evaluator = MetricsEvaluator(pred, real, de_real=de_real, control_pert=control, pert_col=COLUMN,
+                                     outdir=workdir, skip_de=skip_de)
         if pred is not None:
             return _frame(evaluator.compute(profile=PROFILE, write_csv=False, break_on_error=True)[0]), None
         per_kd, overall = evaluator.compute_ceiling(profile=PROFILE, write_csv=False, break_on_error=True, seed=seed)
@@ -83,27 +87,32 @@ def score_predictions(predicted: np.ndarray, predicted_control: np.ndarray, obse
     metric; ceiling aggregate: reference and the metric columns, cell-eval's Spearman–Brown ceiling of the mean over
     KDs, NaN for metrics it gives none).
     """
+    from cell_eval import build_base_mean_adata
+
     names = list(kd_names)
     pred = _adata(np.concatenate([predicted.reshape(-1, predicted.shape[-1]), predicted_control]),
                   np.concatenate([np.repeat(names, predicted.shape[1]), [control] * len(predicted_control)]), gene_names)
     real = _adata(observed, observed_labels, gene_names)
-    from cell_eval import build_base_mean_adata
-
+    # Centred, only cell-eval's bulk metrics run (no DE), which read group means: the predictions enter as their KD
+    # means [K, G] and, as the control group, their mean over all KDs (equal cells per KD: the perturbed mean).
+    means = predicted.mean(axis=1)
+    pred_centred = _adata(np.concatenate([means.mean(0, keepdims=True), means]), [control] + names, gene_names)
     with silenced():
         baseline = build_base_mean_adata(real.copy(), pert_col=COLUMN, control_pert=control)
     baseline = _adata(baseline.X, baseline.obs[COLUMN].astype(str).to_numpy(), gene_names)
     rows, ceilings = [], []
-    for reference in REFERENCES:
-        at_control = reference == "control"
-        pair_real = real if at_control else centred(real, control)
-        model, _ = _score(pred if at_control else centred(pred, control), pair_real, control, seed, not at_control)
-        rows.append(model.assign(predictor="model", reference=reference))
-        if at_control:
-            base, _ = _score(baseline, pair_real, control, seed, False)
-            rows.append(base.assign(predictor="baseline", reference=reference))
-        ceiling, overall = _score(None, pair_real, control, seed, not at_control)
-        rows.append(ceiling.assign(predictor="ceiling", reference=reference))
-        ceilings.append(overall.assign(reference=reference))
+    with tempfile.TemporaryDirectory() as workdir:
+        for reference in REFERENCES:
+            at_control = reference == "control"
+            pair_real = real if at_control else centred(real, control)
+            model, _ = _score(pred if at_control else pred_centred, pair_real, control, seed, not at_control, workdir)
+            rows.append(model.assign(predictor="model", reference=reference))
+            if at_control:
+                base, _ = _score(baseline, pair_real, control, seed, False, workdir, f"{workdir}/real_de.csv")
+                rows.append(base.assign(predictor="baseline", reference=reference))
+            ceiling, overall = _score(None, pair_real, control, seed, not at_control, workdir)
+            rows.append(ceiling.assign(predictor="ceiling", reference=reference))
+            ceilings.append(overall.assign(reference=reference))
     table = pd.concat(rows, ignore_index=True)
     leading = ["kd", "predictor", "reference"]
     return table[leading + [c for c in table.columns if c not in leading]], pd.concat(ceilings, ignore_index=True)
