@@ -8,8 +8,8 @@ checks every input of every line first, computes what the cache lacks, and retur
 
 from __future__ import annotations
 
+import resource
 import time
-import tracemalloc
 from dataclasses import dataclass
 from functools import partial
 
@@ -220,46 +220,43 @@ def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResul
 
     def compute() -> dict:
         started = time.perf_counter()
-        tracemalloc.start()
-        try:
-            kd_names = responses.kd_names
-            held_out, split_source = training_split(config, kd_names)
-            observed = load_observed(config, loaded)
-            counts = pd.Series(observed.labels).value_counts()
-            scored = [kd for kd in kd_names if counts.get(kd, 0) >= config.min_observed_cells and loaded.space.has_genes]
-            status = ("not scored: the space is an undecoded embedding; cell-eval scores expression"
-                      if not loaded.space.has_genes else
-                      "" if scored else f"not scored: no KD has {config.min_observed_cells} or more observed cells in "
-                                        f"cell line '{config.cell_line}' of {config.h5ad.name}")
-            kd_table, overall, keep = pd.DataFrame({"kd": []}), pd.DataFrame({"group": []}), np.zeros(len(kd_names), bool)
-            if not status:
-                predicted, control_cells = predict_cells(loaded, scored, responses.draw_cells, config.kds_per_call)
-                rows = np.isin(observed.labels, scored + [config.control_label])
-                kd_table, ceiling = quality.score_predictions(predicted, control_cells, observed.cells[rows],
-                                                              observed.labels[rows], scored, loaded.gene_names,
-                                                              config.control_label, config.seed)
-                del predicted
-                groups = {"all": scored}
-                if held_out is not None:
-                    groups |= {"seen": [k for k in scored if k not in held_out], "held out": [k for k in scored if k in held_out]}
-                overall = quality.overall_table(kd_table, ceiling, groups)
-                keep = quality.well_predicted(kd_table, kd_names)
-            with np.load(matrices_file) as matrices:
-                gram = matrices["gram"]
-            found = quality.sensitivity(keep, effects.c_out, routing_result.c_jac, routing_result.c_rep, gram, effects.labels,
-                                        config.n_permutations, config.n_bootstrap, config.seed, config.decision_rule)
-            stage.write_parquet("kds.parquet", kd_table)
-            stage.write_parquet("overall.parquet", overall)
-            stage.write_json("quality.json", {
-                "status": status, "unscored": [k for k in kd_names if k not in set(scored)], "split_source": split_source,
-                "held_out": None if held_out is None else list(held_out), "cell_eval": quality.cell_eval_version(),
-                "well_predicted": [k for k, kept in zip(kd_names, keep) if kept]})
-            stage.write_json("sensitivity.json", {"evidence": codec.encode(found[0]) if found else None,
-                                                  "verdict": codec.encode(found[1]) if found else None})
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        return {"seconds": time.perf_counter() - started, "peak_mb": peak / 2**20}
+        kd_names = responses.kd_names
+        held_out, split_source = training_split(config, kd_names)
+        observed = load_observed(config, loaded)
+        counts = pd.Series(observed.labels).value_counts()
+        scored = [kd for kd in kd_names if counts.get(kd, 0) >= config.min_observed_cells and loaded.space.has_genes]
+        status = ("not scored: the space is an undecoded embedding; cell-eval scores expression"
+                  if not loaded.space.has_genes else
+                  "" if scored else f"not scored: no KD has {config.min_observed_cells} or more observed cells in "
+                                    f"cell line '{config.cell_line}' of {config.h5ad.name}")
+        kd_table, overall, keep = pd.DataFrame({"kd": []}), pd.DataFrame({"group": []}), np.zeros(len(kd_names), bool)
+        if not status:
+            predicted, control_cells = predict_cells(loaded, scored, responses.draw_cells, config.kds_per_call)
+            rows = np.isin(observed.labels, scored + [config.control_label])
+            kd_table, ceiling = quality.score_predictions(predicted, control_cells, observed.cells[rows],
+                                                          observed.labels[rows], scored, loaded.gene_names,
+                                                          config.control_label, config.seed)
+            del predicted
+            groups = {"all": scored}
+            if held_out is not None:
+                groups |= {"seen": [k for k in scored if k not in held_out], "held out": [k for k in scored if k in held_out]}
+            overall = quality.overall_table(kd_table, ceiling, groups)
+            keep = quality.well_predicted(kd_table, kd_names)
+        with np.load(matrices_file) as matrices:
+            gram = matrices["gram"]
+        found = quality.sensitivity(keep, effects.c_out, routing_result.c_jac, routing_result.c_rep, gram, effects.labels,
+                                    config.n_permutations, config.n_bootstrap, config.seed, config.decision_rule)
+        stage.write_parquet("kds.parquet", kd_table)
+        stage.write_parquet("overall.parquet", overall)
+        stage.write_json("quality.json", {
+            "status": status, "unscored": [k for k in kd_names if k not in set(scored)], "split_source": split_source,
+            "held_out": None if held_out is None else list(held_out), "cell_eval": quality.cell_eval_version(),
+            "well_predicted": [k for k, kept in zip(kd_names, keep) if kept]})
+        stage.write_json("sensitivity.json", {"evidence": codec.encode(found[0]) if found else None,
+                                              "verdict": codec.encode(found[1]) if found else None})
+        # the process's peak resident memory up to the stage's end (Linux reports KiB): an upper bound for the stage
+        return {"seconds": time.perf_counter() - started,
+                "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     return read_quality(stage, stage.ensure(compute))
 
