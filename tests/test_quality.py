@@ -218,3 +218,15 @@ def test_demo_baseline_below_model_below_ceiling_on_modules_and_weak_kds_worse(d
     (line,) = [line for line in summary_lines(demo_results) if line.startswith("Part 0 (cell-eval 0.8.2): ")]
     overall = q.overall[(q.overall.group == "all") & (q.overall.reference == "control")].set_index("predictor")
     assert f"model {overall.pearson_delta['model']:.3f} vs baseline {overall.pearson_delta['baseline']:.3f}" in line
+
+
+def test_a_listed_split_reports_seen_and_held_out(tiny_folder):
+    from analysis.present import quality as part0
+
+    results = analysis.run(tiny_config(tiny_folder, held_out_kds=["KD_A", "KD_B"]), progress=False)
+    q = results.quality
+    assert q.held_out == ("KD_A", "KD_B") and q.split_source == "config field held_out_kds"
+    sizes = q.overall[(q.overall.predictor == "model") & (q.overall.reference == "control")].set_index("group").n_kds
+    assert sizes.to_dict() == {"all": len(KDS), "seen": len(KDS) - 2, "held out": 2}
+    table = part0.split_table(results)
+    assert "| seen | 4 |" in table and "| held out | 2 |" in table
