@@ -99,8 +99,8 @@ class QualityResult:
     metrics); status: "" when scored, else why not (then both tables are empty); unscored: KDs of the analysis without
     enough observed cells; held_out: the KDs held out of training (None: split not known) and split_source where that
     came from; well_predicted: the KDs the model predicts better than the baseline (the sensitivity's subset);
-    sensitivity / sensitivity_evidence: the call and its statistics on them (None: too few); peak_mb: the stage's
-    peak resident memory (MB); cell_eval: its version.
+    sensitivity / sensitivity_evidence: the call and its statistics on them (None: too few); peak_mb: the process's
+    peak resident memory by the stage's end (MB, an upper bound for the stage); cell_eval: cell-eval's version.
     """
 
     key: str
