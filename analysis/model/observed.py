@@ -70,7 +70,8 @@ def _output_matrix(config: AnalysisConfig, run: LoadedRun, adata, rows: np.ndarr
         if config.feature_key == "X" and run.space.has_genes:
             names = tuple(map(str, adata.var_names))
             if names != tuple(run.gene_names):
-                first = next((i for i, (a, b) in enumerate(zip(names, run.gene_names)) if a != b), min(len(names), len(run.gene_names)))
+                first = next((i for i, (a, b) in enumerate(zip(names, run.gene_names)) if a != b),
+                             min(len(names), len(run.gene_names)))
                 raise InputError(f"{path} var_names", f"gene names differ from the model's output genes (first at "
                                                       f"position {first}: data {names[first:first + 1]}, model "
                                                       f"{tuple(run.gene_names[first:first + 1])})")

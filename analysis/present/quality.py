@@ -157,9 +157,9 @@ def quality_chart(results: Results) -> alt.LayerChart:
     points = alt.Chart(frame).mark_circle(size=28, opacity=0.7).encode(
         x=alt.X("effect_norm:Q", title="predicted effect size ‖ΔY‖"),
         y=alt.Y("model:Q", title="pearson_delta, model vs observed (cell-eval)"),
-        color=alt.Color("verdict:N", title=None, scale=alt.Scale(domain=["better than baseline", "not better than baseline"],
-                                                                 range=["#1b9e77", "#d95f02"]),
-                        legend=alt.Legend(orient="bottom")),
+        color=alt.Color("verdict:N", title=None, legend=alt.Legend(orient="bottom"),
+                        scale=alt.Scale(domain=["better than baseline", "not better than baseline"],
+                                        range=["#1b9e77", "#d95f02"])),
         tooltip=["kd", "cluster", alt.Tooltip("rank:Q", title="rank"), alt.Tooltip("model:Q", format=".3f"),
                  alt.Tooltip("baseline:Q", format=".3f"), alt.Tooltip("ceiling:Q", format=".3f"),
                  alt.Tooltip("effect_norm:Q", format=".3g")])
