@@ -214,7 +214,8 @@ def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResul
     known); then the routing statistics and the call on the KDs the model predicts better than the baseline.
 
     Not scored (the run goes on, the reason recorded) when the .h5ad holds no perturbed cells of the analysed KDs in
-    the line, or when the space is an undecoded embedding (cell-eval scores expression)."""
+    the line, when the space is an undecoded embedding, or when predicted or observed values are negative (cell-eval
+    scores log-normalised expression)."""
     config, loaded, stage, responses = line.config, line.run, line.stage("quality"), effects.responses
     matrices_file = line.stage("routing") / "matrices.npz"  # the Gram of the Jacobians
 
@@ -232,6 +233,9 @@ def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResul
         kd_table, overall, keep = pd.DataFrame({"kd": []}), pd.DataFrame({"group": []}), np.zeros(len(kd_names), bool)
         if not status:
             predicted, control_cells = predict_cells(loaded, scored, responses.draw_cells, config.kds_per_call)
+            if min(predicted.min(), control_cells.min(), observed.cells.min()) < 0:  # cell-eval refuses such data
+                status, scored = "not scored: negative expression values (cell-eval scores log-normalised expression)", []
+        if not status:
             rows = np.isin(observed.labels, scored + [config.control_label])
             kd_table, ceiling = quality.score_predictions(predicted, control_cells, observed.cells[rows],
                                                           observed.labels[rows], scored, loaded.gene_names,
