@@ -99,6 +99,8 @@ class AnalysisConfig:
     n_axes: int = 5
     gene_sets: tuple[Path, ...] = ()
     prerank_permutations: int = 1000
+    held_out_kds: tuple[str, ...] = ()  # KDs held out of training (empty: read from the run's split when it names one)
+    min_observed_cells: int = 4  # KDs with fewer observed cells in the line are listed as unscored in Part 0
     executor: str = "local"  # where ΔY batches and Jacobian shards run: "local" (this process) or "ray" (Ray workers)
     ray_address: str | None = None  # None: a local Ray instance; "auto" or "ray://host:port": an existing cluster
     demo: bool = False  # build the embedded demo run into run_dir/h5ad when they are missing
@@ -160,6 +162,7 @@ _SECTIONS = {
                    "n_axes"},
     "interventions": {"random_groups", "substitution_margin"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
+    "quality": {"held_out_kds", "min_observed_cells"},
     "runtime": {"device", "cache_dir", "executor", "ray_address"},
     "demo": {"enabled", "seed"},
 }
@@ -198,6 +201,7 @@ _RANGES = {
     "substitution_margin": (lambda v: 0 < v <= 1, "a number in (0, 1] (cosine)"),
     "cell_lines": (lambda v: len(set(v)) == len(v) and all(v), "distinct, non-empty cell-line names"),
     "prerank_permutations": (lambda v: v >= 1, "an integer >= 1"),
+    "min_observed_cells": (lambda v: v >= 2, "an integer >= 2 (the split-half ceiling needs two halves)"),
 }
 
 

@@ -184,8 +184,37 @@ class SteeringResult:
 
 
 @dataclass(frozen=True)
+class QualityResult:
+    """Part 0, the quality stage: the model's predicted cells against the observed ones, through cell-eval.
+
+    kd_table: per scored KD × predictor ("model", "baseline", "ceiling") × reference ("control", "perturbed mean"):
+    kd, predictor, reference and one column per cell-eval metric; overall: the mean over KDs per group ("all", and
+    "seen" / "held out" when the split is known), predictor and reference (group, predictor, reference, n_kds, the
+    metrics); status: "" when scored, else why not (then both tables are empty); unscored: KDs of the analysis without
+    enough observed cells; held_out: the KDs held out of training (None: split not known) and split_source where that
+    came from; well_predicted: the KDs the model predicts better than the baseline (the sensitivity's subset);
+    sensitivity / sensitivity_evidence: the call and its statistics on them (None: too few); peak_mb: the process's
+    peak resident memory by the stage's end (MB, an upper bound for the stage); cell_eval: cell-eval's version.
+    """
+
+    key: str
+    kd_table: pd.DataFrame
+    overall: pd.DataFrame
+    status: str
+    unscored: tuple
+    held_out: tuple | None
+    split_source: str
+    well_predicted: tuple
+    sensitivity: Verdict | None
+    sensitivity_evidence: RoutingEvidence | None
+    seconds: float
+    peak_mb: float
+    cell_eval: str
+
+
+@dataclass(frozen=True)
 class LineResults:
-    """One cell line's stages (`cell_line` None: the data's only cell type) and its provenance."""
+    """One cell line's stages (`cell_line` None: the data's only cell type), its provenance and Part 0 (quality)."""
 
     cell_line: str | None
     effects: EffectsResult
@@ -193,6 +222,7 @@ class LineResults:
     provenance: dict
     interventions: InterventionsResult | None = None
     steering: SteeringResult | None = None
+    quality: QualityResult | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +276,10 @@ class Results:
     @property
     def provenance(self) -> dict:
         return self.lines[0].provenance
+
+    @property
+    def quality(self) -> QualityResult | None:
+        return self.lines[0].quality
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,12 @@ def traced(tmp_path_factory):
 
 def test_every_stage_computed_and_was_traced(traced):
     calls, _ = traced
-    assert set(calls) == {"effects", "interventions", "jacobians", "routing", "steering", "across"}
+    assert set(calls) == {"effects", "interventions", "jacobians", "routing", "steering", "quality", "across"}
     assert all(len(seen) > 10 for seen in calls.values())
 
 
-@pytest.mark.parametrize("name", ["effects", "interventions", "jacobians", "routing", "steering", "across"])
+@pytest.mark.parametrize("name", ["effects", "interventions", "jacobians", "routing", "steering", "quality",
+                                  "across"])
 def test_every_executed_function_is_in_the_stage_key(traced, name):
     calls, _ = traced
     stage = stages.BY_NAME[name]
@@ -72,7 +73,8 @@ def test_every_executed_function_is_in_the_stage_key(traced, name):
     assert not outside, f"{name} executes code its key does not hash: {outside}"
 
 
-@pytest.mark.parametrize("name", ["inputs", "effects", "interventions", "jacobians", "routing", "steering", "across"])
+@pytest.mark.parametrize("name", ["inputs", "effects", "interventions", "jacobians", "routing", "steering",
+                                  "quality", "across"])
 def test_changing_any_covered_file_or_the_runner_changes_the_key(traced, monkeypatch, name):
     _, config = traced
     stage = stages.BY_NAME[name]

@@ -11,7 +11,8 @@ from ..config import PACKAGE_DIR, AnalysisConfig
 from ..model.load import LoadedRun, checkpoint_file
 from ..store import cache
 
-PACKAGES = ("torch", "arc-state", "transformers", "numpy", "scipy", "pandas", "scikit-learn", "gseapy", "altair", "anndata")
+PACKAGES = ("torch", "arc-state", "transformers", "numpy", "scipy", "pandas", "scikit-learn", "gseapy", "altair", "anndata",
+            "cell-eval", "polars")
 
 
 def code_version() -> str:

@@ -1,5 +1,6 @@
 """The pipeline: inputs → effects (ΔY, clusters, enrichment) → interventions (substituted pert_repr) → jacobians →
-routing (statistics, verdict), per cell line, then across the lines.
+routing (statistics, verdict) → steering → quality (Part 0: predictions against observed cells), per cell line, then
+across the lines.
 
 Each stage is cached under `<cache_dir>/<stage>/<key>/`, its key derived from the stage graph (`stages`); `run`
 checks every input of every line first, computes what the cache lacks, and returns results read back from the cache
@@ -8,6 +9,7 @@ checks every input of every line first, computes what the cache lacks, and retur
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -22,22 +24,25 @@ from ..model import jacobians
 from ..model.effects import compute_effects
 from ..model.interventions import substituted_responses
 from ..model.load import LoadedRun, ShippedRun, input_files, load_model, load_run
+from ..model.observed import load_observed, training_split
+from ..model.predict import predict_cells
 from ..results import (
     AcrossResult,
     EffectsResult,
     InterventionsResult,
     LineResults,
+    QualityResult,
     Results,
     RoutingResult,
     SteeringResult,
 )
-from ..stats import clustering, consistency, enrichment, interventions, routing, verdict
+from ..stats import clustering, consistency, enrichment, interventions, quality, routing, verdict
 from ..stats.axes import output_svd, read_axes
 from ..stats.draws import reproducibility
 from ..stats.prior_work import prior_work
 from ..store import cache, codec
 from ..store.gmt import read_libraries
-from ..store.readers import read_across, read_effects, read_interventions, read_routing, read_steering
+from ..store.readers import read_across, read_effects, read_interventions, read_quality, read_routing, read_steering
 from ..store.shards import JacobianShards, ShardStore, open_shards
 from . import executors, stages
 from .provenance import provenance
@@ -98,7 +103,7 @@ def load_line(config: AnalysisConfig, model=None) -> Line:
     return Line(config, loaded, keys, executors.WorkerState(loaded, partial(ShippedRun.of, config, loaded)))
 
 
-LINE_STAGES = ("effects", "interventions", "jacobians", "routing", "steering")  # one line's computed stages, in order
+LINE_STAGES = ("effects", "interventions", "jacobians", "routing", "steering", "quality")  # a line's stages, in order
 
 
 def analyse_line(line: Line, progress: bool, executor) -> LineResults:
@@ -111,7 +116,8 @@ def analyse_line(line: Line, progress: bool, executor) -> LineResults:
     routing_result = run_routing(line, effects, intervened, shards, jacobian_record)
     steered = run_steering(line, effects, shards, routing_result, progress, executor)
     return LineResults(line.config.cell_line, effects, routing_result,
-                       provenance(line.config, line.run, line.keys["inputs"]), intervened, steered)
+                       provenance(line.config, line.run, line.keys["inputs"]), intervened, steered,
+                       run_quality(line, effects, routing_result))
 
 
 # ---------------------------------------------------------------- stages
@@ -275,6 +281,63 @@ def run_steering(line: Line, effects: EffectsResult, shards: JacobianShards, rou
                 "tolerance": interventions.TRUST_TOLERANCE}
 
     return read_steering(stage, stage.ensure(compute))
+
+
+def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResult) -> QualityResult:
+    """Part 0: each KD with observed cells in the line predicted on the effects stage's control draws (per cell) and
+    scored through cell-eval with its baseline and ceiling, per KD and overall (seen / held out when the split is
+    known); then the routing statistics and the call on the KDs the model predicts better than the baseline.
+
+    Not scored (the run goes on, the reason recorded) when the .h5ad holds no perturbed cells of the analysed KDs in
+    the line, when the space is an undecoded embedding, or when predicted or observed values are negative (cell-eval
+    scores log-normalised expression)."""
+    config, loaded, stage, responses = line.config, line.run, line.stage("quality"), effects.responses
+    matrices_file = line.stage("routing") / "matrices.npz"  # the Gram of the Jacobians
+
+    def compute() -> dict:
+        started = time.perf_counter()
+        kd_names = responses.kd_names
+        held_out, split_source = training_split(config, kd_names)
+        observed = load_observed(config, loaded)
+        counts = pd.Series(observed.labels).value_counts()
+        scored = [kd for kd in kd_names if counts.get(kd, 0) >= config.min_observed_cells and loaded.space.has_genes]
+        status = ("not scored: the space is an undecoded embedding; cell-eval scores expression"
+                  if not loaded.space.has_genes else
+                  "" if scored else f"not scored: no KD has {config.min_observed_cells} or more observed cells in "
+                                    f"cell line '{config.cell_line}' of {config.h5ad.name}")
+        kd_table, overall, keep = pd.DataFrame({"kd": []}), pd.DataFrame({"group": []}), np.zeros(len(kd_names), bool)
+        if not status:
+            predicted, control_cells = predict_cells(loaded, scored, responses.draw_cells, config.kds_per_call)
+            if min(predicted.min(), control_cells.min(), observed.cells.min()) < 0:  # cell-eval refuses such data
+                status, scored = "not scored: negative expression values (cell-eval scores log-normalised expression)", []
+        if not status:
+            rows = np.isin(observed.labels, scored + [config.control_label])
+            kd_table, ceiling = quality.score_predictions(predicted, control_cells, observed.cells[rows],
+                                                          observed.labels[rows], scored, loaded.gene_names,
+                                                          config.control_label, config.seed)
+            del predicted
+            groups = {"all": scored}
+            if held_out is not None:
+                groups |= {"seen": [k for k in scored if k not in held_out], "held out": [k for k in scored if k in held_out]}
+            overall = quality.overall_table(kd_table, ceiling, groups)
+            keep = quality.well_predicted(kd_table, kd_names)
+        with np.load(matrices_file) as matrices:
+            gram = matrices["gram"]
+        found = quality.sensitivity(keep, effects.c_out, routing_result.c_jac, routing_result.c_rep, gram, effects.labels,
+                                    config.n_permutations, config.n_bootstrap, config.seed, config.decision_rule)
+        stage.write_parquet("kds.parquet", kd_table)
+        stage.write_parquet("overall.parquet", overall)
+        stage.write_json("quality.json", {
+            "status": status, "unscored": [k for k in kd_names if k not in set(scored)], "split_source": split_source,
+            "held_out": None if held_out is None else list(held_out), "cell_eval": quality.cell_eval_version(),
+            "well_predicted": [k for k, kept in zip(kd_names, keep) if kept]})
+        stage.write_json("sensitivity.json", {"evidence": codec.encode(found[0]) if found else None,
+                                              "verdict": codec.encode(found[1]) if found else None})
+        # the process's peak resident memory up to the stage's end (Linux reports KiB): an upper bound for the stage
+        return {"seconds": time.perf_counter() - started,
+                "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    return read_quality(stage, stage.ensure(compute))
 
 
 def run_across(config: AnalysisConfig, across_key: str, lines: list[Line], results: tuple) -> AcrossResult:

@@ -8,6 +8,7 @@ import numpy as np
 from ..results import Results
 from . import prose
 from .formatting import p_phrase, top_terms
+from .quality import summary_line as quality_line
 
 
 def summary_lines(results: Results) -> list[str]:
@@ -39,6 +40,7 @@ def summary_lines(results: Results) -> list[str]:
         radii = ", ".join(f"axis {a}: {r:g}" for a, r in enumerate(results.steering.trust_radius, 1))
         lines.append(f"Steering along the routing axes: first-order prediction within "
                      f"{results.steering.tolerance:g} up to (median KD offsets) {radii}")
+    lines += ["", quality_line(results)]
     lines += ["", f"Verdict: {routing.verdict.call.upper()} — {prose.meaning(routing)}",
               f"  Why: {prose.reason(routing, results.config.decision_rule)}"]
     if routing.verdict.use:

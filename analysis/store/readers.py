@@ -12,6 +12,7 @@ from ..results import (
     InterchangeTest,
     InterventionsResult,
     PairedDifference,
+    QualityResult,
     Responses,
     RoutingEvidence,
     RoutingResult,
@@ -72,3 +73,15 @@ def read_steering(stage: StageDir, record: dict) -> SteeringResult:
 def read_across(stage: StageDir, record: dict) -> AcrossResult:
     tests = tuple(codec.decode(PairedDifference, t) for t in read_json(stage / "tests.json"))
     return AcrossResult(stage.key, pd.read_parquet(stage / "kds.parquet"), tests, record["seconds"])
+
+
+def read_quality(stage: StageDir, record: dict) -> QualityResult:
+    """Part 0 (the quality stage) from its folder."""
+    facts = read_json(stage / "quality.json")
+    sensitivity = read_json(stage / "sensitivity.json")
+    return QualityResult(stage.key, pd.read_parquet(stage / "kds.parquet"), pd.read_parquet(stage / "overall.parquet"),
+                         facts["status"], tuple(facts["unscored"]),
+                         None if facts["held_out"] is None else tuple(facts["held_out"]), facts["split_source"],
+                         tuple(facts["well_predicted"]), codec.decode(Verdict, sensitivity["verdict"]),
+                         codec.decode(RoutingEvidence, sensitivity["evidence"]), record["seconds"], record["peak_mb"],
+                         facts["cell_eval"])

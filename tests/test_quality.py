@@ -1,0 +1,232 @@
+"""Part 0, prediction quality: cell-eval's scores checked against numpy on a tiny case, the predicted cells against
+the effects stage's ΔY, the split, bad inputs, a run without observed cells, and on the demo's planted world the
+ordering baseline < model < ceiling on the modules and weak-effect KDs scored worse."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from tiny import KDS, tiny_config, write_tiny_run
+
+import analysis
+from analysis.errors import InputError
+from analysis.model.effects import EffectTask, draw_control_sets, kd_means
+from analysis.model.forward import mean_output
+from analysis.model.load import load_run
+from analysis.model.observed import load_observed, training_split
+from analysis.model.predict import predict_cells
+from analysis.present.summary import summary_lines
+from analysis.stats import quality, routing, verdict
+
+CONTROL = "non-targeting"
+
+
+# ---------------------------------------------------------------- cell-eval against a numpy oracle
+@pytest.fixture(scope="module")
+def tiny_scores():
+    """3 KDs × 7 genes: predicted cells (6 per KD, 6 control) and observed cells (8 per KD, 10 control)."""
+    rng = np.random.default_rng(3)
+    genes, kds = [f"G{i}" for i in range(7)], ["K1", "K2", "K3"]
+    predicted = rng.uniform(0.1, 3.0, size=(3, 6, 7)).astype(np.float32)
+    predicted_control = rng.uniform(0.1, 3.0, size=(6, 7)).astype(np.float32)
+    labels = np.array([CONTROL] * 10 + [k for k in kds for _ in range(8)])
+    observed = rng.uniform(0.1, 3.0, size=(len(labels), 7)).astype(np.float32)
+    kd_table, ceiling = quality.score_predictions(predicted, predicted_control, observed, labels, kds, genes, CONTROL, 0)
+    return predicted, predicted_control, observed, labels, kds, kd_table, ceiling
+
+
+def _score(kd_table, predictor, reference, metric, kd):
+    row = kd_table[(kd_table.predictor == predictor) & (kd_table.reference == reference) & (kd_table.kd == kd)]
+    return float(row[metric].iloc[0])
+
+
+def test_pearson_delta_against_control_matches_numpy(tiny_scores):
+    predicted, predicted_control, observed, labels, kds, kd_table, _ = tiny_scores
+    control = observed[labels == CONTROL].mean(0).astype(np.float64)
+    for k, kd in enumerate(kds):
+        expected = np.corrcoef(predicted[k].mean(0) - predicted_control.mean(0), observed[labels == kd].mean(0) - control)[0, 1]
+        assert _score(kd_table, "model", "control", "pearson_delta", kd) == pytest.approx(expected, abs=1e-5)
+        mae = np.abs(predicted[k].mean(0) - observed[labels == kd].mean(0)).mean()
+        assert _score(kd_table, "model", "control", "mae", kd) == pytest.approx(mae, abs=1e-5)
+
+
+def test_pearson_delta_against_the_perturbed_mean_matches_numpy(tiny_scores):
+    """Systema's reference: every perturbed cell's mean replaces the control's, on both sides."""
+    predicted, _, observed, labels, kds, kd_table, _ = tiny_scores
+    reference_pred = predicted.reshape(-1, predicted.shape[-1]).mean(0)
+    reference_obs = observed[labels != CONTROL].mean(0)
+    for k, kd in enumerate(kds):
+        expected = np.corrcoef(predicted[k].mean(0) - reference_pred, observed[labels == kd].mean(0) - reference_obs)[0, 1]
+        assert _score(kd_table, "model", "perturbed mean", "pearson_delta", kd) == pytest.approx(expected, abs=1e-5)
+
+
+def test_baseline_is_the_mean_response(tiny_scores):
+    """cell-eval's baseline predicts every KD as the mean of the observed groups' means (its own definition: the
+    control's group mean among them), referenced to the observed controls."""
+    _, _, observed, labels, kds, kd_table, _ = tiny_scores
+    control = observed[labels == CONTROL].mean(0).astype(np.float64)
+    groups = [CONTROL] + kds
+    mean_response = np.mean([observed[labels == g].mean(0) for g in groups], axis=0)
+    for kd in kds:
+        expected = np.corrcoef(mean_response - control, observed[labels == kd].mean(0) - control)[0, 1]
+        assert _score(kd_table, "baseline", "control", "pearson_delta", kd) == pytest.approx(expected, abs=1e-5)
+    assert set(kd_table.predictor) == {"model", "baseline", "ceiling"}
+    assert not ((kd_table.predictor == "baseline") & (kd_table.reference == "perturbed mean")).any()
+
+
+def test_overall_table_and_the_rule(tiny_scores):
+    *_, kds, kd_table, ceiling = tiny_scores
+    overall = quality.overall_table(kd_table, ceiling, {"all": kds, "seen": kds[:2], "held out": kds[2:]})
+    model = overall[(overall.group == "seen") & (overall.predictor == "model") & (overall.reference == "control")]
+    expected = np.mean([_score(kd_table, "model", "control", "pearson_delta", kd) for kd in kds[:2]])
+    assert float(model.pearson_delta.iloc[0]) == pytest.approx(expected) and int(model.n_kds.iloc[0]) == 2
+    well = quality.well_predicted(kd_table, kds + ["unscored"])
+    better = [_score(kd_table, "model", "control", "pearson_delta", kd) >
+              _score(kd_table, "baseline", "control", "pearson_delta", kd) for kd in kds]
+    assert well.tolist() == better + [False]
+
+
+def test_sensitivity_on_every_kd_is_the_main_call():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([1, 2, 3], 4)
+    jac = rng.normal(size=(12, 30)) + 2.0 * rng.normal(size=(3, 30))[labels - 1]
+    out = rng.normal(size=(12, 20)) + 2.0 * rng.normal(size=(3, 20))[labels - 1]
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    gram, c_out = jac @ jac.T, unit(out) @ unit(out).T
+    c_jac = routing.cosine_from_gram(gram)
+    rule = analysis.config.default_decision_rule()
+    evidence, call = quality.sensitivity(np.ones(12, bool), c_out, c_jac, c_jac, gram, labels, 99, 20, 0, rule)
+    main = routing.routing_evidence(c_out, c_jac, c_jac, labels, 99, 20, 0, gram)
+    assert evidence == main and call == verdict.decide(main, rule)
+    assert quality.sensitivity(np.arange(12) < quality.MIN_SENSITIVITY_KDS - 1, c_out, c_jac, c_jac, gram, labels, 99,
+                               20, 0, rule) is None
+
+
+# ---------------------------------------------------------------- predicted cells, observed cells, the split
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quality")
+    write_tiny_run(folder, cells_per_kd=6)
+    return folder
+
+
+def test_predicted_cells_average_to_the_effects_means(tiny_folder):
+    run = load_run(tiny_config(tiny_folder))
+    draws = draw_control_sets(len(run.controls), run.set_size, 2, 0)
+    cells, control = predict_cells(run, run.kd_names, draws, kds_per_call=4)
+    assert cells.shape == (len(KDS), draws.size, 24) and control.shape == (draws.size, 24)
+    task = EffectTask(0, range(len(KDS)), run.features(run.kd_names).numpy())
+    means = kd_means(run, task, draws)  # [R, K, G]
+    per_draw = cells.reshape(len(KDS), 2, run.set_size, 24).mean(2).transpose(1, 0, 2)
+    np.testing.assert_allclose(per_draw, means, rtol=1e-5, atol=1e-6)
+    basal = torch.as_tensor(run.controls[draws[0]])[None]
+    np.testing.assert_allclose(control[:run.set_size].mean(0),
+                               mean_output(run.model, run.features([CONTROL]), basal)[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_observed_cells_are_the_lines_controls_and_kds(tiny_folder):
+    config = tiny_config(tiny_folder)
+    observed = load_observed(config, load_run(config))
+    counts = pd.Series(observed.labels).value_counts()
+    assert counts[CONTROL] == 40 and all(counts[kd] == 6 for kd in KDS) and observed.cells.shape == (40 + 36, 24)
+
+
+def test_split_from_the_field_from_the_runs_toml_or_unknown(tiny_folder, tmp_path):
+    config = tiny_config(tiny_folder)
+    assert training_split(config, KDS) == (None, "")
+    assert training_split(config.replace(held_out_kds=("KD_B", "other")), KDS) == (("KD_B",), "config field held_out_kds")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (tmp_path / "split.toml").write_text('[fewshot]\n"screen.HepG2" = {val = ["KD_A"], test = ["KD_C"]}\n')
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"data": {"kwargs": {"toml_config_path": str(tmp_path / "split.toml")}}}))
+    held, source = training_split(config.replace(run_dir=run_dir), KDS)
+    assert held == ("KD_A", "KD_C") and "fewshot" in source
+
+
+def _rewrite(folder, change):
+    adata = ad.read_h5ad(folder / "data.h5ad")
+    adata = change(adata)
+    adata.write_h5ad(folder / "data.h5ad")
+
+
+def test_labels_that_match_no_kd_name_the_column(tiny_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_folder, folder)
+
+    def rename(adata):
+        adata.obs["gene"] = adata.obs["gene"].astype(str).map(lambda g: g if g == CONTROL else f"sg{g}")
+        return adata
+
+    _rewrite(folder, rename)
+    config = tiny_config(folder, kds=KDS)
+    with pytest.raises(InputError) as err:
+        load_observed(config, load_run(config))
+    assert "obs['gene']" in str(err.value) and "perturbation_column" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_gene_names_that_differ_from_the_models_are_named(tiny_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_folder, folder)
+
+    def rename(adata):
+        adata.var_names = [f"X{g}" for g in adata.var_names]
+        return adata
+
+    _rewrite(folder, rename)
+    config = tiny_config(folder)
+    with pytest.raises(InputError) as err:
+        load_observed(config, load_run(config))
+    assert "var_names" in str(err.value) and "gene names differ" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_control_only_h5ad_is_reported_not_scored(tmp_path):
+    config = write_tiny_run(tmp_path, cells_per_kd=0)
+    results = analysis.run(config, progress=False)
+    assert results.quality.status.startswith("not scored") and results.quality.unscored == tuple(KDS)
+    assert results.quality.sensitivity is None
+    assert any(line.startswith("Part 0 (prediction quality): not scored") for line in summary_lines(results))
+
+
+# ---------------------------------------------------------------- the demo's planted world
+def _pearson(quality_result, predictor, reference):
+    table = quality_result.kd_table
+    rows = table[(table.predictor == predictor) & (table.reference == reference)]
+    return rows.set_index("kd")["pearson_delta"]
+
+
+def test_demo_baseline_below_model_below_ceiling_on_modules_and_weak_kds_worse(demo_results, demo_config):
+    truth = pd.read_parquet(demo_config.run_dir.parent / "truth" / "kd_modules.parquet").set_index("kd")["module"]
+    q = demo_results.quality
+    assert not q.status and not q.unscored and q.cell_eval == "0.8.2"
+    modules = truth[truth != "no_effect"].index
+    weak = truth[truth == "no_effect"].index
+    centred = _pearson(q, "model", "perturbed mean")
+    base, model, ceiling = (_pearson(q, p, "control") for p in ("baseline", "model", "ceiling"))
+    # against control the shared response flatters the baseline; the model still beats it on the modules
+    assert base[modules].mean() < model[modules].mean() < ceiling[modules].mean()
+    assert model[weak].mean() < model[modules].mean() and centred[weak].mean() < centred[modules].mean()
+    assert q.sensitivity is not None and set(q.well_predicted) <= set(demo_results.effects.responses.kd_names)
+    assert demo_results.provenance["versions"]["cell-eval"] == q.cell_eval
+    (line,) = [line for line in summary_lines(demo_results) if line.startswith("Part 0 (cell-eval 0.8.2): ")]
+    overall = q.overall[(q.overall.group == "all") & (q.overall.reference == "control")].set_index("predictor")
+    assert f"model {overall.pearson_delta['model']:.3f} vs baseline {overall.pearson_delta['baseline']:.3f}" in line
+
+
+def test_a_listed_split_reports_seen_and_held_out(tiny_folder):
+    from analysis.present import quality as part0
+
+    results = analysis.run(tiny_config(tiny_folder, held_out_kds=["KD_A", "KD_B"]), progress=False)
+    q = results.quality
+    assert q.held_out == ("KD_A", "KD_B") and q.split_source == "config field held_out_kds"
+    sizes = q.overall[(q.overall.predictor == "model") & (q.overall.reference == "control")].set_index("group").n_kds
+    assert sizes.to_dict() == {"all": len(KDS), "seen": len(KDS) - 2, "held out": 2}
+    table = part0.split_table(results)
+    assert "| seen | 4 |" in table and "| held out | 2 |" in table
