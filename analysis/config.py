@@ -42,7 +42,9 @@ class DecisionRule:
     the common share at or above which routing whose KD-specific part follows no cluster is a global readout
     (below it: per-KD routing); min_cluster_share: same − cross mean C_jac^spec (the share of the KD-specific
     energy shared within clusters) needed for Model B besides its SD — a structure of a few 1/K, which the common
-    direction's estimate leaves when the noise level follows the modules, is significant but not a circuit.
+    direction's estimate leaves when the noise level follows the modules, is significant but not a circuit;
+    min_reliability: the split-half (Spearman–Brown) reliability of C_jac^spec across control-cell draws below which
+    KD-specific routing structure is called unreliable (below 0.5, most of its variance is draw-to-draw noise).
     """
 
     alpha: float
@@ -52,6 +54,7 @@ class DecisionRule:
     min_specific_share: float
     global_share: float
     min_cluster_share: float
+    min_reliability: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class AnalysisConfig:
     min_specific_share: float = 1e-4  # KD-specific share of the Jacobian energy below which routing is one readout
     global_share: float = 0.5  # common share at or above which unstructured KD-specific routing is a global readout
     min_cluster_share: float = 0.1  # same − cross mean C_jac^spec (share of KD-specific energy) needed for Model B
+    min_reliability: float = 0.5  # split-half reliability of C_jac^spec below which KD-specific routing is unreliable
     fdr: float = 0.05
     n_axes: int = 5
     gene_sets: tuple[Path, ...] = ()
@@ -135,7 +139,7 @@ class AnalysisConfig:
 
 # The config fields the verdict's rule is built from, in `DecisionRule`'s order.
 RULE_FIELDS = ("alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share",
-               "min_cluster_share")
+               "min_cluster_share", "min_reliability")
 
 
 def default_decision_rule() -> DecisionRule:
@@ -152,7 +156,7 @@ _SECTIONS = {
     "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype"},
     "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
                    "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share", "min_cluster_share",
-                   "n_axes"},
+                   "min_reliability", "n_axes"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
     "runtime": {"device", "cache_dir", "executor", "ray_address"},
     "demo": {"enabled", "seed"},
@@ -187,6 +191,7 @@ _RANGES = {
     "min_specific_share": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "global_share": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "min_cluster_share": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "min_reliability": (lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "n_axes": (lambda v: v >= 1, "an integer >= 1"),
     "cell_lines": (lambda v: len(set(v)) == len(v) and all(v), "distinct, non-empty cell-line names"),
     "prerank_permutations": (lambda v: v >= 1, "an integer >= 1"),
