@@ -64,7 +64,7 @@ def reason(routing: RoutingResult, rule: DecisionRule) -> str:
     elif verdict.call == "unreliable":
         nf = evidence.noise_floor
         tail = (f"; but the KD-specific structure these rows read does not reproduce across control draws "
-                f"(split-half reliability {nf.reliability_jac:.2f} < {rule.min_reliability:g}), so they read "
+                f"(split-half reliability {nf.reliability_jac:.3g} < {rule.min_reliability:g}), so they read "
                 "draw-to-draw noise, not routing")
     return f"{share}; {rows}{tail}.{_within(evidence, rule, verdict.deciding)}{noise_floor(evidence, rule)}"
 
@@ -78,8 +78,8 @@ def noise_floor(evidence, rule: DecisionRule) -> str:
                 "reproduces across draws is unknown.")
     corrected = "undefined" if nf.corrected_r != nf.corrected_r else f"{nf.corrected_r:.3f}"
     return (f" Noise floor (control draws split {nf.half_draws[0]} + {nf.half_draws[1]}): C_jac^spec reproduces with "
-            f"split-half reliability {nf.reliability_jac:.2f} (half r {nf.half_r_jac:.3f}, SE {nf.half_r_jac_se:.3f}; "
-            f"minimum {rule.min_reliability:g}), C_out with {nf.reliability_out:.2f}; the Mantel r corrected for "
+            f"split-half reliability {nf.reliability_jac:.4g} (half r {nf.half_r_jac:.4g}, SE {nf.half_r_jac_se:.2g}; "
+            f"minimum {rule.min_reliability:g}), C_out with {nf.reliability_out:.4g}; the Mantel r corrected for "
             f"attenuation is {corrected}.")
 
 

@@ -149,8 +149,8 @@ def noise_floor_criterion(evidence: RoutingEvidence, rule: DecisionRule) -> Crit
                      f"two halves of the control draws ({nf.half_draws[0]} + {nf.half_draws[1]}); delete-one-KD "
                      "jackknife SE", f"unreliable: < {rule.min_reliability:g}", None,
                      bool(nf.reliability_jac >= rule.min_reliability),
-                     note=f"half r {nf.half_r_jac:.3f} (SE {nf.half_r_jac_se:.3f}); C_out reliability "
-                          f"{nf.reliability_out:.3f}; Mantel r corrected for attenuation {nf.corrected_r:.3f}")
+                     note=f"half r {nf.half_r_jac:.4g} (SE {nf.half_r_jac_se:.2g}); C_out reliability "
+                          f"{nf.reliability_out:.4g}; Mantel r corrected for attenuation {nf.corrected_r:.3f}")
 
 
 def reported_criteria(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None) -> tuple:
