@@ -3,8 +3,8 @@ missing or damaged ones) and the reader (`JacobianShards`, the one path from sha
 
 A shard `shard_00000.npz` holds `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] =
 J_k·(p_k − p_ctrl) for b consecutive KDs (with R ≥ 2 control draws also `half_draws` [2] and `jacobian_split`
-[b, G, H], the difference of the two halves' Jacobians, `model.jacobians.jacobian_shard`); its record `shard_00000.json` (size, sha256, KD range, seconds) is
-written atomically after it.
+[b, G, H], the difference of the two halves' Jacobians, `model.jacobians.jacobian_shard`); its record
+`shard_00000.json` (size, sha256, KD range, seconds) is written atomically after it.
 """
 
 from __future__ import annotations
