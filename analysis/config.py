@@ -44,7 +44,9 @@ class DecisionRule:
     energy shared within clusters) needed for Model B besides its SD — a structure of a few 1/K, which the common
     direction's estimate leaves when the noise level follows the modules, is significant but not a circuit;
     substitution_margin: the smallest gain of centroid substitution over random groups worth calling use of the
-    geometry (cosine units): "used" above it (p < α), "not used" when the gain's upper bound is below it.
+    geometry (cosine units): "used" above it (p < α), "not used" when the gain's upper bound is below it;
+    min_reliability: the split-half (Spearman–Brown) reliability of C_jac^spec across control-cell draws below which
+    KD-specific routing structure is called unreliable (below 0.5, most of its variance is draw-to-draw noise).
     """
 
     alpha: float
@@ -55,6 +57,7 @@ class DecisionRule:
     global_share: float
     min_cluster_share: float
     substitution_margin: float
+    min_reliability: float
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class AnalysisConfig:
     min_cluster_share: float = 0.1  # same − cross mean C_jac^spec (share of KD-specific energy) needed for Model B
     random_groups: int = 8  # random-group centroids per KD, the reference of centroid substitution
     substitution_margin: float = 0.1  # smallest substitution gain (cosine) of interest: "used" / "not used"
+    min_reliability: float = 0.5  # split-half reliability of C_jac^spec below which KD-specific routing is unreliable
     fdr: float = 0.05
     n_axes: int = 5
     gene_sets: tuple[Path, ...] = ()
@@ -142,7 +146,7 @@ class AnalysisConfig:
 
 # The config fields the verdict's rule is built from, in `DecisionRule`'s order.
 RULE_FIELDS = ("alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share",
-               "min_cluster_share", "substitution_margin")
+               "min_cluster_share", "substitution_margin", "min_reliability")
 
 
 def default_decision_rule() -> DecisionRule:
@@ -159,7 +163,7 @@ _SECTIONS = {
     "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype"},
     "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
                    "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share", "min_cluster_share",
-                   "n_axes"},
+                   "min_reliability", "n_axes"},
     "interventions": {"random_groups", "substitution_margin"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
     "quality": {"held_out_kds", "min_observed_cells"},
@@ -196,6 +200,7 @@ _RANGES = {
     "min_specific_share": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "global_share": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "min_cluster_share": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "min_reliability": (lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "n_axes": (lambda v: v >= 1, "an integer >= 1"),
     "random_groups": (lambda v: v >= 1, "an integer >= 1"),
     "substitution_margin": (lambda v: 0 < v <= 1, "a number in (0, 1] (cosine)"),

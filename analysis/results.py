@@ -16,7 +16,8 @@ import pandas as pd
 
 from .config import AnalysisConfig
 
-CALLS = ("cluster circuits", "per-KD", "global readout", "mixed", "inconclusive", "degenerate")  # what a `Verdict` can call
+CALLS = ("cluster circuits", "per-KD", "global readout", "mixed", "inconclusive", "degenerate",
+         "unreliable")  # what a `Verdict` can call
 USES = ("used", "not used", "inconclusive")  # what the interventions say of the encoder geometry (`Verdict.use`)
 Z_ONE_SIDED_95 = 1.6448536269514722  # Φ⁻¹(0.95): one-sided 95 % bounds (equivalence at α = 0.05)
 
@@ -370,6 +371,46 @@ class Decomposition:
 
 
 @dataclass(frozen=True)
+class NoiseFloor:
+    """How well C_out and C_jac^spec reproduce across independent control-cell draws (`stats.reliability`).
+
+    The R draws are split into two halves of `half_draws` draws; each half gives its own ΔY (so C_out) and its own
+    Jacobians (so C_jac^spec, from that half's Gram). half_r_*: Pearson r between the two halves' upper triangles,
+    with its delete-one-KD jackknife SE; reliability_*: the Spearman–Brown step-up 2r / (1 + r), the reliability of
+    the matrix from all R draws (rsatoolbox's split-half noise ceiling); corrected_r: the deciding Mantel r divided
+    by √(reliability_out · reliability_jac) (Spearman's correction for attenuation; NaN when a reliability ≤ 0).
+    """
+
+    half_draws: tuple[int, int]
+    half_r_out: float
+    half_r_out_se: float
+    half_r_jac: float
+    half_r_jac_se: float
+    reliability_out: float
+    reliability_jac: float
+    corrected_r: float
+
+    @property
+    def reliability_jac_se(self) -> float:
+        """Delta-method SE of the Spearman–Brown reliability: d(2r/(1+r))/dr = 2/(1+r)²."""
+        return 2 * self.half_r_jac_se / (1 + self.half_r_jac) ** 2
+
+
+@dataclass(frozen=True)
+class ClusterLevel:
+    """r between cluster-pair means of C_out and of C_jac^spec, over pairs of *different* clusters (`n_pairs` =
+    C(C−1)/2 for C clusters ≥ 1): does routing between clusters follow output similarity between clusters? The
+    deciding rows read the same-cluster blocks; this one does not. p: one-sided permutation of cluster identities
+    (`n_permutations`, plain r — C is small, no jackknife)."""
+
+    n_clusters: int
+    n_pairs: int
+    r: float
+    p_value: float
+    n_permutations: int
+
+
+@dataclass(frozen=True)
 class RoutingEvidence:
     """Every routing statistic the verdict reads (K KDs, K(K−1)/2 pairs).
 
@@ -394,6 +435,8 @@ class RoutingEvidence:
     within_mantel: StudentizedTest | None = None  # r(C_out, C_jac^spec) over same-cluster pairs (graded, not blocks)
     raw_mantel: StudentizedTest | None = None  # r(C_out, C_jac) on the raw matrix (reported)
     raw_contrast: ClusterContrast | None = None  # same − cross on the raw C_jac (reported)
+    noise_floor: NoiseFloor | None = None  # split-half reliabilities (None: one control draw, not measured)
+    cluster_level: ClusterLevel | None = None  # r over between-cluster means (separates, never decides)
 
 
 @dataclass(frozen=True)

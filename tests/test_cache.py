@@ -138,7 +138,9 @@ def test_truncated_shard_is_recomputed_alone(copy, clean, capsys):
 
 def test_bit_flipped_shard_is_recomputed_before_it_is_read(copy, clean, capsys):
     shard = stage_folder(copy.cache_dir, "jacobians") / "shard_00000.npz"
-    flip_byte(shard, shard.stat().st_size // 2)  # inside the float32 data: np.load alone would not notice
+    # A quarter in: inside J's float32 data (the first of the shard's two large arrays, J and the halves' difference),
+    # where np.load alone would not notice.
+    flip_byte(shard, shard.stat().st_size // 4)
     # Part 3 cached: this run reads no shard array (sizes and headers only), so it need not hash the shards.
     assert "cache: " not in rerun(copy, capsys)
     # Part 3 to compute: the shards are hashed before it reads them, and the damaged one is recomputed.

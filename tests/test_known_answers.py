@@ -60,9 +60,11 @@ def test_pipeline_sees_the_planted_function(known, kind):
     assert effects.kd_names == planted.kd_names and list(truth["kd"]) == list(planted.kd_names)
     assert np.abs(effects.pert_repr - planted.pert_repr).max() < 1e-5
     assert np.abs(effects.control_repr).max() < 1e-6
+    # A model that reads the control cells is planted on the cells the run drew (None: it ignores them).
+    cells = None if planted.cell_values is None else effects.draw_cells
     # The final LayerNorm is ~linear in p (relative curvature ~1e-5); the rest is float32 rounding.
-    assert np.abs(effects.delta_y - planted.delta_y()).max() < 1e-3 * np.abs(planted.delta_y()).max()
-    planted_c_jac = clustering.cosine_similarity(planted.jacobians().reshape(len(planted.kd_names), -1))
+    assert np.abs(effects.delta_y - planted.delta_y(cells)).max() < 1e-3 * np.abs(planted.delta_y(cells)).max()
+    planted_c_jac = clustering.cosine_similarity(planted.jacobians(cells).reshape(len(planted.kd_names), -1))
     assert np.abs(results.routing.c_jac - planted_c_jac).max() < 0.01
 
 
@@ -205,3 +207,25 @@ def test_steering_follows_the_planted_function(known, kind):
         assert np.allclose(frame["relative_error"], oracle, atol=0.02, rtol=0.05)
     if kind == "degenerate":
         assert carried == [1] and steering.trust_radius[0] == 2.0
+
+
+def test_draw_to_draw_noise_in_routing_is_called_unreliable(known):
+    """KD-specific routing that is pure draw-to-draw noise (each KD's share of the clamp units decided by which control
+    cells a draw holds): the KD-specific structure does not reproduce between the halves of the draws → unreliable,
+    never per-KD (which the deciding rows alone would say: both bounds below the margin) or cluster circuits."""
+    results, _, planted = known("unreliable")
+    ev, rule = results.routing.evidence, results.config.decision_rule
+    floor = ev.noise_floor
+    print(f"unreliable: common share {ev.decomposition.common_share:.3f}; reliability C_jac^spec "
+          f"{floor.reliability_jac:.3f} (half r {floor.half_r_jac:.3f} ± {floor.half_r_jac_se:.3f}), C_out "
+          f"{floor.reliability_out:.4f}; supports {[c.supports for c in _deciding(results)]}; {why(results)}")
+    assert floor.half_draws == (1, 1)
+    assert floor.reliability_jac < rule.min_reliability and floor.half_r_jac + 3 * floor.half_r_jac_se < 0.2
+    assert floor.reliability_out > 0.99  # the outputs barely depend on the cells: their structure reproduces
+    assert ev.decomposition.common_share < rule.global_share  # KD-specific routing is most of the energy
+    # With every control cell (the expectation over draws) every KD has the same Jacobian: no KD-specific routing.
+    from analysis.stats import routing
+    every = planted.jacobians().reshape(len(planted.kd_names), -1)
+    assert routing.decompose(every @ every.T)[0].specific_share < 1e-9
+    assert results.routing.verdict.call == "unreliable"
+    assert "does not reproduce across control draws" in why(results) and "Noise floor" in why(results)

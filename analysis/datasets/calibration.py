@@ -28,6 +28,17 @@ Worlds with a common component (issue 18), unit-norm J_k in ROUTING_WORLD_DIM di
   KD up to noise. Expected: "global readout" (or "inconclusive"); false: "per-KD", "cluster circuits", "mixed".
 - "identical-noise-modules": the same with the noise level σ_m shared within each output module (log-normal
   across modules, mean C_jac ≈ 0.98): the noise's size follows the modules. Same expectations.
+
+Worlds with two halves of control draws (the noise floor, `stats.reliability`), K = 60: each half has its own ΔY
+(the module centroids plus half-specific noise) and its own Jacobians; the full-data ones are the halves' mean.
+- "draw-noise": u_k^(h) = √c·g + √(1−c)·e_k^(h), c = 0.3, e_k^(h) drawn afresh in each half: KD-specific routing
+  that is pure draw-to-draw noise. Expected: "unreliable"; false: "cluster circuits", "per-KD", "mixed".
+- "draw-cluster": the common-cluster world's routing (c in [0.95, 0.995]) plus half-specific noise of a fifth of
+  the KD-specific energy: reliable cluster circuits. Expected: "cluster circuits"; false: "unreliable", "per-KD",
+  "global readout", "mixed".
+- "draw-per-KD": u_k = √c·g + √(1−c)·own_k, c = 0.3, plus half-specific noise of a fifth of the KD-specific
+  energy: reliable per-KD routing (its chance overlaps reproduce). Expected "per-KD" (or "inconclusive" where the
+  bounds are wide); false: "unreliable", "cluster circuits", "mixed".
 """
 
 from __future__ import annotations
@@ -42,10 +53,11 @@ from ..config import PACKAGE_DIR
 from ..results import CALLS, USES, RoutingEvidence
 from ..stats.clustering import cluster_kds, cosine_similarity
 from ..stats.interventions import centroids, substitution_plan, substitution_test
+from ..stats.reliability import with_noise_floor
 from ..stats.routing import core_evidence, partial_mantel
 from ..stats.verdict import decide, use_criteria
 from ..store.cache import read_json
-from .known_answers import planted_model
+from .known_answers import N_DRAWS, SET_SIZE, planted_model
 
 NULL_WORLDS = ("independent", "lookup-tight", "lookup-singletons", "lookup-hetero", "lookup-K20", "lookup-K120",
                "shared-cause")
@@ -54,12 +66,18 @@ NULL_WORLDS = ("independent", "lookup-tight", "lookup-singletons", "lookup-heter
 # interest, 0.1; w = 0.02 gave 0.087 there, 0.119 on the raw C_jac), 0.04 → 0.171.
 ALTERNATIVES = {"sharing-r0.1": 0.025, "sharing-r0.2": 0.04}
 COMMON_WORLDS = ("common-cluster", "identical-noise", "identical-noise-K116", "identical-noise-modules")
-WORLDS = NULL_WORLDS + tuple(ALTERNATIVES) + COMMON_WORLDS
+DRAW_WORLDS = ("draw-noise", "draw-cluster", "draw-per-KD")
+WORLDS = NULL_WORLDS + tuple(ALTERNATIVES) + COMMON_WORLDS + DRAW_WORLDS
 # The calls that would be wrong in each world (the rest are right or, for "inconclusive", not a claim).
 FALSE_CALLS = {**{w: ("cluster circuits",) for w in NULL_WORLDS if w != "shared-cause"},
                **{w: ("per-KD", "global readout") for w in ALTERNATIVES},
                "common-cluster": ("global readout", "per-KD", "mixed"),
-               **{w: ("per-KD", "cluster circuits", "mixed") for w in COMMON_WORLDS[1:]}}
+               **{w: ("per-KD", "cluster circuits", "mixed") for w in COMMON_WORLDS[1:]},
+               "draw-noise": ("cluster circuits", "per-KD", "mixed"),
+               "draw-cluster": ("unreliable", "per-KD", "global readout", "mixed"),
+               "draw-per-KD": ("unreliable", "cluster circuits", "mixed")}
+DRAW_NOISE_COMMON = 0.3  # common share c of the draw worlds' routing (below global_share: per-KD without a floor)
+DRAW_NOISE_SHARE = 0.2  # half-specific noise energy / KD-specific energy in the reliable draw worlds
 ROUTING_WORLD_DIM = 2000  # dimensions of the unit-norm Jacobians of the common-component worlds
 NOISE_SIGMA = float(np.sqrt(1 / 0.98 - 1))  # ‖σ·e‖² / ‖g‖² with cos ≈ 1 / (1 + σ²) = 0.98
 ROUTING_DIM = 24  # input directions u_k of a lookup
@@ -72,13 +90,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class World:
-    """One replicate: delta_y [K, D]; c_out, c_jac, c_rep [K, K]; labels [K] from `cluster_kds` on delta_y."""
+    """One replicate: delta_y [K, D]; c_out, c_jac, c_rep [K, K]; labels [K] from `cluster_kds` on delta_y;
+    halves: (C_out of each half [K, K] × 2, Gram of each half's Jacobians [K, K] × 2, draws per half) in the draw
+    worlds, the arguments of `reliability.with_noise_floor` (None elsewhere: no noise floor)."""
 
     delta_y: np.ndarray
     c_out: np.ndarray
     c_jac: np.ndarray
     c_rep: np.ndarray
     labels: np.ndarray
+    halves: tuple | None = None
 
 
 def _modules(rng, n_kds: int, n_modules: int, noise: float, singletons: float = 0.0):
@@ -106,6 +127,8 @@ def _lookup(rng, delta_y: np.ndarray, noise_scale: np.ndarray | None = None) -> 
 
 def draw_world(rng, world: str) -> World:
     """One replicate of `world` (see the module docstring)."""
+    if world in DRAW_WORLDS:
+        return _draw_world(rng, world)
     n_kds = {"lookup-K20": 20, "lookup-K120": 120, "common-cluster": 60, "identical-noise-K116": 116}.get(world, 40)
     tight = world == "lookup-tight"
     module, delta_y = _modules(rng, n_kds, 5, 0.3 if tight else 0.8, 0.5 if world == "lookup-singletons" else 0.0)
@@ -149,6 +172,38 @@ def draw_world(rng, world: str) -> World:
     return World(delta_y, c_out, c_jac, c_rep, labels)
 
 
+def _draw_world(rng, world: str, n_kds: int = 60) -> World:
+    """A world with two halves of control draws (see the module docstring): each half's ΔY and unit-scale routing
+    u^(h) [K, ROUTING_WORLD_DIM]; the full data are the halves' means."""
+    module, delta_y = _modules(rng, n_kds, 5, 0.8)
+    half_delta = [delta_y + 0.3 * rng.normal(size=delta_y.shape) for _ in range(2)]
+    g = _unit(rng.normal(size=ROUTING_WORLD_DIM))
+    own = _unit(rng.normal(size=(n_kds, ROUTING_WORLD_DIM)))
+
+    def fresh():  # KD-specific directions drawn afresh for one half
+        return _unit(rng.normal(size=(n_kds, ROUTING_WORLD_DIM)))
+
+    if world == "draw-noise":
+        c = DRAW_NOISE_COMMON
+        halves = [np.sqrt(c) * g + np.sqrt(1 - c) * fresh() for _ in range(2)]
+    else:
+        if world == "draw-cluster":
+            c = rng.uniform(0.95, 0.995)
+            shared = _unit(rng.normal(size=(5, ROUTING_WORLD_DIM)))[module]
+            specific = _unit(shared + own)
+        else:
+            c = DRAW_NOISE_COMMON
+            specific = own
+        base = np.sqrt(c) * g + np.sqrt(1 - c) * specific
+        halves = [base + np.sqrt(DRAW_NOISE_SHARE * (1 - c)) * fresh() for _ in range(2)]
+    jac = (halves[0] + halves[1]) / 2
+    full_delta = (half_delta[0] + half_delta[1]) / 2
+    rep = np.eye(5)[module] + 0.7 * rng.normal(size=(n_kds, 5))
+    return World(full_delta, cosine_similarity(full_delta), cosine_similarity(jac), cosine_similarity(rep),
+                 cluster_kds(full_delta, 8, 0, 0).labels,
+                 (tuple(cosine_similarity(d) for d in half_delta), tuple(h @ h.T for h in halves), (1, 1)))
+
+
 @dataclass(frozen=True)
 class Rates:
     """Shares of `n_replicates` replicates (with their binomial standard errors) at level α.
@@ -164,6 +219,7 @@ class Rates:
     calls: dict
     mean_r: float
     mean_common: float = float("nan")  # mean common share of routing (`routing.decompose`)
+    mean_reliability: float = float("nan")  # mean split-half reliability of C_jac^spec (draw worlds only)
 
     @property
     def false_calls(self) -> tuple:
@@ -185,8 +241,16 @@ class Rates:
         false = (f" — false calls ({', '.join(self.false_calls)}): {self.false_rate:.1%} ± "
                  f"{self.se(self.false_rate, n):.1%}" if self.false_calls else "")
         return (f"{self.world}: {n} replicates × {self.n_permutations} permutations, α = {self.alpha}, mean r "
-                f"{self.mean_r:.3f}, mean common share {self.mean_common:.4f} — rejections: {tests} — calls: "
+                f"{self.mean_r:.3f}, mean common share {self.mean_common:.4f}"
+                + (f", mean reliability of C_jac^spec {self.mean_reliability:.3f}" if self.mean_reliability == self.mean_reliability else "")
+                + f" — rejections: {tests} — calls: "
                 f"{calls}{false}")
+
+
+def world_evidence(w: World, n_permutations: int, seed: int) -> RoutingEvidence:
+    """The statistics the call reads (`core_evidence`, no bootstrap), with the noise floor where `w` has halves."""
+    evidence = core_evidence(w.c_out, w.c_jac, w.labels, n_permutations, 0, seed)
+    return evidence if w.halves is None else with_noise_floor(evidence, *w.halves)
 
 
 def rates(world: str, n_replicates: int, n_permutations: int, rule, seed: int = 0) -> Rates:
@@ -198,7 +262,7 @@ def rates(world: str, n_replicates: int, n_permutations: int, rule, seed: int = 
         for _ in range(n_replicates):
             w = draw_world(rng, world)
             test_seed = int(rng.integers(2**31))
-            evidence = core_evidence(w.c_out, w.c_jac, w.labels, n_permutations, 0, test_seed)
+            evidence = world_evidence(w, n_permutations, test_seed)
             extra = {}
             if world == "shared-cause":
                 extra["partial Mantel"] = partial_mantel(w.c_jac, w.c_out, w.c_rep, n_permutations,
@@ -212,15 +276,18 @@ def _tally(name: str, replicates, n_replicates: int, n_permutations: int, rule) 
     """Rates over `replicates`, an iterable of (evidence, {extra test: rejected}) — one decision per replicate."""
     counts: dict = {}
     calls = dict.fromkeys(CALLS, 0)
-    r_values, common = [], []
+    r_values, common, reliability = [], [], []
     for evidence, extra in replicates:
         for test, rejected in {**replicate_rejections(evidence, rule.alpha), **extra}.items():
             counts[test] = counts.get(test, 0) + bool(rejected)
         calls[decide(evidence, rule).call] += 1
         r_values.append(evidence.mantel_pearson.statistic)
         common.append(evidence.decomposition.common_share)
+        if evidence.noise_floor is not None:
+            reliability.append(evidence.noise_floor.reliability_jac)
     return Rates(name, n_replicates, n_permutations, rule.alpha, {k: v / n_replicates for k, v in counts.items()},
-                 {k: v / n_replicates for k, v in calls.items()}, float(np.mean(r_values)), float(np.mean(common)))
+                 {k: v / n_replicates for k, v in calls.items()}, float(np.mean(r_values)), float(np.mean(common)),
+                 float(np.mean(reliability)) if reliability else float("nan"))
 
 
 def replicate_rejections(evidence: RoutingEvidence, alpha: float) -> dict:
@@ -235,13 +302,27 @@ def replicate_rejections(evidence: RoutingEvidence, alpha: float) -> dict:
 
 def known_answer_world(kind: str, seed: int, max_clusters: int = 8) -> World:
     """The planted known-answer model `kind` (`known_answers.planted_model`) as a world: analytic ΔY and J_k in the
-    linear-LayerNorm approximation (no arc-state forward; the pipeline tests run the real model)."""
+    linear-LayerNorm approximation (no arc-state forward; the pipeline tests run the real model). A model that reads
+    the control cells is evaluated on seeded draws of them as its config sets (`known_answers.N_DRAWS` draws of
+    SET_SIZE cells), with the noise floor's halves."""
     planted = planted_model(kind, seed)
-    delta_y = planted.delta_y()
-    c_out = cosine_similarity(delta_y)
-    c_jac = cosine_similarity(planted.jacobians().reshape(len(delta_y), -1))
+    n_kds = len(planted.kd_names)
+    halves = None
+    if planted.cell_values is None:
+        delta_y, jac = planted.delta_y(), planted.jacobians().reshape(n_kds, -1)
+    else:
+        rng = np.random.default_rng([seed, 17])
+        draws = np.stack([rng.choice(len(planted.cell_values), SET_SIZE, replace=False)
+                          for _ in range(N_DRAWS[kind])])
+        half = len(draws) // 2
+        half_delta = [planted.delta_y(d) for d in (draws[:half], draws[half:])]
+        half_jac = [planted.jacobians(d).reshape(n_kds, -1) for d in (draws[:half], draws[half:])]
+        delta_y, jac = (half_delta[0] + half_delta[1]) / 2, (half_jac[0] + half_jac[1]) / 2
+        halves = (tuple(cosine_similarity(d) for d in half_delta), tuple(j @ j.T for j in half_jac),
+                  (half, len(draws) - half))
     labels = cluster_kds(delta_y, max_clusters, 0, 0).labels
-    return World(delta_y, c_out, c_jac, cosine_similarity(planted.pert_repr), labels)
+    return World(delta_y, cosine_similarity(delta_y), cosine_similarity(jac), cosine_similarity(planted.pert_repr),
+                 labels, halves)
 
 
 def known_answer_calls(kind: str, n_seeds: int, n_permutations: int, rule) -> Rates:
@@ -249,7 +330,7 @@ def known_answer_calls(kind: str, n_seeds: int, n_permutations: int, rule) -> Ra
     def replicates():
         for seed in range(n_seeds):
             w = known_answer_world(kind, seed)
-            yield core_evidence(w.c_out, w.c_jac, w.labels, n_permutations, 0, seed), {}
+            yield world_evidence(w, n_permutations, seed), {}
 
     return _tally(f"known answer '{kind}'", replicates(), n_seeds, n_permutations, rule)
 

@@ -46,7 +46,18 @@ programmes from the demo world, `analysis.demo.build_world`):
   KD-specific share of the Jacobian energy, 2.5e-6 from the final LayerNorm's curvature and float32, is below the floor —
   though that remainder still follows the modules).
 
-The planted truth (module of each KD, planted pert_repr, unit layout) is written beside the run.
+- "unreliable": KD-specific routing that is pure draw-to-draw noise. The basal encoder reads one designed input
+  value z_i of each control cell (evenly spaced, one cell per step) into a p-space direction e_z orthogonal to
+  every p_k, so a unit can gate on the cell. Besides a linear decoder (every unit open for every KD, as in
+  "degenerate": the common component), each of `NOISE_UNITS` clamp units (relu(x) − relu(x − w): open only while
+  its input lies in a window of width w) reads p through a direction a_u set so that, for KD k, exactly one control
+  cell c(u, k) — a different one for each KD, drawn at random — falls in the window. J_k's KD-specific part is
+  Σ_u (share of the drawn cells that are c(u, k))·w2_u ⊗ w1_u: every KD has the same expected Jacobian (one cell in
+  each unit's window), and which units a draw opens for which KD is chance, so C_jac^spec does not reproduce
+  between halves of the control draws → expected "unreliable" (run with `n_draws` = 2: two halves of SET_SIZE cells).
+
+The planted truth (module of each KD, planted pert_repr, unit layout, the cells' designed values) is written beside
+the run.
 """
 
 from __future__ import annotations
@@ -64,14 +75,16 @@ from ..config import DEFAULT_CONFIG, AnalysisConfig, load_config
 from ..store import cache
 from . import demo
 
-KINDS = ("positive", "negative", "random", "keyed", "keyed-smooth", "degenerate")
+KINDS = ("positive", "negative", "random", "keyed", "keyed-smooth", "degenerate", "unreliable")
 # The calls each kind may receive: "random" has no structure to rule out beyond noise, so "inconclusive" is right too.
 EXPECTED_CALLS = {"positive": {"cluster circuits"}, "negative": {"per-KD"}, "random": {"per-KD", "inconclusive"},
-                  "keyed": {"cluster circuits"}, "keyed-smooth": {"cluster circuits"}, "degenerate": {"global readout"}}
+                  "keyed": {"cluster circuits"}, "keyed-smooth": {"cluster circuits"}, "degenerate": {"global readout"},
+                  "unreliable": {"unreliable"}}
 # What the interventions must say of each kind's encoder geometry (`Verdict.use`): a linear readout uses it; a
 # lookup keyed on each KD's own embedding, sharply gated, does not; gated widely, it interpolates over the module.
+# "unreliable" responds through the degenerate kind's linear map (its clamp units only add draw-to-draw noise).
 EXPECTED_USES = {"positive": "used", "negative": "not used", "random": "not used", "keyed": "not used",
-                 "keyed-smooth": "used", "degenerate": "used"}
+                 "keyed-smooth": "used", "degenerate": "used", "unreliable": "used"}
 SMOOTH_GATE = 0.3  # "keyed-smooth": a unit opens at this share of its own key's input (module mates give ≈ 0.5)
 
 MODULES = ("cytosolic_ribosome", "mitoribosome", "TRAPP", "proteasome", "MYC", "spliceosome", "mediator")
@@ -92,6 +105,18 @@ MAX_OVERLAP = 0.35  # largest |cos| allowed between two KD-specific directions (
 # ignore the control cells by construction, so more draws would only repeat the same Jacobian).
 STATISTICS = dict(set_size=0, n_draws=1, shard_kds=16, kds_per_call=8, n_permutations=999, n_bootstrap=200,
                   cluster_bootstrap=10, prerank_permutations=500, max_clusters=8, device="cpu", dtype="float32")
+# The "unreliable" model reads the control cells: two draws, split in two halves of SET_SIZE cells each.
+N_DRAWS = {"unreliable": 2}
+
+# The "unreliable" kind's cell gate (module docstring).
+N_CONTROLS = 200  # control cells written, z_i = a permutation of 0, 1/CELL_STEPS, … (one cell per step)
+CELL_STEPS = 100.0  # steps of z per unit
+CELL_GAIN = 0.5  # κ: the basal encoder writes κ·z_i along e_z (‖κ·z·e_z‖ ≤ 1 ≪ OFFSET: the LayerNorm stays linear)
+GATE_STEP = 1.0  # a clamp unit's input moves by this between consecutive cells (s = GATE_STEP·CELL_STEPS per unit z)
+GATE_WIDTH = 0.5  # w: the clamp window, half a step, so it holds exactly one cell with a margin of a quarter step
+NOISE_UNITS = 58  # clamp units (two ReLUs each)
+NOISE_GAIN = 0.03  # ‖w2_u‖ / PROGRAMME_NORM of a clamp unit: KD-specific share of J ≈ 0.6 over all four draws
+RANDOM_OPEN_UNITS = 20  # linear-decoder units reading random p directions (KD-specific deviations of ΔY)
 
 
 @dataclass(frozen=True)
@@ -113,6 +138,9 @@ class PlantedModel:
     w2: np.ndarray
     unit_kind: tuple
     seed: int
+    cell_weight: np.ndarray | None = None  # [U] each unit's input per unit of a control cell's designed value z
+    cell_values: np.ndarray | None = None  # [N_CONTROLS] z of each control cell, in the order they are written
+    cell_direction: np.ndarray | None = None  # [H] e_z, where the basal encoder writes z (⟂ every p_k)
 
     @property
     def expected_calls(self) -> set:
@@ -122,21 +150,34 @@ class PlantedModel:
     def expected_use(self) -> str:
         return EXPECTED_USES[self.kind]
 
-    def respond(self, p: np.ndarray) -> np.ndarray:
-        """The planted ΔY(p) [B, G] = W2 (h(p) − h(0)) for any representations p [B, H] (linear-LayerNorm approximation)."""
-        return (self.hidden(p) - self.hidden(np.zeros(self.w1.shape[1]))) @ self.w2.T
+    def respond(self, p: np.ndarray, cells=None) -> np.ndarray:
+        """The planted ΔY(p) [B, G] = W2 (h(p) − h(0)) for any representations p [B, H] (linear-LayerNorm
+        approximation), averaged over the control cells `cells` (None: all)."""
+        return (self.hidden(p, cells) - self.hidden(np.zeros(self.w1.shape[1]), cells)) @ self.w2.T
 
-    def hidden(self, p: np.ndarray) -> np.ndarray:
-        """relu(W1 p + b1) [.., U] (the exact-linear approximation of the model's first decoder layer)."""
-        return np.maximum(p @ self.w1.T + self.b1, 0.0)
+    def _pre(self, p: np.ndarray, cells) -> np.ndarray:
+        """W1 p + b1 (+ the cell term) [N, .., U] over the control cells `cells` (indices; None: every control
+        cell), N = 1 for the kinds that ignore the cells."""
+        pre = p @ self.w1.T + self.b1
+        if self.cell_values is None:
+            return pre[None]
+        z = self.cell_values if cells is None else self.cell_values[np.ravel(cells)]
+        return pre[None] + z.reshape((-1,) + (1,) * pre.ndim) * self.cell_weight
 
-    def delta_y(self) -> np.ndarray:
-        """Planted ΔY [K, G] = W2 (h(p_k) − h(0)) in the linear-LayerNorm approximation."""
-        return self.respond(self.pert_repr)
+    def hidden(self, p: np.ndarray, cells=None) -> np.ndarray:
+        """relu(W1 p + b1 (+ cell term)) [.., U] averaged over the cells (the exact-linear approximation of the
+        model's first decoder layer)."""
+        return np.maximum(self._pre(p, cells), 0.0).mean(axis=0)
 
-    def jacobians(self) -> np.ndarray:
-        """Planted J_k [K, G, H] = W2 diag(on_k) W1 in the linear-LayerNorm approximation."""
-        on = (self.pert_repr @ self.w1.T + self.b1 > 0).astype(float)  # [K, U]
+    def delta_y(self, cells=None) -> np.ndarray:
+        """Planted ΔY [K, G] = W2 (h(p_k) − h(0)) in the linear-LayerNorm approximation, averaged over the control
+        cells `cells` (indices, any shape; None: all)."""
+        return self.respond(self.pert_repr, cells)
+
+    def jacobians(self, cells=None) -> np.ndarray:
+        """Planted J_k [K, G, H] = W2 diag(share of the cells on which unit u is on for KD k) W1 in the
+        linear-LayerNorm approximation."""
+        on = (self._pre(self.pert_repr, cells) > 0).mean(axis=0)  # [K, U]
         return np.einsum("gu,ku,uh->kgh", self.w2, on, self.w1)
 
 
@@ -193,9 +234,9 @@ def planted_model(kind: str, seed: int = 0) -> PlantedModel:
     rng = np.random.default_rng([seed, KINDS.index(kind)])
     n_kds, n_modules = len(kd_names), len(MODULES)
     module_index = np.array([MODULES.index(m) for m in kd_module])
-    basis = _p_space_basis(rng)  # [61, H]
+    basis = _p_space_basis(rng)  # [H − 3, H]
     module_dirs = basis[:n_modules]  # m_j, orthonormal
-    kd_dirs = _near_orthonormal(n_kds, basis[n_modules:], rng)  # ⟂ every m_j
+    kd_dirs = _near_orthonormal(n_kds, basis[n_modules:-1], rng)  # ⟂ every m_j and the cell direction basis[-1]
     strength = rng.uniform(0.8, 1.2, size=n_kds)  # a_k
 
     w1 = np.zeros((HIDDEN, HIDDEN))
@@ -234,16 +275,60 @@ def planted_model(kind: str, seed: int = 0) -> PlantedModel:
                             for k in range(n_kds)])
         _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names,
                       SMOOTH_GATE if kind == "keyed-smooth" else None)
-    else:  # degenerate: every unit open for every KD (and the control): a linear decoder, one J for all KDs
+    elif kind == "degenerate":  # every unit open for every KD (and the control): a linear decoder, one J for all KDs
         pert_repr = strength[:, None] * module_dirs[module_index] + 0.5 * kd_dirs
         for j, m in enumerate(MODULES):
             w1[j], b1[j], w2[:, j], unit_kind[j] = module_dirs[j], 3.0, programmes[j], f"open:{m}"
         for k, kd in enumerate(kd_names):
             u = n_modules + k
             w1[u], b1[u], w2[:, u], unit_kind[u] = kd_dirs[k], 3.0, kd_noise(0.3 * PROGRAMME_NORM), f"open:{kd}"
+    else:  # unreliable: a linear decoder plus clamp units gated on one control cell per KD (module docstring)
+        pert_repr = strength[:, None] * module_dirs[module_index] + 0.5 * kd_dirs
+        for j, m in enumerate(MODULES):
+            w1[j], b1[j], w2[:, j], unit_kind[j] = module_dirs[j], 3.0, programmes[j], f"open:{m}"
+        for i in range(RANDOM_OPEN_UNITS):
+            u = n_modules + i
+            direction = _unit_rows(rng.normal(size=n_kds) @ kd_dirs)
+            w1[u], b1[u], w2[:, u], unit_kind[u] = direction, 3.0, kd_noise(0.3 * PROGRAMME_NORM), f"open:random{i}"
+        cell_values = rng.permutation(N_CONTROLS) / CELL_STEPS
+        cell_weight = np.zeros(HIDDEN)
+        _clamp_units(pert_repr, cell_values, basis[-1], n_modules + RANDOM_OPEN_UNITS, rng, w1, b1, w2, cell_weight,
+                     unit_kind)
+        planted = PlantedModel(kind, kd_names, kd_module, genes, pert_repr, w1, b1, w2, tuple(unit_kind), seed,
+                               cell_weight, cell_values, basis[-1])
+        _check_gating(planted)
+        return planted
     planted = PlantedModel(kind, kd_names, kd_module, genes, pert_repr, w1, b1, w2, tuple(unit_kind), seed)
     _check_gating(planted)
     return planted
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _clamp_units(pert_repr, cell_values, cell_direction, first, rng, w1, b1, w2, cell_weight, unit_kind) -> None:
+    """NOISE_UNITS clamp units from row `first` on, two ReLU rows each (x and x − w, written ±w2_u): unit u's input
+    is x = a_u·p + γ·(e_z·p) + s·z + b_u, with s = GATE_STEP·CELL_STEPS per unit z (the model reads z through the
+    basal encoder into e_z, scaled by γ, so s = γ·κ·(1 + σ₀): the LayerNorm's share and the residual's) and a_u in the
+    span of the p_k, solved so that KD k's window (0, w) holds exactly the cell c(u, k) (distinct cells, random) and
+    the control's holds none."""
+    n_kds = len(pert_repr)
+    scale = GATE_STEP * CELL_STEPS
+    top = scale * cell_values.max()
+    bias = -top - 10.0  # the control (p = 0): x ≤ −10 on every cell, its window is empty
+    gram_inverse = np.linalg.inv(pert_repr @ pert_repr.T)
+    sigma0 = np.sqrt(2 * OFFSET**2 / HIDDEN + 1e-5)
+    gamma = scale / (CELL_GAIN * (1 + sigma0))
+    for n in range(NOISE_UNITS):
+        cells = rng.choice(len(cell_values), size=n_kds, replace=False)  # c(u, k)
+        target = GATE_WIDTH / 2 - scale * cell_values[cells] - bias  # a_u·p_k, centring cell c(u, k) in the window
+        row = pert_repr.T @ (gram_inverse @ target) + gamma * cell_direction
+        column = NOISE_GAIN * PROGRAMME_NORM * _unit_rows(rng.normal(size=w2.shape[0]))
+        for offset, (shift, sign) in enumerate(((0.0, 1.0), (GATE_WIDTH, -1.0))):
+            u = first + 2 * n + offset
+            w1[u], b1[u], w2[:, u], cell_weight[u] = row, bias - shift, sign * column, scale
+            unit_kind[u] = f"clamp:{n}{'+' if sign > 0 else '-'}"
 
 
 def _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names, gate: float | None = None) -> None:
@@ -262,7 +347,11 @@ def _keyed_lookup(pert_repr, columns, w1, b1, w2, unit_kind, kd_names, gate: flo
 def _check_gating(planted: PlantedModel) -> None:
     """Every KD opens exactly its planted units (its module's unit, its own unit) and the control opens none;
     in the degenerate kind every KD and the control open every used unit; in "keyed-smooth" a KD opens its own unit
-    and units of its module only."""
+    and units of its module only; in the unreliable kind each clamp unit's window holds exactly one control cell for
+    each KD, none for the control, with a margin of a fifth of a step."""
+    if planted.kind == "unreliable":
+        _check_windows(planted)
+        return
     on = planted.pert_repr @ planted.w1.T + planted.b1 > 0  # [K, U]
     used = {u for u, name in enumerate(planted.unit_kind) if name != "off"}
     module_of = {f"kd:{kd}": m for kd, m in zip(planted.kd_names, planted.kd_module)}
@@ -281,6 +370,21 @@ def _check_gating(planted: PlantedModel) -> None:
             raise AssertionError(f"{planted.kind}: KD {kd} opens {sorted(opened)}, planted {sorted(expected)}")
     if planted.kind != "degenerate" and (planted.b1 > 0).any():
         raise AssertionError(f"{planted.kind}: the control opens a unit")
+
+
+def _check_windows(planted: PlantedModel) -> None:
+    names = np.asarray(planted.unit_kind)
+    clamp, window = np.char.startswith(names, "clamp:"), np.char.endswith(names, "+")  # window: x (not x − w) rows
+    p = np.concatenate([planted.pert_repr, np.zeros((1, planted.w1.shape[1]))])  # the KDs, then the control
+    x = p @ planted.w1[window].T + planted.b1[window] + planted.cell_values[:, None, None] * planted.cell_weight[window]
+    inside = (x > 0) & (x < GATE_WIDTH)  # [cells, K + 1, units]
+    margin = np.minimum(np.abs(x), np.abs(x - GATE_WIDTH)).min()
+    if not ((inside[:, :-1].sum(axis=0) == 1).all() and not inside[:, -1].any() and margin > 0.2 * GATE_STEP):
+        raise AssertionError(f"unreliable: clamp windows do not hold one cell per KD (margin {margin:.3g})")
+    opened = planted.pert_repr @ planted.w1[~clamp].T + planted.b1[~clamp] > 0
+    used = names[~clamp] != "off"
+    if not (opened[:, used].all() and (planted.b1[~clamp][used] > 0).all()):
+        raise AssertionError("unreliable: a linear-decoder unit is closed for some KD or the control")
 
 
 # ---------------------------------------------------------------- the arc-state model
@@ -308,6 +412,8 @@ def build_model(planted: PlantedModel, seed: int = 0):
         offset[0], offset[1] = OFFSET, -OFFSET
         model.basal_encoder.weight.zero_()
         model.basal_encoder.bias.copy_(t(offset))
+        if planted.cell_values is not None:  # the designed value z (input 0) along e_z
+            model.basal_encoder.weight[:, 0] = t(CELL_GAIN * planted.cell_direction)
         for block in model.transformer_backbone.h:  # identity blocks on the residual stream
             for proj in (block.attn.c_proj, block.mlp.c_proj):
                 proj.weight.zero_()
@@ -353,7 +459,9 @@ def write_known_answer(kind: str, folder: Path, seed: int = 0) -> PlantedModel:
     sub = demo.DemoWorld(tuple(genes), world.kd_names, world.kd_module, world.true_delta[:, keep],
                          world.gene_log_mean[keep], seed)
     rng = np.random.default_rng(seed + 1)
-    controls = demo.simulate_cells(sub, np.zeros(N_GENES), 200, rng)
+    controls = demo.simulate_cells(sub, np.zeros(N_GENES), N_CONTROLS, rng)
+    if planted.cell_values is not None:  # the "unreliable" kind's gate reads input 0 of each control cell
+        controls[:, 0] = planted.cell_values
     delta = planted.delta_y()
     perturbed = {kd: demo.simulate_cells(sub, delta[k], 3, rng) for k, kd in enumerate(planted.kd_names)}
     demo.write_h5ad(genes, {demo.CELL_LINE: (controls, perturbed)}, folder / "controls.h5ad")
@@ -361,13 +469,16 @@ def write_known_answer(kind: str, folder: Path, seed: int = 0) -> PlantedModel:
     truth = folder / "truth"
     truth.mkdir(parents=True, exist_ok=True)
     cache.write_parquet(truth / "kd_modules.parquet", pd.DataFrame({"kd": planted.kd_names, "module": planted.kd_module}))
+    cells = {} if planted.cell_values is None else {"cell_values": planted.cell_values,
+                                                     "cell_weight": planted.cell_weight}
     cache.write_npz(truth / "planted.npz", pert_repr=planted.pert_repr, w1=planted.w1, b1=planted.b1, w2=planted.w2,
-                    delta_y=delta, unit_kind=np.asarray(planted.unit_kind), gene_names=np.asarray(genes))
+                    delta_y=delta, unit_kind=np.asarray(planted.unit_kind), gene_names=np.asarray(genes), **cells)
     return planted
 
 
-def config_text(folder: Path) -> str:
-    """A TOML config for the run in `folder` (relative paths), with the known-answer statistics settings."""
+def config_text(folder: Path, kind: str) -> str:
+    """A TOML config for the run in `folder` (relative paths), with the known-answer statistics settings (`kind`
+    decides the number of control draws, `N_DRAWS`)."""
     gene_sets = ", ".join(f'"{p}"' for p in load_config(DEFAULT_CONFIG).gene_sets)
     s = STATISTICS
     return f"""# Known-answer model written by analysis.known_answers (weights set by hand; see truth/).
@@ -386,7 +497,7 @@ kds = "all"
 
 [effects]
 set_size = {s['set_size']}
-n_draws = {s['n_draws']}
+n_draws = {N_DRAWS.get(kind, s['n_draws'])}
 seed = 0
 
 [jacobian]
@@ -425,7 +536,7 @@ def build_known_answer(kind: str, folder, seed: int = 0, **overrides) -> Analysi
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_known_answer(kind, folder, seed)
-    (folder / "known_answer.toml").write_text(config_text(folder))
+    (folder / "known_answer.toml").write_text(config_text(folder, kind))
     return load_config(folder / "known_answer.toml", **overrides)
 
 

@@ -162,22 +162,44 @@ class JacobianInputs:
     compile: bool = False
 
 
+def draw_halves(n_draws: int) -> tuple[range, ...]:
+    """The two halves of R control draws the noise floor compares: the first ⌊R/2⌋ draws and the rest (as
+    `stats.draws.reproducibility` splits ΔY); one range (all draws) for R = 1."""
+    half = n_draws // 2
+    return (range(0, half), range(half, n_draws)) if half else (range(n_draws),)
+
+
 def jacobian_shard(run: LoadedRun, task: ShardTask, inputs: JacobianInputs) -> dict[str, np.ndarray]:
-    """The arrays of one shard: `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] =
-    J_k·(p_k − p_ctrl), for the b KDs of `task`. Pure: writes nothing. Peak memory is one shard.
+    """The arrays of one shard: `jacobian` [b, G, H] float32 over all R draws, `kd_index` [b] and
+    `linear_prediction` [b, G] = J_k·(p_k − p_ctrl), for the b KDs of `task`; with R ≥ 2 also `half_draws` [2] (the
+    draws in each half, `draw_halves`) and `jacobian_split` [b, G, H] float32 = J^(1) − J^(2), the difference of the
+    two halves' Jacobians. Pure: writes nothing. Peak memory is one shard (two with halves).
+
+    E[Y] is a mean over draws, so J = (n₁·J^(1) + n₂·J^(2)) / R exactly: each half's JVP runs over its own draw sets,
+    the same forward work as one JVP over all of them. Stored as J and the difference (J^(1) = J + (n₂/R)·D,
+    J^(2) = J − (n₁/R)·D, `store.shards`) rather than two halves: one extra array per shard, not two, and J stays
+    as every other reader reads it.
     (The run comes first and the task second, as an executor calls it: `partial(jacobian_shard, inputs=...)`.)"""
     draw_sets = torch.as_tensor(run.controls[inputs.draw_cells], device=run.device, dtype=run.dtype)
     features = run.features([run.control_label])[0]
-    blocks = []
+    halves = draw_halves(len(draw_sets))
+    blocks: list[list[np.ndarray]] = [[] for _ in halves]
     for start in range(task.kds.start, task.kds.stop, inputs.kds_per_call):
         kd_slice = slice(start, min(start + inputs.kds_per_call, task.kds.stop))
         p = torch.as_tensor(inputs.pert_repr[kd_slice], device=run.device, dtype=run.dtype)
-        blocks.append(forward_mode_jacobian(run.model, p, draw_sets, features, inputs.tangents_per_call,
-                                            compile=inputs.compile, decode=run.space.decode).float().cpu().numpy())
-    jacobian = np.concatenate(blocks)
+        for half, draws in zip(blocks, halves):
+            half.append(forward_mode_jacobian(run.model, p, draw_sets[draws.start:draws.stop], features,
+                                              inputs.tangents_per_call, compile=inputs.compile,
+                                              decode=run.space.decode).double().cpu().numpy())
+    half_jacobians = [np.concatenate(half) for half in blocks]
+    sizes = np.array([len(draws) for draws in halves])
+    jacobian = (sum(n * j for n, j in zip(sizes, half_jacobians)) / sizes.sum()).astype(np.float32)
     step = inputs.pert_repr[task.kds.start:task.kds.stop] - inputs.control_repr
-    return {"jacobian": jacobian, "kd_index": np.asarray(task.kds),
-            "linear_prediction": np.einsum("kgh,kh->kg", jacobian, step)}
+    arrays = {"jacobian": jacobian, "kd_index": np.asarray(task.kds),
+              "linear_prediction": np.einsum("kgh,kh->kg", jacobian, step)}
+    if len(halves) == 2:
+        arrays |= {"half_draws": sizes, "jacobian_split": (half_jacobians[0] - half_jacobians[1]).astype(np.float32)}
+    return arrays
 
 
 def autograd_check(run: LoadedRun, shards, pert_repr: np.ndarray, draw_cells: np.ndarray,

@@ -36,7 +36,7 @@ from ..results import (
     RoutingResult,
     SteeringResult,
 )
-from ..stats import clustering, consistency, enrichment, interventions, quality, routing, verdict
+from ..stats import clustering, consistency, enrichment, interventions, quality, reliability, routing, verdict
 from ..stats.axes import output_svd, read_axes
 from ..stats.draws import reproducibility
 from ..stats.prior_work import prior_work
@@ -239,6 +239,9 @@ def run_routing(line: Line, effects: EffectsResult, intervened: InterventionsRes
         linear = routing.linearity(responses.delta_y, shards.linear_prediction())
         evidence = routing.routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
                                             config.n_bootstrap, config.seed, gram)
+        noise_started = time.perf_counter()
+        evidence = reliability.with_noise_floor(evidence, *reliability.halves(shards, responses.delta_y_draws))
+        noise_seconds = time.perf_counter() - noise_started
         svd_table, svd_evidence = read_axes(svd, output_scores, output_loadings, responses.kd_names,
                                             responses.gene_names, read_libraries(config.gene_sets), config.fdr,
                                             config.prerank_permutations, config.seed, line.run.space.has_genes)
@@ -256,7 +259,7 @@ def run_routing(line: Line, effects: EffectsResult, intervened: InterventionsRes
         stage.write_parquet("svd_enrichment.parquet", svd_table)
         stage.write_parquet("linearity.parquet", linearity_frame)
         stage.write_json("prior_work.json", prior_work(responses.kd_names, effects.c_out, c_jac, c_rep, effects.labels))
-        return {"seconds": time.perf_counter() - started}
+        return {"seconds": time.perf_counter() - started, "noise_floor_seconds": noise_seconds}
 
     return read_routing(stage, stage.ensure(compute), line.stage("jacobians"), jacobian_record, effects.seconds)
 

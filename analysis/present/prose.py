@@ -31,6 +31,9 @@ CALL_MEANINGS = {
                     "nor both rule it out",
     "degenerate": "degenerate responses — every KD's predicted response points the same way; routing cannot be "
                   "compared with it",
+    "unreliable": "unreliable — the KD-specific routing structure does not reproduce across independent control-cell "
+                  "draws (its split-half reliability is below the stated minimum): it is mostly draw-to-draw noise, "
+                  "read neither as cluster circuits nor as per-KD routing",
 }
 CAVEAT = ("A per-KD lookup that switches on when it reads each KD's own embedding gives C_jac = C_out ⊙ C_rep and "
           "the same cluster-circuits call: local Jacobians cannot distinguish it from shared routing.")
@@ -92,7 +95,26 @@ def reason(routing: RoutingResult, rule: DecisionRule) -> str:
         tail = f"; the common share is at least {rule.global_share:g}, so routing is one global readout"
     elif verdict.call == "per-KD":
         tail = f"; the common share is below {rule.global_share:g}, so most routing is KD-specific"
-    return f"{share}; {rows}{tail}.{_within(evidence, rule, verdict.deciding)}"
+    elif verdict.call == "unreliable":
+        nf = evidence.noise_floor
+        tail = (f"; but the KD-specific structure these rows read does not reproduce across control draws "
+                f"(split-half reliability {nf.reliability_jac:.3g} < {rule.min_reliability:g}), so they read "
+                "draw-to-draw noise, not routing")
+    return f"{share}; {rows}{tail}.{_within(evidence, rule, verdict.deciding)}{noise_floor(evidence, rule)}"
+
+
+def noise_floor(evidence, rule: DecisionRule) -> str:
+    """The noise floor in one sentence: each matrix's split-half reliability and the attenuation-corrected r, or
+    that it was not measured (one control draw)."""
+    nf = evidence.noise_floor
+    if nf is None:
+        return (" Noise floor not measured: one control draw (n_draws = 1), so whether the KD-specific structure "
+                "reproduces across draws is unknown.")
+    corrected = "undefined" if nf.corrected_r != nf.corrected_r else f"{nf.corrected_r:.3f}"
+    return (f" Noise floor (control draws split {nf.half_draws[0]} + {nf.half_draws[1]}): C_jac^spec reproduces with "
+            f"split-half reliability {nf.reliability_jac:.4g} (half r {nf.half_r_jac:.4g}, SE {nf.half_r_jac_se:.2g}; "
+            f"minimum {rule.min_reliability:g}), C_out with {nf.reliability_out:.4g}; the Mantel r corrected for "
+            f"attenuation is {corrected}.")
 
 
 def _within(evidence, rule: DecisionRule, deciding: tuple) -> str:
@@ -109,8 +131,15 @@ def _within(evidence, rule: DecisionRule, deciding: tuple) -> str:
                 f"{w.upper_bound:.3g} < {rule.equivalence_r:g})")
     else:
         what = "whether routing tracks outputs within clusters stays open"
+    between = ""
+    cl = evidence.cluster_level
+    if cl is not None and cl.r == cl.r:
+        follows = "follows" if cl.p_value < rule.alpha and cl.r > 0 else "is not shown to follow"
+        between = (f" Between clusters, routing {follows} output similarity (r of the {cl.n_pairs} cluster-pair means "
+                   f"= {cl.r:.3f}, {cl.n_clusters} clusters; {p_phrase(cl.p_value, cl.n_permutations)}).")
     return (f" The two deciding criteria read largely the same cluster blocks, so they are one piece of evidence, "
-            f"not two; over same-cluster pairs only, r = {w.statistic:.3f} (bound {w.upper_bound:.3g}; {p}): {what}.")
+            f"not two; over same-cluster pairs only, r = {w.statistic:.3f} (bound {w.upper_bound:.3g}; {p}): "
+            f"{what}.{between}")
 
 
 def caveat(routing: RoutingResult, intervened: InterventionsResult | None = None) -> str:

@@ -163,6 +163,8 @@ def numbers(results: Results) -> SimpleNamespace:
         raw_contrast_sd=fmt(ev.raw_contrast.test.statistic),
         within_r=fmt(ev.within_mantel.statistic), within_bound=fmt(ev.within_mantel.upper_bound, 3),
         within_p=p_phrase(ev.within_mantel.p_value, ev.within_mantel.n_permutations),
+        noise_floor=prose.noise_floor(ev, rule).strip(), min_reliability=f"{rule.min_reliability:g}",
+        cluster_level=cluster_level_phrase(ev),
         var_axis1=f"{100 * p3.variance_explained[0]:.0f}%",
         var_top=f"{100 * float(np.sum(p3.variance_explained[: cfg.n_axes])):.0f}%",
         svd_gene_term=str(svd.seed_gene_term), svd_gene_fdr=fmt_p(svd.seed_gene_fdr),
@@ -250,6 +252,14 @@ def steering_text(results: Results) -> Md:
         f"{', '.join(f'{t:g}'.replace('-', '−') for t in sorted(table['step'].unique()))} × {fmt(steering.scale, 3)}, the median distance "
         f"of a KD's `pert_repr` from the control's): " + "; ".join(parts) + ". A trust radius says how far the "
         "Jacobians' local picture of routing extends; beyond it the model's gates open or close."))
+
+
+def cluster_level_phrase(evidence) -> str:
+    """The between-cluster r in a clause: 'r = 0.41 over the 10 pairs of 5 clusters (p = 0.04)'."""
+    cl = evidence.cluster_level
+    if cl is None or cl.r != cl.r:
+        return "undefined (fewer than 3 clusters)"
+    return f"r = {fmt(cl.r)} over the {cl.n_pairs} pairs of {cl.n_clusters} clusters ({p_phrase(cl.p_value, cl.n_permutations)})"
 
 
 def negative_linearity(linearity: pd.DataFrame) -> str:
@@ -440,6 +450,10 @@ def discussion(results: Results) -> Md:
                          f"bound {n.r_bound}; contrast r = {n.contrast_r}, bound {n.contrast_r_bound}). More KDs "
                          f"narrow the bounds."),
         "degenerate": (f"The responses are degenerate: {prose.reason(results.routing, results.config.decision_rule)}"),
+        "unreliable": (f"The KD-specific routing does not reproduce across independent control-cell draws, so the "
+                       f"deciding statistics (r = {n.pearson_r}, {n.mantel_p}; contrast r = {n.contrast_r}, "
+                       f"{n.contrast_p}) read draw-to-draw noise, not routing. {n.noise_floor} More control draws "
+                       f"(n_draws) lower the floor."),
     }[call]
     use = results.routing.verdict.use
     if use:
@@ -694,9 +708,9 @@ def calibration_frame(stored: dict | None) -> pd.DataFrame | None:
         rows.append({"World (replicates)": f"{breakable(rates['world'])} ({rates['n_replicates']:,}{partial})",
                      "Mantel": pct(rej["Mantel (studentized)"]), "Contrast": pct(rej["cluster contrast (studentized)"]),
                      "Rank-sum": pct(rej["pair-level rank-sum"]),
-                     "Calls: circuits / per-KD / global": " / ".join(
-                         pct(rates["calls"].get(call, float("nan"))) for call in ("cluster circuits", "per-KD",
-                                                                                  "global readout")),
+                     "Calls: circuits / per-KD / global / unreliable": " / ".join(
+                         pct(rates["calls"].get(call, 0.0)) for call in ("cluster circuits", "per-KD",
+                                                                         "global readout", "unreliable")),
                      "False calls": pct(rates["false_rate"]) if rates.get("false_calls") else "—"})
     return pd.DataFrame(rows)
 

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.spatial.distance import squareform
 from scipy.stats import mannwhitneyu, rankdata
 
-from ..results import ClusterContrast, Decomposition, RoutingEvidence, Spread, StudentizedTest
+from ..results import ClusterContrast, ClusterLevel, Decomposition, RoutingEvidence, Spread, StudentizedTest
 
 
 class JacobianShards(Protocol):
@@ -477,6 +477,38 @@ def within_cluster_mantel(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_pe
     return StudentizedTest(r, se, _p_greater(observed, null), n_permutations)
 
 
+def cluster_level(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_permutations: int, seed: int) -> ClusterLevel:
+    """Pearson r between the between-cluster means of `a` and `b` ([K, K]; clusters ≥ 1, pairs of different
+    clusters only), one-sided p from permuting the cluster identities of `b`'s [C, C] mean matrix.
+
+    Same-cluster blocks are left out: they are what the Mantel r and the contrast already read. NaN with fewer
+    than 3 clusters (fewer than 3 cluster pairs).
+    """
+    keep = labels > 0
+    lab = labels[keep]
+    clusters = np.unique(lab)
+    n = len(clusters)
+    if n < 3:
+        return ClusterLevel(n, n * (n - 1) // 2, float("nan"), float("nan"), n_permutations)
+    onehot = (lab[:, None] == clusters).astype(np.float64)  # [K', C]
+    sizes = onehot.sum(axis=0)
+
+    def means(matrix):  # [C, C] mean over the pairs of KDs in clusters c ≠ d
+        return onehot.T @ matrix[np.ix_(keep, keep)].astype(np.float64) @ onehot / np.outer(sizes, sizes)
+
+    mean_a, mean_b = means(a), means(b)
+    i, j = np.triu_indices(n, k=1)
+    x = _zscore(mean_a[i, j])
+
+    def r_of(m):
+        return float(x @ _zscore(m[i, j]) / len(x))
+
+    r = r_of(mean_b)
+    rng = np.random.default_rng(seed)
+    null = np.array([r_of(mean_b[np.ix_(p, p)]) for p in (rng.permutation(n) for _ in range(n_permutations))])
+    return ClusterLevel(n, len(i), r, _p_greater(r, null), n_permutations)
+
+
 # ---------------------------------------------------------------- linearity
 def linearity(delta_y: np.ndarray, linear_prediction: np.ndarray) -> pd.Series:
     """Per KD, the share of ΔY_k explained by J_k·(p_k − p_ctrl): 1 − ‖ΔY − J·Δp‖² / ‖ΔY‖²."""
@@ -511,7 +543,8 @@ def core_evidence(c_out: np.ndarray, c_jac: np.ndarray, labels: np.ndarray, n_pe
         decomposition=decomposition,
         within_mantel=within_cluster_mantel(c_out, c_spec, labels, n_permutations, seed),
         raw_mantel=mantel(c_out, c_jac, n_permutations, seed, "pearson"),
-        raw_contrast=cluster_contrast(c_jac, labels, n_permutations, seed))
+        raw_contrast=cluster_contrast(c_jac, labels, n_permutations, seed),
+        cluster_level=cluster_level(c_out, c_spec, labels, n_permutations, seed))
 
 
 def routing_evidence(c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray, labels: np.ndarray, n_permutations: int,

@@ -31,15 +31,21 @@ Calls:
   1 − global_share of the energy.
 - mixed: one criterion shows cluster sharing, the other rules it out.
 - inconclusive: anything else (a criterion neither shown nor ruled out).
+- unreliable: the noise floor was measured (R ≥ 2 control draws, split in halves: `stats.reliability`) and the
+  split-half reliability of C_jac^spec is below `min_reliability`, where the call would otherwise read the
+  KD-specific structure (cluster circuits, per-KD, mixed, inconclusive): that structure is mostly draw-to-draw
+  noise. A global readout stays one (its KD-specific part is small, and noise only confirms it carries no routing).
+  With one draw the noise floor is not measured and the calls above stand.
+
+Two more rows are shown and never decide: the noise floor (reliabilities, the Mantel r corrected for attenuation)
+and the cluster-level r over between-cluster means, which the two deciding rows (both reading same-cluster blocks)
+do not see.
 
 Is the geometry used? (a second question, asked of the model by intervention, `stats.interventions`): the
 centroid-substitution gain decides — "used" when p < α and the gain is at least `substitution_margin`, "not used" when
 its one-sided 95 % upper bound is below that margin, "inconclusive" otherwise (also with fewer than 2 substitutable
 clusters); the interchange row is reported beside it. `Verdict.use` holds the answer; the routing call is unchanged
 by it, and the words combine the two (`present.prose`).
-
-Not done here: a noise floor from independent control-cell draws (split-half reliability of C_jac^spec); until
-it is, KD-specific structure that is draw-to-draw noise cannot be told from routing, and no call says "unreliable".
 
 The SVD, the partial Mantel and the seed's pair-level tests are reported beside the deciding rows, labelled; they
 never change the call.
@@ -56,6 +62,9 @@ import numpy as np
 
 from ..config import DecisionRule
 from ..results import Criterion, InterchangeTest, RoutingEvidence, SubstitutionTest, SvdEvidence, Verdict
+
+# Calls that read the KD-specific structure, and so become "unreliable" when that structure does not reproduce.
+READS_SPECIFIC_STRUCTURE = ("cluster circuits", "per-KD", "mixed", "inconclusive")
 
 
 def _support(significant: bool, large_enough: bool, equivalent: bool) -> str:
@@ -116,6 +125,15 @@ def structure_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple:
                               f"graded: p < {a}; block only: bound < {rule.equivalence_r}", _p(w.p_value),
                               bool(w.p_value < a and w.statistic > 0), bound=_finite(w.upper_bound),
                               margin=rule.equivalence_r))
+    if evidence.cluster_level is not None:
+        cl = evidence.cluster_level
+        rows.append(Criterion("Routing between clusters follows output between clusters", "separates",
+                              "Pearson r of between-cluster means of C_out and C_jac^spec", cl.r,
+                              f"cluster identities permuted ({cl.n_permutations}); {cl.n_clusters} clusters, "
+                              f"{cl.n_pairs} cluster pairs; one-sided", f"p < {a}", _p(cl.p_value),
+                              bool(cl.p_value < a and cl.r > 0)))
+    if evidence.noise_floor is not None:
+        rows.append(noise_floor_criterion(evidence, rule))
     if evidence.raw_mantel is not None:
         rm, rc = evidence.raw_mantel, evidence.raw_contrast
         rows += [Criterion("Output similarity predicts raw routing similarity", "raw (reported)",
@@ -127,6 +145,18 @@ def structure_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple:
                            note=f"{rc.test.statistic:.2f} SD; same {rc.mean_same:.4g} vs cross {rc.mean_cross:.4g}",
                            bound=_finite(rc.r_bound), margin=rule.equivalence_r)]
     return tuple(rows)
+
+
+def noise_floor_criterion(evidence: RoutingEvidence, rule: DecisionRule) -> Criterion:
+    """The noise-floor row: the split-half reliability of C_jac^spec, against `min_reliability`."""
+    nf = evidence.noise_floor
+    return Criterion("KD-specific routing reproduces across control draws", "noise floor",
+                     "split-half reliability of C_jac^spec (Spearman–Brown)", nf.reliability_jac,
+                     f"two halves of the control draws ({nf.half_draws[0]} + {nf.half_draws[1]}); delete-one-KD "
+                     "jackknife SE", f"unreliable: < {rule.min_reliability:g}", None,
+                     bool(nf.reliability_jac >= rule.min_reliability),
+                     note=f"half r {nf.half_r_jac:.4g} (SE {nf.half_r_jac_se:.2g}); C_out reliability "
+                          f"{nf.reliability_out:.4g}; Mantel r corrected for attenuation {nf.corrected_r:.3f}")
 
 
 def reported_criteria(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None) -> tuple:
@@ -228,6 +258,9 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
         call = "mixed"
     else:
         call = "inconclusive"
+    nf = evidence.noise_floor
+    if call in READS_SPECIFIC_STRUCTURE and nf is not None and nf.reliability_jac < rule.min_reliability:
+        call = "unreliable"
     return Verdict(call, criteria, use=use)
 
 

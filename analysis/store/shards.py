@@ -2,14 +2,15 @@
 missing or damaged ones) and the reader (`JacobianShards`, the one path from shard files to arrays).
 
 A shard `shard_00000.npz` holds `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] =
-J_k·(p_k − p_ctrl) for b consecutive KDs; its record `shard_00000.json` (size, sha256, KD range, seconds) is
-written atomically after it.
+J_k·(p_k − p_ctrl) for b consecutive KDs (with R ≥ 2 control draws also `half_draws` [2] and `jacobian_split`
+[b, G, H], the difference of the two halves' Jacobians, `model.jacobians.jacobian_shard`); its record
+`shard_00000.json` (size, sha256, KD range, seconds) is written atomically after it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ class JacobianShards:
     paths: tuple
     n_kds: int
     shape: tuple  # (G, H)
+    half: int | None = None  # None: J over all draws; 0 / 1: the Jacobians of that half of the draws (`halves`)
 
     def linear_prediction(self) -> np.ndarray:
         """[K, G] J_k·(p_k − p_ctrl) gathered from the shards."""
@@ -42,20 +44,39 @@ class JacobianShards:
         """KDs per shard, from the array headers (nothing read)."""
         return [npz_shapes(path)["kd_index"][0] for path in self.paths]
 
+    @property
+    def half_draws(self) -> tuple[int, int] | None:
+        """Draws in each half of the control draws (None: one draw, no halves stored)."""
+        with np.load(self.paths[0]) as shard:
+            return tuple(int(n) for n in shard["half_draws"]) if "half_draws" in shard.files else None
+
+    def halves(self) -> tuple["JacobianShards", "JacobianShards"] | None:
+        """Readers of the two halves' Jacobians J^(1), J^(2) (same interface), or None without halves."""
+        return None if self.half_draws is None else (replace(self, half=0), replace(self, half=1))
+
+    def _jacobian(self, shard) -> np.ndarray:
+        """J [b, G, H] of an open shard: over all draws, or with `half` set J^(1) = J + (n₂/R)·D, J^(2) = J − (n₁/R)·D
+        from the stored difference D = J^(1) − J^(2) (float64 then: the difference of two float32 arrays)."""
+        if self.half is None:
+            return shard["jacobian"]
+        n = shard["half_draws"]
+        weight = n[1] / n.sum() if self.half == 0 else -n[0] / n.sum()
+        return shard["jacobian"].astype(np.float64) + weight * shard["jacobian_split"]
+
     def rows(self, shard_numbers: range) -> tuple[np.ndarray, np.ndarray]:
         """KD indices [b] and flattened Jacobians [b, G·H] (float64) of a run of consecutive shards."""
         indices, rows = [], []
         for path in self.paths[shard_numbers.start:shard_numbers.stop]:
             with np.load(path) as shard:
                 indices.append(shard["kd_index"])
-                rows.append(shard["jacobian"].reshape(len(shard["kd_index"]), -1))
+                rows.append(self._jacobian(shard).reshape(len(shard["kd_index"]), -1))
         return np.concatenate(indices), np.concatenate(rows).astype(np.float64)
 
     def __iter__(self):
-        """(kd_index [b], jacobian [b, G, H] float32) shard by shard."""
+        """(kd_index [b], jacobian [b, G, H]) shard by shard (float32; float64 for a half)."""
         for path in self.paths:
             with np.load(path) as shard:
-                yield shard["kd_index"], shard["jacobian"]
+                yield shard["kd_index"], self._jacobian(shard)
 
 
 def open_shards(folder: Path) -> JacobianShards:
