@@ -81,8 +81,6 @@ def test_interventions_give_the_planted_use(known, kind):
     assert verdict.call in planted.expected_calls
     assert prose.use_meaning(results.routing) == prose.USE_MEANINGS[verdict.use]
     assert f"gain of {test.gain.estimate:.3f}" in prose.use_reason(results.interventions)
-    # Forward passes only: a small fraction of the Jacobian stage's time.
-    assert results.interventions.seconds < 0.25 * results.routing.seconds["jacobians"]
 
 
 def why(results) -> str:
