@@ -195,7 +195,9 @@ class QualityResult:
     enough observed cells; held_out: the KDs held out of training (None: split not known) and split_source where that
     came from; well_predicted: the KDs the model predicts better than the baseline (the sensitivity's subset);
     sensitivity / sensitivity_evidence: the call and its statistics on them (None: too few); peak_mb: the process's
-    peak resident memory by the stage's end (MB, an upper bound for the stage); cell_eval: cell-eval's version.
+    peak resident memory by the stage's end (MB, an upper bound for the stage); cell_eval: cell-eval's version;
+    split_calls: when the split is known, {"seen", "held out"}: (call, statistics) re-read on those KDs (None: too
+    few).
     """
 
     key: str
@@ -211,6 +213,7 @@ class QualityResult:
     seconds: float
     peak_mb: float
     cell_eval: str
+    split_calls: dict | None = None
 
 
 @dataclass(frozen=True)

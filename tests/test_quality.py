@@ -230,3 +230,8 @@ def test_a_listed_split_reports_seen_and_held_out(tiny_folder):
     assert sizes.to_dict() == {"all": len(KDS), "seen": len(KDS) - 2, "held out": 2}
     table = part0.split_table(results)
     assert "| seen | 4 |" in table and "| held out | 2 |" in table
+    # routing re-read on each side of the split: six KDs are too few for its statistics, and the rows say so
+    assert set(q.split_calls) == {"seen", "held out"}
+    rows = part0.sensitivity_frame(results).set_index("KDs")
+    assert rows.loc["seen in training", "n"] == "4" and rows.loc["held out of training", "n"] == "2"
+    assert rows.loc["held out of training", "Call"] == "too few KDs"

@@ -334,8 +334,16 @@ def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResul
             "status": status, "unscored": [k for k in kd_names if k not in set(scored)], "split_source": split_source,
             "held_out": None if held_out is None else list(held_out), "cell_eval": quality.cell_eval_version(),
             "well_predicted": [k for k, kept in zip(kd_names, keep) if kept]})
-        stage.write_json("sensitivity.json", {"evidence": codec.encode(found[0]) if found else None,
-                                              "verdict": codec.encode(found[1]) if found else None})
+        # Routing re-read on the KDs the model saw in training and on those it did not, when the split is known.
+        split = {} if held_out is None else {
+            group: quality.sensitivity(np.isin(kd_names, held_out) == held, effects.c_out, routing_result.c_jac,
+                                       routing_result.c_rep, gram, effects.labels, config.n_permutations,
+                                       config.n_bootstrap, config.seed, config.decision_rule)
+            for group, held in (("seen", False), ("held out", True))}
+        stage.write_json("sensitivity.json", {
+            group: {"evidence": codec.encode(calls[0]) if calls else None,
+                    "verdict": codec.encode(calls[1]) if calls else None}
+            for group, calls in {"better than baseline": found, **split}.items()})
         # the process's peak resident memory up to the stage's end (Linux reports KiB): an upper bound for the stage
         return {"seconds": time.perf_counter() - started,
                 "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

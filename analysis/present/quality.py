@@ -122,6 +122,10 @@ def sensitivity_frame(results: Results) -> pd.DataFrame:
     if quality is not None:
         rows.append(_call_row("better than baseline", len(quality.well_predicted), quality.sensitivity,
                               quality.sensitivity_evidence, n))
+        for group, (call, evidence) in (quality.split_calls or {}).items():
+            held = sum(kd in quality.held_out for kd in results.effects.responses.kd_names)
+            rows.append(_call_row(f"{group} in training" if group == "seen" else f"{group} of training",
+                                  held if group == "held out" else len(results.effects.labels) - held, call, evidence, n))
     return pd.DataFrame(rows)
 
 

@@ -78,10 +78,11 @@ def read_across(stage: StageDir, record: dict) -> AcrossResult:
 def read_quality(stage: StageDir, record: dict) -> QualityResult:
     """Part 0 (the quality stage) from its folder."""
     facts = read_json(stage / "quality.json")
-    sensitivity = read_json(stage / "sensitivity.json")
+    calls = {group: (codec.decode(Verdict, found["verdict"]), codec.decode(RoutingEvidence, found["evidence"]))
+             for group, found in read_json(stage / "sensitivity.json").items()}
+    sensitivity, evidence = calls.pop("better than baseline")
     return QualityResult(stage.key, pd.read_parquet(stage / "kds.parquet"), pd.read_parquet(stage / "overall.parquet"),
                          facts["status"], tuple(facts["unscored"]),
                          None if facts["held_out"] is None else tuple(facts["held_out"]), facts["split_source"],
-                         tuple(facts["well_predicted"]), codec.decode(Verdict, sensitivity["verdict"]),
-                         codec.decode(RoutingEvidence, sensitivity["evidence"]), record["seconds"], record["peak_mb"],
-                         facts["cell_eval"])
+                         tuple(facts["well_predicted"]), sensitivity, evidence, record["seconds"], record["peak_mb"],
+                         facts["cell_eval"], calls)
