@@ -93,9 +93,12 @@ def test_ray_gives_the_local_bytes_and_verdict_with_one_pool_for_both_parts(ray_
     assert codec.encode(results.routing.verdict) == verdict
     record = json.loads((stage_folder(ray_config.cache_dir, "jacobians") / "_done.json").read_text())
     assert record["executor"] == "ray: 2 workers × 1 CPU"
-    (delta_y, _, first_pids), (shards, _, pids) = executor.maps
+    # effects (ΔY batches), interventions (substituted pert_repr), Jacobian shards, steering, in the stages' order
+    (delta_y, _, first_pids), (substituted, _, _), (shards, _, _), (steered, _, _) = executor.maps
     assert len(delta_y) == 3 and len(shards) == N_SHARDS  # 6 KDs in batches of kds_per_call = 2; 6 shards
-    assert pids == first_pids  # Part 2 ran on the workers Part 1 started: the model was built once per worker
+    assert substituted and steered
+    # every stage ran on the workers the first started: the model was built once per worker
+    assert all(pids == first_pids for _, _, pids in executor.maps)
 
 
 def test_the_config_chooses_the_executor(tmp_path):
