@@ -155,3 +155,16 @@ def test_substituted_responses_reproduce_the_effects_at_each_kds_own_representat
                                       WorkerState(run, ship=lambda: None), "test",
                                       progress=False)
     assert np.abs(responses - np.mean(direct, axis=0)).max() < 1e-5 * np.abs(responses).max()
+
+
+@pytest.mark.parametrize("world", ["keyed-common", "lookup", "partial-use"])
+def test_use_calibration_worlds_give_no_wrong_answer(world):
+    """The calibration's model-level worlds (planted functions with draw noise), 30 seeds each: no lookup is answered
+    "used" (including one whose every centroid reproduces a response common to all KDs), and partial use at a
+    quarter of the response is never answered "not used". The full table (500 seeds a world) is the benchmark's."""
+    from analysis.datasets import calibration
+
+    rates = calibration.use_rates(world, 30, default_decision_rule())
+    print(rates.summary())
+    assert rates.false_rate == 0.0
+    assert rates.uses[rates.expected] >= 0.9
