@@ -19,7 +19,7 @@ from analysis.model.load import load_run
 from analysis.pipeline.executors import LocalExecutor, WorkerState
 from analysis.stats import interventions
 from analysis.stats.clustering import cluster_kds
-from analysis.stats.verdict import use_criteria
+from analysis.stats.verdict import use_answer, use_criteria
 
 
 def test_plan_substitutes_clusters_of_three_or_more_with_leave_one_out_centroids():
@@ -112,7 +112,7 @@ def test_planted_models_get_their_planted_use(kind):
     print(f"{kind}: cos {test.cosine:.3f} vs random {test.random_cosine:.3f}, gain {test.gain.estimate:.3f} "
           f"(bound {test.gain.bound:.3f}, p {test.gain.p_value:.3g}); interchange {interchange.accuracy:.2f} vs "
           f"{interchange.null_accuracy:.2f}")
-    assert {"used": "used", "not used": "not used"}.get(row.supports, "inconclusive") == planted.expected_use
+    assert use_answer(row.supports) == planted.expected_use
     if planted.expected_use == "used":  # the shared component also carries the response across clusters
         assert interchange.accuracy > 0.9 and interchange.gain.p_value < 0.05
     else:  # a lookup collapses: no response at all to the cluster's centroid

@@ -55,7 +55,7 @@ from ..stats.clustering import cluster_kds, cosine_similarity
 from ..stats.interventions import centroids, substitution_plan, substitution_test
 from ..stats.reliability import with_noise_floor
 from ..stats.routing import core_evidence, partial_mantel
-from ..stats.verdict import decide, use_criteria
+from ..stats.verdict import decide, use_answer, use_criteria
 from ..store.cache import read_json
 from .known_answers import N_DRAWS, SET_SIZE, planted_model
 
@@ -427,8 +427,7 @@ def use_rates(world: str, n_replicates: int, rule, random_groups: int = 8, seed:
         plan = substitution_plan(labels, random_groups, replicate)
         test, _ = substitution_test(delta_y, respond(centroids(pert_repr, plan)), plan, range(len(labels)), 999,
                                     replicate)
-        support = use_criteria(test, None, rule)[0].supports
-        uses[{"used": "used", "not used": "not used"}.get(support, "inconclusive")] += 1
+        uses[use_answer(use_criteria(test, None, rule)[0].supports)] += 1
         rejections += bool(test.gain.p_value < rule.alpha)
         gains.append(test.gain.estimate)
     false_rate = uses[wrong] / n_replicates

@@ -230,6 +230,11 @@ def use_criteria(substitution: SubstitutionTest, interchange: InterchangeTest | 
     return tuple(rows)
 
 
+def use_answer(support: str) -> str:
+    """`Verdict.use` from the substitution row's support ("neither" is "inconclusive")."""
+    return support if support in ("used", "not used") else "inconclusive"
+
+
 def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None = None,
            substitution: SubstitutionTest | None = None, interchange: InterchangeTest | None = None) -> Verdict:
     """The call and its evidential basis, from the statistics alone (the pipeline, the known answers and the
@@ -240,7 +245,7 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
     if substitution is not None:
         use_rows = use_criteria(substitution, interchange, rule)
         criteria += use_rows
-        use = {"used": "used", "not used": "not used"}.get(use_rows[0].supports, "inconclusive")
+        use = use_answer(use_rows[0].supports)
     criteria += reported_criteria(evidence, rule, svd)
     d, s = evidence.decomposition, evidence.spread
     n = evidence.n_kds
