@@ -90,6 +90,7 @@ class RoutingResult:
     jacobian_device: str  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
     c_jac_specific: np.ndarray | None = None  # [K, K] C_jac^spec, the KD-specific routing the criteria read
     input_directions: np.ndarray | None = None  # [A, H] each routing axis's pert_repr factor (unit norm)
+    depth: tuple[DepthRouting, ...] = ()  # routing read at each backbone block, in depth order
 
 
 @dataclass(frozen=True)
@@ -371,6 +372,26 @@ class Decomposition:
     specific_share: float
     spec_mean: float
     spec_sd: float
+
+
+@dataclass(frozen=True)
+class DepthRouting:
+    """Routing read at one depth: the Jacobians of backbone block ℓ's set-mean hidden state w.r.t. pert_repr ([D, H]
+    per KD), split as the output's are (`stats.routing.decompose`), with the two deciding statistics on their
+    KD-specific part C_jac^(ℓ),spec (`stats.routing.routing_by_depth`).
+
+    block: ℓ, 1-based in depth order; mantel: studentized Mantel r(C_out, C_jac^(ℓ),spec); contrast: same- vs
+    cross-cluster C_jac^(ℓ),spec; raw_r: Pearson r(C_out, C_jac^(ℓ)) of the raw cosines, descriptive; reading: what
+    the block shows by the call's own rule (`stats.verdict.depth_reading`: "common only", "cluster-shared",
+    "ruled out", "not shown").
+    """
+
+    block: int
+    decomposition: Decomposition
+    mantel: StudentizedTest
+    contrast: ClusterContrast
+    raw_r: float
+    reading: str = ""
 
 
 @dataclass(frozen=True)

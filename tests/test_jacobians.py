@@ -35,6 +35,43 @@ def test_forward_mode_matches_autograd_and_finite_differences(name):
     assert relative_error(exact[2], fd) <= tolerance, name
 
 
+@pytest.mark.parametrize("name", ["gpt2 residual", "llama", "gpt2 batch token", "gpt2 confidence token"])
+def test_block_jacobians_match_reverse_mode(name):
+    """Per-block J (the set-mean hidden state of each backbone block w.r.t. pert_repr) from the same forward-mode
+    JVPs as J, against reverse mode through the same hooks, KD by KD; J itself is unchanged by carrying them.
+    Batch and confidence tokens check that only the cell positions are averaged: the oracle's states are read from
+    the backbone's own `output_hidden_states` (GPT2 and Llama list each block's output before the final norm)."""
+    model = tiny_model(**CONFIGS[name], n_layers=3)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    pert_repr, draw_sets, onehot = inputs(model)
+    alone = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
+    jacobian, by_block = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, blocks=True,
+                                                         tangents_per_call=5)
+    assert by_block.shape == (3, 3, model.hidden_dim, model.hidden_dim)
+    assert torch.allclose(jacobian, alone, rtol=1e-5, atol=1e-7)
+    for kd in range(3):
+        with torch.enable_grad():
+            reverse = torch.autograd.functional.jacobian(
+                lambda p: jacobians.expected_states(model, p[None], draw_sets, onehot)[1][:, 0], pert_repr[kd])
+        assert by_block[kd].abs().max() > 1e-3, name
+        assert relative_error(by_block[kd], reverse) <= 1e-4, name
+
+    seen = []
+    handle = model.transformer_backbone.register_forward_hook(lambda m, a, kw, out: seen.append(out), with_kwargs=True)
+    original = model.transformer_backbone.forward
+    model.transformer_backbone.forward = lambda **kw: original(**kw, output_hidden_states=True)
+    try:
+        with torch.no_grad():
+            states = jacobians.expected_states(model, pert_repr[:1], draw_sets[:1], onehot)[1][:, 0]  # [L, D]
+    finally:
+        model.transformer_backbone.forward = original
+        handle.remove()
+    first = 1 if CONFIGS[name].get("use_batch_token") else 0
+    cells = seen[0].hidden_states[2][0, first:first + draw_sets.shape[1]].mean(dim=0)  # output of block 2 of 3
+    assert torch.allclose(states[1], cells, rtol=1e-5, atol=1e-6), name
+
+
 def test_model_is_left_clean_after_differentiation():
     """No functorch wrapper left on the module: a deep copy made afterwards (as a Ray worker's or a retrace's) gives
     the original's outputs and, by reverse mode on the copy, the Jacobian forward mode gave on the original."""

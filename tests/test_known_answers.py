@@ -66,6 +66,10 @@ def test_pipeline_sees_the_planted_function(known, kind):
     assert np.abs(effects.delta_y - planted.delta_y(cells)).max() < 1e-3 * np.abs(planted.delta_y(cells)).max()
     planted_c_jac = clustering.cosine_similarity(planted.jacobians(cells).reshape(len(planted.kd_names), -1))
     assert np.abs(results.routing.c_jac - planted_c_jac).max() < 0.01
+    # The planted routing lives in the output head; the backbone's blocks are identities on the residual stream
+    # (∂h_ℓ/∂p = I for every KD), so routing by depth is common to all KDs until the head.
+    assert [d.reading for d in results.routing.depth] == ["common only"] * 2
+    assert all(d.decomposition.common_share > 1 - 1e-6 for d in results.routing.depth)
 
 
 @pytest.mark.parametrize("kind", known_answers.KINDS)
@@ -106,6 +110,7 @@ def test_positive_shared_routing_is_called_positive(known):
     assert results.routing.verdict.call == "cluster circuits" and "the intervention rules it out" in caveat
     assert "shown (r = " in why(results) and "p " in why(results)
     assert prose.synthesis(results.routing).startswith("Model B")
+    assert "formed after the backbone" in prose.depth_text(results.routing)
 
 
 def test_positive_routing_axes_show_the_planted_modules(known):

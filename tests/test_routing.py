@@ -428,3 +428,41 @@ def test_within_cluster_mantel_separates_graded_from_block_sharing():
     graded = routing.within_cluster_mantel(clustering.cosine_similarity(out), clustering.cosine_similarity(jac),
                                            labels, 99, 0)
     assert graded.statistic > 0.5 and graded.p_value <= 0.01
+
+
+def test_routing_by_depth_finds_the_block_where_cluster_sharing_forms(tmp_path):
+    """Planted depth: 60 KDs in 4 output modules, 3 blocks of block Jacobians [D = 8, H = 6] written as the pipeline
+    writes shards. Block 1: one map for every KD (I + 1e-9 noise); block 2: a common map plus KD-specific parts
+    unrelated to the modules; block 3: a common map plus module-shared parts. The readings, by the default rule,
+    must be common only / not cluster-shared / cluster-shared, and block 3's r the one that tracks C_out."""
+    rng = np.random.default_rng(5)
+    n, dim, hidden, modules = 60, 8, 6, np.arange(60) % 4
+    labels = modules + 1
+    common = rng.normal(size=(dim, hidden))
+    shared = rng.normal(size=(4, dim, hidden))
+    identity = np.eye(dim, hidden)[None] + 1e-9 * rng.normal(size=(n, dim, hidden))
+    own = common + 0.8 * rng.normal(size=(n, dim, hidden))
+    clustered = common + 0.8 * shared[modules] + 0.3 * rng.normal(size=(n, dim, hidden))
+    stacked = np.stack([identity, own, clustered], axis=1)  # [K, L, D, H]
+    for s, start in enumerate(range(0, n, 16)):
+        part = stacked[start:start + 16]
+        cache.write_npz(tmp_path / f"shard_{s:05d}.npz", jacobian=np.zeros((len(part), 3, 2), np.float32),
+                        block_jacobian=part.astype(np.float32), kd_index=np.arange(start, start + len(part)),
+                        linear_prediction=np.zeros((len(part), 3)))
+    shards = open_shards(tmp_path)
+    assert shards.n_blocks == 3 and shards.block(2).shape == (dim, hidden)
+    with pytest.raises(IndexError, match="block 3"):
+        shards.block(3)
+    out = rng.normal(size=(4, 30))[modules] + 0.5 * rng.normal(size=(n, 30))
+    c_out = clustering.cosine_similarity(out)
+    rule = default_decision_rule()
+    depth = verdict.read_depth(routing.routing_by_depth([shards.block(b) for b in range(3)], c_out, labels, 199, 0),
+                               rule)
+    assert [d.block for d in depth] == [1, 2, 3]
+    assert depth[0].reading == "common only" and depth[0].decomposition.common_share > 1 - 1e-6
+    assert depth[1].reading != "cluster-shared" and depth[1].mantel.p_value > 0.01
+    assert depth[2].reading == "cluster-shared" and depth[2].mantel.statistic > 0.5
+    # the Gram each block is read from is the block's own: cos of the flattened block Jacobians
+    flat = stacked[:, 2].reshape(n, -1)
+    assert np.allclose(routing.cosine_from_gram(routing.stream_gram(shards.block(2))),
+                       clustering.cosine_similarity(flat), atol=1e-6)

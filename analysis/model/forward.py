@@ -39,6 +39,37 @@ def pert_repr_override(model, pert_repr: torch.Tensor):
         handle.remove()
 
 
+def backbone_blocks(model) -> list[torch.nn.Module]:
+    """The transformer backbone's blocks in depth order (GPT2's `h`, Llama's `layers`)."""
+    backbone = model.transformer_backbone
+    blocks = getattr(backbone, "h", None) or getattr(backbone, "layers", None)
+    if blocks is None:
+        raise TypeError(f"{type(backbone).__name__}: no block list (`h` or `layers`) to read routing by depth from")
+    return list(blocks)
+
+
+@contextlib.contextmanager
+def block_states(model, set_size: int):
+    """Collect, for each backbone block, its output hidden state averaged over the S cell positions of each set.
+
+    Yields a list that fills with one [B, D] tensor per block (depth order) during a forward over B sets of
+    `set_size` cells. A batch token (position 0) and a confidence token (last) are not cells and are left out.
+    """
+    first = int(bool(getattr(model, "use_batch_token", False) and getattr(model, "batch_token", None) is not None))
+    states: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output  # [B, tokens, D]
+        states.append(hidden[:, first:first + set_size].mean(dim=1))
+
+    handles = [block.register_forward_hook(hook) for block in backbone_blocks(model)]
+    try:
+        yield states
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def mean_output(model, pert_features: torch.Tensor, basal: torch.Tensor, decode: bool = False) -> torch.Tensor:
     """E[Y] per set: the model's output averaged over the S cells of each set.
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from .forward import mean_output, pert_repr_override
+from .forward import block_states, mean_output, pert_repr_override
 from .load import LoadedRun
 from .tangent_graph import LinearizedFunction
 
@@ -46,6 +46,17 @@ def expected_output(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, per
     with pert_repr_override(model, per_set_repr):
         per_set = mean_output(model, pert_features.expand(n_kds * n_draws, -1), basal, decode)
     return per_set.reshape(n_kds, n_draws, -1).mean(dim=1)
+
+
+def expected_states(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
+                    decode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E[Y] [B, G], E[h_ℓ] [L, B, D]): `expected_output` and, for each of the L backbone blocks, its output hidden
+    state averaged over the S cells of a set and the R draw sets (`forward.block_states`)."""
+    n_kds, n_draws, set_size = pert_repr.shape[0], draw_sets.shape[0], draw_sets.shape[1]
+    with block_states(model, set_size) as states:
+        output = expected_output(model, pert_repr, draw_sets, pert_features, decode)
+    per_set = torch.stack(states)  # [L, B·R, D], KD-major
+    return output, per_set.reshape(len(states), n_kds, n_draws, -1).mean(dim=2)
 
 
 # Rows (tangents × cells) one chunk of the tangent graph carries, at most. Compiled, larger chunks run faster on a CPU
@@ -74,20 +85,23 @@ _LINEARIZED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKe
 
 
 def linearized_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
-                        chunk: int, compile: bool, decode: bool = False) -> LinearizedFunction:
-    """The traced JVP of `expected_output` for inputs of these shapes and `chunk` directions at a time (cached).
+                        chunk: int, compile: bool, decode: bool = False, blocks: bool = False) -> LinearizedFunction:
+    """The traced JVP of `expected_output` (blocks: of `expected_states`) for inputs of these shapes and `chunk`
+    directions at a time (cached).
 
-    Its tangent part maps the kept primal values and directions [chunk, H] to columns [chunk, B, G].
+    Its tangent part maps the kept primal values and directions [chunk, H] to columns [chunk, B, G] (blocks: and
+    the blocks' columns [chunk, L, B, D]).
     """
     parameters = tuple((p.data_ptr(), p.dtype, p._version) for p in model.parameters())
     key = (tuple(pert_repr.shape), tuple(draw_sets.shape), tuple(pert_features.shape), pert_repr.dtype,
-           pert_repr.device, chunk, compile, decode, parameters)
+           pert_repr.device, chunk, compile, decode, blocks, parameters)
     graphs = _LINEARIZED.setdefault(model, {})
     if key not in graphs:
-        def columns(p, sets, features, directions):  # directions [T, H] -> [T, B, G]
+        function = expected_states if blocks else expected_output
+
+        def columns(p, sets, features, directions):  # directions [T, H] -> [T, B, G] (and [T, L, B, D])
             def column(direction):
-                return jvp(lambda q: expected_output(model, q, sets, features, decode), (p,),
-                           (direction.expand_as(p),))[1]
+                return jvp(lambda q: function(model, q, sets, features, decode), (p,), (direction.expand_as(p),))[1]
             return vmap(column)(directions)
 
         directions = torch.zeros(chunk, pert_repr.shape[1], device=pert_repr.device, dtype=pert_repr.dtype)
@@ -96,8 +110,11 @@ def linearized_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor,
 
 
 def forward_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
-                          tangents_per_call: int = 0, *, compile: bool = False, decode: bool = False) -> torch.Tensor:
+                          tangents_per_call: int = 0, *, compile: bool = False, decode: bool = False,
+                          blocks: bool = False):
     """J [B, G, H] for B KDs at once: one JVP per basis direction of pert_repr, `tangents_per_call` at a time.
+    blocks: return (J, J_blocks [B, L, D, H]), J_blocks[b, ℓ] = ∂E[h_ℓ]/∂pert_repr of block ℓ's set-mean hidden
+    state (`expected_states`) — the same JVPs carry those tangents, so they cost no extra pass.
 
     The vmapped JVP is traced once per input shape (`linearized_jacobian`); its primal part runs once per call and
     its tangent part once per chunk of directions (the basis is zero-padded to whole chunks).
@@ -108,12 +125,15 @@ def forward_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tenso
     n_kds, hidden = pert_repr.shape
     n_cells = n_kds * draw_sets.shape[0] * draw_sets.shape[1]
     chunk = min(hidden, tangents_per_call or tangent_chunk(n_cells, hidden, pert_repr.device, compile))
-    linearized = linearized_jacobian(model, pert_repr, draw_sets, pert_features, chunk, compile, decode)
+    linearized = linearized_jacobian(model, pert_repr, draw_sets, pert_features, chunk, compile, decode, blocks)
     kept = linearized.keep(pert_repr, draw_sets, pert_features)
     n_chunks = -(-hidden // chunk)
     basis = torch.eye(n_chunks * chunk, hidden, device=pert_repr.device, dtype=pert_repr.dtype)
-    columns = torch.cat([linearized(kept, directions) for directions in basis.split(chunk)])[:hidden]  # [H, B, G]
-    return columns.permute(1, 2, 0)
+    chunks = [linearized(kept, directions) for directions in basis.split(chunk)]
+    if not blocks:
+        return torch.cat(chunks)[:hidden].permute(1, 2, 0)  # [H, B, G] -> [B, G, H]
+    output, states = (torch.cat(parts)[:hidden] for parts in zip(*chunks))  # [H, B, G], [H, L, B, D]
+    return output.permute(1, 2, 0), states.permute(2, 1, 3, 0)
 
 
 def reverse_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
@@ -170,10 +190,11 @@ def draw_halves(n_draws: int) -> tuple[range, ...]:
 
 
 def jacobian_shard(run: LoadedRun, task: ShardTask, inputs: JacobianInputs) -> dict[str, np.ndarray]:
-    """The arrays of one shard: `jacobian` [b, G, H] float32 over all R draws, `kd_index` [b] and
-    `linear_prediction` [b, G] = J_k·(p_k − p_ctrl), for the b KDs of `task`; with R ≥ 2 also `half_draws` [2] (the
-    draws in each half, `draw_halves`) and `jacobian_split` [b, G, H] float32 = J^(1) − J^(2), the difference of the
-    two halves' Jacobians. Pure: writes nothing. Peak memory is one shard (two with halves).
+    """The arrays of one shard: `jacobian` [b, G, H] float32 over all R draws, `block_jacobian` [b, L, D, H]
+    float32 (each backbone block's set-mean hidden state, `expected_states`), `kd_index` [b] and
+    `linear_prediction` [b, G] = J_k·(p_k − p_ctrl), for the b KDs of `task`; with R ≥ 2 also `half_draws` [2]
+    (the draws in each half, `draw_halves`) and `jacobian_split` [b, G, H] float32 = J^(1) − J^(2), the difference
+    of the two halves' Jacobians. Pure: writes nothing. Peak memory is one shard (two with halves).
 
     E[Y] is a mean over draws, so J = (n₁·J^(1) + n₂·J^(2)) / R exactly: each half's JVP runs over its own draw sets,
     the same forward work as one JVP over all of them. Stored as J and the difference (J^(1) = J + (n₂/R)·D,
@@ -183,19 +204,25 @@ def jacobian_shard(run: LoadedRun, task: ShardTask, inputs: JacobianInputs) -> d
     draw_sets = torch.as_tensor(run.controls[inputs.draw_cells], device=run.device, dtype=run.dtype)
     features = run.features([run.control_label])[0]
     halves = draw_halves(len(draw_sets))
-    blocks: list[list[np.ndarray]] = [[] for _ in halves]
+    per_half: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in halves]
     for start in range(task.kds.start, task.kds.stop, inputs.kds_per_call):
         kd_slice = slice(start, min(start + inputs.kds_per_call, task.kds.stop))
         p = torch.as_tensor(inputs.pert_repr[kd_slice], device=run.device, dtype=run.dtype)
-        for half, draws in zip(blocks, halves):
-            half.append(forward_mode_jacobian(run.model, p, draw_sets[draws.start:draws.stop], features,
-                                              inputs.tangents_per_call, compile=inputs.compile,
-                                              decode=run.space.decode).double().cpu().numpy())
-    half_jacobians = [np.concatenate(half) for half in blocks]
+        for half, draws in zip(per_half, halves):
+            found = forward_mode_jacobian(run.model, p, draw_sets[draws.start:draws.stop], features,
+                                          inputs.tangents_per_call, compile=inputs.compile,
+                                          decode=run.space.decode, blocks=True)
+            half.append(tuple(array.double().cpu().numpy() for array in found))
     sizes = np.array([len(draws) for draws in halves])
-    jacobian = (sum(n * j for n, j in zip(sizes, half_jacobians)) / sizes.sum()).astype(np.float32)
+    # per half: (J [b, G, H], J_blocks [b, L, D, H]) over its KD batches; then regrouped by array
+    half_jacobians, half_blocks = zip(*([np.concatenate(part) for part in zip(*half)] for half in per_half))
+
+    def over_draws(per_half_arrays):  # the mean over all R draws, from the halves' means
+        return (sum(n * a for n, a in zip(sizes, per_half_arrays)) / sizes.sum()).astype(np.float32)
+
+    jacobian = over_draws(half_jacobians)
     step = inputs.pert_repr[task.kds.start:task.kds.stop] - inputs.control_repr
-    arrays = {"jacobian": jacobian, "kd_index": np.asarray(task.kds),
+    arrays = {"jacobian": jacobian, "block_jacobian": over_draws(half_blocks), "kd_index": np.asarray(task.kds),
               "linear_prediction": np.einsum("kgh,kh->kg", jacobian, step)}
     if len(halves) == 2:
         arrays |= {"half_draws": sizes, "jacobian_split": (half_jacobians[0] - half_jacobians[1]).astype(np.float32)}

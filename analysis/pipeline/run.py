@@ -225,7 +225,8 @@ def run_jacobians(line: Line, effects: EffectsResult, progress: bool = True, exe
 def run_routing(line: Line, effects: EffectsResult, intervened: InterventionsResult, shards: JacobianShards,
                 jacobian_record: dict) -> RoutingResult:
     """C_jac and its KD-specific part C_jac^spec from the streamed Gram, the SVD and its reading, the statistics, the
-    verdict (with the interventions' answer to whether the geometry is used), the prior-work numbers."""
+    verdict (with the interventions' answer to whether the geometry is used), routing block by block through the
+    backbone, the prior-work numbers."""
     config, stage, responses = line.config, line.stage("routing"), effects.responses
 
     def compute() -> dict:
@@ -242,6 +243,9 @@ def run_routing(line: Line, effects: EffectsResult, intervened: InterventionsRes
         noise_started = time.perf_counter()
         evidence = reliability.with_noise_floor(evidence, *reliability.halves(shards, responses.delta_y_draws))
         noise_seconds = time.perf_counter() - noise_started
+        depth = verdict.read_depth(routing.routing_by_depth([shards.block(b) for b in range(shards.n_blocks)],
+                                                            effects.c_out, effects.labels, config.n_permutations,
+                                                            config.seed), config.decision_rule)
         svd_table, svd_evidence = read_axes(svd, output_scores, output_loadings, responses.kd_names,
                                             responses.gene_names, read_libraries(config.gene_sets), config.fdr,
                                             config.prerank_permutations, config.seed, line.run.space.has_genes)
@@ -254,7 +258,8 @@ def run_routing(line: Line, effects: EffectsResult, intervened: InterventionsRes
                         gene_loadings=svd.gene_loadings, input_directions=svd.input_directions,
                         output_kd_scores=output_scores,
                         output_gene_loadings=output_loadings)
-        stage.write_json("evidence.json", {"routing": codec.encode(evidence), "svd": codec.encode(svd_evidence)})
+        stage.write_json("evidence.json", {"routing": codec.encode(evidence), "svd": codec.encode(svd_evidence),
+                                           "depth": codec.encode(depth)})
         stage.write_json("verdict.json", codec.encode(call))
         stage.write_parquet("svd_enrichment.parquet", svd_table)
         stage.write_parquet("linearity.parquet", linearity_frame)

@@ -222,6 +222,29 @@ def _explain(row: Criterion, n_permutations: int, alpha: float = 0.05) -> str:
 
 
 # ---------------------------------------------------------------- across cell lines
+def depth_text(routing: RoutingResult) -> str:
+    """Where in depth routing takes the output clusters' structure: each block's reading by the call's own rule
+    (`DepthRouting.reading`), then the output's, in one sentence; "" when no block Jacobians were stored."""
+    if not routing.depth:
+        return ""
+    parts = []
+    for depth in routing.depth:
+        reading = depth.reading
+        common = f"common share {depth.decomposition.common_share:.1%}"
+        numbers = (common if reading == "common only" else
+                   f"r = {depth.mantel.statistic:.2f}, {p_phrase(depth.mantel.p_value, depth.mantel.n_permutations)}; "
+                   f"contrast {depth.contrast.test.statistic:.2f} SD; {common}")
+        parts.append(f"block {depth.block}: {reading} ({numbers})")
+    e = routing.evidence
+    parts.append(f"output: r = {e.mantel_pearson.statistic:.2f}, contrast {e.contrast.test.statistic:.2f} SD")
+    onset = next((d.block for d in routing.depth if d.reading == "cluster-shared"), None)
+    where = (f"cluster-shared routing first appears at block {onset} of {len(routing.depth)}" if onset else
+             "no backbone block shows cluster-shared routing by the call's rule: what the output shows is formed "
+             "after the backbone (in the output head)" if routing.verdict.call == "cluster circuits" else
+             "no backbone block shows cluster-shared routing by the call's rule")
+    return f"{where} — " + "; ".join(parts)
+
+
 def paired_p(test: PairedDifference) -> str:
     """'p = 0.016' (exact sign-flip) or 'p ≤ 1e-4' (sampled patterns at their floor)."""
     return p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)

@@ -254,6 +254,12 @@ def steering_text(results: Results) -> Md:
         "Jacobians' local picture of routing extends; beyond it the model's gates open or close."))
 
 
+def depth_paragraph(results: Results) -> Md:
+    """Routing block by block: where in depth the cluster structure of routing appears (`prose.depth_text`)."""
+    text = prose.depth_text(results.routing)
+    return Md(typeset(text[0].upper() + text[1:] + ".") if text else "")
+
+
 def cluster_level_phrase(evidence) -> str:
     """The between-cluster r in a clause: 'r = 0.41 over the 10 pairs of 5 clusters (p = 0.04)'."""
     cl = evidence.cluster_level

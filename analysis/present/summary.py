@@ -50,6 +50,8 @@ def summary_lines(results: Results) -> list[str]:
         lines.append(f"Together: {prose.synthesis(routing)}.")
     if prose.caveat(routing, intervened):
         lines.append(f"  Caveat: {prose.caveat(routing, intervened)}")
+    if routing.depth:
+        lines.append(f"By depth: {prose.depth_text(routing)}.")
     lines.append("")
     for c in routing.verdict.criteria:
         p = "" if c.p_value is None else ", " + p_phrase(c.p_value, results.config.n_permutations)

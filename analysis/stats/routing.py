@@ -8,7 +8,7 @@ test is computed too, and labelled anti-conservative.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -17,7 +17,15 @@ import pandas as pd
 from scipy.spatial.distance import squareform
 from scipy.stats import mannwhitneyu, rankdata
 
-from ..results import ClusterContrast, ClusterLevel, Decomposition, RoutingEvidence, Spread, StudentizedTest
+from ..results import (
+    ClusterContrast,
+    ClusterLevel,
+    Decomposition,
+    DepthRouting,
+    RoutingEvidence,
+    Spread,
+    StudentizedTest,
+)
 
 
 class JacobianShards(Protocol):
@@ -507,6 +515,27 @@ def cluster_level(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_permutatio
     rng = np.random.default_rng(seed)
     null = np.array([r_of(mean_b[np.ix_(p, p)]) for p in (rng.permutation(n) for _ in range(n_permutations))])
     return ClusterLevel(n, len(i), r, _p_greater(r, null), n_permutations)
+
+
+# ---------------------------------------------------------------- routing by depth
+def routing_by_depth(blocks: Sequence[JacobianShards], c_out: np.ndarray, labels: np.ndarray, n_permutations: int,
+                     seed: int) -> tuple[DepthRouting, ...]:
+    """Where in depth routing takes the output clusters' structure: for each backbone block's Jacobians (`blocks`,
+    in depth order, [D, H] per KD), C_jac^(ℓ) from their streamed Gram, split into common and KD-specific parts as
+    the output's (`decompose`), and the deciding Mantel and contrast on the KD-specific part.
+
+    One Gram [K, K] alive at a time. A block whose Jacobians are the same for every KD (e.g. an identity block on
+    the residual stream: ∂h/∂p = I) has common share 1 and an empty KD-specific part: its r and p are NaN.
+    """
+    found = []
+    for depth, block in enumerate(blocks, start=1):
+        gram = stream_gram(block)
+        decomposition, specific = decompose(gram)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            found.append(DepthRouting(depth, decomposition, mantel(c_out, specific, n_permutations, seed),
+                                      cluster_contrast(specific, labels, n_permutations, seed),
+                                      pearson(c_out, cosine_from_gram(gram))))
+    return tuple(found)
 
 
 # ---------------------------------------------------------------- linearity

@@ -58,10 +58,22 @@ cluster-circuits call carries that caveat, with r(C_jac, C_out ⊙ C_rep) beside
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..config import DecisionRule
-from ..results import Criterion, InterchangeTest, RoutingEvidence, SubstitutionTest, SvdEvidence, Verdict
+from ..results import (
+    ClusterContrast,
+    Criterion,
+    DepthRouting,
+    InterchangeTest,
+    RoutingEvidence,
+    StudentizedTest,
+    SubstitutionTest,
+    SvdEvidence,
+    Verdict,
+)
 
 # Calls that read the KD-specific structure, and so become "unreliable" when that structure does not reproduce.
 READS_SPECIFIC_STRUCTURE = ("cluster circuits", "per-KD", "mixed", "inconclusive")
@@ -80,13 +92,39 @@ def _finite(value: float | None) -> float | None:
 _p = _finite
 
 
+def mantel_support(m: StudentizedTest, rule: DecisionRule) -> str:
+    """The model the Mantel row supports: "Model B", "Model A" (ruled out) or "neither"."""
+    return _support(m.p_value < rule.alpha, m.statistic > rule.min_r, m.upper_bound < rule.equivalence_r)
+
+
+def contrast_support(c: ClusterContrast, rule: DecisionRule) -> str:
+    """The model the contrast row supports: "Model B", "Model A" (ruled out) or "neither"."""
+    return _support(c.test.p_value < rule.alpha, c.test.statistic >= rule.min_contrast
+                    and c.difference >= rule.min_cluster_share, c.r_bound < rule.equivalence_r)
+
+
+def depth_reading(depth: DepthRouting, rule: DecisionRule) -> str:
+    """What one block's routing shows, by the call's own rule: "common only" (KD-specific share below
+    min_specific_share), "cluster-shared" (both deciding criteria show Model B), "ruled out" (both rule it out) or
+    "not shown"."""
+    if not depth.decomposition.specific_share >= rule.min_specific_share:
+        return "common only"
+    supports = (mantel_support(depth.mantel, rule), contrast_support(depth.contrast, rule))
+    if supports == ("Model B", "Model B"):
+        return "cluster-shared"
+    return "ruled out" if supports == ("Model A", "Model A") else "not shown"
+
+
+def read_depth(depth: tuple[DepthRouting, ...], rule: DecisionRule) -> tuple[DepthRouting, ...]:
+    """The blocks' records with their readings (`depth_reading`) filled in."""
+    return tuple(replace(d, reading=depth_reading(d, rule)) for d in depth)
+
+
 def deciding_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple[Criterion, Criterion]:
     """The two rows the call rests on (both on C_jac^spec, bounds on the r scale), each with the model it supports."""
     m, c = evidence.mantel_pearson, evidence.contrast
     a, margin = rule.alpha, rule.equivalence_r
-    m_support = _support(m.p_value < a, m.statistic > rule.min_r, m.upper_bound < margin)
-    c_support = _support(c.test.p_value < a, c.test.statistic >= rule.min_contrast
-                         and c.difference >= rule.min_cluster_share, c.r_bound < margin)
+    m_support, c_support = mantel_support(m, rule), contrast_support(c, rule)
     mantel_row = Criterion(
         "Output similarity predicts KD-specific routing similarity", "decides", "Pearson r(C_out, C_jac^spec)",
         m.statistic, f"studentized Mantel ({m.n_permutations} KD-label permutations); one-sided 95 % jackknife bound",

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..results import (
     AcrossResult,
+    DepthRouting,
     EffectsResult,
     InterchangeTest,
     InterventionsResult,
@@ -62,7 +63,7 @@ def read_routing(stage: StageDir, record: dict, jacobians: StageDir, jacobian_re
                          pd.read_parquet(stage / "svd_enrichment.parquet"), pd.read_parquet(stage / "linearity.parquet"),
                          codec.decode(Verdict, read_json(stage / "verdict.json")), read_json(stage / "prior_work.json"),
                          seconds, jacobian_record["autograd_check"], jacobian_record["device"], a.get("c_jac_specific"),
-                         a.get("input_directions"))
+                         a.get("input_directions"), codec.decode(tuple[DepthRouting, ...], evidence.get("depth", [])))
 
 
 def read_steering(stage: StageDir, record: dict) -> SteeringResult:

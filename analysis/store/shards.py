@@ -1,8 +1,9 @@
 """Jacobian shards on disk: the writer (`ShardStore`, one record per shard so a resumed stage recomputes exactly the
 missing or damaged ones) and the reader (`JacobianShards`, the one path from shard files to arrays).
 
-A shard `shard_00000.npz` holds `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] =
-J_k·(p_k − p_ctrl) for b consecutive KDs (with R ≥ 2 control draws also `half_draws` [2] and `jacobian_split`
+A shard `shard_00000.npz` holds `jacobian` [b, G, H] float32, `block_jacobian` [b, L, D, H] float32 (each backbone
+block's set-mean hidden state), `kd_index` [b] and `linear_prediction` [b, G] = J_k·(p_k − p_ctrl) for b consecutive
+KDs (with R ≥ 2 control draws also `half_draws` [2] and `jacobian_split`
 [b, G, H], the difference of the two halves' Jacobians, `model.jacobians.jacobian_shard`); its record
 `shard_00000.json` (size, sha256, KD range, seconds) is written atomically after it.
 """
@@ -22,14 +23,18 @@ from .cache import StageDir, npz_shapes, verify, write_json, write_npz
 class JacobianShards:
     """The shard files of one Jacobian run, in KD order.
 
-    Each holds `jacobian` [b, G, H] float32, `kd_index` [b] and `linear_prediction` [b, G] = J_k·(p_k − p_ctrl).
+    Each holds `jacobian` [b, G, H] float32, `block_jacobian` [b, L, D, H], `kd_index` [b] and `linear_prediction`
+    [b, G] = J_k·(p_k − p_ctrl). A reader reads J; `halves()` and `block(ℓ)` give readers of the same interface for
+    each half's J and for block ℓ's Jacobians.
     """
 
     folder: Path
     paths: tuple
     n_kds: int
-    shape: tuple  # (G, H)
+    shape: tuple  # (G, H); (D, H) for a block's reader
     half: int | None = None  # None: J over all draws; 0 / 1: the Jacobians of that half of the draws (`halves`)
+    n_blocks: int = 0  # L, the backbone blocks with stored Jacobians
+    block_index: int | None = None  # None: J of the output; ℓ: block ℓ's Jacobians (`block`)
 
     def linear_prediction(self) -> np.ndarray:
         """[K, G] J_k·(p_k − p_ctrl) gathered from the shards."""
@@ -54,9 +59,20 @@ class JacobianShards:
         """Readers of the two halves' Jacobians J^(1), J^(2) (same interface), or None without halves."""
         return None if self.half_draws is None else (replace(self, half=0), replace(self, half=1))
 
+    def block(self, index: int) -> "JacobianShards":
+        """A reader of block `index`'s Jacobians [b, D, H] (0-based, depth order; same interface, all draws)."""
+        if not 0 <= index < self.n_blocks:
+            raise IndexError(f"{self.folder}: no Jacobians of backbone block {index} (blocks stored: {self.n_blocks})")
+        with np.load(self.paths[0]) as shard:
+            shape = shard["block_jacobian"].shape[2:]
+        return replace(self, shape=tuple(shape), half=None, block_index=index)
+
     def _jacobian(self, shard) -> np.ndarray:
         """J [b, G, H] of an open shard: over all draws, or with `half` set J^(1) = J + (n₂/R)·D, J^(2) = J − (n₁/R)·D
-        from the stored difference D = J^(1) − J^(2) (float64 then: the difference of two float32 arrays)."""
+        from the stored difference D = J^(1) − J^(2) (float64 then: the difference of two float32 arrays); with
+        `block_index` set, that block's Jacobians [b, D, H]."""
+        if self.block_index is not None:
+            return shard["block_jacobian"][:, self.block_index]
         if self.half is None:
             return shard["jacobian"]
         n = shard["half_draws"]
@@ -89,7 +105,7 @@ def open_shards(folder: Path) -> JacobianShards:
         shapes = npz_shapes(path)
         n_kds += shapes["kd_index"][0]
         shape = shapes["jacobian"][1:]
-    return JacobianShards(Path(folder), paths, n_kds, tuple(shape))
+    return JacobianShards(Path(folder), paths, n_kds, tuple(shape), n_blocks=shapes.get("block_jacobian", (0, 0))[1])
 
 
 
