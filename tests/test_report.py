@@ -23,6 +23,7 @@ import pytest
 from analysis.present import plots
 from analysis.present.formatting import fmt_p
 from analysis.present.report import typeset
+from analysis.stats import routing as routing_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTICLE = ROOT / "report" / "index.qmd"
@@ -522,6 +523,32 @@ def test_cli_summary_shows_the_records(demo_results):
                          f"contrast {contrast:.2f} SD)")
     (use_line,) = [line for line in lines if line.startswith("Geometry: ")]
     assert use_line.startswith(f"Geometry: {routing.verdict.use.upper()} — ")
+
+
+def test_routing_by_depth_against_the_stored_block_jacobians(demo_results):
+    """The demo model's 2 GPT2 blocks each have a record whose r is recomputed here with numpy from the stored
+    block Jacobians (cosines of the flattened [D, H] matrices, KD-specific part by projection, Pearson r with
+    C_out), and the CLI's By-depth line states each block's reading and r."""
+    from analysis.present.summary import summary_lines
+    from analysis.store.shards import open_shards
+
+    routing = demo_results.routing
+    shards = open_shards(Path(demo_results.stage_paths["jacobians (HepG2)"]))
+    assert shards.n_blocks == len(routing.depth) == 2
+    i, j = np.triu_indices(len(routing.c_out), k=1)
+    for index, depth in enumerate(routing.depth):
+        flat = np.concatenate([jac.reshape(len(jac), -1) for _, jac in shards.block(index)]).astype(np.float64)
+        unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+        mean = unit.mean(axis=0)
+        g = mean / np.linalg.norm(mean)
+        assert depth.decomposition.common_share == pytest.approx(np.mean((unit @ g) ** 2), rel=1e-6)
+        _, specific = routing_module.decompose(unit @ unit.T)
+        assert depth.mantel.statistic == pytest.approx(np.corrcoef(routing.c_out[i, j], specific[i, j])[0, 1], abs=1e-9)
+    (line,) = [line for line in summary_lines(demo_results) if line.startswith("By depth: ")]
+    for depth in routing.depth:
+        assert f"block {depth.block}: {depth.reading}" in line
+        if depth.reading != "common only":
+            assert f"r = {depth.mantel.statistic:.2f}" in line
 
 
 def _heatmap_cells(chart):

@@ -388,27 +388,31 @@ def _check_windows(planted: PlantedModel) -> None:
 
 
 # ---------------------------------------------------------------- the arc-state model
-def model_kwargs() -> dict:
-    """`demo.demo_model_kwargs` scaled down: H = 64, 1-layer encoder, 2-layer ReLU decoder, GPT2 with 2 blocks."""
-    kwargs = demo.demo_model_kwargs(N_GENES, SET_SIZE)
-    kwargs.update(hidden_dim=HIDDEN, n_encoder_layers=1, n_decoder_layers=2, activation="relu",
-                  transformer_backbone_kwargs=dict(n_positions=SET_SIZE, n_embd=HIDDEN, n_layer=2, n_head=4,
+def model_kwargs(hidden: int = HIDDEN, n_genes: int = N_GENES) -> dict:
+    """`demo.demo_model_kwargs` scaled down: H = `hidden`, 1-layer encoder, 2-layer ReLU decoder, GPT2 with 2
+    blocks."""
+    kwargs = demo.demo_model_kwargs(n_genes, SET_SIZE)
+    kwargs.update(hidden_dim=hidden, n_encoder_layers=1, n_decoder_layers=2, activation="relu",
+                  transformer_backbone_kwargs=dict(n_positions=SET_SIZE, n_embd=hidden, n_layer=2, n_head=4,
                                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False))
     return kwargs
 
 
 def build_model(planted: PlantedModel, seed: int = 0):
-    """A StateTransitionPerturbationModel carrying the planted weights (its remaining weights random and inert)."""
+    """A StateTransitionPerturbationModel carrying the planted weights (its remaining weights random and inert);
+    its sizes are the weights' (H from w1 [H, H], G from w2 [G, H])."""
     torch.manual_seed(seed)
-    model = demo.construct_model(N_GENES, len(planted.kd_names) + 1, model_kwargs(), planted.gene_names)
+    hidden, n_genes = planted.w1.shape[1], planted.w2.shape[0]
+    model = demo.construct_model(n_genes, len(planted.kd_names) + 1, model_kwargs(hidden, n_genes),
+                                 planted.gene_names)
 
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    sigma0 = np.sqrt(2 * OFFSET**2 / HIDDEN + model.transformer_backbone.config.layer_norm_epsilon)
+    sigma0 = np.sqrt(2 * OFFSET**2 / hidden + model.transformer_backbone.config.layer_norm_epsilon)
     with torch.no_grad():
         encoder = model.pert_encoder[0]  # Linear(P → H): column 0 is the control, column k+1 KD k
-        encoder.weight.copy_(t(np.concatenate([np.zeros((1, HIDDEN)), planted.pert_repr]).T))
+        encoder.weight.copy_(t(np.concatenate([np.zeros((1, hidden)), planted.pert_repr]).T))
         encoder.bias.zero_()
-        offset = np.zeros(HIDDEN)
+        offset = np.zeros(hidden)
         offset[0], offset[1] = OFFSET, -OFFSET
         model.basal_encoder.weight.zero_()
         model.basal_encoder.bias.copy_(t(offset))
@@ -427,29 +431,38 @@ def build_model(planted: PlantedModel, seed: int = 0):
 
 
 # ---------------------------------------------------------------- writing a run
-def write_known_answer(kind: str, folder: Path, seed: int = 0) -> PlantedModel:
-    """Write `folder`/run (a `state tx train` run directory), `folder`/controls.h5ad and `folder`/truth."""
-    folder = Path(folder)
-    planted = planted_model(kind, seed)
+def write_planted_run(planted: PlantedModel, run_dir: Path, name: str, note: dict, seed: int = 0) -> None:
+    """`run_dir` as `state tx train` writes it, for the model carrying `planted`'s weights (`build_model`)."""
     model = build_model(planted, seed)
     names = [demo.CONTROL] + list(planted.kd_names)
     eye = np.eye(len(names), dtype=np.float32)
     onehots = {n: eye[i] for i, n in enumerate(names)}
-    genes = list(planted.gene_names)
-    var_dims = {"input_dim": N_GENES, "gene_dim": N_GENES, "hvg_dim": N_GENES, "output_dim": N_GENES,
+    n_genes, genes = len(planted.gene_names), list(planted.gene_names)
+    var_dims = {"input_dim": n_genes, "gene_dim": n_genes, "hvg_dim": n_genes, "output_dim": n_genes,
                 "pert_dim": len(names), "gene_names": genes, "batch_dim": 1, "pert_names": names}
     state_config = {
-        "name": f"known-answer-{kind}", "output_dir": str(folder), "overwrite": False, "use_wandb": False,
+        "name": name, "output_dir": str(run_dir.parent), "overwrite": False, "use_wandb": False,
         "data": {"name": "PerturbationDataModule", "kwargs": {
             "embed_key": None, "output_space": "gene", "pert_col": "gene", "cell_type_key": "cell_type",
             "control_pert": demo.CONTROL, "basal_mapping_strategy": "random", "batch_col": "batch"}},
-        "model": {"name": "state", "checkpoint": None, "device": "cpu", "kwargs": model_kwargs()},
-        "training": {"max_steps": 0, "note": "weights set by hand (analysis.known_answers), not trained"},
-        "known_answer": {"kind": kind, "seed": seed, "expected_calls": sorted(planted.expected_calls)},
+        "model": {"name": "state", "checkpoint": None, "device": "cpu",
+                  "kwargs": model_kwargs(planted.w1.shape[1], n_genes)},
+        "training": {"max_steps": 0, "note": "weights set by hand (analysis.datasets), not trained"},
+        **note,
     }
-    if (folder / "run").exists():
-        shutil.rmtree(folder / "run")
-    demo.write_run_directory(folder / "run", model, onehots, var_dims, state_config)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    demo.write_run_directory(run_dir, model, onehots, var_dims, state_config)
+
+
+def write_known_answer(kind: str, folder: Path, seed: int = 0) -> PlantedModel:
+    """Write `folder`/run (a `state tx train` run directory), `folder`/controls.h5ad and `folder`/truth."""
+    folder = Path(folder)
+    planted = planted_model(kind, seed)
+    genes = list(planted.gene_names)
+    write_planted_run(planted, folder / "run", f"known-answer-{kind}",
+                      {"known_answer": {"kind": kind, "seed": seed, "expected_calls": sorted(planted.expected_calls)}},
+                      seed)
 
     # Control cells as the demo simulates them (the model ignores them by construction), plus a few cells per KD
     # so the data names the cell line's KDs.
