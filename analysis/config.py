@@ -105,6 +105,7 @@ class AnalysisConfig:
     prerank_permutations: int = 1000
     held_out_kds: tuple[str, ...] = ()  # KDs held out of training (empty: read from the run's split when it names one)
     min_observed_cells: int = 4  # KDs with fewer observed cells in the line are listed as unscored in Part 0
+    de_metrics: str = "auto"  # Part 0: cell-eval's DE metrics "on", "off" or "auto" (quality.DE_AUTO_MAX_KDS)
     executor: str = "local"  # where ΔY batches and Jacobian shards run: "local" (this process) or "ray" (Ray workers)
     ray_address: str | None = None  # None: a local Ray instance; "auto" or "ray://host:port": an existing cluster
     demo: bool = False  # build the embedded demo run into run_dir/h5ad when they are missing
@@ -166,7 +167,7 @@ _SECTIONS = {
                    "min_reliability", "n_axes"},
     "interventions": {"random_groups", "substitution_margin"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
-    "quality": {"held_out_kds", "min_observed_cells"},
+    "quality": {"held_out_kds", "min_observed_cells", "de_metrics"},
     "runtime": {"device", "cache_dir", "executor", "ray_address"},
     "demo": {"enabled", "seed"},
 }
@@ -207,6 +208,7 @@ _RANGES = {
     "cell_lines": (lambda v: len(set(v)) == len(v) and all(v), "distinct, non-empty cell-line names"),
     "prerank_permutations": (lambda v: v >= 1, "an integer >= 1"),
     "min_observed_cells": (lambda v: v >= 2, "an integer >= 2 (the split-half ceiling needs two halves)"),
+    "de_metrics": (lambda v: v in {"auto", "on", "off"}, "'auto', 'on' or 'off'"),
 }
 
 

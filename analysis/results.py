@@ -198,7 +198,8 @@ class QualityResult:
     sensitivity / sensitivity_evidence: the call and its statistics on them (None: too few); peak_mb: the process's
     peak resident memory by the stage's end (MB, an upper bound for the stage); cell_eval: cell-eval's version;
     split_calls: when the split is known, {"seen", "held out"}: (call, statistics) re-read on those KDs (None: too
-    few).
+    few); metrics: cell-eval's metrics computed; de_metrics: whether its differential-expression metrics are among
+    them, and de_reason why (the config field de_metrics and, for "auto", the number of scored KDs).
     """
 
     key: str
@@ -215,6 +216,9 @@ class QualityResult:
     peak_mb: float
     cell_eval: str
     split_calls: dict | None = None
+    metrics: tuple = ()
+    de_metrics: bool = False
+    de_reason: str = ""
 
 
 @dataclass(frozen=True)

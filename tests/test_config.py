@@ -25,6 +25,8 @@ def test_overrides_replace_single_fields():
     ("[model\n", "not valid TOML"),
     ("[model]\nrun_dir='x'\n[data]\nh5ad='y'\n[runtime]\ncache_dir='c'\ndevice='tpu'\n", "[runtime].device"),
     ("[model]\nrun_dir='x'\n[data]\nh5ad='y'\n[runtime]\ncache_dir='c'\n[enrichment]\ngene_sets=['nope.gmt']\n", "gene_sets"),
+    ("[model]\nrun_dir='x'\n[data]\nh5ad='y'\n[runtime]\ncache_dir='c'\n[quality]\nde_metrics='sometimes'\n",
+     "[quality].de_metrics"),
 ])
 def test_bad_config_is_one_line_error_naming_the_field(tmp_path, text, fragment):
     path = tmp_path / "c.toml"

@@ -3,7 +3,8 @@ mean, on the same control draws and set size the effects stage used (`Responses.
 
 The per-cell outputs are read from the real forward call (`forward.mean_output`) through a forward hook on the
 module whose output is a cell's expression (the model itself, or its gene decoder when the space is decoded), so the
-cells scored are exactly the cells whose mean is ΔY's E[Y].
+cells scored are exactly the cells whose mean is ΔY's E[Y]. When only group means are scored (`predict_means`), they
+are taken from ΔY itself.
 """
 
 from __future__ import annotations
@@ -30,21 +31,34 @@ def set_cells(run: LoadedRun, features: torch.Tensor, basal: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def predict_cells(run: LoadedRun, kd_names, draw_cells: np.ndarray, kds_per_call: int) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted cells of each KD of `kd_names` and of the control on the draws `draw_cells` [R, S] (rows of
-    run.controls): ([K, R·S, G], [R·S, G]) float32, cells in draw order. Pure; one forward call of up to
-    `kds_per_call` sets per draw."""
+def predict_cells(run: LoadedRun, kd_names, draw_cells: np.ndarray, kds_per_call: int) -> np.ndarray:
+    """Predicted cells of each KD of `kd_names`, then (last) of the control, on the draws `draw_cells` [R, S] (rows
+    of run.controls): [K + 1, R·S, G] float32, cells in draw order, written as they are produced into one
+    preallocated buffer — the array cell-eval reads (`stats.quality.score_predictions` hands it over as its
+    AnnData's X without a copy). Pure; one forward call of up to `kds_per_call` sets per draw."""
     names = list(kd_names)
-    n_cells = draw_cells.size
-    cells = np.zeros((len(names), n_cells, len(run.gene_names)), dtype=np.float32)
-    control = np.zeros((n_cells, len(run.gene_names)), dtype=np.float32)
+    cells = np.empty((len(names) + 1, draw_cells.size, len(run.gene_names)), dtype=np.float32)
     control_features = run.features([run.control_label])
     for r, rows in enumerate(draw_cells):
         basal = torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None]
         at = slice(r * len(rows), (r + 1) * len(rows))
-        control[at] = set_cells(run, control_features, basal)[0].float().cpu().numpy()
+        cells[-1, at] = set_cells(run, control_features, basal)[0].float().cpu().numpy()
         for start in range(0, len(names), kds_per_call):
             features = run.features(names[start:start + kds_per_call])
             out = set_cells(run, features, basal.expand(len(features), -1, -1))
             cells[start:start + len(features), at] = out.float().cpu().numpy()
-    return cells, control
+    return cells
+
+
+def predict_means(run: LoadedRun, delta_y: np.ndarray, draw_cells: np.ndarray) -> np.ndarray:
+    """The mean predicted cell of each of K KDs, then (last) of the control, [K + 1, 1, G] float32, without a forward
+    pass per KD: each KD's ΔY (delta_y [K, G], output units: the effects stage's mean over the draws `draw_cells`
+    [R, S] of E[Y | KD] − E[Y | control]) plus the control's mean predicted cell on the same draws. The group means
+    of `predict_cells` to float32 rounding (relative 1e-7): all cell-eval reads when its DE metrics are off."""
+    control = predict_cells(run, [], draw_cells, 1)[-1].mean(0, dtype=np.float64)  # [G]
+    means = np.concatenate([delta_y + control, control[None]])
+    # A KD's mean below zero by less than that rounding is a zero (a gene the model holds at 0 in every cell of the
+    # KD, e.g. behind a ReLU): cell-eval, which refuses negative expression, must read it as 0.
+    rounding = 4 * np.finfo(np.float32).eps * (np.abs(delta_y) + np.abs(control))
+    means[:-1][(means[:-1] < 0) & (means[:-1] >= -rounding)] = 0.0
+    return means.astype(np.float32)[:, None, :]

@@ -25,7 +25,7 @@ from ..model.effects import compute_effects
 from ..model.interventions import substituted_responses
 from ..model.load import LoadedRun, ShippedRun, input_files, load_model, load_run
 from ..model.observed import load_observed, training_split
-from ..model.predict import predict_cells
+from ..model.predict import predict_cells, predict_means
 from ..results import (
     AcrossResult,
     EffectsResult,
@@ -296,9 +296,12 @@ def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResul
     scored through cell-eval with its baseline and ceiling, per KD and overall (seen / held out when the split is
     known); then the routing statistics and the call on the KDs the model predicts better than the baseline.
 
+    cell-eval's DE metrics as the config field de_metrics decides (`quality.use_de`); without them the model enters
+    as its group means, from ΔY (`predict_means`), and no predicted cell is held.
+
     Not scored (the run goes on, the reason recorded) when the .h5ad holds no perturbed cells of the analysed KDs in
-    the line, when the space is an undecoded embedding, or when predicted or observed values are negative (cell-eval
-    scores log-normalised expression)."""
+    the line, when the space is an undecoded embedding, or when the observed or predicted values cell-eval would read
+    are negative (it scores log-normalised expression)."""
     config, loaded, stage, responses = line.config, line.run, line.stage("quality"), effects.responses
     matrices_file = line.stage("routing") / "matrices.npz"  # the Gram of the Jacobians
 
@@ -314,15 +317,24 @@ def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResul
                   "" if scored else f"not scored: no KD has {config.min_observed_cells} or more observed cells in "
                                     f"cell line '{config.cell_line}' of {config.h5ad.name}")
         kd_table, overall, keep = pd.DataFrame({"kd": []}), pd.DataFrame({"group": []}), np.zeros(len(kd_names), bool)
-        if not status:
-            predicted, control_cells = predict_cells(loaded, scored, responses.draw_cells, config.kds_per_call)
-            if min(predicted.min(), control_cells.min(), observed.cells.min()) < 0:  # cell-eval refuses such data
-                status, scored = "not scored: negative expression values (cell-eval scores log-normalised expression)", []
+        de, de_reason = quality.use_de(config.de_metrics, len(scored))
+        negative = "not scored: negative expression values in the {} (cell-eval scores log-normalised expression)"
         if not status:
             rows = np.isin(observed.labels, scored + [config.control_label])
-            kd_table, ceiling = quality.score_predictions(predicted, control_cells, observed.cells[rows],
-                                                          observed.labels[rows], scored, loaded.gene_names,
-                                                          config.control_label, config.seed)
+            cells, labels = ((observed.cells, observed.labels) if rows.all() else  # no copy when every row is kept
+                             (observed.cells[rows], observed.labels[rows]))
+            status = negative.format("observed cells") if cells.min() < 0 else ""  # cell-eval refuses such data
+        if not status:
+            index = {kd: k for k, kd in enumerate(kd_names)}
+            predicted = (predict_cells(loaded, scored, responses.draw_cells, config.kds_per_call) if de else
+                         predict_means(loaded, responses.delta_y[[index[kd] for kd in scored]], responses.draw_cells))
+            if predicted.min() < 0:
+                status = negative.format("predicted cells" if de else "predicted group means")
+        if status:
+            scored = []
+        else:
+            kd_table, ceiling = quality.score_predictions(predicted, cells, labels, scored, loaded.gene_names,
+                                                          config.control_label, config.seed, de)
             del predicted
             groups = {"all": scored}
             if held_out is not None:
@@ -338,7 +350,8 @@ def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResul
         stage.write_json("quality.json", {
             "status": status, "unscored": [k for k in kd_names if k not in set(scored)], "split_source": split_source,
             "held_out": None if held_out is None else list(held_out), "cell_eval": quality.cell_eval_version(),
-            "well_predicted": [k for k, kept in zip(kd_names, keep) if kept]})
+            "well_predicted": [k for k, kept in zip(kd_names, keep) if kept],
+            "metrics": list(quality.computed_metrics(de)), "de_metrics": de, "de_reason": de_reason})
         # Routing re-read on the KDs the model saw in training and on those it did not, when the split is known.
         split = {} if held_out is None else {
             group: quality.sensitivity(np.isin(kd_names, held_out) == held, effects.c_out, routing_result.c_jac,

@@ -76,9 +76,9 @@ STAGES: tuple[Stage, ...] = (
           runner="run_steering"),
     # Part 0: predicted cells against observed ones (cell-eval), and the call re-run where the model beats the baseline.
     Stage("quality", needs=("inputs", "effects", "routing"),
-          fields=("seed", "kds_per_call", "held_out_kds", "min_observed_cells", "n_permutations", "n_bootstrap",
-                  "alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share",
-                  "min_cluster_share"),
+          fields=("seed", "kds_per_call", "held_out_kds", "min_observed_cells", "de_metrics", "n_permutations",
+                  "n_bootstrap", "alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share",
+                  "global_share", "min_cluster_share"),
           facts=("kd_names", "set_size"),
           code=("model.predict", "model.observed", "stats.quality", "stats.routing", "stats.verdict") + STORE,
           runner="run_quality"),

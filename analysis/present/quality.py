@@ -13,7 +13,7 @@ from .report import markdown_table, typeset
 
 # cell-eval metric -> (how the report names it, the references it is shown for): a DE metric is computed against
 # control only, an error of the expression itself does not depend on the reference. The other metrics cell-eval
-# computes stay in the stage's kds.parquet.
+# computes stay in the stage's kds.parquet; a metric the run did not compute (DE metrics off) has no row.
 SHOWN = {"pearson_delta": ("Pearson r of effects (pearson_delta)", ("control", "perturbed mean")),
          "discrimination_score_l1": ("discrimination (L1)", ("control", "perturbed mean")),
          "overlap_at_N": ("top-N DE gene overlap", ("control",)),
@@ -31,7 +31,7 @@ def overall_frame(quality: QualityResult, group: str = "all") -> pd.DataFrame:
     frame = quality.overall[quality.overall["group"] == group]
     rows = []
     for metric, (name, references) in SHOWN.items():
-        for reference in references:
+        for reference in references if metric in frame.columns else ():
             values = frame[frame["reference"] == reference].set_index("predictor")[metric]
             baseline = fmt(values.get("baseline", float("nan")), 3) if reference == "control" else "zero effects"
             rows.append({"Metric": name, "Reference": reference, "Model": fmt(values.get("model", float("nan")), 3),
@@ -88,7 +88,13 @@ def quality_text(results: Results) -> Md:
               f"{fmt(base, 3)} and the split-half ceiling {fmt(ceiling, 3)}; against the perturbed mean (Systema's "
               f"reference, which removes the response every KD shares) the model reaches {fmt(centred, 3)} of a "
               f"ceiling of {fmt(centred_ceiling, 3)}. The model beats the baseline on "
-              f"{len(quality.well_predicted)} of {n_scored} KDs.")
+              f"{len(quality.well_predicted)} of {n_scored} KDs. {metrics_sentence(quality)}")
+
+
+def metrics_sentence(quality: QualityResult) -> str:
+    """Which of cell-eval's metrics were computed, and why its differential-expression metrics were or were not."""
+    return (f"cell-eval computed {', '.join(quality.metrics)}; its differential-expression metrics were "
+            f"{'computed' if quality.de_metrics else 'not computed'} ({quality.de_reason}).")
 
 
 def abstract_sentence(results: Results) -> Md:
@@ -186,4 +192,5 @@ def summary_line(results: Results) -> str:
             f"{fmt(_values(quality, 'model', 'perturbed mean'), 3)}, ceiling "
             f"{fmt(_values(quality, 'ceiling', 'perturbed mean'), 3)}); {len(quality.well_predicted)} KDs better than "
             f"baseline → call there: {call.upper()}"
-            f"{'' if quality.held_out is not None else '; ' + SPLIT_UNKNOWN}")
+            f"{'' if quality.held_out is not None else '; ' + SPLIT_UNKNOWN}; DE metrics "
+            f"{'on' if quality.de_metrics else 'off'} ({quality.de_reason})")

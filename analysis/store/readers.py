@@ -86,4 +86,5 @@ def read_quality(stage: StageDir, record: dict) -> QualityResult:
                          facts["status"], tuple(facts["unscored"]),
                          None if facts["held_out"] is None else tuple(facts["held_out"]), facts["split_source"],
                          tuple(facts["well_predicted"]), sensitivity, evidence, record["seconds"], record["peak_mb"],
-                         facts["cell_eval"], calls)
+                         facts["cell_eval"], calls, tuple(facts["metrics"]), facts["de_metrics"],
+                         facts["de_reason"])
