@@ -492,15 +492,22 @@ def write_known_answer(kind: str, folder: Path, seed: int = 0) -> PlantedModel:
 def config_text(folder: Path, kind: str) -> str:
     """A TOML config for the run in `folder` (relative paths), with the known-answer statistics settings (`kind`
     decides the number of control draws, `N_DRAWS`)."""
+    return planted_config_text("Known-answer model written by analysis.known_answers (weights set by hand; see truth/).",
+                               "controls.h5ad", {**STATISTICS, "n_draws": N_DRAWS.get(kind, STATISTICS["n_draws"])})
+
+
+def planted_config_text(comment: str, h5ad: str, settings: dict) -> str:
+    """The TOML of a planted run written beside it (run/, `h5ad`): one cell line, every KD, the bundled gene sets,
+    and `settings` (as `STATISTICS`; optionally tangents_per_call)."""
     gene_sets = ", ".join(f'"{p}"' for p in load_config(DEFAULT_CONFIG).gene_sets)
-    s = STATISTICS
-    return f"""# Known-answer model written by analysis.known_answers (weights set by hand; see truth/).
+    s = settings
+    return f"""# {comment}
 [model]
 run_dir = "run"
 checkpoint = "final.ckpt"
 
 [data]
-h5ad = "controls.h5ad"
+h5ad = "{h5ad}"
 feature_key = "X"
 perturbation_column = "gene"
 cell_type_column = "cell_type"
@@ -510,11 +517,12 @@ kds = "all"
 
 [effects]
 set_size = {s['set_size']}
-n_draws = {N_DRAWS.get(kind, s['n_draws'])}
+n_draws = {s['n_draws']}
 seed = 0
 
 [jacobian]
 kds_per_call = {s['kds_per_call']}
+tangents_per_call = {s.get('tangents_per_call', 0)}
 shard_kds = {s['shard_kds']}
 compile_jacobian = false
 dtype = "{s['dtype']}"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import DEFAULT_CONFIG, GENESETS_DIR, AnalysisConfig, load_config
+from ..config import GENESETS_DIR, AnalysisConfig, load_config
 from ..store import cache
 from . import demo, known_answers
 from .known_answers import PROGRAMME_NORM, PlantedModel
@@ -136,56 +136,18 @@ def _check_gating(planted: PlantedModel) -> None:
         raise AssertionError("screen: the control opens a module unit")
 
 
+# Statistics sized for K up to 10,000 on 2 cores: 64 KDs and all H directions per JVP call (a small model's chunks
+# are cheap; more rows per call amortise its per-op cost), few clustering bootstraps and permutations.
+STATISTICS = dict(set_size=0, n_draws=1, shard_kds=512, kds_per_call=64, tangents_per_call=HIDDEN,
+                  n_permutations=199, n_bootstrap=20, cluster_bootstrap=5, prerank_permutations=100,
+                  max_clusters=N_MODULES + 10, device="cpu", dtype="float32")
+
+
 def config_text(n_kds: int) -> str:
-    """The screen's TOML (relative paths): statistics sized for K up to 10,000 on 2 cores."""
-    gene_sets = ", ".join(f'"{p}"' for p in load_config(DEFAULT_CONFIG).gene_sets)
-    return f"""# Genome-scale screen written by analysis.datasets.screen ({n_kds} KDs; weights set by hand, see truth/).
-[model]
-run_dir = "run"
-checkpoint = "final.ckpt"
-
-[data]
-h5ad = "cells.h5ad"
-perturbation_column = "gene"
-cell_type_column = "cell_type"
-control_label = "{demo.CONTROL}"
-cell_line = "{demo.CELL_LINE}"
-kds = "all"
-
-[effects]
-set_size = 0
-n_draws = 1
-seed = 0
-
-[jacobian]
-kds_per_call = 64
-tangents_per_call = {HIDDEN}
-shard_kds = 512
-compile_jacobian = false
-dtype = "float32"
-
-[statistics]
-max_clusters = {N_MODULES + 10}
-cluster_bootstrap = 5
-n_permutations = 199
-n_bootstrap = 20
-alpha = 0.05
-seed_r_threshold = 0.3
-n_axes = 5
-
-[enrichment]
-gene_sets = [{gene_sets}]
-prerank_permutations = 100
-fdr = 0.05
-
-[runtime]
-device = "cpu"
-cache_dir = "cache"
-
-[demo]
-enabled = false
-seed = 0
-"""
+    """The screen's TOML (relative paths)."""
+    return known_answers.planted_config_text(
+        f"Genome-scale screen written by analysis.datasets.screen ({n_kds} KDs; weights set by hand, see truth/).",
+        "cells.h5ad", STATISTICS)
 
 
 def build_screen(folder, n_kds: int = N_KDS, seed: int = 0, **overrides) -> AnalysisConfig:
