@@ -63,8 +63,8 @@ STAGES: tuple[Stage, ...] = (
           fields=("shard_kds", "kds_per_call", "tangents_per_call", "compile_jacobian"),
           facts=(), code=("model.jacobians", "store.shards", "pipeline.executors") + STORE, runner="run_jacobians"),
     Stage("routing", needs=("effects", "interventions", "jacobians"),
-          fields=("n_permutations", "n_bootstrap", "seed", "alpha", "seed_r_threshold", "equivalence_r",
-                  "min_contrast", "min_specific_share", "global_share", "min_cluster_share", "substitution_margin",
+          fields=("n_permutations", "n_bootstrap", "normal_reference_kds", "seed", "alpha", "seed_r_threshold",
+                  "equivalence_r", "min_contrast", "min_specific_share", "global_share", "min_cluster_share", "substitution_margin",
                   "min_reliability", "fdr", "n_axes",
                   "prerank_permutations", "gene_sets"),
           facts=("gene_set_digests",),
@@ -77,6 +77,7 @@ STAGES: tuple[Stage, ...] = (
     # Part 0: predicted cells against observed ones (cell-eval), and the call re-run where the model beats the baseline.
     Stage("quality", needs=("inputs", "effects", "routing"),
           fields=("seed", "kds_per_call", "held_out_kds", "min_observed_cells", "n_permutations", "n_bootstrap",
+                  "normal_reference_kds",
                   "alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share",
                   "min_cluster_share"),
           facts=("kd_names", "set_size"),
