@@ -306,10 +306,9 @@ class StudentizedTest:
     n_permutations: int
     reference: str = "permutation"  # "permutation" or "normal" (`stats.routing.reference_for`)
 
-    @property
-    def null_phrase(self) -> str:
-        """How p was referred, for prose: "9,999 permutations" or "normal reference"."""
-        return "normal reference" if self.reference == "normal" else f"{self.n_permutations:,} permutations"
+    def null_phrase(self, permuted: str) -> str:
+        """How p was referred, for prose: "9,999 `permuted`" (e.g. "KD-label permutations") or "normal reference"."""
+        return "normal reference" if self.reference == "normal" else f"{self.n_permutations:,} {permuted}"
 
     @property
     def upper_bound(self) -> float:

@@ -459,6 +459,34 @@ def _contrast_from_rows(same_rows: np.ndarray, rows: np.ndarray, own_size: np.nd
     return difference, jackknife_se(loo)
 
 
+def _rank_sum_greater(values: np.ndarray, chosen: np.ndarray) -> tuple[float, float]:
+    """Mann–Whitney U of values[chosen] against values[~chosen] and its one-sided (greater) p, as
+    scipy.stats.mannwhitneyu computes them (tie-corrected normal approximation with continuity correction; scipy
+    itself, exact where it would be, when either group has ≤ 8 values). `values` [n] is sorted in place.
+
+    One sort and two binary searches instead of ranking the concatenation: at K = 10,000 (5·10⁷ pairs) the
+    working memory is `values` itself, not the several copies of it scipy's ranking makes.
+    """
+    n1 = int(chosen.sum())
+    n2 = len(values) - n1
+    if n1 <= 8 or n2 <= 8:
+        result = mannwhitneyu(values[chosen], values[~chosen], alternative="greater")
+        return float(result.statistic), float(result.pvalue)
+    picked = values[chosen]
+    values.sort()
+    # the average rank of a value is (#smaller + #smaller-or-equal + 1) / 2 (1-based; ties share their mean rank)
+    ranks = (np.searchsorted(values, picked, "left") + np.searchsorted(values, picked, "right") + 1) / 2
+    u = float(ranks.sum() - n1 * (n1 + 1) / 2)
+    tied = np.flatnonzero(values[1:] == values[:-1])  # i with values[i] == values[i + 1]; few unless values repeat
+    # consecutive positions form one group of equal values: a run of m positions is a group of m + 1
+    starts = np.flatnonzero(np.diff(tied, prepend=-2) != 1)
+    groups = np.diff(np.append(starts, len(tied))) + 1.0
+    tie_term = float((groups**3 - groups).sum())
+    n = n1 + n2
+    sd = np.sqrt(n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))))
+    return u, float(norm.sf((u - n1 * n2 / 2 - 0.5) / sd))
+
+
 def _labelling(lab: np.ndarray, labelings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """own_size [B, n] (the size of each KD's cluster) and n_same [B] (same-cluster pairs) of B labelings [B, n] that
     permute the labels `lab` [n]."""
@@ -483,14 +511,14 @@ def cluster_contrast(similarity: np.ndarray, labels: np.ndarray, n_permutations:
     values = _upper_values(read, n)
     same = _upper_values(lambda rows: lab[rows, None] == lab[None, :], n)
     n_same, n_cross = int(same.sum()), int((~same).sum())
-    if n_same and n_cross:
-        u = mannwhitneyu(values[same], values[~same], alternative="greater")
-        auc, rank_sum_p = float(u.statistic / (n_same * n_cross)), float(u.pvalue)
-    else:
-        auc = rank_sum_p = float("nan")
     spread = float(values.std()) if len(values) else float("nan")
     mean_same = float(values[same].mean()) if n_same else float("nan")
     mean_cross = float(values[~same].mean()) if n_cross else float("nan")
+    if n_same and n_cross:
+        u, rank_sum_p = _rank_sum_greater(values, same)
+        auc = u / (n_same * n_cross)
+    else:
+        auc = rank_sum_p = float("nan")
     del values, same
     rows_sum, same_rows = np.zeros(n), np.zeros(n)
     for rows in _row_blocks(n, n):
