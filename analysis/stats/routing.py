@@ -285,17 +285,26 @@ def reference_for(n_kds: int, normal_reference_kds: int) -> str:
 def centred_sum_and_variance(x: Reader, y: Reader, n: int,
                              sums: tuple[np.ndarray, ...] | None = None) -> tuple[float, float]:
     """The centred pair sum T = Σ_{k<l} (x_kl − x̄)(y_kl − ȳ) of two symmetric [n, n] matrices and V̂, its variance
-    under "x and y unrelated" from the Hoeffding decomposition; T / √V̂ ~ N(0, 1) under that null (`normal_z`).
+    when y is unrelated to x; T / √V̂ ~ N(0, 1) under that null (`normal_z`). x is held fixed (outputs, a label
+    design) and y is the matrix a permutation test would permute (routing).
 
-    Each matrix splits exactly into KD main effects and a doubly-centred rest, x_kl = x̄ + α_k + α_l + x'_kl with
-    α the least-squares additive fit (Σ α = 0, every row of x' sums to 0), so T = (n − 2)·Σ_k α_k β_k + Σ_{k<l}
-    x'_kl y'_kl exactly. The first part is a sum over KDs, the second over pairs whose terms are uncorrelated
-    (the rows of x' and y' sum to 0): V̂ = (n − 2)²·Σ_k α_k² β_k² + Σ_{k<l} x'_kl² y'_kl², each term's square
-    standing for its variance (robust to the unequal spreads of a per-KD lookup, as the studentized permutation is).
-    Why not r over its delete-one jackknife SE: when a matrix has no KD main effects (C_jac^spec is doubly centred)
-    the pair part decides, and the jackknife counts each pair's variance twice — r / SE then has SD ≈ 1/√2 under
-    the null (measured: 0.61–0.72 in the calibration's null worlds at K = 200), a test of size ≈ 1 % at α = 5 %.
-    The permutation reference does not mind (the permuted statistics carry the same factor); N(0, 1) does.
+    Each matrix splits exactly into KD main effects and a doubly-centred rest (Hoeffding): x_kl = x̄ + α_k + α_l + x'_kl
+    with α the least-squares additive fit (Σ α = 0, every row of x' sums to 0), likewise y with β and y', so
+    T = (n − 2)·Σ_k α_k β_k + Σ_{k<l} x'_kl y'_kl exactly. Its variance, each pair's y'² standing for that pair's own
+    variance (robust to the unequal spreads of a per-KD lookup, as the studentized permutation is):
+    V̂ = (n − 2)²·Σ_k α_k² β_k² + Σ_{k<l} [x'_kl² + λ·(2 α_k α_l + 2 (α_k + α_l)·x'_kl)]·y'_kl². The λ term: when y's
+    pair noise also moves its row means (a raw C_jac; a cluster's block of C_jac^spec), the row means of k and l share
+    the noise of pair (k, l) and each shares it with the pair term; when y is itself doubly centred (C_jac^spec: its
+    rows sum to ≈ 0) its row means carry none. λ = min(1, (n − 2)²·Σ β² / Σ_{k≠l} y'²), how far the row means'
+    spread reaches what pair noise alone would give them: ≈ 0 for C_jac^spec, ≈ 1 for pure pair noise, capped with
+    real KD main effects. Dropping it (λ = 0) rejected 11–15 % in the calibration's "lookup-singletons" world (raw
+    and within-cluster Mantel, K = 200 and 1,000); λ = 1 throughout made the C_jac^spec tests conservative there
+    (2–3 %).
+
+    Why not r over its delete-one jackknife SE: when y has no KD main effects (C_jac^spec) the pair part decides, and
+    the jackknife counts each pair's variance twice — r / SE then has SD ≈ 1/√2 under the null (measured: 0.61–0.75
+    in the calibration's null worlds at K = 200), a test of size ≈ 1 % at α = 5 %. The permutation reference does not
+    mind (the permuted statistics carry the same factor); N(0, 1) does.
 
     `sums`: `_pair_sums(x, y, n)` when already computed. Two blocked passes (one with `sums`). (0, 0) for n < 3: a
     single pair is its own mean.
@@ -306,12 +315,16 @@ def centred_sum_and_variance(x: Reader, y: Reader, n: int,
     mean_x, mean_y = rx.sum() / (n * (n - 1)), ry.sum() / (n * (n - 1))
     alpha, beta = (rx - (n - 1) * mean_x) / (n - 2), (ry - (n - 1) * mean_y) / (n - 2)
     total = float((rxy - mean_y * rx - mean_x * ry + (n - 1) * mean_x * mean_y).sum() / 2)
-    pairs = 0.0
+    pairs = shared = noise = 0.0
     for rows in _row_blocks(n, n):
         rest_x = x(rows) - mean_x - alpha[rows, None] - alpha[None, :]
-        rest_y = y(rows) - mean_y - beta[rows, None] - beta[None, :]
-        pairs += (_zero_diagonal(rest_x * rest_y, rows) ** 2).sum() / 2
-    return total, (n - 2) ** 2 * float((alpha**2 * beta**2).sum()) + pairs
+        rest_y2 = _zero_diagonal((y(rows) - mean_y - beta[rows, None] - beta[None, :]) ** 2, rows)
+        pairs += (rest_x**2 * rest_y2).sum() / 2
+        shared += ((alpha[rows, None] * alpha[None, :] + (alpha[rows, None] + alpha[None, :]) * rest_x)
+                   * rest_y2).sum()
+        noise += rest_y2.sum()
+    share = min(1.0, (n - 2) ** 2 * float((beta**2).sum()) / noise) if noise > 0 else 0.0
+    return total, (n - 2) ** 2 * float((alpha**2 * beta**2).sum()) + pairs + share * shared
 
 
 def normal_z(x: Reader, y: Reader, n: int, sums: tuple[np.ndarray, ...] | None = None) -> float:
@@ -379,7 +392,7 @@ def partial_mantel(a: np.ndarray, b: np.ndarray, given: np.ndarray, n_permutatio
         def residual(rows: slice) -> np.ndarray:
             return _zero_diagonal((read_b(rows) - mean_b) / sd_b - r_bc * (read_c(rows) - mean_c) / sd_c, rows)
 
-        return StudentizedTest(value, se, _normal_p(normal_z(read_a, residual, n)), 0, "normal")
+        return StudentizedTest(value, se, _normal_p(normal_z(residual, read_a, n)), 0, "normal")
 
     def studentized(perms):
         r_ab, loo_ab = _pearson_and_leave_one_out(rb, rbb, ra[perms], raa[perms], _products_under_permutations(b, a, perms))
@@ -532,7 +545,7 @@ def cluster_contrast(similarity: np.ndarray, labels: np.ndarray, n_permutations:
             same_cluster = lab[rows, None] == lab[None, :]
             return _zero_diagonal(np.where(same_cluster, 1.0 / max(n_same, 1), -1.0 / max(n_cross, 1)), rows)
 
-        p = _normal_p(normal_z(read, weights, n)) if n_same and n_cross else float("nan")
+        p = _normal_p(normal_z(weights, read, n)) if n_same and n_cross else float("nan")
         test = StudentizedTest(difference / unit, se / unit, p, 0, "normal")
     else:
         sim = similarity[np.ix_(index, index)].astype(np.float64)
