@@ -89,6 +89,9 @@ class AnalysisConfig:
     cluster_bootstrap: int = 50
     n_permutations: int = 9999
     n_bootstrap: int = 1000
+    # K at or above which the studentized tests refer to the normal distribution instead of permuting KD labels
+    # (0: always permute); chosen by benchmarks/normal_reference.py's agreement study (README, "Statistics at scale").
+    normal_reference_kds: int = 1000
     alpha: float = 0.05
     seed_r_threshold: float = 0.3  # r must exceed it for Model B (the seed's threshold)
     equivalence_r: float = 0.1  # smallest effect of interest (r scale, both criteria): a bound below it rules out
@@ -163,6 +166,7 @@ _SECTIONS = {
     "effects": {"set_size", "n_draws", "seed"},
     "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype"},
     "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
+                   "normal_reference_kds",
                    "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share", "min_cluster_share",
                    "min_reliability", "n_axes"},
     "interventions": {"random_groups", "substitution_margin"},
@@ -193,6 +197,7 @@ _RANGES = {
     "cluster_bootstrap": (lambda v: v >= 0, "an integer >= 0"),
     "n_permutations": (lambda v: v >= 99, "an integer >= 99"),
     "n_bootstrap": (lambda v: v >= 1, "an integer >= 1"),
+    "normal_reference_kds": (lambda v: v == 0 or v >= 3, "0 (always permute) or a KD count >= 3"),
     "alpha": (lambda v: 0 < v < 1, "a number in (0, 1)"),
     "fdr": (lambda v: 0 < v < 1, "a number in (0, 1)"),
     "seed_r_threshold": (lambda v: -1 <= v <= 1, "a number in [-1, 1]"),

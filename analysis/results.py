@@ -293,19 +293,27 @@ class Results:
 
 @dataclass(frozen=True)
 class StudentizedTest:
-    """A KD-level statistic with its delete-one-KD jackknife standard error and a studentized permutation test.
+    """A KD-level statistic with its delete-one-KD jackknife standard error and a studentized test.
 
-    p_value: one-sided (statistic > 0) permutation p of statistic / SE, KD labels permuted, with the +1 correction
-    (DiCiccio & Romano 2017): exact when the matrices are independent, asymptotically valid when they are merely
-    uncorrelated (a plain permutation of the raw statistic is not: Model-A lookups inflate its variance).
-    NaN when the statistic is undefined. upper_bound: statistic + z₀.₉₅·SE, the one-sided 95 % upper bound that an
-    equivalence ("smaller than the smallest effect of interest") claim needs.
+    p_value: one-sided (statistic > 0), from the `reference` distribution. "permutation": the permutation p of
+    statistic / SE, KD labels permuted `n_permutations` times, with the +1 correction (DiCiccio & Romano 2017): exact
+    when the matrices are independent, asymptotically valid when they are merely uncorrelated (a plain permutation of
+    the raw statistic is not: Model-A lookups inflate its variance). "normal" (large K, `stats.routing`'s
+    `normal_z`): Φ̄ of the statistic's centred pair sum over its standard error from the Hoeffding decomposition,
+    n_permutations 0. NaN when the statistic is undefined. upper_bound: statistic + z₀.₉₅·SE (the jackknife SE, under
+    either reference), the one-sided 95 % upper bound that an equivalence ("smaller than the smallest effect of
+    interest") claim needs.
     """
 
     statistic: float
     standard_error: float
     p_value: float
     n_permutations: int
+    reference: str = "permutation"  # "permutation" or "normal" (`stats.routing.reference_for`)
+
+    def null_phrase(self, permuted: str) -> str:
+        """How p was referred, for prose: "9,999 `permuted`" (e.g. "KD-label permutations") or "normal reference"."""
+        return "normal reference" if self.reference == "normal" else f"{self.n_permutations:,} {permuted}"
 
     @property
     def upper_bound(self) -> float:

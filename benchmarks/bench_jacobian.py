@@ -40,12 +40,14 @@ from analysis.store import cache  # noqa: E402
 
 SIZES = {
     # name: (genes G, hidden H, layers, heads, encoder/decoder layers, KDs, set size S, KDs timed: reverse, engine)
-    # reverse_rows: None = the full Jacobian; (a, b) = time the seed's method on the first a and b output genes
-    # and extrapolate linearly to G (its cost is one forward plus one backward per output gene).
+    # reverse_rows: None = the full Jacobian; (a, b, …) = time the seed's method on the first a, b, … output genes,
+    # reverse_repeats times each, and extrapolate the line through the median times to G (its cost is one forward plus
+    # one backward per output gene). Two single timings were not enough: under load their difference once made the
+    # per-gene cost 62× the quiet run's (3,873 s/KD against 62 s).
     "demo": dict(genes=700, hidden=96, layers=2, heads=4, mlp_layers=2, n_kds=153, set_size=32, reverse_kds=2,
-                 engine_kds=8, reverse_rows=None),
+                 engine_kds=8, reverse_rows=None, reverse_repeats=1),
     "seed": dict(genes=2000, hidden=328, layers=8, heads=8, mlp_layers=4, n_kds=1035, set_size=128, reverse_kds=1,
-                 engine_kds=1, reverse_rows=(16, 48)),
+                 engine_kds=1, reverse_rows=(8, 16, 32, 48), reverse_repeats=3),
 }
 
 
@@ -126,15 +128,21 @@ def run_method(method: str, size_name: str, device: str, n_draws: int, precision
         setup = timed(size["reverse_rows"] and size["reverse_rows"][0])[0]
     extra = {}
     if method == "reverse" and size["reverse_rows"]:
-        (a, b), counts = size["reverse_rows"], []
-        for rows in (a, b):
+        timings, flops_at = {rows: [] for rows in size["reverse_rows"]}, {}
+        for rows in size["reverse_rows"]:
             counter = FlopCounterMode(display=False)
             with counter:
                 call(rows)
-            counts.append((*timed(rows), counter.get_total_flops()))
-        (t1, _, f1), (t2, result, f2) = counts
-        seconds = t2 + (t2 - t1) / (b - a) * (size["genes"] - b)
-        flops = f2 + (f2 - f1) / (b - a) * (size["genes"] - b)
+            flops_at[rows] = counter.get_total_flops()
+        # Repeats interleave the row counts, so a burst of load on a shared machine lands on all of them alike.
+        for _ in range(size["reverse_repeats"]):
+            for rows in size["reverse_rows"]:
+                seconds, result = timed(rows)
+                timings[rows].append(seconds)
+        fit = per_gene_fit(timings, size["genes"])
+        seconds = fit["seconds"]
+        flops = np.polyval(np.polyfit(list(flops_at), list(flops_at.values()), 1), size["genes"])
+        extra = {"fit": fit}
     else:
         seconds, result = timed()
         if not traced:
@@ -150,6 +158,20 @@ def run_method(method: str, size_name: str, device: str, n_draws: int, precision
     return {"seconds_per_kd": seconds / n_kds, "flops_per_kd": flops / n_kds, "peak_bytes": peak,
             "jacobian": result.float().cpu().numpy(), "extrapolated": method == "reverse" and bool(size["reverse_rows"]),
             **extra}
+
+
+def per_gene_fit(timings: dict[int, list[float]], genes: int) -> dict:
+    """Line t = intercept + slope·rows through the median seconds at each row count {rows: [seconds per repeat]},
+    extrapolated to `genes`; slope_range: the slopes of each repeat's own line (the fit's spread); residual: the
+    largest |median − line| relative to the median."""
+    rows = np.array(sorted(timings), dtype=np.float64)
+    medians = np.array([np.median(timings[r]) for r in sorted(timings)])
+    slope, intercept = np.polyfit(rows, medians, 1)
+    repeats = [np.polyfit(rows, [timings[r][i] for r in sorted(timings)], 1)[0]
+               for i in range(min(len(v) for v in timings.values()))]
+    residual = float(np.max(np.abs(medians - (intercept + slope * rows)) / medians))
+    return {"seconds": float(intercept + slope * genes), "slope": float(slope), "intercept": float(intercept),
+            "slope_range": (float(min(repeats)), float(max(repeats))), "residual": residual}
 
 
 def traced_graphs(model) -> list:
@@ -254,9 +276,15 @@ def benchmark_size(name: str, device: str, n_draws: int, peak_rate: float, metho
                          f"per call {r['kept_bytes'] / 2**20:.0f} MiB ({r['kept_bytes'] / r['cells_per_call'] / 2**10:.0f} KiB "
                          f"per cell; bounded by kds_per_call × R × S, independent of K and H)")
     if seed["extrapolated"]:
-        a, b = size["reverse_rows"]
-        notes.append(f"seed's method timed on the first {a} and {b} of G = {size['genes']} output genes and extrapolated "
-                     f"linearly to G; error columns compare those {b} rows")
+        fit = seed["fit"]
+        low, high = (fit["intercept"] + slope * size["genes"] for slope in fit["slope_range"])
+        notes.append(f"seed's method timed on the first {', '.join(map(str, size['reverse_rows']))} of G = "
+                     f"{size['genes']} output genes, {size['reverse_repeats']} interleaved repeats each; the line "
+                     f"through the median times gives {1e3 * fit['slope']:.1f} ms per output gene + "
+                     f"{fit['intercept']:.2f} s fixed (each repeat's own line: {1e3 * fit['slope_range'][0]:.1f}–"
+                     f"{1e3 * fit['slope_range'][1]:.1f} ms per gene, so {low:.1f}–{high:.1f} s/KD at G; largest "
+                     f"residual of the medians {100 * fit['residual']:.1f} % of their time); error columns compare the "
+                     f"first {max(size['reverse_rows'])} rows")
     notes.append("peak: whole process (model and compiler included) on CPU, torch.cuda.max_memory_allocated on CUDA; "
                  "set-up: trace + compile (engines) or warm-up overhead, once per process; "
                  "full K: set-up + all KDs of the size at this s/KD")

@@ -125,11 +125,12 @@ def _lookup(rng, delta_y: np.ndarray, noise_scale: np.ndarray | None = None) -> 
     return gram / np.outer(norms, norms)
 
 
-def draw_world(rng, world: str) -> World:
-    """One replicate of `world` (see the module docstring)."""
+def draw_world(rng, world: str, n_kds: int | None = None) -> World:
+    """One replicate of `world` (see the module docstring) with its own KD count, or `n_kds` KDs (the same
+    generator at another K: the normal reference's agreement study scales the worlds to K = 3,000)."""
     if world in DRAW_WORLDS:
-        return _draw_world(rng, world)
-    n_kds = {"lookup-K20": 20, "lookup-K120": 120, "common-cluster": 60, "identical-noise-K116": 116}.get(world, 40)
+        return _draw_world(rng, world, n_kds or 60)
+    n_kds = n_kds or {"lookup-K20": 20, "lookup-K120": 120, "common-cluster": 60, "identical-noise-K116": 116}.get(world, 40)
     tight = world == "lookup-tight"
     module, delta_y = _modules(rng, n_kds, 5, 0.3 if tight else 0.8, 0.5 if world == "lookup-singletons" else 0.0)
     rep = np.where(module[:, None] >= 0, np.eye(5)[np.maximum(module, 0)], 0.0) + 0.7 * rng.normal(size=(n_kds, 5))

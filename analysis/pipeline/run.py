@@ -239,13 +239,13 @@ def run_routing(line: Line, effects: EffectsResult, intervened: InterventionsRes
         output_scores, output_loadings = output_svd(responses.delta_y, config.n_axes)
         linear = routing.linearity(responses.delta_y, shards.linear_prediction())
         evidence = routing.routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
-                                            config.n_bootstrap, config.seed, gram)
+                                            config.n_bootstrap, config.seed, gram, config.normal_reference_kds)
         noise_started = time.perf_counter()
         evidence = reliability.with_noise_floor(evidence, *reliability.halves(shards, responses.delta_y_draws))
         noise_seconds = time.perf_counter() - noise_started
-        depth = verdict.read_depth(routing.routing_by_depth([shards.block(b) for b in range(shards.n_blocks)],
-                                                            effects.c_out, effects.labels, config.n_permutations,
-                                                            config.seed), config.decision_rule)
+        depth = verdict.read_depth(routing.routing_by_depth(
+            [shards.block(b) for b in range(shards.n_blocks)], effects.c_out, effects.labels, config.n_permutations,
+            config.seed, routing.reference_for(len(effects.labels), config.normal_reference_kds)), config.decision_rule)
         svd_table, svd_evidence = read_axes(svd, output_scores, output_loadings, responses.kd_names,
                                             responses.gene_names, read_libraries(config.gene_sets), config.fdr,
                                             config.prerank_permutations, config.seed, line.run.space.has_genes)
@@ -344,7 +344,8 @@ def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResul
         with np.load(matrices_file) as matrices:
             gram = matrices["gram"]
         found = quality.sensitivity(keep, effects.c_out, routing_result.c_jac, routing_result.c_rep, gram, effects.labels,
-                                    config.n_permutations, config.n_bootstrap, config.seed, config.decision_rule)
+                                    config.n_permutations, config.n_bootstrap, config.seed, config.decision_rule,
+                                    config.normal_reference_kds)
         stage.write_parquet("kds.parquet", kd_table)
         stage.write_parquet("overall.parquet", overall)
         stage.write_json("quality.json", {
@@ -356,7 +357,7 @@ def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResul
         split = {} if held_out is None else {
             group: quality.sensitivity(np.isin(kd_names, held_out) == held, effects.c_out, routing_result.c_jac,
                                        routing_result.c_rep, gram, effects.labels, config.n_permutations,
-                                       config.n_bootstrap, config.seed, config.decision_rule)
+                                       config.n_bootstrap, config.seed, config.decision_rule, config.normal_reference_kds)
             for group, held in (("seen", False), ("held out", True))}
         stage.write_json("sensitivity.json", {
             group: {"evidence": codec.encode(calls[0]) if calls else None,

@@ -53,6 +53,13 @@ def p_phrase(p: float | None, n_permutations: int | None = None) -> str:
     return f"p {text}" if text[0] in "≤<" else f"p = {text}"
 
 
+def studentized_p(test) -> str:
+    """`p_phrase` of a `results.StudentizedTest`, naming the normal reference where it was used (K ≥ the config's
+    normal_reference_kds): 'p = 0.003, normal reference'."""
+    text = p_phrase(test.p_value, test.n_permutations)
+    return f"{text}, normal reference" if test.reference == "normal" else text
+
+
 def breakable(text: str) -> str:
     """`text` with a zero-width space after each underscore, where typst and browsers may wrap a gene-set name."""
     return str(text).replace("_", "_\u200b")

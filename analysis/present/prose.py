@@ -17,7 +17,7 @@ from ..results import (
     RoutingResult,
     SubstitutionTest,
 )
-from .formatting import p_phrase
+from .formatting import p_phrase, studentized_p
 
 CALL_MEANINGS = {
     "cluster circuits": "cluster circuits (Model B) — beyond what every KD shares, KDs of one output cluster share "
@@ -123,7 +123,7 @@ def _within(evidence, rule: DecisionRule, deciding: tuple) -> str:
     w = evidence.within_mantel
     if w is None or not (w.statistic == w.statistic) or not any(row.supports == "Model B" for row in deciding):
         return ""
-    p = p_phrase(w.p_value, w.n_permutations)
+    p = studentized_p(w)
     if w.p_value < rule.alpha and w.statistic > 0:
         what = "routing also tracks outputs within clusters (graded, not only by cluster)"
     elif w.upper_bound < rule.equivalence_r:

@@ -26,7 +26,7 @@ import pandas as pd
 from ..config import GENESETS_DIR
 from ..results import PairedDifference, Results
 from . import prose
-from .formatting import Md, breakable, fmt, fmt_p, library_short, p_phrase, top_terms
+from .formatting import Md, breakable, fmt, fmt_p, library_short, p_phrase, studentized_p, top_terms
 
 
 # ---------------------------------------------------------------- formatting
@@ -138,18 +138,18 @@ def numbers(results: Results) -> SimpleNamespace:
         n_axes=f"{cfg.n_axes}", libraries=", ".join(breakable(Path(p).stem) for p in cfg.gene_sets) or "none",
         n_pairs=f"{ev.n_pairs:,}", pearson_r=fmt(mantel.statistic), r_se=fmt(mantel.standard_error, 3),
         r_bound=fmt(mantel.upper_bound, 3), spearman_r=fmt(ev.mantel_spearman.statistic), ci_low=fmt(lo), ci_high=fmt(hi),
-        mantel_p=p_phrase(mantel.p_value, mantel.n_permutations),
-        mantel_spearman_p=p_phrase(ev.mantel_spearman.p_value, ev.mantel_spearman.n_permutations),
+        mantel_p=studentized_p(mantel),
+        mantel_spearman_p=studentized_p(ev.mantel_spearman),
         partial_r=fmt(ev.partial_mantel.statistic),
-        partial_p=p_phrase(ev.partial_mantel.p_value, ev.partial_mantel.n_permutations),
+        partial_p=studentized_p(ev.partial_mantel),
         rep_out_r=fmt(ev.mantel_out_rep.statistic),
-        rep_out_p=p_phrase(ev.mantel_out_rep.p_value, ev.mantel_out_rep.n_permutations),
+        rep_out_p=studentized_p(ev.mantel_out_rep),
         keyed_r=fmt(ev.keyed_lookup_r),
         mean_same=fmt(contrast.mean_same), mean_cross=fmt(contrast.mean_cross),
         difference=fmt(contrast.difference, 3), contrast_sd=fmt(contrast.test.statistic),
         contrast_bound=fmt(contrast.test.upper_bound), jac_sd=fmt(contrast.spread, 3), auc=fmt(contrast.auc),
         n_same=f"{contrast.n_same:,}", n_cross=f"{contrast.n_cross:,}",
-        contrast_p=p_phrase(contrast.test.p_value, contrast.test.n_permutations),
+        contrast_p=studentized_p(contrast.test),
         rank_sum_p=p_phrase(contrast.rank_sum_p),
         jac_mean=fmt(ev.spread.jac_mean, 3), out_mean=fmt(ev.spread.out_mean, 3),
         equivalence_r=f"{rule.equivalence_r:g}", min_contrast=f"{rule.min_contrast:g}",
@@ -159,10 +159,10 @@ def numbers(results: Results) -> SimpleNamespace:
         min_cluster_share=f"{rule.min_cluster_share:g}",
         common_share=f"{100 * ev.decomposition.common_share:.2f}%",
         specific_share=f"{ev.decomposition.specific_share:.3g}",
-        raw_r=fmt(ev.raw_mantel.statistic), raw_mantel_p=p_phrase(ev.raw_mantel.p_value, ev.raw_mantel.n_permutations),
+        raw_r=fmt(ev.raw_mantel.statistic), raw_mantel_p=studentized_p(ev.raw_mantel),
         raw_contrast_sd=fmt(ev.raw_contrast.test.statistic),
         within_r=fmt(ev.within_mantel.statistic), within_bound=fmt(ev.within_mantel.upper_bound, 3),
-        within_p=p_phrase(ev.within_mantel.p_value, ev.within_mantel.n_permutations),
+        within_p=studentized_p(ev.within_mantel),
         noise_floor=prose.noise_floor(ev, rule).strip(), min_reliability=f"{rule.min_reliability:g}",
         cluster_level=cluster_level_phrase(ev),
         var_axis1=f"{100 * p3.variance_explained[0]:.0f}%",
@@ -476,23 +476,31 @@ def tests_table(results: Results) -> Md:
     cfg = results.config
     perm, boot = f"{cfg.n_permutations:,}", f"{cfg.n_bootstrap:,}"
     pair_note = "pairs share KDs, so pairs are not independent units"
+    ev = results.routing.evidence
+
+    def null(permuted: str) -> str:  # how the studentized tests' p-values were referred (`routing.reference_for`)
+        if ev.mantel_pearson.reference == "normal":
+            return (f"referred to N(0, 1) with the SE from the Hoeffding decomposition (normal reference: K = "
+                    f"{ev.n_kds:,} ≥ {cfg.normal_reference_kds:,})")
+        return f"{permuted} ({perm})"
+
     rows = [
         ("Output vs routing similarity", "Pearson r of the upper triangles of C_out and C_jac",
-         f"studentized Mantel test [@mantel1967; @diciccio2017]: r / its delete-one-KD jackknife SE, KD labels of one "
-         f"matrix permuted ({perm}), "
-         "one-sided; one-sided 95% upper bound r + 1.645 SE for equivalence",
+         f"studentized Mantel test [@mantel1967; @diciccio2017]: r / its delete-one-KD jackknife SE, "
+         f"{null('KD labels of one matrix permuted')}, one-sided; one-sided 95% upper bound r + 1.645 SE for equivalence",
          pair_note + "; studentized because a plain permutation test assumes independence, not mere uncorrelation"),
-        ("", "Spearman r (same pairs)", f"studentized Mantel test on ranks ({perm})", pair_note),
+        ("", "Spearman r (same pairs)", f"studentized Mantel test on ranks, {null('KD labels permuted')}", pair_note),
         ("", "95% CI of the Pearson r", f"KD-level bootstrap: KDs resampled with replacement ({boot}), percentile CI",
          "resampling KDs, not pairs, keeps each KD's pairs together"),
         ("Same- vs cross-cluster routing", "(mean C_jac(same) − mean C_jac(cross)) / SD(C_jac), clusters ≥ 1; AUC",
-         f"cluster labels permuted over KDs ({perm}), difference / jackknife SE, one-sided; upper bound for equivalence",
+         f"difference / jackknife SE, {null('cluster labels permuted over KDs')}, one-sided; upper bound for "
+         "equivalence",
          pair_note + "; labels are a KD-level property"),
         ("", "the same contrast, as the original plan wrote it",
          "Wilcoxon rank-sum on pairs", "reported for comparison; anti-conservative because " + pair_note),
         ("Routing beyond encoder geometry", "partial Mantel r(C_jac, C_out | C_rep)",
-         f"KD labels of C_jac permuted ({perm}), one-sided [@smouse1986]", pair_note),
-        ("Encoder geometry vs output", "Mantel r(C_out, C_rep)", f"KD labels permuted ({perm})", pair_note),
+         f"{null('KD labels of C_jac permuted')}, one-sided [@smouse1986]", pair_note),
+        ("Encoder geometry vs output", "Mantel r(C_out, C_rep)", null("KD labels permuted"), pair_note),
         ("KD-target enrichment per cluster", "over-representation of a cluster's KD targets",
          "hypergeometric test, background = all KDs of the screen, BH-FDR per cluster",
          "the screen is biased toward essential genes, so the genome is the wrong background"),
@@ -570,7 +578,7 @@ def verdict_estimates(results: Results) -> pd.DataFrame:
                  contrast)):
             rows.append({"criterion": name, "line": line.cell_line or SINGLE_LINE, "statistic": test.statistic,
                          "lower": test.lower_bound, "upper": test.upper_bound, "model_b": model_b, "model_a": model_a,
-                         "label": f"{p_phrase(test.p_value, test.n_permutations)}: {criterion.supports}", "unit": unit})
+                         "label": f"{studentized_p(test)}: {criterion.supports}", "unit": unit})
     return pd.DataFrame(rows)
 
 

@@ -217,8 +217,8 @@ def well_predicted(kd_table: pd.DataFrame, kd_names) -> np.ndarray:
 
 
 def sensitivity(keep: np.ndarray, c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray, gram: np.ndarray,
-                labels: np.ndarray, n_permutations: int, n_bootstrap: int, seed: int,
-                rule: DecisionRule) -> tuple[RoutingEvidence, Verdict] | None:
+                labels: np.ndarray, n_permutations: int, n_bootstrap: int, seed: int, rule: DecisionRule,
+                normal_reference_kds: int = routing.NORMAL_REFERENCE_KDS) -> tuple[RoutingEvidence, Verdict] | None:
     """The routing statistics and the call on the KDs `keep` [K] bool selects (the [K, K] matrices and the Gram
     restricted to them, the common routing direction re-estimated on them); None when fewer than
     MIN_SENSITIVITY_KDS are kept."""
@@ -227,5 +227,5 @@ def sensitivity(keep: np.ndarray, c_out: np.ndarray, c_jac: np.ndarray, c_rep: n
         return None
     sub = np.ix_(rows, rows)
     evidence = routing.routing_evidence(c_out[sub], c_jac[sub], c_rep[sub], labels[rows], n_permutations, n_bootstrap,
-                                        seed, gram[sub])
+                                        seed, gram[sub], normal_reference_kds)
     return evidence, verdict.decide(evidence, rule)

@@ -17,22 +17,12 @@ import numpy as np
 
 from ..results import NoiseFloor, RoutingEvidence
 from .clustering import cosine_similarity
-from .routing import (
-    _pearson_and_leave_one_out,
-    _products_under_permutations,
-    _row_sums,
-    decompose,
-    jackknife_se,
-    stream_gram,
-)
+from .routing import _pair_sums, _pearson_and_leave_one_out, _reader, decompose, jackknife_se, stream_gram
 
 
 def split_half_r(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
     """Pearson r between the upper triangles of two [K, K] matrices and its delete-one-KD jackknife SE."""
-    rx, rxx = _row_sums(first)
-    ry, ryy = _row_sums(second)
-    rxy = _products_under_permutations(first, second, np.arange(len(first))[None])[0]
-    r, loo = _pearson_and_leave_one_out(rx, rxx, ry, ryy, rxy)
+    r, loo = _pearson_and_leave_one_out(*_pair_sums(_reader(first), _reader(second), len(first)))
     return float(r), float(jackknife_se(loo))
 
 

@@ -127,14 +127,15 @@ def deciding_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple[Cr
     m_support, c_support = mantel_support(m, rule), contrast_support(c, rule)
     mantel_row = Criterion(
         "Output similarity predicts KD-specific routing similarity", "decides", "Pearson r(C_out, C_jac^spec)",
-        m.statistic, f"studentized Mantel ({m.n_permutations} KD-label permutations); one-sided 95 % jackknife bound",
+        m.statistic, f"studentized Mantel ({m.null_phrase('KD-label permutations')}); one-sided 95 % jackknife bound",
         f"B: r > {rule.min_r}, p < {a}; ruled out: bound < {margin}", _p(m.p_value), m_support == "Model B",
         m_support, f"95 % KD-bootstrap CI [{evidence.pearson_ci[0]:.3f}, {evidence.pearson_ci[1]:.3f}]; "
                    f"Spearman {evidence.mantel_spearman.statistic:.3f}", _finite(m.upper_bound), margin)
     contrast_row = Criterion(
         "Same-cluster KDs share KD-specific routing", "decides",
         "point-biserial r(C_jac^spec, same cluster) = (same − cross)/SD × √(q(1−q))", c.r,
-        f"studentized cluster-label permutation ({c.test.n_permutations}); one-sided 95 % jackknife bound",
+        f"studentized same − cross contrast ({c.test.null_phrase('cluster-label permutations')}); one-sided 95 % "
+        "jackknife bound",
         f"B: ≥ {rule.min_contrast} SD (r ≥ {rule.min_contrast * c.r_scale:.3g} here) and same − cross ≥ "
         f"{rule.min_cluster_share} (share of KD-specific energy), p < {a}; ruled out: bound < "
         f"{margin} (= {margin / c.r_scale if c.r_scale > 0 else float('nan'):.3g} SD here)", _p(c.test.p_value),
@@ -159,7 +160,8 @@ def structure_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple:
     if w is not None:
         rows.append(Criterion("Routing tracks output within clusters (beyond the cluster blocks)", "separates",
                               "Pearson r(C_out, C_jac^spec), same-cluster pairs", w.statistic,
-                              f"studentized Mantel, labels permuted within clusters ({w.n_permutations}); one-sided",
+                              f"studentized Mantel within clusters "
+                              f"({w.null_phrase('label permutations within clusters')}); one-sided",
                               f"graded: p < {a}; block only: bound < {rule.equivalence_r}", _p(w.p_value),
                               bool(w.p_value < a and w.statistic > 0), bound=_finite(w.upper_bound),
                               margin=rule.equivalence_r))
@@ -175,10 +177,12 @@ def structure_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple:
     if evidence.raw_mantel is not None:
         rm, rc = evidence.raw_mantel, evidence.raw_contrast
         rows += [Criterion("Output similarity predicts raw routing similarity", "raw (reported)",
-                           "Pearson r(C_out, C_jac)", rm.statistic, "studentized Mantel", f"p < {a}", _p(rm.p_value),
+                           "Pearson r(C_out, C_jac)", rm.statistic,
+                           f"studentized Mantel ({rm.null_phrase('KD-label permutations')})", f"p < {a}", _p(rm.p_value),
                            bool(rm.p_value < a), bound=_finite(rm.upper_bound), margin=rule.equivalence_r),
                  Criterion("Same-cluster KDs share raw routing", "raw (reported)",
-                           "point-biserial r(C_jac, same cluster)", rc.r, "studentized cluster-label permutation",
+                           "point-biserial r(C_jac, same cluster)", rc.r,
+                           f"studentized same − cross contrast ({rc.test.null_phrase('cluster-label permutations')})",
                            f"p < {a}", _p(rc.test.p_value), bool(rc.test.p_value < a),
                            note=f"{rc.test.statistic:.2f} SD; same {rc.mean_same:.4g} vs cross {rc.mean_cross:.4g}",
                            bound=_finite(rc.r_bound), margin=rule.equivalence_r)]
@@ -213,8 +217,8 @@ def reported_criteria(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvi
     if evidence.partial_mantel is not None:
         pm = evidence.partial_mantel
         rows.append(Criterion("Routing adds to the encoder geometry", "reported", "partial Mantel r(C_jac, C_out | C_rep)",
-                              pm.statistic, f"studentized partial Mantel ({pm.n_permutations}); not valid under a "
-                              "shared cause, never decides", f"p < {a}", _p(pm.p_value),
+                              pm.statistic, f"studentized partial Mantel ({pm.null_phrase('KD-label permutations')}); "
+                              "not valid under a shared cause, never decides", f"p < {a}", _p(pm.p_value),
                               bool(pm.p_value < a and pm.statistic > 0)))
     if svd is not None:
         rows += [
