@@ -122,6 +122,8 @@ def main() -> None:
                               "--executor", args.executor], check=True, capture_output=True, text=True).stdout
         rows += json.loads(out.strip().splitlines()[-1])
         print(f"K = {n_kds:,} done", file=sys.stderr)
+        if args.out:  # each size as it finishes: a long run that is stopped keeps what it measured
+            args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     import platform
 
     text = (f"# bench_scale: {platform.node()}, {__import__('os').cpu_count()} CPUs, executor {args.executor}\n"
@@ -129,7 +131,6 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-        (args.out.with_suffix(".json")).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
