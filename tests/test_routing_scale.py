@@ -101,6 +101,39 @@ def test_normal_reference_within_cluster_mantel_sums_the_clusters_blocks():
                                                                   rel=1e-12)
 
 
+def test_within_cluster_permutations_match_a_loop_over_masked_matrices():
+    """The cluster-block permutations against the whole masked matrices, the same seeded permutations (each cluster's
+    positions shuffled in turn by one generator)."""
+    rng = np.random.default_rng(4)
+    labels = np.repeat([2, 0, 1, 3], [6, 3, 7, 5])
+    a, b = matrices(rng, len(labels), shared=0.2)
+    keep = labels > 0
+    lab, sub_a, sub_b = labels[keep], a[np.ix_(keep, keep)], b[np.ix_(keep, keep)]
+    mask = (lab[:, None] == lab[None, :]) & ~np.eye(len(lab), dtype=bool)
+
+    def studentized(moved):
+        def r(drop=None):
+            keep_pair = mask.copy()
+            if drop is not None:
+                keep_pair[drop, :] = keep_pair[:, drop] = False
+            upper = np.triu(keep_pair, 1)
+            return pearsonr(sub_a[upper], moved[upper])[0]
+        loo = np.array([r(k) for k in range(len(lab))])
+        return r() / np.sqrt((len(lab) - 1) / len(lab) * ((loo - loo.mean()) ** 2).sum())
+
+    generator = np.random.default_rng(8)
+    groups = [np.flatnonzero(lab == c) for c in np.unique(lab)]
+    null = []
+    for _ in range(30):
+        perm = np.arange(len(lab))
+        for g in groups:
+            perm[g] = generator.permutation(g)
+        null.append(studentized(sub_b[np.ix_(perm, perm)]))
+    test = routing.within_cluster_mantel(a, b, labels, 30, 8)
+    assert test.statistic / test.standard_error == pytest.approx(studentized(sub_b), rel=1e-10)
+    assert test.p_value == pytest.approx((1 + np.sum(np.array(null) >= studentized(sub_b) - 1e-9)) / 31)
+
+
 def test_normal_reference_partial_mantel_reads_the_residual_matrix():
     rng = np.random.default_rng(3)
     a, b = matrices(rng, 25)
@@ -233,15 +266,16 @@ def test_float32_storage_loses_nothing_a_test_reads(world):
 
 # ---------------------------------------------------------------- the switch
 def test_the_switch_chooses_the_reference_by_k_and_the_records_say_which(world):
-    studentized = ("mantel_pearson", "mantel_spearman", "within_mantel", "raw_mantel", "partial_mantel",
-                   "mantel_out_rep")
+    studentized = ("mantel_pearson", "mantel_spearman", "raw_mantel", "partial_mantel", "mantel_out_rep")
     c_rep = clustering.cosine_similarity(np.random.default_rng(7).normal(size=(90, 5)))
     for switch, reference, count in ((90, "normal", 0), (91, "permutation", 99), (0, "permutation", 99)):
         evidence = routing.routing_evidence(world.c_out, world.c_jac, c_rep, world.labels, 99, 0, 0,
                                             normal_reference_kds=switch)
         tests = [getattr(evidence, name) for name in studentized] + [evidence.contrast.test, evidence.raw_contrast.test]
         assert {(t.reference, t.n_permutations) for t in tests} == {(reference, count)}
-        assert evidence.cluster_level.n_permutations == 99  # C × C means: permuted at any K
+        # C × C means, and the within-cluster blocks: permuted at any K
+        assert evidence.cluster_level.n_permutations == 99
+        assert (evidence.within_mantel.reference, evidence.within_mantel.n_permutations) == ("permutation", 99)
     rows = verdict.deciding_criteria(evidence, default_decision_rule())
     assert "99 KD-label permutations" in rows[0].test and "99 cluster-label permutations" in rows[1].test
     normal = routing.core_evidence(world.c_out, world.c_jac, world.labels, 99, 0, 0, normal_reference_kds=90)

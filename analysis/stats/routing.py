@@ -638,10 +638,12 @@ def within_cluster_mantel(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_pe
     piece of evidence, not two. This r asks what they cannot: within a cluster, do KDs with more similar outputs
     route more similarly (graded tracking), or is routing shared by the cluster as a block (r ≈ 0)? Permuting
     within clusters keeps the blocks, so the null is "no graded tracking within clusters". NaN without same-cluster
-    pairs. reference "normal": within-cluster permutations leave each cluster's block means fixed, so the part of r
-    that varies is the sum over clusters of each block's centred pair sum; `centred_sum_and_variance` per cluster,
-    summed, against N(0, 1). Memory: one cluster's row blocks at a time (the permutation reference: the K' × K'
-    sub-matrices).
+    pairs. The permutations move entries inside the cluster blocks only: O(n_permutations · Σ_c K_c²) time, the
+    blocks (at most one K × K in all) in memory. reference "normal": within-cluster permutations leave each
+    cluster's block means fixed, so the part of r that varies is the sum over clusters of each block's centred pair
+    sum (`centred_sum_and_variance` per cluster, summed, against N(0, 1)); `core_evidence` does not use it, because
+    it rejected 11 % in a null world (benchmarks/normal_reference.py: with few clusters the sum has few terms that
+    count, and a skewed one).
     """
     index = np.flatnonzero(labels > 0)
     lab = labels[index]
@@ -671,15 +673,19 @@ def within_cluster_mantel(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_pe
         total, variance = parts.sum(axis=0)
         return StudentizedTest(r, se, _normal_p(total / np.sqrt(variance) if variance > 0 else float("nan")), 0,
                                "normal")
-    sub_a, sub_b = a[np.ix_(index, index)].astype(np.float64), b[np.ix_(index, index)].astype(np.float64)
-    am = np.where((lab[:, None] == lab[None, :]) & ~np.eye(n, dtype=bool), sub_a, 0.0)
+    # The cluster blocks of a and b (Σ_c K_c² entries each, at most one K × K): a within-cluster permutation moves
+    # entries inside them only.
+    blocks = [(_reader(a, index[g])(slice(0, len(g))), _reader(b, index[g])(slice(0, len(g)))) for g in groups]
     rng = np.random.default_rng(seed)
     null = np.empty(n_permutations)
+    permuted_rxy = np.empty(n)
     for t in range(n_permutations):
         perm = np.arange(n)
-        for g in groups:
+        for g, (block_a, block_b) in zip(groups, blocks):
             perm[g] = rng.permutation(g)
-        r_p, loo_p = r_and_loo((am * sub_b[np.ix_(perm, perm)]).sum(axis=1)[None], ry[perm][None], ryy[perm][None])
+            local = np.searchsorted(g, perm[g])
+            permuted_rxy[g] = (block_a * block_b[np.ix_(local, local)]).sum(axis=1)
+        r_p, loo_p = r_and_loo(permuted_rxy[None], ry[perm][None], ryy[perm][None])
         with np.errstate(invalid="ignore", divide="ignore"):
             null[t] = r_p[0] / jackknife_se(loo_p)[0]
     observed = r / se if se > 0 else float("nan")
@@ -773,7 +779,8 @@ def core_evidence(c_out: np.ndarray, c_jac: np.ndarray, labels: np.ndarray, n_pe
     None: `c_jac` is taken as the Gram of unit-norm Jacobians); the deciding Mantel, contrast and the within-cluster
     Mantel are computed on the KD-specific matrix C_jac^spec, the raw C_jac's Mantel and contrast beside them. The
     studentized tests permute KD labels below `normal_reference_kds` KDs and use the normal reference from there on
-    (`reference_for`). Memory: the inputs, C_jac^spec and, for the Spearman Mantel, two rank matrices while it runs
+    (`reference_for`), except the within-cluster Mantel, which permutes within cluster blocks at every K (its normal
+    reference failed the agreement study; see `within_cluster_mantel`). Memory: the inputs, C_jac^spec and, for the Spearman Mantel, two rank matrices while it runs
     (K × K float64 each: 800 MB at K = 10,000), plus row blocks of `BLOCK_BYTES` and the rank-sum's pair vectors.
     """
     decomposition, c_spec = decompose(c_jac if gram is None else gram)
@@ -787,7 +794,7 @@ def core_evidence(c_out: np.ndarray, c_jac: np.ndarray, labels: np.ndarray, n_pe
         contrast=cluster_contrast(c_spec, labels, n_permutations, seed, reference),
         spread=spread(c_out, c_jac),
         decomposition=decomposition,
-        within_mantel=within_cluster_mantel(c_out, c_spec, labels, n_permutations, seed, reference),
+        within_mantel=within_cluster_mantel(c_out, c_spec, labels, n_permutations, seed),
         raw_mantel=mantel(c_out, c_jac, n_permutations, seed, "pearson", reference),
         raw_contrast=cluster_contrast(c_jac, labels, n_permutations, seed, reference),
         cluster_level=cluster_level(c_out, c_spec, labels, n_permutations, seed))
