@@ -160,13 +160,15 @@ def test_sensitivity_on_every_kd_is_the_main_call():
     jac = rng.normal(size=(12, 30)) + 2.0 * rng.normal(size=(3, 30))[labels - 1]
     out = rng.normal(size=(12, 20)) + 2.0 * rng.normal(size=(3, 20))[labels - 1]
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
-    gram, c_out = jac @ jac.T, unit(out) @ unit(out).T
+    rep = rng.normal(size=(12, 8))  # its own C_rep: with C_rep = C_jac the partial Mantel is 0 / 0, and NaN != NaN
+    gram, c_out, c_rep = jac @ jac.T, unit(out) @ unit(out).T, unit(rep) @ unit(rep).T
     c_jac = routing.cosine_from_gram(gram)
     rule = analysis.config.default_decision_rule()
-    evidence, call = quality.sensitivity(np.ones(12, bool), c_out, c_jac, c_jac, gram, labels, 99, 20, 0, rule)
-    main = routing.routing_evidence(c_out, c_jac, c_jac, labels, 99, 20, 0, gram)
+    evidence, call = quality.sensitivity(np.ones(12, bool), c_out, c_jac, c_rep, gram, labels, 99, 20, 0, rule)
+    main = routing.routing_evidence(c_out, c_jac, c_rep, labels, 99, 20, 0, gram)
+    assert np.isfinite(main.partial_mantel.p_value)
     assert evidence == main and call == verdict.decide(main, rule)
-    assert quality.sensitivity(np.arange(12) < quality.MIN_SENSITIVITY_KDS - 1, c_out, c_jac, c_jac, gram, labels, 99,
+    assert quality.sensitivity(np.arange(12) < quality.MIN_SENSITIVITY_KDS - 1, c_out, c_jac, c_rep, gram, labels, 99,
                                20, 0, rule) is None
 
 
