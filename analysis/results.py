@@ -448,7 +448,8 @@ class ClusterLevel:
 
 @dataclass(frozen=True)
 class RoutingEvidence:
-    """Every routing statistic the verdict reads (K KDs, K(K−1)/2 pairs).
+    """Every routing statistic the verdict reads (n_kds KDs; the Mantel statistics over the n_pairs pairs of the
+    n_strong KDs with a strong effect, `routing.strong_effect_kds`).
 
     mantel_pearson / mantel_spearman: studentized Mantel of C_out vs the KD-specific C_jac^spec (`decomposition`);
     pearson_ci: 95 % KD-bootstrap CI of r; contrast: same- vs cross-cluster C_jac^spec; within_mantel: the Mantel
@@ -458,6 +459,7 @@ class RoutingEvidence:
     """
 
     n_kds: int
+    n_strong: int
     n_pairs: int
     mantel_pearson: StudentizedTest
     mantel_spearman: StudentizedTest

@@ -119,6 +119,19 @@ def test_draw_worlds_get_no_false_call(world):
     assert sum(rates.calls[c] for c in expected) >= 0.9, rates.summary()
 
 
+# The weak-tail worlds of issue 21 (a screen that is 40 % weak KDs), N_COMMON replicates each, same bound: the
+# Mantel read over the strong KDs keeps its level under a lookup and finds cluster circuits the weak tail would hide.
+@pytest.mark.parametrize("world", calibration.WEAK_TAIL_WORLDS)
+def test_weak_tail_worlds_get_no_false_call(world):
+    rates = calibration.rates(world, N_COMMON, 99, RULE, seed=0)
+    print(rates.summary())
+    assert rates.false_rate <= 0.08, rates.summary()
+    if world == "weak-tail-cluster":
+        assert rates.calls["cluster circuits"] >= 0.9, rates.summary()
+    else:
+        assert max(rates.rejections[name] for name in TESTS_FEEDING_THE_CALL) <= 0.095, rates.summary()
+
+
 @pytest.mark.parametrize("world", ["common-cluster", "identical-noise-K116", "lookup-K120", "sharing-r0.2",
                                    "identical-noise", "draw-noise"])
 def test_every_call_is_worded_by_what_its_rows_show(world):

@@ -304,6 +304,8 @@ def test_a_negative_observed_value_is_reported_not_scored(tiny_folder, tmp_path)
     assert f"Part 0 (prediction quality): {q.status}" in summary_lines(results)
     assert "not scored: negative expression values" in part0.quality_text(results)
     assert part0.quality_table(results) == f"*{q.status}*"
+    chart = part0.quality_chart(results).to_dict()  # the figure says why, instead of failing on an empty table
+    assert chart["mark"]["type"] == "text" and q.status in str(chart["datasets"])
 
 
 def test_de_metrics_off_end_to_end(tiny_folder):

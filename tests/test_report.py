@@ -190,6 +190,12 @@ def _upper(matrix: np.ndarray) -> np.ndarray:
     return matrix[i, j]
 
 
+def _strong_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) of the pairs the Mantel statistics read: both KDs with a strong effect (cluster ≥ 1)."""
+    strong = np.flatnonzero(labels > 0)
+    return tuple(strong[side] for side in np.triu_indices(len(strong), k=1))
+
+
 def _figure_labels(text: str) -> list[str]:
     return [chunk_options(s)["label"] for k, s in article_parts(text)
             if k == "chunk" and chunk_options(s).get("label", "").startswith("fig-")]
@@ -351,8 +357,9 @@ def test_verdict_table_against_independent_values(executed, demo_results):
     criteria = demo_results.routing.verdict.criteria
     assert [r["Criterion"] for r in rows] == [typeset(f"{c.name} ({n})") for n, c in enumerate(criteria, 1)]
     c_out, c_jac = demo_results.routing.c_out, demo_results.routing.c_jac
+    pairs = _strong_pairs(demo_results.effects.labels)
     for statistic, matrix in (("Pearson r(C_out, C_jac)", c_jac), ("Pearson r(C_out, C_jac^spec)", _specific(c_jac))):
-        r = np.corrcoef(_upper(c_out), _upper(matrix))[0, 1]
+        r = np.corrcoef(c_out[pairs], matrix[pairs])[0, 1]
         pearson_rows = [row for row, c in zip(rows, criteria) if c.statistic == statistic]
         assert pearson_rows, statistic
         for row in pearson_rows:
@@ -382,11 +389,12 @@ def test_prose_numbers_against_independent_values(executed, demo_results):
     """The numbers the prose quotes, against values computed here from the cached arrays (numpy, scipy)."""
     values = _inline_values(executed)
     p1, p3 = demo_results.effects, demo_results.routing
-    k = len(p1.responses.kd_names)
-    assert values["N.n_kds"] == f"{k:,}" and values["N.n_pairs"] == f"{k * (k - 1) // 2:,}"
-    r = np.corrcoef(_upper(p3.c_out), _upper(_specific(p3.c_jac)))[0, 1]
+    k, pairs = len(p1.responses.kd_names), _strong_pairs(p1.labels)
+    assert values["N.n_kds"] == f"{k:,}" and values["N.n_pairs"] == f"{len(pairs[0]):,}"
+    assert 0 < len(pairs[0]) < k * (k - 1) // 2  # the demo has weak-effect KDs: the pairs are the strong ones
+    r = np.corrcoef(p3.c_out[pairs], _specific(p3.c_jac)[pairs])[0, 1]
     assert _number(values["N.pearson_r"]) == pytest.approx(r, abs=6e-3)
-    raw = np.corrcoef(_upper(p3.c_out), _upper(p3.c_jac))[0, 1]
+    raw = np.corrcoef(p3.c_out[pairs], p3.c_jac[pairs])[0, 1]
     assert _number(values["N.raw_r"]) == pytest.approx(raw, abs=6e-3)
     # the common share: the share of Σ‖u_k‖² = K along the direction of the mean unit Jacobian
     values_, vectors = np.linalg.eigh(p3.c_jac)
@@ -515,8 +523,8 @@ def test_cli_summary_shows_the_records(demo_results):
     start = lines.index(next(line for line in lines if line.startswith("Across cell lines")))
     assert lines[start] == f"Across cell lines (the lines above: {demo_results.lines[0].cell_line})"
     for line, shown in zip(demo_results.lines, lines[start + 1:]):
-        r = np.corrcoef(line.routing.c_out[np.triu_indices(len(line.routing.c_out), k=1)],
-                        line.routing.c_jac_specific[np.triu_indices(len(line.routing.c_jac), k=1)])[0, 1]
+        pairs = _strong_pairs(line.effects.labels)
+        r = np.corrcoef(line.routing.c_out[pairs], line.routing.c_jac_specific[pairs])[0, 1]
         contrast = line.routing.evidence.contrast.test.statistic
         use = f"; geometry {line.routing.verdict.use}" if line.routing.verdict.use else ""
         assert shown == (f"  {line.cell_line}: {line.routing.verdict.call.upper()}{use} (r = {r:.2f}, "
@@ -535,7 +543,7 @@ def test_routing_by_depth_against_the_stored_block_jacobians(demo_results):
     routing = demo_results.routing
     shards = open_shards(Path(demo_results.stage_paths["jacobians (HepG2)"]))
     assert shards.n_blocks == len(routing.depth) == 2
-    i, j = np.triu_indices(len(routing.c_out), k=1)
+    i, j = _strong_pairs(demo_results.effects.labels)
     for index, depth in enumerate(routing.depth):
         flat = np.concatenate([jac.reshape(len(jac), -1) for _, jac in shards.block(index)]).astype(np.float64)
         unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)

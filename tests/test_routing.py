@@ -224,6 +224,36 @@ def test_weak_effect_group_is_left_out_of_the_contrast():
     assert result.n_same + result.n_cross == 10 * 9 // 2
 
 
+def test_the_mantel_statistics_read_the_strong_effect_kds_only():
+    """A screen with a weak tail routing through the common direction alone (calibration's "weak-tail-cluster",
+    the genome-scale failure): every Mantel statistic is Pearson r over the strong KDs' pairs (numpy oracle on the
+    sub-matrices), which shows the planted cluster circuits; over all KDs the tail dilutes r well below it."""
+    from analysis.datasets import calibration
+
+    world = calibration.draw_world(np.random.default_rng(1), "weak-tail-cluster")
+    strong = np.flatnonzero(world.labels > 0)
+    assert 0.25 * len(world.labels) < len(world.labels) - len(strong) < 0.6 * len(world.labels)
+    evidence = routing.routing_evidence(world.c_out, world.c_jac, world.c_rep, world.labels, 99, 50, 0)
+    _, spec = routing.decompose(world.c_jac)
+    sub = np.ix_(strong, strong)
+
+    def r(a, b):
+        return pearsonr(routing.upper(a), routing.upper(b))[0]
+
+    assert (evidence.n_kds, evidence.n_strong, evidence.n_pairs) == (len(world.labels), len(strong),
+                                                                     len(strong) * (len(strong) - 1) // 2)
+    assert evidence.mantel_pearson.statistic == pytest.approx(r(world.c_out[sub], spec[sub]), abs=1e-10)
+    assert evidence.mantel_spearman.statistic == pytest.approx(
+        spearmanr(routing.upper(world.c_out[sub]), routing.upper(spec[sub]))[0], abs=1e-10)
+    assert evidence.raw_mantel.statistic == pytest.approx(r(world.c_out[sub], world.c_jac[sub]), abs=1e-10)
+    assert evidence.mantel_out_rep.statistic == pytest.approx(r(world.c_out[sub], world.c_rep[sub]), abs=1e-10)
+    assert evidence.keyed_lookup_r == pytest.approx(r(world.c_jac[sub], world.c_out[sub] * world.c_rep[sub]),
+                                                    abs=1e-10)
+    assert evidence.pearson_ci[0] < evidence.mantel_pearson.statistic < evidence.pearson_ci[1]
+    assert r(world.c_out, spec) < evidence.mantel_pearson.statistic - 0.3
+    assert verdict.decide(evidence, default_decision_rule()).call == "cluster circuits"
+
+
 def test_linearity_share():
     delta = np.array([[1.0, 0.0], [2.0, 2.0]])
     assert np.allclose(routing.linearity(delta, np.array([[1.0, 0.0], [0.0, 0.0]])), [1.0, 0.0])
@@ -247,7 +277,7 @@ SPLIT = Decomposition(common_share=0.3, specific_share=0.7, spec_mean=0.1, spec_
 def evidence(mantel, contrast, spread=SPREAD, decomposition=SPLIT):
     cluster = ClusterContrast(n_same=20, n_cross=170, mean_same=0.3, mean_cross=0.1, difference=0.2, spread=0.2,
                               auc=0.7, rank_sum_p=0.01, test=contrast, pair_share=20 / 190)
-    return RoutingEvidence(n_kds=20, n_pairs=190, mantel_pearson=mantel, mantel_spearman=mantel,
+    return RoutingEvidence(n_kds=20, n_strong=20, n_pairs=190, mantel_pearson=mantel, mantel_spearman=mantel,
                            pearson_ci=(0.1, 0.5), contrast=cluster, spread=spread, decomposition=decomposition)
 
 

@@ -320,14 +320,15 @@ def test_the_report_words_the_reference_each_test_used(world):
     from analysis.present.formatting import studentized_p
 
     config = load_config()
-    for switch in (90, 0):
+    strong = int((world.labels > 0).sum())
+    for switch in (strong, 0):
         evidence = routing.core_evidence(world.c_out, world.c_jac, world.labels, 99, 0, 0, normal_reference_kds=switch)
         results = SimpleNamespace(config=config.replace(normal_reference_kds=switch, n_permutations=99),
                                   routing=SimpleNamespace(evidence=evidence))
         table = report.tests_table(results)
         phrase = studentized_p(evidence.mantel_pearson)
         if switch:
-            assert "normal reference: K = 90 ≥ 90" in table and "permuted (99)" not in table.split("KD-target")[0]
+            assert f"normal reference: {strong} strong-effect KDs, at least {strong})" in table and "permuted (99)" not in table.split("KD-target")[0]
             assert phrase.endswith(", normal reference")
         else:
             assert "KD labels of one matrix permuted (99)" in table and "normal reference" not in table

@@ -39,6 +39,13 @@ Worlds with two halves of control draws (the noise floor, `stats.reliability`), 
 - "draw-per-KD": u_k = √c·g + √(1−c)·own_k, c = 0.3, plus half-specific noise of a fifth of the KD-specific
   energy: reliable per-KD routing (its chance overlaps reproduce). Expected "per-KD" (or "inconclusive" where the
   bounds are wide); false: "unreliable", "cluster circuits", "mixed".
+
+Worlds with a weak tail (issue 21: a genome-wide screen is mostly weak KDs), K = 80, 40 % of the KDs with ΔY of a
+twentieth of the modules' scale (group 0 of `cluster_kds`): the Mantel statistics read the strong KDs only
+(`routing.strong_effect_kds`).
+- "weak-tail-lookup": Model A's lookup for every KD. A null; false: "cluster circuits".
+- "weak-tail-cluster": the strong KDs route as in "common-cluster", the tail through the common direction alone.
+  Expected: "cluster circuits"; false: "global readout", "per-KD", "mixed".
 """
 
 from __future__ import annotations
@@ -67,7 +74,8 @@ NULL_WORLDS = ("independent", "lookup-tight", "lookup-singletons", "lookup-heter
 ALTERNATIVES = {"sharing-r0.1": 0.025, "sharing-r0.2": 0.04}
 COMMON_WORLDS = ("common-cluster", "identical-noise", "identical-noise-K116", "identical-noise-modules")
 DRAW_WORLDS = ("draw-noise", "draw-cluster", "draw-per-KD")
-WORLDS = NULL_WORLDS + tuple(ALTERNATIVES) + COMMON_WORLDS + DRAW_WORLDS
+WEAK_TAIL_WORLDS = ("weak-tail-lookup", "weak-tail-cluster")
+WORLDS = NULL_WORLDS + tuple(ALTERNATIVES) + COMMON_WORLDS + DRAW_WORLDS + WEAK_TAIL_WORLDS
 # The calls that would be wrong in each world (the rest are right or, for "inconclusive", not a claim).
 FALSE_CALLS = {**{w: ("cluster circuits",) for w in NULL_WORLDS if w != "shared-cause"},
                **{w: ("per-KD", "global readout") for w in ALTERNATIVES},
@@ -75,7 +83,11 @@ FALSE_CALLS = {**{w: ("cluster circuits",) for w in NULL_WORLDS if w != "shared-
                **{w: ("per-KD", "cluster circuits", "mixed") for w in COMMON_WORLDS[1:]},
                "draw-noise": ("cluster circuits", "per-KD", "mixed"),
                "draw-cluster": ("unreliable", "per-KD", "global readout", "mixed"),
-               "draw-per-KD": ("unreliable", "cluster circuits", "mixed")}
+               "draw-per-KD": ("unreliable", "cluster circuits", "mixed"),
+               "weak-tail-lookup": ("cluster circuits",),
+               "weak-tail-cluster": ("global readout", "per-KD", "mixed")}
+WEAK_TAIL_SHARE = 0.4  # share of weak-effect KDs in the weak-tail worlds (the genome-scale screen's tail: 41 %)
+WEAK_TAIL_EFFECT = 0.05  # their ΔY scale against the modules' ≈ 1: well below `cluster_kds`' 0.25 × median
 DRAW_NOISE_COMMON = 0.3  # common share c of the draw worlds' routing (below global_share: per-KD without a floor)
 DRAW_NOISE_SHARE = 0.2  # half-specific noise energy / KD-specific energy in the reliable draw worlds
 ROUTING_WORLD_DIM = 2000  # dimensions of the unit-norm Jacobians of the common-component worlds
@@ -130,6 +142,8 @@ def draw_world(rng, world: str, n_kds: int | None = None) -> World:
     generator at another K: the normal reference's agreement study scales the worlds to K = 3,000)."""
     if world in DRAW_WORLDS:
         return _draw_world(rng, world, n_kds or 60)
+    if world in WEAK_TAIL_WORLDS:
+        return _weak_tail_world(rng, world, n_kds or 80)
     n_kds = n_kds or {"lookup-K20": 20, "lookup-K120": 120, "common-cluster": 60, "identical-noise-K116": 116}.get(world, 40)
     tight = world == "lookup-tight"
     module, delta_y = _modules(rng, n_kds, 5, 0.3 if tight else 0.8, 0.5 if world == "lookup-singletons" else 0.0)
@@ -203,6 +217,28 @@ def _draw_world(rng, world: str, n_kds: int = 60) -> World:
     return World(full_delta, cosine_similarity(full_delta), cosine_similarity(jac), cosine_similarity(rep),
                  cluster_kds(full_delta, 8, 0, 0).labels,
                  (tuple(cosine_similarity(d) for d in half_delta), tuple(h @ h.T for h in halves), (1, 1)))
+
+
+def _weak_tail_world(rng, world: str, n_kds: int = 80) -> World:
+    """A screen with a weak tail (`WEAK_TAIL_SHARE` of the KDs, ΔY of scale `WEAK_TAIL_EFFECT` in random
+    directions: `cluster_kds` puts them in group 0). "weak-tail-lookup": Model A's lookup J_k = ΔY_k ⊗ u_k for
+    every KD (a null). "weak-tail-cluster": the genome-scale screen's structure — the strong KDs route as in
+    "common-cluster", the tail through the common direction alone (up to noise of a thousandth of its energy), so
+    the tail's pairs carry C_out variance without routing variance."""
+    module, delta_y = _modules(rng, n_kds, 5, 0.8)
+    weak = rng.random(n_kds) < WEAK_TAIL_SHARE
+    delta_y[weak] = WEAK_TAIL_EFFECT * rng.normal(size=(int(weak.sum()), OUTPUT_DIM))
+    if world == "weak-tail-lookup":
+        c_jac = _lookup(rng, delta_y)
+    else:
+        common = rng.uniform(0.95, 0.995)
+        g = _unit(rng.normal(size=ROUTING_WORLD_DIM))
+        shared = _unit(rng.normal(size=(5, ROUTING_WORLD_DIM)))[module]
+        own = _unit(rng.normal(size=(n_kds, ROUTING_WORLD_DIM)))
+        specific = np.where(weak[:, None], np.sqrt(1e-3) * own, np.sqrt((1 - common) / 2) * (shared + own))
+        c_jac = cosine_similarity(np.sqrt(common) * g + specific)
+    rep = np.eye(5)[module] + 0.7 * rng.normal(size=(n_kds, 5))
+    return World(delta_y, cosine_similarity(delta_y), c_jac, cosine_similarity(rep), cluster_kds(delta_y, 8, 0, 0).labels)
 
 
 @dataclass(frozen=True)

@@ -439,8 +439,9 @@ def routing_scatter(c_out: np.ndarray, c_jac: np.ndarray, kd_names, labels: np.n
     title = (f"Pearson r = {mantel.statistic:.2f} (95% KD-bootstrap CI {lo:.2f} to {hi:.2f}), "
              f"studentized Mantel {p_phrase(mantel.p_value, mantel.n_permutations)}; "
              f"Spearman {evidence.mantel_spearman.statistic:.2f}")
-    subtitle = (f"all {n_pairs:,} pairs" if len(shown) == n_pairs
-                else f"{len(shown):,} of {n_pairs:,} pairs drawn at random (statistics use all pairs)")
+    read = f"statistics use the {evidence.n_pairs:,} pairs of strong-effect KDs"
+    subtitle = (f"all {n_pairs:,} pairs; {read}" if len(shown) == n_pairs
+                else f"{len(shown):,} of {n_pairs:,} pairs drawn at random; {read}")
     kinds = ["same cluster", "different clusters", "involves a weak-effect KD"]
     return alt.Chart(frame).mark_circle(size=12, opacity=0.45).encode(
         x=alt.X("c_out:Q", title="output similarity C_out (cosine of ΔY)"),

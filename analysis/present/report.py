@@ -480,12 +480,12 @@ def tests_table(results: Results) -> Md:
 
     def null(permuted: str) -> str:  # how the studentized tests' p-values were referred (`routing.reference_for`)
         if ev.mantel_pearson.reference == "normal":
-            return (f"referred to N(0, 1) with the SE from the Hoeffding decomposition (normal reference: K = "
-                    f"{ev.n_kds:,} ≥ {cfg.normal_reference_kds:,})")
+            return (f"referred to N(0, 1) with the SE from the Hoeffding decomposition (normal reference: "
+                    f"{ev.n_strong:,} strong-effect KDs, at least {cfg.normal_reference_kds:,})")
         return f"{permuted} ({perm})"
 
     rows = [
-        ("Output vs routing similarity", "Pearson r of the upper triangles of C_out and C_jac",
+        ("Output vs routing similarity", "Pearson r of the upper triangles of C_out and C_jac^spec, strong-effect KDs",
          f"studentized Mantel test [@mantel1967; @diciccio2017]: r / its delete-one-KD jackknife SE, "
          f"{null('KD labels of one matrix permuted')}, one-sided; one-sided 95% upper bound r + 1.645 SE for equivalence",
          pair_note + "; studentized because a plain permutation test assumes independence, not mere uncorrelation"),
