@@ -2,7 +2,8 @@
 and each stage's growth exponent.
 
     python benchmarks/bench_scale.py [--kds 1000 3000 10000] [--folder /tmp/screens] [--executor local|ray]
-                                     [--out benchmarks/results/scale_cpu.txt]
+                                     [--out benchmarks/results/scale_cpu.txt] [--plot scale_cpu.png]
+    python benchmarks/bench_scale.py --rows benchmarks/results/scale_cpu.json --plot benchmarks/results/scale_cpu.png
 
 Each size is the first K KDs of one 10,000-KD world (`analysis.datasets.screen`: nested KD sets), written fresh and
 analysed in its own process from an empty cache, so each process's memory is its own. Per stage: the wall time
@@ -105,14 +106,35 @@ def report(rows: list[dict], sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """The cost curve as a PNG: wall time against K per stage, both axes logarithmic (a straight line of slope b)."""
+    import altair as alt
+    import pandas as pd
+
+    frame = pd.DataFrame([r for r in rows if "seconds" in r and r["stage"] != "build"])
+    totals = frame.groupby("kds", as_index=False)["seconds"].sum().assign(stage="whole pipeline")
+    frame = pd.concat([frame, totals], ignore_index=True)
+    chart = alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("kds:Q", scale=alt.Scale(type="log"), title="KDs (K)"),
+        y=alt.Y("seconds:Q", scale=alt.Scale(type="log"), title="wall time (s)"),
+        color=alt.Color("stage:N", title="stage"), tooltip=["stage", "kds", alt.Tooltip("seconds:Q", format=".1f")]
+    ).properties(width=420, height=260, title="Cost curve of the pipeline on the genome-scale screen")
+    chart.save(str(path), ppi=150)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kds", type=int, nargs="+", default=[1000, 3000, 10000])
     parser.add_argument("--folder", type=Path, default=Path("/tmp/screens"))
     parser.add_argument("--executor", choices=["local", "ray"], default="local")
     parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--plot", type=Path, help="also draw the cost curve into this PNG")
+    parser.add_argument("--rows", type=Path, help="draw --plot from these measured rows (a --out .json) and stop")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size, print JSON rows
     args = parser.parse_args()
+    if args.rows:
+        plot(json.loads(args.rows.read_text()), args.plot)
+        return
     if args.one:
         print(json.dumps(measure_one(args.one, args.folder / f"screen-{args.one}", args.executor)))
         return
@@ -131,6 +153,8 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.plot:
+        plot(rows, args.plot)
 
 
 if __name__ == "__main__":

@@ -594,3 +594,30 @@ def test_heatmap_above_200_kds_draws_block_means():
         assert cells.loc[cell, "m0"] == pytest.approx(round(value, 3), abs=1e-9), cell
     small = _heatmap_cells(plots.similarity_heatmaps({"C": m[:50, :50]}, names[:50], labels[:50], np.arange(50)))
     assert len(small) == 50 * 50 and small.loc[(3, 7), "m0"] == pytest.approx(round(m[3, 7], 3))  # every pair
+
+
+def test_cluster_tables_list_the_largest_clusters_and_name_the_file_with_all(demo_results, monkeypatch):
+    """Above MAX_TABLE_CLUSTERS (a genome-wide screen has dozens of clusters) both cluster tables list group 0 and
+    the largest clusters, then one row for the rest: their count, their KDs, and the stage file holding every KD's
+    cluster — which exists and agrees."""
+    import pandas as pd
+
+    from analysis.present import report
+
+    labels = demo_results.effects.labels
+    monkeypatch.setattr(report, "MAX_TABLE_CLUSTERS", 2)
+    rest = sorted(c for c in set(labels.tolist()) if c > 2)
+    assert rest, "the demo needs more than 2 clusters for this check"
+    for table, note_column in ((report.cluster_table(demo_results), "Members"),
+                               (report.routing_by_cluster_table(demo_results), typeset("Mean C_jac to other clusters"))):
+        rows = _table_rows(table)
+        assert [r["Cluster"] for r in rows] == ["0 (weak)", "1", "2", f"{rest[0]}–{rest[-1]}"]
+        assert [int(r["KDs"]) for r in rows] == [int((labels == c).sum()) for c in (0, 1, 2)] + [
+            int(np.isin(labels, rest).sum())]
+        note = rows[-1][note_column].replace("\u200b", "")
+        assert note.startswith(f"{len(rest)} smaller clusters") and "kds.parquet" in note
+    key = f"effects ({demo_results.lines[0].cell_line})" if len(demo_results.lines) > 1 else "effects"
+    folder = Path(demo_results.stage_paths[key])
+    assert f"{folder.parent.name}/{folder.name}/kds.parquet" in note
+    stored = pd.read_parquet(folder / "kds.parquet")
+    assert stored["cluster"].tolist() == labels.tolist()

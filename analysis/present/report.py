@@ -611,32 +611,57 @@ def _term_cell(row: pd.Series, statistic: str | None = None) -> str:
     return f"{breakable(row['term'])} [{library_short(row['library'])}] ({stat}FDR {fmt_p(row['fdr'])})"
 
 
+MAX_TABLE_CLUSTERS = 15  # clusters a table lists (the largest: labels are numbered by size); the rest share one row
+
+
+def _listed_clusters(labels: np.ndarray) -> tuple[list[int], list[int]]:
+    """(listed, rest): the weak-effect group 0 and clusters 1..MAX_TABLE_CLUSTERS, then the smaller ones."""
+    present = sorted(set(np.asarray(labels).tolist()))
+    return [c for c in present if c <= MAX_TABLE_CLUSTERS], [c for c in present if c > MAX_TABLE_CLUSTERS]
+
+
+def _rest_row(results: Results, rest: list[int], labels: np.ndarray, line: int, columns: list[str]) -> dict:
+    """The row standing for the clusters a table does not list: how many, their KDs, and the stage file (in the
+    cache) that has every KD's cluster."""
+    suffix = f" ({results.lines[line].cell_line})" if len(results.lines) > 1 else ""
+    folder = Path((results.stage_paths or {}).get(f"effects{suffix}", "effects"))
+    note = (f"{len(rest)} smaller clusters; every KD's cluster: "
+            f"{breakable(f'{folder.parent.name}/{folder.name}/kds.parquet')} in the cache")
+    return {columns[0]: f"{rest[0]}–{rest[-1]}", columns[1]: f"{int(np.isin(labels, rest).sum())}", columns[2]: note}
+
+
 def cluster_table(results: Results, line: int = 0) -> Md:
     """Per output cluster of the `line`-th analysed line (0: the primary one): size and members, the best KD-target
-    ORA term and the best response GSEA term."""
+    ORA term and the best response GSEA term; the clusters past MAX_TABLE_CLUSTERS in one row."""
     if line >= len(results.lines):
         return markdown_table(pd.DataFrame({"Cluster": ["—"], "Note": ["one cell line was analysed"]}), [10, 40])
     p1 = results.lines[line].effects
     top_ora = top_terms(p1.ora).set_index("query")
     top_gsea = top_terms(p1.gsea).set_index("query")
+    listed, rest = _listed_clusters(p1.labels)
     rows = []
-    for cluster, members in p1.kd_table.groupby("cluster"):
+    for cluster, members in p1.kd_table[p1.kd_table["cluster"].isin(listed)].groupby("cluster"):
         q = f"cluster {cluster}"
         names = list(members["kd"])
         shown = ", ".join(names[:6]) + (f", … (+{len(names) - 6})" if len(names) > 6 else "")
         rows.append({"Cluster": "0 (weak)" if cluster == 0 else str(cluster), "KDs": len(names), "Members": shown,
                      "KD targets (ORA)": _term_cell(top_ora.loc[q]) if q in top_ora.index else "—",
                      "Response (GSEA)": _term_cell(top_gsea.loc[q], "nes") if q in top_gsea.index else "—"})
+    if rest:
+        rows.append(_rest_row(results, rest, p1.labels, line, ["Cluster", "KDs", "Members"])
+                    | {"KD targets (ORA)": "—", "Response (GSEA)": "—"})
     return markdown_table(pd.DataFrame(rows), [10, 5, 25, 30, 30], "lrlll")
 
 
 def routing_by_cluster_table(results: Results) -> Md:
     """Per output cluster: its KDs, mean C_jac between its KDs and between them and the other clustered KDs, and the
-    median share of ΔY the first-order term explains (how far the local Jacobian describes the cluster's effects)."""
+    median share of ΔY the first-order term explains (how far the local Jacobian describes the cluster's effects);
+    the clusters past MAX_TABLE_CLUSTERS in one row."""
     labels, c_jac = results.effects.labels, results.routing.c_jac
     linearity = results.routing.linearity.groupby("cluster")["explained"].median()
+    listed, rest = _listed_clusters(labels)
     rows = []
-    for cluster in sorted(set(labels.tolist())):
+    for cluster in listed:
         inside = np.flatnonzero(labels == cluster)
         others = np.flatnonzero((labels != cluster) & (labels > 0))
         within = c_jac[np.ix_(inside, inside)][np.triu_indices(len(inside), k=1)]
@@ -645,6 +670,9 @@ def routing_by_cluster_table(results: Results) -> Md:
                      "Mean C_jac to other clusters": fmt(float(c_jac[np.ix_(inside, others)].mean()), 3)
                      if len(others) else "—",
                      "Median linear share": fmt(float(linearity.get(cluster, np.nan)))})
+    if rest:
+        rows.append(_rest_row(results, rest, labels, 0, ["Cluster", "KDs", "Mean C_jac to other clusters"])
+                    | {"Mean C_jac within": "", "Median linear share": ""})
     return markdown_table(pd.DataFrame(rows), [10, 6, 16, 20, 16], "lrrrr")
 
 
