@@ -168,10 +168,7 @@ def draw_world(rng, world: str, n_kds: int | None = None) -> World:
         own = rng.normal(size=(n_kds, OUTPUT_DIM * 4))
         c_jac = cosine_similarity(np.sqrt(share) * shared + np.sqrt(1 - share) * own)
     elif world == "common-cluster":
-        common = rng.uniform(0.95, 0.995)
-        g = _unit(rng.normal(size=ROUTING_WORLD_DIM))
-        shared = _unit(rng.normal(size=(5, ROUTING_WORLD_DIM)))[np.maximum(module, 0)]
-        own = _unit(rng.normal(size=(n_kds, ROUTING_WORLD_DIM)))
+        common, g, shared, own = _common_cluster_parts(rng, module)
         c_jac = cosine_similarity(np.sqrt(common) * g + np.sqrt((1 - common) / 2) * (shared + own))
     elif world.startswith("identical-noise"):
         g = _unit(rng.normal(size=ROUTING_WORLD_DIM))
@@ -219,6 +216,17 @@ def _draw_world(rng, world: str, n_kds: int = 60) -> World:
                  (tuple(cosine_similarity(d) for d in half_delta), tuple(h @ h.T for h in halves), (1, 1)))
 
 
+def _common_cluster_parts(rng, module: np.ndarray):
+    """The "common-cluster" routing's parts: the common share c ~ U(0.95, 0.995), the common direction g
+    [ROUTING_WORLD_DIM], each KD's module direction and its own direction [K, ROUTING_WORLD_DIM] (unit vectors;
+    KDs in no module, −1, take module 0's)."""
+    common = rng.uniform(0.95, 0.995)
+    g = _unit(rng.normal(size=ROUTING_WORLD_DIM))
+    shared = _unit(rng.normal(size=(5, ROUTING_WORLD_DIM)))[np.maximum(module, 0)]
+    own = _unit(rng.normal(size=(len(module), ROUTING_WORLD_DIM)))
+    return common, g, shared, own
+
+
 def _weak_tail_world(rng, world: str, n_kds: int = 80) -> World:
     """A screen with a weak tail (`WEAK_TAIL_SHARE` of the KDs, ΔY of scale `WEAK_TAIL_EFFECT` in random
     directions: `cluster_kds` puts them in group 0). "weak-tail-lookup": Model A's lookup J_k = ΔY_k ⊗ u_k for
@@ -231,10 +239,7 @@ def _weak_tail_world(rng, world: str, n_kds: int = 80) -> World:
     if world == "weak-tail-lookup":
         c_jac = _lookup(rng, delta_y)
     else:
-        common = rng.uniform(0.95, 0.995)
-        g = _unit(rng.normal(size=ROUTING_WORLD_DIM))
-        shared = _unit(rng.normal(size=(5, ROUTING_WORLD_DIM)))[module]
-        own = _unit(rng.normal(size=(n_kds, ROUTING_WORLD_DIM)))
+        common, g, shared, own = _common_cluster_parts(rng, module)
         specific = np.where(weak[:, None], np.sqrt(1e-3) * own, np.sqrt((1 - common) / 2) * (shared + own))
         c_jac = cosine_similarity(np.sqrt(common) * g + specific)
     rep = np.eye(5)[module] + 0.7 * rng.normal(size=(n_kds, 5))
