@@ -90,7 +90,7 @@ class AnalysisConfig:
     n_permutations: int = 9999
     n_bootstrap: int = 1000
     # K at or above which the studentized tests refer to the normal distribution instead of permuting KD labels
-    # (0: always permute); chosen by benchmarks/normal_reference.py's agreement study (README, "Statistics at scale").
+    # (0: always permute); chosen by benchmarks/normal_reference.py's agreement study (README, "At genome scale").
     normal_reference_kds: int = 1000
     alpha: float = 0.05
     seed_r_threshold: float = 0.3  # r must exceed it for Model B (the seed's threshold)
