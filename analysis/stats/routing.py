@@ -739,15 +739,15 @@ def routing_by_depth(blocks: Sequence[JacobianShards], c_out: np.ndarray, labels
     """
     found = []
     strong = strong_effect_kds(labels)
-    out = _on(c_out, strong)
+    out = on_kds(c_out, strong)
     for depth, block in enumerate(blocks, start=1):
         gram = stream_gram(block)
         decomposition, specific = decompose(gram)
         with np.errstate(invalid="ignore", divide="ignore"):
             found.append(DepthRouting(depth, decomposition,
-                                      mantel(out, _on(specific, strong), n_permutations, seed, reference=reference),
+                                      mantel(out, on_kds(specific, strong), n_permutations, seed, reference=reference),
                                       cluster_contrast(specific, labels, n_permutations, seed, reference=reference),
-                                      pearson(out, _on(cosine_from_gram(gram), strong))))
+                                      pearson(out, on_kds(cosine_from_gram(gram), strong))))
     return tuple(found)
 
 
@@ -784,7 +784,7 @@ def strong_effect_kds(labels: np.ndarray) -> np.ndarray:
     return np.flatnonzero(labels > 0)
 
 
-def _on(matrix: np.ndarray, index: np.ndarray) -> np.ndarray:
+def on_kds(matrix: np.ndarray, index: np.ndarray) -> np.ndarray:
     """`matrix` [K, K] restricted to the KDs `index` [K'] (itself when that is every KD: no copy)."""
     return matrix if len(index) == len(matrix) else matrix[np.ix_(index, index)]
 
@@ -821,7 +821,7 @@ def _evidence(c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray | None, la
     decomposition, c_spec = decompose(c_jac if gram is None else gram)
     n_kds, strong = len(labels), strong_effect_kds(labels)
     n_strong = len(strong)
-    out, spec, jac = _on(c_out, strong), _on(c_spec, strong), _on(c_jac, strong)
+    out, spec, jac = on_kds(c_out, strong), on_kds(c_spec, strong), on_kds(c_jac, strong)
     reference = reference_for(n_strong, normal_reference_kds)
     evidence = RoutingEvidence(
         n_kds=int(n_kds), n_strong=int(n_strong), n_pairs=int(n_strong * (n_strong - 1) // 2),
@@ -838,7 +838,7 @@ def _evidence(c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray | None, la
     if c_rep is None:
         return evidence
     del spec, c_spec  # C_jac^spec is done with; C_rep's restriction takes its place
-    rep = _on(c_rep, strong)
+    rep = on_kds(c_rep, strong)
     read_out, read_rep = _reader(out), _reader(rep)
     return replace(evidence, partial_mantel=partial_mantel(jac, out, rep, n_permutations, seed, reference),
                    mantel_out_rep=mantel(out, rep, n_permutations, seed, "pearson", reference),
