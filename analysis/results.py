@@ -300,7 +300,8 @@ class StudentizedTest:
     when the matrices are independent, asymptotically valid when they are merely uncorrelated (a plain permutation of
     the raw statistic is not: Model-A lookups inflate its variance). "normal" (large K, `stats.routing`'s
     `normal_z`): Φ̄ of the statistic's centred pair sum over its standard error from the Hoeffding decomposition,
-    n_permutations 0. NaN when the statistic is undefined. upper_bound: statistic + z₀.₉₅·SE (the jackknife SE, under
+    n_permutations 0; "normal+permutation": that p fell near α (`stats.routing.BORDERLINE`), so the permutation p
+    from n_permutations permutations replaced it. NaN when the statistic is undefined. upper_bound: statistic + z₀.₉₅·SE (the jackknife SE, under
     either reference), the one-sided 95 % upper bound that an equivalence ("smaller than the smallest effect of
     interest") claim needs.
     """
@@ -309,11 +310,15 @@ class StudentizedTest:
     standard_error: float
     p_value: float
     n_permutations: int
-    reference: str = "permutation"  # "permutation" or "normal" (`stats.routing.reference_for`)
+    reference: str = "permutation"  # "permutation", "normal" or "normal+permutation" (`stats.routing.reference_for`)
 
     def null_phrase(self, permuted: str) -> str:
-        """How p was referred, for prose: "9,999 `permuted`" (e.g. "KD-label permutations") or "normal reference"."""
-        return "normal reference" if self.reference == "normal" else f"{self.n_permutations:,} {permuted}"
+        """How p was referred, for prose: "9,999 `permuted`" (e.g. "KD-label permutations"), "normal reference", or
+        "normal reference, near α 199 `permuted`"."""
+        if self.reference == "normal":
+            return "normal reference"
+        near = "normal reference, near α " if self.reference == "normal+permutation" else ""
+        return f"{near}{self.n_permutations:,} {permuted}"
 
     @property
     def upper_bound(self) -> float:
@@ -456,6 +461,8 @@ class RoutingEvidence:
     over same-cluster pairs; raw_mantel / raw_contrast: the same on the raw C_jac (reported beside); partial_mantel r(C_jac, C_out | C_rep) and mantel_out_rep
     r(C_out, C_rep): descriptive; keyed_lookup_r: r(C_jac, C_out ⊙ C_rep), how well a per-KD lookup keyed on the
     KD's own embedding would reproduce the routing matrix (the construct's blind spot, see `verdict`).
+    borderline: under the normal reference, the band of p decided by `borderline_permutations` KD-label permutations
+    instead (`routing.BORDERLINE`); None under the permutation reference.
     """
 
     n_kds: int
@@ -475,6 +482,8 @@ class RoutingEvidence:
     raw_contrast: ClusterContrast | None = None  # same − cross on the raw C_jac (reported)
     noise_floor: NoiseFloor | None = None  # split-half reliabilities (None: one control draw, not measured)
     cluster_level: ClusterLevel | None = None  # r over between-cluster means (separates, never decides)
+    borderline: tuple[float, float] | None = None
+    borderline_permutations: int = 0
 
 
 @dataclass(frozen=True)

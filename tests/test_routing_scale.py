@@ -268,19 +268,60 @@ def test_float32_storage_loses_nothing_a_test_reads(world):
 def test_the_switch_chooses_the_reference_by_k_and_the_records_say_which(world):
     studentized = ("mantel_pearson", "mantel_spearman", "raw_mantel", "partial_mantel", "mantel_out_rep")
     c_rep = clustering.cosine_similarity(np.random.default_rng(7).normal(size=(90, 5)))
-    for switch, reference, count in ((90, "normal", 0), (91, "permutation", 99), (0, "permutation", 99)):
+    def tests_of(evidence):
+        return [getattr(evidence, name) for name in studentized] + [evidence.contrast.test, evidence.raw_contrast.test]
+
+    for switch in (90, 91, 0):
         evidence = routing.routing_evidence(world.c_out, world.c_jac, c_rep, world.labels, 99, 0, 0,
                                             normal_reference_kds=switch)
-        tests = [getattr(evidence, name) for name in studentized] + [evidence.contrast.test, evidence.raw_contrast.test]
-        assert {(t.reference, t.n_permutations) for t in tests} == {(reference, count)}
+        if switch == 90:  # N(0, 1), but a p near α is the permutation p (`routing.BORDERLINE`)
+            alone = routing.routing_evidence(world.c_out, world.c_jac, c_rep, world.labels, 0, 0, 0,
+                                             normal_reference_kds=switch)
+            for test, normal in zip(tests_of(evidence), tests_of(alone)):
+                near = routing.BORDERLINE[0] <= normal.p_value <= routing.BORDERLINE[1]
+                assert (test.reference, test.n_permutations) == (("normal+permutation", 99) if near else ("normal", 0))
+            assert (evidence.borderline, evidence.borderline_permutations) == (routing.BORDERLINE, 99)
+        else:
+            assert {(t.reference, t.n_permutations) for t in tests_of(evidence)} == {("permutation", 99)}
+            assert (evidence.borderline, evidence.borderline_permutations) == (None, 0)
         # C × C means, and the within-cluster blocks: permuted at any K
         assert evidence.cluster_level.n_permutations == 99
         assert (evidence.within_mantel.reference, evidence.within_mantel.n_permutations) == ("permutation", 99)
     rows = verdict.deciding_criteria(evidence, default_decision_rule())
     assert "99 KD-label permutations" in rows[0].test and "99 cluster-label permutations" in rows[1].test
     normal = routing.core_evidence(world.c_out, world.c_jac, world.labels, 99, 0, 0, normal_reference_kds=90)
-    texts = [row.test for row in verdict.deciding_criteria(normal, default_decision_rule())]
-    assert all("normal reference" in text and "permutations" not in text for text in texts)
+    for row, test in zip(verdict.deciding_criteria(normal, default_decision_rule()),
+                         (normal.mantel_pearson, normal.contrast.test)):
+        assert "normal reference" in row.test
+        assert ("near α 99" in row.test) if test.reference == "normal+permutation" else ("permutations" not in row.test)
+
+
+def test_a_normal_p_near_alpha_is_decided_by_permutations():
+    """Near α the normal tail is not trusted (`routing.BORDERLINE`): there p is the permutation p of the same
+    studentized statistic from the same seeded permutations as under the permutation reference; away from α N(0, 1)
+    decides and nothing is permuted. Each test is seen both ways."""
+    rng = np.random.default_rng(13)
+    labels = np.repeat([0, 1, 2, 3], [4, 9, 7, 6])
+    seen = set()
+    for _ in range(100):
+        a, b = matrices(rng, 26, shared=rng.uniform(0.0, 0.8))
+        c = clustering.cosine_similarity(rng.normal(size=(26, 6)))
+        runs = {"Mantel": lambda n, reference: routing.mantel(a, b, n, 5, "pearson", reference),
+                "Spearman": lambda n, reference: routing.mantel(a, b, n, 5, "spearman", reference),
+                "contrast": lambda n, reference: routing.cluster_contrast(b, labels, n, 5, reference).test,
+                "partial": lambda n, reference: routing.partial_mantel(a, b, c, n, 5, reference)}
+        for name, run in runs.items():
+            alone, referred = run(0, "normal"), run(49, "normal")
+            near = routing.BORDERLINE[0] <= alone.p_value <= routing.BORDERLINE[1]
+            if near:
+                assert (referred.reference, referred.n_permutations) == ("normal+permutation", 49)
+                assert referred.p_value == run(49, "permutation").p_value
+            else:
+                assert (referred.reference, referred.n_permutations, referred.p_value) == ("normal", 0, alone.p_value)
+            seen.add((name, near))
+        if len(seen) == 2 * len(runs):
+            break
+    assert len(seen) == 8, seen
 
 
 def test_the_switch_is_a_checked_config_field(tmp_path):
@@ -328,8 +369,13 @@ def test_the_report_words_the_reference_each_test_used(world):
         table = report.tests_table(results)
         phrase = studentized_p(evidence.mantel_pearson)
         if switch:
-            assert f"normal reference: {strong} strong-effect KDs, at least {strong})" in table and "permuted (99)" not in table.split("KD-target")[0]
-            assert phrase.endswith(", normal reference")
+            assert (f"normal reference: {strong} strong-effect KDs, at least {strong}); a p between 0.001 and 0.25 is "
+                    "decided instead by KD labels of one matrix permuted (99)") in table
+            rows = [row for row in table.split("KD-target")[0].split("\n") if "normal reference" in row]
+            assert len(rows) >= 4  # and a permutation count only for the p near α:
+            assert all("(99)" not in row.split("decided instead by")[0] for row in rows)
+            near = evidence.mantel_pearson.reference == "normal+permutation"
+            assert phrase.endswith(", normal reference, near α 99 permutations" if near else ", normal reference")
         else:
             assert "KD labels of one matrix permuted (99)" in table and "normal reference" not in table
             assert "normal" not in phrase

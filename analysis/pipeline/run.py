@@ -245,7 +245,7 @@ def run_routing(line: Line, effects: EffectsResult, intervened: InterventionsRes
         noise_seconds = time.perf_counter() - noise_started
         depth = verdict.read_depth(routing.routing_by_depth(
             [shards.block(b) for b in range(shards.n_blocks)], effects.c_out, effects.labels, config.n_permutations,
-            config.seed, evidence.mantel_pearson.reference), config.decision_rule)
+            config.seed, routing.reference_for(evidence.n_strong, config.normal_reference_kds)), config.decision_rule)
         svd_table, svd_evidence = read_axes(svd, output_scores, output_loadings, responses.kd_names,
                                             responses.gene_names, read_libraries(config.gene_sets), config.fdr,
                                             config.prerank_permutations, config.seed, line.run.space.has_genes)

@@ -55,8 +55,11 @@ def p_phrase(p: float | None, n_permutations: int | None = None) -> str:
 
 def studentized_p(test) -> str:
     """`p_phrase` of a `results.StudentizedTest`, naming the normal reference where it was used (K ≥ the config's
-    normal_reference_kds): 'p = 0.003, normal reference'."""
+    normal_reference_kds): 'p = 0.003, normal reference'; 'p = 0.04, normal reference, near α 199 permutations'
+    where permutations decided a p near α."""
     text = p_phrase(test.p_value, test.n_permutations)
+    if test.reference == "normal+permutation":
+        return f"{text}, normal reference, near α {test.n_permutations:,} permutations"
     return f"{text}, normal reference" if test.reference == "normal" else text
 
 

@@ -479,9 +479,11 @@ def tests_table(results: Results) -> Md:
     ev = results.routing.evidence
 
     def null(permuted: str) -> str:  # how the studentized tests' p-values were referred (`routing.reference_for`)
-        if ev.mantel_pearson.reference == "normal":
+        if ev.borderline is not None:
+            low, high = ev.borderline
             return (f"referred to N(0, 1) with the SE from the Hoeffding decomposition (normal reference: "
-                    f"{ev.n_strong:,} strong-effect KDs, at least {cfg.normal_reference_kds:,})")
+                    f"{ev.n_strong:,} strong-effect KDs, at least {cfg.normal_reference_kds:,}); a p between {low:g} "
+                    f"and {high:g} is decided instead by {permuted} ({ev.borderline_permutations:,})")
         return f"{permuted} ({perm})"
 
     rows = [
