@@ -162,7 +162,8 @@ def jacobian_svd(gram: np.ndarray, shards: JacobianShards, delta_y: np.ndarray, 
 # ---------------------------------------------------------------- pair statistics
 # Every statistic below is a function of sums over the K(K−1)/2 KD pairs. They read the K × K matrices in row blocks
 # of at most BLOCK_BYTES (float64 copies, diagonal zeroed), so besides their inputs a statistic holds a few blocks,
-# never another K × K array (the permutation reference, used below `normal_reference_kds`, batches permuted copies).
+# never another K × K array (permutations, below `normal_reference_kds` or near α, hold two zeroed copies and one
+# permuted copy at a time).
 BLOCK_BYTES = 32 << 20
 Reader = Callable[[slice], np.ndarray]
 
@@ -252,13 +253,18 @@ def _pearson_and_leave_one_out(rx, rxx, ry, ryy, rxy):
     return r, loo
 
 
+def _zeroed(matrix: np.ndarray) -> np.ndarray:
+    """A float64 copy of `matrix` [K, K] with its diagonal 0: what `_products_under_permutations` reads, made once
+    per test rather than once per batch of permutations."""
+    copy = np.array(matrix, dtype=np.float64)
+    np.fill_diagonal(copy, 0.0)
+    return copy
+
+
 def _products_under_permutations(fixed: np.ndarray, moving: np.ndarray, perms: np.ndarray) -> np.ndarray:
-    """Row sums Σ_l fixed[k, l]·moving[π_k, π_l] for each permutation π [B, K] → [B, K] (diagonals zeroed)."""
-    f = fixed.astype(np.float64).copy()
-    m = moving.astype(np.float64).copy()
-    np.fill_diagonal(f, 0.0)
-    np.fill_diagonal(m, 0.0)
-    return np.einsum("kl,bkl->bk", f, m[perms[:, :, None], perms[:, None, :]])
+    """Row sums Σ_l fixed[k, l]·moving[π_k, π_l] for each permutation π [B, K] → [B, K]; `fixed` and `moving`
+    `_zeroed`. One permuted copy [K, K] at a time (two `take`s: 1.5× faster than one fancy index at K = 3,000)."""
+    return np.stack([(fixed * moving.take(p, axis=0).take(p, axis=1)).sum(axis=1) for p in perms])
 
 
 def permutations(n_kds: int, n_permutations: int, seed: int, batch: int) -> Iterator[np.ndarray]:
@@ -268,8 +274,7 @@ def permutations(n_kds: int, n_permutations: int, seed: int, batch: int) -> Iter
         yield np.argsort(rng.random((min(batch, n_permutations - start), n_kds)), axis=1)
 
 
-def _batch_size(n_kds: int, budget_bytes: int = 256 << 20) -> int:
-    return int(max(1, min(256, budget_bytes // (8 * n_kds * n_kds))))
+PERMUTATION_BATCH = 64  # permutations drawn at a time (the draws do not depend on it)
 
 
 def _p_greater(observed: float, null: np.ndarray) -> float:
@@ -380,8 +385,8 @@ def mantel(a: np.ndarray, b: np.ndarray, n_permutations: int, seed: int, method:
 
     statistic: Pearson (or Spearman: Pearson of the ranked off-diagonal entries) r of the upper triangles;
     standard_error: its delete-one-KD jackknife SE (for Spearman, of the Pearson r of the fixed ranks). reference
-    "permutation": the test statistic r / SE is recomputed for every permutation, O(n_permutations · K²) in batches of
-    permuted copies (K = 1,035, 9,999 permutations: about a minute); "normal": `normal_z` against N(0, 1), two
+    "permutation": the test statistic r / SE is recomputed for every permutation, O(n_permutations · K²), one
+    permuted copy at a time (K = 1,035, 9,999 permutations: about a minute); "normal": `normal_z` against N(0, 1), two
     blocked passes (K = 10,000: seconds), a p near α decided by `n_permutations` permutations instead
     (`_normal_or_permuted`; the caller passes BORDERLINE_PERMUTATIONS, 0 for N(0, 1) alone).
     """
@@ -395,10 +400,10 @@ def mantel(a: np.ndarray, b: np.ndarray, n_permutations: int, seed: int, method:
     se = float(jackknife_se(loo))
 
     def permuted() -> float:
-        null = []
-        for perms in permutations(n, n_permutations, seed, _batch_size(n)):
+        null, fixed, moving = [], _zeroed(a), _zeroed(b)
+        for perms in permutations(n, n_permutations, seed, PERMUTATION_BATCH):
             r_perm, loo_perm = _pearson_and_leave_one_out(rx, rxx, ry[perms], ryy[perms],
-                                                          _products_under_permutations(a, b, perms))
+                                                          _products_under_permutations(fixed, moving, perms))
             null.append(r_perm / jackknife_se(loo_perm))
         return _p_greater(float(r) / se if se > 0 else float("nan"), np.concatenate(null))
 
@@ -427,13 +432,18 @@ def partial_mantel(a: np.ndarray, b: np.ndarray, given: np.ndarray, n_permutatio
     value = float(_partial_from(r_ab, r_ac, r_bc))
     se = float(jackknife_se(_partial_from(loo_ab, loo_ac, loo_bc)))
 
-    def studentized(perms):
-        r_ab, loo_ab = _pearson_and_leave_one_out(rb, rbb, ra[perms], raa[perms], _products_under_permutations(b, a, perms))
-        r_ac, loo_ac = _pearson_and_leave_one_out(rc, rcc, ra[perms], raa[perms], _products_under_permutations(given, a, perms))
+    def studentized(perms, zeroed):
+        fixed_b, fixed_c, moving = zeroed
+        r_ab, loo_ab = _pearson_and_leave_one_out(rb, rbb, ra[perms], raa[perms],
+                                                  _products_under_permutations(fixed_b, moving, perms))
+        r_ac, loo_ac = _pearson_and_leave_one_out(rc, rcc, ra[perms], raa[perms],
+                                                  _products_under_permutations(fixed_c, moving, perms))
         return _partial_from(r_ab, r_ac, r_bc) / jackknife_se(_partial_from(loo_ab, loo_ac, loo_bc))
 
     def permuted() -> float:
-        null = np.concatenate([studentized(p) for p in permutations(n, n_permutations, seed, _batch_size(n))])
+        zeroed = _zeroed(b), _zeroed(given), _zeroed(a)
+        null = np.concatenate([studentized(p, zeroed)
+                               for p in permutations(n, n_permutations, seed, PERMUTATION_BATCH)])
         return _p_greater(value / se if se > 0 else float("nan"), null)
 
     if reference == "normal":
@@ -589,11 +599,13 @@ def cluster_contrast(similarity: np.ndarray, labels: np.ndarray, n_permutations:
         np.fill_diagonal(sim, 0.0)
         clusters = np.unique(lab)
         null = []
-        for perms in permutations(n, n_permutations, seed, 128):
+        for perms in permutations(n, n_permutations, seed, PERMUTATION_BATCH):
             relabelled = lab[perms]
-            onehot = (relabelled[:, :, None] == clusters).astype(np.float64)
-            d, s = _contrast_from_rows(np.einsum("kl,blc,bkc->bk", sim, onehot, onehot), rows_sum,
-                                       *_labelling(lab, relabelled))
+            onehot = (relabelled[:, :, None] == clusters).astype(np.float64)  # [B, K, C]
+            # each KD's similarity to every relabelled cluster, the batch in one GEMM: [K, K] @ [K, B·C] (37× the
+            # einsum over [B, K, K, C] at K = 3,000); its own cluster's entry is the same-cluster row sum
+            reach = (sim @ onehot.transpose(1, 0, 2).reshape(n, -1)).reshape(n, len(perms), len(clusters))
+            d, s = _contrast_from_rows(np.einsum("kbc,bkc->bk", reach, onehot), rows_sum, *_labelling(lab, relabelled))
             with np.errstate(invalid="ignore", divide="ignore"):
                 null.append(d / s)
         return _p_greater(difference / se if se > 0 else float("nan"), np.concatenate(null))
