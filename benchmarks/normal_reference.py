@@ -3,6 +3,7 @@
     python benchmarks/normal_reference.py [--sizes 200,1000,3000] [--replicates 150,150,30]
                                           [--permuted 150,30,0] [--permutations 199] [--worlds w1,w2] [--seed 0]
                                           [--save p_values.npz]
+    python benchmarks/normal_reference.py --pool run1.npz run2.npz    (saved runs' tables, pooled)
 
 For each K in --sizes and each structured null world of `analysis.datasets.calibration` (routing that does not follow
 outputs: hub effects, per-KD lookups of four geometries and one with a weak tail, identical routing up to noise),
@@ -96,6 +97,10 @@ def study(n_kds: int, world: str, n_replicates: int, n_permuted: int, n_permutat
             "permutation": np.array(permuted).reshape(-1, len(TESTS))}
 
 
+HEADER = (f"{'K':>6} {'world':<18} {'test':<22} {'N(0, 1) alone':>22} {'near α permuted':>22}  "
+          f"{'permutation':>22}")
+
+
 def report(n_kds: int, world: str, result: dict) -> list[str]:
     normal, referred, permuted = result["normal"], result["referred"], result["permutation"]
     lines = []
@@ -120,14 +125,17 @@ def main(argv=None) -> int:
     parser.add_argument("--worlds", default=",".join(WORLDS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", type=Path, help="an .npz of every finished world's p-values")
+    parser.add_argument("--pool", type=Path, nargs="+", help="print the tables of saved runs pooled, and stop")
     args = parser.parse_args(argv)
+    if args.pool:
+        pool(args.pool)
+        return 0
     sizes, replicates, permuted = ([int(v) for v in arg.split(",")] for arg in (args.sizes, args.replicates,
                                                                               args.permuted))
     worlds = args.worlds.split(",")
     print(f"α = {ALPHA}; sizes ± binomial SE (replicates); permutation reference: {args.permutations} KD-label "
           "permutations (+1 correction, so exactly level 5 % under exchangeability)")
-    print(f"{'K':>6} {'world':<18} {'test':<22} {'N(0, 1) alone':>22} {'near α permuted':>22}  "
-          f"{'permutation':>22}")
+    print(HEADER)
     saved: dict[str, np.ndarray] = {}
     for n_kds, n_replicates, n_permuted in zip(sizes, replicates, permuted):
         pooled = []
@@ -142,13 +150,35 @@ def main(argv=None) -> int:
                 partial.replace(args.save)  # atomic: a stopped run leaves the last finished world's file
             print("\n".join(report(n_kds, world, result)) + f"   [{time.perf_counter() - started:.0f} s]",
                   flush=True)
-        print(f"{n_kds:>6} pooled over {len(worlds)} worlds:")
-        for t, test in enumerate(TESTS):
-            normal, referred, perm = (np.concatenate([r[name][:, t] for r in pooled])
-                                      for name in ("normal", "referred", "permutation"))
-            print(f"{'':>6} {'':<18} {test:<22} {size(normal):>22} {size(referred):>22}  "
-                  f"{size(perm) if len(perm) else '':>22}")
+        print("\n".join(pooled_lines(n_kds, pooled)))
     return 0
+
+
+def pooled_lines(n_kds: int, results: list[dict]) -> list[str]:
+    """Each test's size pooled over `results` (one per world and run) at `n_kds` KDs."""
+    lines = [f"{n_kds:>6} pooled over {len(results)} world runs:"]
+    for t, test in enumerate(TESTS):
+        normal, referred, perm = (np.concatenate([r[name][:, t] for r in results])
+                                  for name in ("normal", "referred", "permutation"))
+        lines.append(f"{'':>6} {'':<18} {test:<22} {size(normal):>22} {size(referred):>22}  "
+                     f"{size(perm) if len(perm) else '':>22}")
+    return lines
+
+
+def pool(files: list[Path]) -> None:
+    """The tables of saved runs (--save) pooled: each world's rows, then each K's pooled sizes."""
+    print(HEADER)
+    by_kds: dict[int, list[dict]] = {}
+    for file in files:
+        with np.load(file) as saved:
+            runs = sorted({key.rsplit("/", 1)[0] for key in saved.files})
+            for run in runs:
+                n_kds, world = run.split("/")
+                result = {name: saved[f"{run}/{name}"] for name in ("normal", "referred", "permutation")}
+                print("\n".join(report(int(n_kds), world, result)) + f"   [{file.name}]")
+                by_kds.setdefault(int(n_kds), []).append(result)
+    for n_kds, results in sorted(by_kds.items()):
+        print("\n".join(pooled_lines(n_kds, results)))
 
 
 if __name__ == "__main__":
