@@ -58,9 +58,7 @@ def studentized_p(test) -> str:
     normal_reference_kds): 'p = 0.003, normal reference'; 'p = 0.04, normal reference, near α 199 permutations'
     where permutations decided a p near α."""
     text = p_phrase(test.p_value, test.n_permutations)
-    if test.reference == "normal+permutation":
-        return f"{text}, normal reference, near α {test.n_permutations:,} permutations"
-    return f"{text}, normal reference" if test.reference == "normal" else text
+    return text if test.reference == "permutation" else f"{text}, {test.null_phrase('permutations')}"
 
 
 def breakable(text: str) -> str:
