@@ -25,12 +25,16 @@ __all__ = ["AnalysisConfig", "CacheError", "InputError", "Results", "load_config
 
 def run(config: AnalysisConfig, progress: bool = True, executor=None) -> Results:
     """Every stage of the analysis for `config`, computing only what the cache lacks (`pipeline.run.run`); the
-    embedded demo is built first when the config asks for it and it is missing."""
-    from .datasets import demo
-    from .pipeline.run import run as run_pipeline
-    from .store import cache
+    embedded demo is built first when the config asks for it and it is missing. Other packages' warnings stay out of
+    the console and the report (`console.third_party_warnings_off`)."""
+    from .console import third_party_warnings_off
 
-    if demo.needs_build(config):
-        cache.require_writable(config.cache_dir)
-    demo.ensure_demo(config, progress)
-    return run_pipeline(config, progress, executor)
+    with third_party_warnings_off():
+        from .datasets import demo
+        from .pipeline.run import run as run_pipeline
+        from .store import cache
+
+        if demo.needs_build(config):
+            cache.require_writable(config.cache_dir)
+        demo.ensure_demo(config, progress)
+        return run_pipeline(config, progress, executor)

@@ -1,5 +1,5 @@
 """The console: progress on stderr (a bar on a terminal, one summary line per stage otherwise), and keeping
-third-party chatter (arc-state's module print, Lightning banners, gseapy logs) off it."""
+third-party chatter (arc-state's module print, Lightning banners, gseapy logs, other packages' warnings) off it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import io
 import logging
 import sys
 import time
+import warnings
 
 from tqdm import tqdm
 
@@ -57,4 +58,19 @@ def quiet_logs(level: int = logging.WARNING):
 def silenced():
     """Discard stdout, stderr and log records up to WARNING for the duration of the block."""
     with quiet_logs(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+# Warnings issued from any module outside this package (the filter's `module` is the issuing module's name).
+THIRD_PARTY = r"(?!analysis(\.|$))"
+
+
+@contextlib.contextmanager
+def third_party_warnings_off():
+    """Ignore warnings issued by other packages' code for the duration of the block (peft's deprecation notice when
+    arc-state imports it, Lightning's hints on loading a checkpoint): the package's entry points (`python -m
+    analysis`, `analysis.run`, the report) run inside it, so the console and the report hold only our own words.
+    This package's own warnings still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=THIRD_PARTY)
         yield

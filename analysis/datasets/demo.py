@@ -29,6 +29,7 @@ import torch
 from ..config import GENESETS_DIR, AnalysisConfig
 from ..console import StageProgress, note, quiet_logs, silenced
 from ..errors import CacheError
+from ..model.load import state_transition_class
 from ..store import cache
 
 CELL_LINE = "HepG2"  # the primary line
@@ -215,8 +216,7 @@ def construct_model(n_genes: int, n_perts: int, kwargs: dict, gene_names=None, b
     gene_decoder_bool False, as the demo's do). kwargs must hold hidden_dim; basal_mapping_strategy defaults to
     "random". arc-state prints the whole module and logs at INFO on construction: both are silenced.
     """
-    from state.tx.models.state_transition import StateTransitionPerturbationModel
-
+    StateTransitionPerturbationModel = state_transition_class()
     kwargs = dict(kwargs)
     width, n_hvgs = embed_dim or n_genes, n_hvgs or n_genes
     gene_dim = n_hvgs if output_space == "gene" else n_genes  # state's get_lightning_module

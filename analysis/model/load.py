@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import AnalysisConfig
-from ..console import quiet_logs
+from ..console import quiet_logs, third_party_warnings_off
 from ..errors import InputError
 
 RUN_FILES = ("config.yaml", "var_dims.pkl", "pert_onehot_map.pt")
@@ -189,10 +189,18 @@ def _feature_names(model, space: str, decode: bool, var_dims, data_genes, run_di
     return _gene_names(var_dims, data_genes, int(model.output_dim), "the model's output_dim", run_dir)
 
 
+def state_transition_class():
+    """arc-state's `StateTransitionPerturbationModel`, imported quietly: arc-state imports peft, whose releases warn
+    on import about the transformers version arc-state pins (FutureWarning), and that must not reach the console or
+    the report."""
+    with third_party_warnings_off():
+        from state.tx.models.state_transition import StateTransitionPerturbationModel
+    return StateTransitionPerturbationModel
+
+
 def _load_model(source: Path | io.BytesIO, name: str, device: torch.device, dtype: torch.dtype):
     """The model of a checkpoint file or of its bytes (`name`: the file, for the error message)."""
-    from state.tx.models.state_transition import StateTransitionPerturbationModel
-
+    StateTransitionPerturbationModel = state_transition_class()
     try:
         # arc-state prints the whole module on construction and logs at INFO; keep the user's console readable.
         with contextlib.redirect_stdout(io.StringIO()), quiet_logs(logging.INFO):  # checkpoint warnings still show
