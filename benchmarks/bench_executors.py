@@ -12,9 +12,9 @@ compute-phase difference between one Ray worker and the local executor on the sa
 
 Then the projection for `--n-kds` KDs at the seed's model size (hidden 328, GPT2 8×8, G = 2,000) on N GPU
 workers, from a per-KD time (default: the seed-size CPU engine time of benchmarks/bench_jacobian.py, R = 1,
-in the README; pass a GPU's measured `--per-kd-seconds` from `bench_jacobian.py --device cuda`), the measured
-start-up and per-task overhead, beside the streamed Gram + SVD's compute and memory at that size (its memory
-bound is `routing.stream_gram`'s: block budget + one shard + K² doubles twice + the axes).
+in docs/benchmarks-and-scale.md; pass a GPU's measured `--per-kd-seconds` from `bench_jacobian.py --device cuda`),
+the measured start-up and per-task overhead, beside the streamed Gram + SVD's compute and memory at that size (its
+memory bound is `routing.stream_gram`'s: block budget + one shard + K² doubles twice + the axes).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shard-kds", type=int, default=8)
     parser.add_argument("--workers", default="1,2", help="Ray worker counts to time")
     parser.add_argument("--per-kd-seconds", type=float, default=10.35,
-                        help="seed-size seconds per KD for the projection (default: the README's CPU engine time, R = 1)")
+                        help="seed-size seconds per KD for the projection (default: the documented CPU engine time, R = 1)")
     parser.add_argument("--n-kds", type=int, default=10_000)
     parser.add_argument("--gpus", default="1,2,4,8,16")
     parser.add_argument("--gram-memory-gib", type=float, default=2.0, help="stream_gram's block budget")
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     n_tasks = -(-k // shard_kds)
     print(f"\nprojection: {k:,} KDs at the seed's size (G {genes:,}, H {hidden}), shards of {shard_kds} KDs "
           f"({n_tasks} tasks), {args.per_kd_seconds} s/KD per worker"
-          + (" (the README's CPU engine time, R = 1: no GPU time has been measured; pass a GPU's with --per-kd-seconds)"
+          + (" (the documented CPU engine time, R = 1: no GPU time has been measured; pass a GPU's with --per-kd-seconds)"
              if args.per_kd_seconds == parser.get_default("per_kd_seconds") else ""))
     print(f"{'workers':>8}{'Jacobian stage h':>18}   (= KDs × s/KD / workers + tasks / workers × "
           f"{max(shard_overhead, overhead) * 1e3:.1f} ms overhead + {startup:.0f} s start-up)")

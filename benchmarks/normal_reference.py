@@ -18,7 +18,8 @@ on the replicates run with full permutations, the share whose decisions differ f
 |Δp|; then each test's size pooled over the worlds. Every 10 replicates a line on stderr gives the running
 rejections; --save writes every finished world's p-values (keys "K/world/reference", [R, T] over TESTS), so runs
 with other --seed values pool exactly. The switch `[statistics] normal_reference_kds` is set from this table
-(README, "At genome scale"): the issue asks for a size within 3–7 % wherever the normal reference is used.
+(docs/calibration.md, "The normal reference's size"): the issue asks for a size within 3–7 % wherever the normal
+reference is used.
 """
 
 from __future__ import annotations

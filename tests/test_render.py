@@ -46,13 +46,13 @@ def require(tool: str, why: str) -> str:
 def rendered(demo_results):
     """`quarto render -P config:...` of the project (HTML + typst PDF), the kernel importing this checkout; once per
     session."""
-    require("quarto", "the real render is not checked here (see README, Render)")
+    require("quarto", "the real render is not checked here (see README, "The report")")
     for tool in ("pdftotext", "pdfinfo", "pdfimages"):
         require(tool, "poppler-utils reads the rendered PDF")
     gitignore = (ROOT / ".gitignore").read_bytes()
     env = {**os.environ, "QUARTO_PYTHON": sys.executable,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
-    # The config passed as a parameter, as a user renders their own run (README, "Render for your own run"): the
+    # The config passed as a parameter, as a user renders their own run (README, "The report"): the
     # demo's own file, so the cache the suite filled is the one read; -P goes through papermill.
     command = ["quarto", "render", "-P", f"config:{ROOT / 'configs' / 'demo.toml'}"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
