@@ -46,7 +46,7 @@ def require(tool: str, why: str) -> str:
 def rendered(demo_results):
     """`quarto render -P config:...` of the project (HTML + typst PDF), the kernel importing this checkout; once per
     session."""
-    require("quarto", "the real render is not checked here (see README, "The report")")
+    require("quarto", "the real render is not checked here (see README, The report)")
     for tool in ("pdftotext", "pdfinfo", "pdfimages"):
         require(tool, "poppler-utils reads the rendered PDF")
     gitignore = (ROOT / ".gitignore").read_bytes()
