@@ -159,10 +159,9 @@ def within_cluster_mantel(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_pe
     pairs. The permutations move entries inside the cluster blocks only: O(n_permutations · Σ_c K_c²) time, the
     blocks (at most one K × K in all) in memory. reference "normal": within-cluster permutations leave each
     cluster's block means fixed, so the part of r that varies is the sum over clusters of each block's centred pair
-    sum (`centred_sum_and_variance` per cluster, summed, against N(0, 1); a p near α permuted within clusters as
-    `refer` does for every test); `core_evidence` does not use it, because
-    it rejected 11 % in a null world (benchmarks/normal_reference.py: with few clusters the sum has few terms that
-    count, and a skewed one).
+    sum (`centred_sum_and_variance` per cluster, summed, against N(0, 1); a p near α permuted within clusters, as
+    `refer` does for every test); `core_evidence` does not use it, because it rejected 11 % in a null world
+    (benchmarks/normal_reference.py: with few clusters the sum has few terms that count, and a skewed one).
     """
     index = np.flatnonzero(labels > 0)
     lab = labels[index]
