@@ -44,7 +44,8 @@ def statistics() -> SimpleNamespace:
         return importlib.import_module("analysis.stats.routing")
     except ModuleNotFoundError:
         modules = [importlib.import_module(f"analysis.stats.{name}") for name in STATISTICS]
-        return SimpleNamespace(**{k: v for module in modules for k, v in vars(module).items() if not k.startswith("__")})
+        return SimpleNamespace(**{name: value for module in modules for name, value in vars(module).items()
+                                  if not name.startswith("__")})
 
 
 def world(n_kds: int, seed: int = 0) -> dict:

@@ -69,8 +69,8 @@ STAGES: tuple[Stage, ...] = (
                   "prerank_permutations", "gene_sets"),
           facts=("gene_set_digests",),
           code=("stats.gram", "stats.decomposition", "stats.evidence", "stats.nulls", "stats.reliability", "stats.axes",
-                "stats.verdict", "stats.prior_work", "stats.clustering", "stats.enrichment", "store.gmt", "store.shards")
-          + STORE,
+                "stats.verdict", "stats.prior_work", "stats.clustering", "stats.enrichment", "store.gmt",
+                "store.shards") + STORE,
           runner="run_routing"),
     Stage("steering", needs=("inputs", "effects", "jacobians", "routing"), fields=(), facts=(),
           code=("model.interventions", "stats.interventions", "store.shards", "pipeline.executors") + STORE,
