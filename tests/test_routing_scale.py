@@ -16,7 +16,7 @@ from analysis.stats.contrast import _rank_sum_greater, cluster_contrast
 from analysis.stats.decomposition import decompose
 from analysis.stats.evidence import core_evidence, routing_evidence
 from analysis.stats.mantel import kd_bootstrap_ci, mantel, partial_mantel, within_cluster_mantel
-from analysis.stats.nulls import BORDERLINE
+from analysis.stats.nulls import BORDERLINE, borderline_rule, refer
 from analysis.stats.pairs import rank_matrix, upper
 
 
@@ -328,6 +328,29 @@ def test_a_normal_p_near_alpha_is_decided_by_permutations():
         if len(seen) == 2 * len(runs):
             break
     assert len(seen) == 8, seen
+
+
+def test_refer_runs_only_what_the_reference_needs():
+    """`refer` is the one place the references part ways: "permutation" never computes z; "normal" permutes only a p
+    near α, and only when it is given permutations; the label and count it returns say which happened."""
+    def never() -> float:
+        raise AssertionError("called under the other reference")
+
+    assert refer("permutation", 99, never, lambda: 0.02) == (0.02, 99, "permutation")
+    assert refer("normal", 99, lambda: 4.0, never) == (pytest.approx(norm.sf(4.0)), 0, "normal")  # far below α
+    assert refer("normal", 99, lambda: 1.0, lambda: 0.3) == (0.3, 99, "normal+permutation")  # Φ̄(1) ≈ 0.16: near α
+    assert refer("normal", 0, lambda: 1.0, never) == (pytest.approx(norm.sf(1.0)), 0, "normal")  # N(0, 1) alone
+    assert np.isnan(refer("normal", 99, lambda: float("nan"), never)[0])
+    assert borderline_rule("normal", 9999) == (BORDERLINE, 199) and borderline_rule("permutation", 9999) == (None, 0)
+    # The within-cluster Mantel goes through it too: near α its p is the within-cluster permutation p.
+    labels = np.repeat([0, 1, 2, 3], [4, 9, 7, 6])
+    for seed, reference in ((0, "normal+permutation"), (2, "normal")):  # normal p 0.039 and 0.32
+        rng = np.random.default_rng(seed)
+        a, b = (clustering.cosine_similarity(rng.normal(size=(26, 5))) for _ in range(2))
+        referred = within_cluster_mantel(a, b, labels, 49, 5, "normal")
+        permuted = within_cluster_mantel(a, b, labels, 49, 5)
+        assert referred.reference == reference
+        assert (referred.p_value == permuted.p_value) == (reference == "normal+permutation")
 
 
 def test_the_switch_is_a_checked_config_field(tmp_path):
