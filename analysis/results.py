@@ -298,9 +298,9 @@ class StudentizedTest:
     p_value: one-sided (statistic > 0), from the `reference` distribution. "permutation": the permutation p of
     statistic / SE, KD labels permuted `n_permutations` times, with the +1 correction (DiCiccio & Romano 2017): exact
     when the matrices are independent, asymptotically valid when they are merely uncorrelated (a plain permutation of
-    the raw statistic is not: Model-A lookups inflate its variance). "normal" (large K, `stats.routing`'s
+    the raw statistic is not: Model-A lookups inflate its variance). "normal" (large K, `stats.nulls`'s
     `normal_z`): Φ̄ of the statistic's centred pair sum over its standard error from the Hoeffding decomposition,
-    n_permutations 0; "normal+permutation": that p fell near α (`stats.routing.BORDERLINE`), so the permutation p
+    n_permutations 0; "normal+permutation": that p fell near α (`stats.nulls.BORDERLINE`), so the permutation p
     from n_permutations permutations replaced it. NaN when the statistic is undefined. upper_bound: statistic + z₀.₉₅·SE (the jackknife SE, under
     either reference), the one-sided 95 % upper bound that an equivalence ("smaller than the smallest effect of
     interest") claim needs.
@@ -310,7 +310,7 @@ class StudentizedTest:
     standard_error: float
     p_value: float
     n_permutations: int
-    reference: str = "permutation"  # "permutation", "normal" or "normal+permutation" (`stats.routing.reference_for`)
+    reference: str = "permutation"  # "permutation", "normal" or "normal+permutation" (`stats.nulls.refer`)
 
     def null_phrase(self, permuted: str) -> str:
         """How p was referred, for prose: "9,999 `permuted`" (e.g. "KD-label permutations"), "normal reference", or
@@ -382,7 +382,7 @@ class Spread:
 @dataclass(frozen=True)
 class Decomposition:
     """Unit-norm Jacobians split into the direction of their mean over KDs (common routing) and each KD's part
-    orthogonal to it (`stats.routing.decompose`). common_share + specific_share = 1 (shares of Σ_k ‖J_k/‖J_k‖‖²);
+    orthogonal to it (`stats.decomposition.decompose`). common_share + specific_share = 1 (shares of Σ_k ‖J_k/‖J_k‖‖²);
     spec_mean / spec_sd: mean and SD of the off-diagonal C_jac^spec."""
 
     common_share: float
@@ -394,8 +394,8 @@ class Decomposition:
 @dataclass(frozen=True)
 class DepthRouting:
     """Routing read at one depth: the Jacobians of backbone block ℓ's set-mean hidden state w.r.t. pert_repr ([D, H]
-    per KD), split as the output's are (`stats.routing.decompose`), with the two deciding statistics on their
-    KD-specific part C_jac^(ℓ),spec (`stats.routing.routing_by_depth`).
+    per KD), split as the output's are (`stats.decomposition.decompose`), with the two deciding statistics on their
+    KD-specific part C_jac^(ℓ),spec (`stats.evidence.routing_by_depth`).
 
     block: ℓ, 1-based in depth order; mantel: studentized Mantel r(C_out, C_jac^(ℓ),spec); contrast: same- vs
     cross-cluster C_jac^(ℓ),spec; raw_r: Pearson r(C_out, C_jac^(ℓ)) of the raw cosines, descriptive; reading: what
@@ -454,7 +454,7 @@ class ClusterLevel:
 @dataclass(frozen=True)
 class RoutingEvidence:
     """Every routing statistic the verdict reads (n_kds KDs; the Mantel statistics over the n_pairs pairs of the
-    n_strong KDs with a strong effect, `routing.strong_effect_kds`).
+    n_strong KDs with a strong effect, `evidence.strong_effect_kds`).
 
     mantel_pearson / mantel_spearman: studentized Mantel of C_out vs the KD-specific C_jac^spec (`decomposition`);
     pearson_ci: 95 % KD-bootstrap CI of r; contrast: same- vs cross-cluster C_jac^spec; within_mantel: the Mantel
@@ -462,7 +462,7 @@ class RoutingEvidence:
     r(C_out, C_rep): descriptive; keyed_lookup_r: r(C_jac, C_out ⊙ C_rep), how well a per-KD lookup keyed on the
     KD's own embedding would reproduce the routing matrix (the construct's blind spot, see `verdict`).
     borderline: under the normal reference, the band of p decided by `borderline_permutations` KD-label permutations
-    instead (`routing.BORDERLINE`); None under the permutation reference.
+    instead (`nulls.BORDERLINE`); None under the permutation reference.
     """
 
     n_kds: int

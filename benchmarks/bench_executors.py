@@ -14,7 +14,7 @@ Then the projection for `--n-kds` KDs at the seed's model size (hidden 328, GPT2
 workers, from a per-KD time (default: the seed-size CPU engine time of benchmarks/bench_jacobian.py, R = 1,
 in docs/benchmarks-and-scale.md; pass a GPU's measured `--per-kd-seconds` from `bench_jacobian.py --device cuda`),
 the measured start-up and per-task overhead, beside the streamed Gram + SVD's compute and memory at that size (its
-memory bound is `routing.stream_gram`'s: block budget + one shard + K² doubles twice + the axes).
+memory bound is `gram.stream_gram`'s: block budget + one shard + K² doubles twice + the axes).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.datasets import demo  # noqa: E402
 from analysis.model import jacobians  # noqa: E402
-from analysis.stats import routing  # noqa: E402
+from analysis.stats.gram import jacobian_svd, stream_gram  # noqa: E402
 from analysis.store import cache  # noqa: E402
 
 SIZES = {
@@ -307,9 +307,9 @@ def _scale(n_kds, genes, hidden, shard_kds, memory_bytes) -> list[str]:
         shards = jacobians.open_shards(Path(folder))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         started = time.perf_counter()
-        gram = routing.stream_gram(shards, memory_bytes)
+        gram = stream_gram(shards, memory_bytes)
         gram_seconds = time.perf_counter() - started
-        svd = routing.jacobian_svd(gram, shards, np.zeros((n_kds, genes)), n_axes=10)
+        svd = jacobian_svd(gram, shards, np.zeros((n_kds, genes)), n_axes=10)
         seconds = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     shard_bytes = shard_kds * genes * hidden * 8  # read as float64

@@ -6,7 +6,7 @@ memory, each reference.
 
 A synthetic screen per K (`world`): ΔY of K KDs in 12 output modules of Dirichlet sizes (a tenth weak, label 0)
 gives C_out [K, K]; unit-norm Jacobians with a common direction, a module part and a KD-specific part give the Gram
-[K, K] (so C_jac and C_jac^spec through `routing.decompose`, as the pipeline computes them); the labels are the
+[K, K] (so C_jac and C_jac^spec through `decomposition.decompose`, as the pipeline computes them); the labels are the
 modules. Each statistic runs alone in one process per K: wall seconds and its peak memory above what was allocated
 before it (tracemalloc, which sees numpy's buffers), then the process's peak RSS. Studentized tests run with the
 normal reference at every K and with --permutations KD-label permutations below --permute-below; above it the
@@ -20,6 +20,7 @@ DIR`): functions without a `reference` argument run their only (permutation) pat
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import multiprocessing as mp
 import resource
@@ -27,17 +28,31 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 N_MODULES = 12
 FULL_PERMUTATIONS = 9999  # the config's n_permutations, for the extrapolated rows
+STATISTICS = ("gram", "pairs", "nulls", "mantel", "contrast", "decomposition", "evidence")  # `analysis.stats` modules
+
+
+def statistics() -> SimpleNamespace:
+    """The routing statistics by name: from `analysis.stats`'s modules by concern, or from an older `analysis`
+    (--package) that kept them all in one module, `stats.routing`."""
+    try:
+        return importlib.import_module("analysis.stats.routing")
+    except ModuleNotFoundError:
+        modules = [importlib.import_module(f"analysis.stats.{name}") for name in STATISTICS]
+        return SimpleNamespace(**{name: value for module in modules for name, value in vars(module).items()
+                                  if not name.startswith("__")})
 
 
 def world(n_kds: int, seed: int = 0) -> dict:
     """A synthetic screen of `n_kds` KDs: c_out, gram, c_jac, c_rep [K, K] float64 and labels [K] (0: weak)."""
-    from analysis.stats import routing
     from analysis.stats.clustering import cosine_similarity
+
+    routing = statistics()
 
     rng = np.random.default_rng(seed)
     module = rng.choice(N_MODULES, size=n_kds, p=rng.dirichlet(np.ones(N_MODULES)))
@@ -73,13 +88,15 @@ def rows_for(n_kds: int, permutations: int, bootstrap: int, permute_below: int, 
     """Print one row per statistic at `n_kds` KDs (run in a fresh process: its peak RSS is this K's)."""
     if package:
         sys.path.insert(0, package)
-    from analysis.stats import routing
+    import analysis
+
+    routing = statistics()
 
     tracemalloc.start()
     w = world(n_kds)
     c_out, gram, c_jac, c_rep, labels = w["c_out"], w["gram"], w["c_jac"], w["c_rep"], w["labels"]
     print(f"\n== K = {n_kds:,} ({n_kds * (n_kds - 1) // 2:,} pairs; one K × K float64 = {8 * n_kds**2 / 2**20:,.0f} MiB)"
-             f" — analysis from {Path(routing.__file__).parents[2]} ==",
+             f" — analysis from {Path(analysis.__file__).parents[1]} ==",
           f"\n{'statistic':<46}{'reference':<34}{'seconds':>10}{'peak MiB':>10}", flush=True)
 
     def row(name, reference, seconds, peak):

@@ -11,8 +11,8 @@ scaled to K KDs (`calibration.draw_world(rng, world, K)`, clusters from `cluster
 --replicates replicates and runs the tests that feed the call (Mantel and Spearman Mantel on C_jac^spec, the same −
 cross contrast, the within-cluster Mantel; the Mantel statistics over the strong-effect KDs) and the raw-C_jac Mantel
 (whose matrices keep KD main effects, the other half of the normal reference's variance) with the normal reference,
-twice: N(0, 1) alone, and as the pipeline refers them, a p near α (`routing.BORDERLINE`) replaced by the permutation p
-from `routing.BORDERLINE_PERMUTATIONS` permutations; on the first --permuted replicates also with --permutations
+twice: N(0, 1) alone, and as the pipeline refers them, a p near α (`nulls.BORDERLINE`) replaced by the permutation p
+from `nulls.BORDERLINE_PERMUTATIONS` permutations; on the first --permuted replicates also with --permutations
 KD-label permutations. Prints, per world and test, each reference's size (share of p < α = 0.05, ± binomial SE) and,
 on the replicates run with full permutations, the share whose decisions differ from the pipeline's and the median
 |Δp|; then each test's size pooled over the worlds. Every 10 replicates a line on stderr gives the running
@@ -35,7 +35,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.datasets import calibration  # noqa: E402
-from analysis.stats import routing  # noqa: E402
+from analysis.stats.contrast import cluster_contrast  # noqa: E402
+from analysis.stats.decomposition import decompose  # noqa: E402
+from analysis.stats.evidence import on_kds, strong_effect_kds  # noqa: E402
+from analysis.stats.mantel import mantel, within_cluster_mantel  # noqa: E402
+from analysis.stats.nulls import BORDERLINE_PERMUTATIONS, near_alpha  # noqa: E402
 
 ALPHA = 0.05
 # The structured null worlds: "lookup-K120" is the plain lookup (its K is overridden here); "lookup-K20" would be the
@@ -49,18 +53,18 @@ TESTS = ("Mantel", "Spearman Mantel", "contrast", "within-cluster Mantel", "raw 
 
 def tests(world: calibration.World) -> dict[str, Callable[[str, int, int], float]]:
     """Each test of TESTS on one replicate as p = f(reference, n_permutations, seed), one-sided, read as
-    `routing.core_evidence` reads them: routing decomposed over every KD, the Mantel statistics over the strong-effect
+    `evidence.core_evidence` reads them: routing decomposed over every KD, the Mantel statistics over the strong-effect
     KDs. Under "normal", n_permutations 0 is N(0, 1) alone and n_permutations > 0 permutes a p near α, as the
-    pipeline does (`routing.BORDERLINE`)."""
-    _, spec = routing.decompose(world.c_jac)
-    strong = routing.strong_effect_kds(world.labels)
-    out, spec_strong, jac = (routing.on_kds(m, strong) for m in (world.c_out, spec, world.c_jac))
-    return {"Mantel": lambda ref, n, seed: routing.mantel(out, spec_strong, n, seed, "pearson", ref).p_value,
-            "Spearman Mantel": lambda ref, n, seed: routing.mantel(out, spec_strong, n, seed, "spearman", ref).p_value,
-            "contrast": lambda ref, n, seed: routing.cluster_contrast(spec, world.labels, n, seed, ref).test.p_value,
-            "within-cluster Mantel": lambda ref, n, seed: routing.within_cluster_mantel(world.c_out, spec, world.labels,
-                                                                                        n, seed, ref).p_value,
-            "raw Mantel": lambda ref, n, seed: routing.mantel(out, jac, n, seed, "pearson", ref).p_value}
+    pipeline does (`nulls.BORDERLINE`)."""
+    _, spec = decompose(world.c_jac)
+    strong = strong_effect_kds(world.labels)
+    out, spec_strong, jac = (on_kds(m, strong) for m in (world.c_out, spec, world.c_jac))
+    return {"Mantel": lambda ref, n, seed: mantel(out, spec_strong, n, seed, "pearson", ref).p_value,
+            "Spearman Mantel": lambda ref, n, seed: mantel(out, spec_strong, n, seed, "spearman", ref).p_value,
+            "contrast": lambda ref, n, seed: cluster_contrast(spec, world.labels, n, seed, ref).test.p_value,
+            "within-cluster Mantel": lambda ref, n, seed: within_cluster_mantel(world.c_out, spec, world.labels,
+                                                                                n, seed, ref).p_value,
+            "raw Mantel": lambda ref, n, seed: mantel(out, jac, n, seed, "pearson", ref).p_value}
 
 
 def size(p: np.ndarray) -> str:
@@ -90,8 +94,8 @@ def study(n_kds: int, world: str, n_replicates: int, n_permuted: int, n_permutat
         alone = [run[t]("normal", 0, test_seed) for t in TESTS]
         normal.append(alone)
         referred.append([np.nan if t == "within-cluster Mantel" else
-                         run[t]("normal", routing.BORDERLINE_PERMUTATIONS, test_seed)
-                         if routing.BORDERLINE[0] <= p <= routing.BORDERLINE[1] else p for t, p in zip(TESTS, alone)])
+                         run[t]("normal", BORDERLINE_PERMUTATIONS, test_seed)
+                         if near_alpha(p) else p for t, p in zip(TESTS, alone)])
         if replicate < n_permuted:
             permuted.append([run[t]("permutation", n_permutations, test_seed) for t in TESTS])
     return {"normal": np.array(normal), "referred": np.array(referred),

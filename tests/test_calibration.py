@@ -14,7 +14,9 @@ import pytest
 
 from analysis.config import default_decision_rule
 from analysis.datasets import calibration, known_answers
-from analysis.stats import routing
+from analysis.stats.mantel import mantel
+from analysis.stats.nulls import permutations
+from analysis.stats.pairs import pearson
 
 N_REPLICATES = 300
 N_PERMUTATIONS = 299  # a valid test at α = 0.05 rejects exactly 14/300 = 4.7 %
@@ -66,9 +68,9 @@ def test_plain_mantel_would_be_liberal_where_the_studentized_one_is_not():
     plain = studentized = 0
     for _ in range(200):
         w = calibration.draw_world(rng, "lookup-hetero")
-        test = routing.mantel(w.c_out, w.c_jac, 199, 0)
+        test = mantel(w.c_out, w.c_jac, 199, 0)
         studentized += test.p_value < 0.05
-        raw_null = [routing.pearson(w.c_out, w.c_jac[np.ix_(p, p)]) for p in next(routing.permutations(len(w.labels), 199, 0, 199))]
+        raw_null = [pearson(w.c_out, w.c_jac[np.ix_(p, p)]) for p in next(permutations(len(w.labels), 199, 0, 199))]
         plain += (1 + np.sum(np.asarray(raw_null) >= test.statistic)) / 200 < 0.05
     print(f"lookup-hetero, 200 replicates: plain Mantel {plain / 200:.1%}, studentized {studentized / 200:.1%}")
     assert plain > studentized

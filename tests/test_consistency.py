@@ -13,7 +13,8 @@ from analysis.datasets import demo
 from analysis.errors import InputError
 from analysis.model.load import load_run
 from analysis.present import prose
-from analysis.stats import consistency, routing
+from analysis.stats import consistency
+from analysis.stats.gram import stream_gram
 from analysis.store.shards import open_shards
 
 
@@ -51,9 +52,9 @@ def test_cross_gram_and_norms_from_shards_of_different_orders_and_shardings(tmp_
     shards_b = write_shards(tmp_path / "b", names_b, jac_b, 3)
     flat_a = jac_a.astype(np.float32).reshape(9, -1).astype(np.float64)
     flat_b = jac_b.astype(np.float32).reshape(7, -1).astype(np.float64)
-    assert np.allclose(routing.stream_gram(shards_a, memory_bytes=200, other=shards_b), flat_a @ flat_b.T, atol=1e-9)
+    assert np.allclose(stream_gram(shards_a, memory_bytes=200, other=shards_b), flat_a @ flat_b.T, atol=1e-9)
     # The norms the stage takes from Part 3 (the Gram's diagonal) are the shards' own.
-    assert np.allclose(np.sqrt(np.diag(routing.stream_gram(shards_b))), np.linalg.norm(flat_b, axis=1), atol=1e-9)
+    assert np.allclose(np.sqrt(np.diag(stream_gram(shards_b))), np.linalg.norm(flat_b, axis=1), atol=1e-9)
 
 
 def test_a_component_common_to_all_jacobians_does_not_pass_for_consistent_routing(tmp_path):

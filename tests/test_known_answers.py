@@ -227,8 +227,8 @@ def test_draw_to_draw_noise_in_routing_is_called_unreliable(known):
     assert floor.reliability_out > 0.99  # the outputs barely depend on the cells: their structure reproduces
     assert ev.decomposition.common_share < rule.global_share  # KD-specific routing is most of the energy
     # With every control cell (the expectation over draws) every KD has the same Jacobian: no KD-specific routing.
-    from analysis.stats import routing
+    from analysis.stats.decomposition import decompose
     every = planted.jacobians().reshape(len(planted.kd_names), -1)
-    assert routing.decompose(every @ every.T)[0].specific_share < 1e-9
+    assert decompose(every @ every.T)[0].specific_share < 1e-9
     assert results.routing.verdict.call == "unreliable"
     assert "does not reproduce across control draws" in why(results) and "Noise floor" in why(results)

@@ -25,7 +25,9 @@ from analysis.model.observed import load_observed, training_split
 from analysis.model.predict import predict_cells, predict_means
 from analysis.present import quality as part0
 from analysis.present.summary import summary_lines
-from analysis.stats import quality, routing, verdict
+from analysis.stats import quality, verdict
+from analysis.stats.evidence import routing_evidence
+from analysis.stats.gram import cosine_from_gram
 
 CONTROL = "non-targeting"
 
@@ -162,10 +164,10 @@ def test_sensitivity_on_every_kd_is_the_main_call():
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     rep = rng.normal(size=(12, 8))  # its own C_rep: with C_rep = C_jac the partial Mantel is 0 / 0, and NaN != NaN
     gram, c_out, c_rep = jac @ jac.T, unit(out) @ unit(out).T, unit(rep) @ unit(rep).T
-    c_jac = routing.cosine_from_gram(gram)
+    c_jac = cosine_from_gram(gram)
     rule = analysis.config.default_decision_rule()
     evidence, call = quality.sensitivity(np.ones(12, bool), c_out, c_jac, c_rep, gram, labels, 99, 20, 0, rule)
-    main = routing.routing_evidence(c_out, c_jac, c_rep, labels, 99, 20, 0, gram)
+    main = routing_evidence(c_out, c_jac, c_rep, labels, 99, 20, 0, gram)
     assert np.isfinite(main.partial_mantel.p_value)
     assert evidence == main and call == verdict.decide(main, rule)
     assert quality.sensitivity(np.arange(12) < quality.MIN_SENSITIVITY_KDS - 1, c_out, c_jac, c_rep, gram, labels, 99,

@@ -17,7 +17,10 @@ from analysis.config import default_decision_rule
 from analysis.datasets import calibration
 from analysis.model import jacobians
 from analysis.results import NoiseFloor
-from analysis.stats import reliability, routing
+from analysis.stats import reliability
+from analysis.stats.decomposition import decompose
+from analysis.stats.gram import stream_gram
+from analysis.stats.mantel import cluster_level
 from analysis.stats.clustering import cosine_similarity
 from analysis.stats.verdict import decide
 from analysis.store.shards import open_shards
@@ -57,7 +60,7 @@ def test_noise_floor_reads_each_halfs_specific_routing_and_corrects_for_attenuat
     grams = [x @ x.T for x in jac]
     floor = reliability.noise_floor(tuple(out), tuple(grams), (2, 2), mantel_r=0.3)
     i, j = np.triu_indices(len(out[0]), k=1)
-    spec = [routing.decompose(g)[1] for g in grams]
+    spec = [decompose(g)[1] for g in grams]
     r_out, r_jac = (np.corrcoef(m[0][i, j], m[1][i, j])[0, 1] for m in (out, spec))
     rel_out, rel_jac = 2 * r_out / (1 + r_out), 2 * r_jac / (1 + r_jac)
     assert floor.reliability_out == pytest.approx(rel_out, abs=1e-10)
@@ -77,18 +80,18 @@ def test_cluster_level_r_matches_a_loop_over_cluster_pairs():
     mean = lambda m, c, d: m[np.ix_(labels == c, labels == d)].mean()  # noqa: E731
     x = [mean(a, c, d) for c, d in pairs]
     y = [mean(b, c, d) for c, d in pairs]
-    level = routing.cluster_level(a, b, labels, 199, 0)
+    level = cluster_level(a, b, labels, 199, 0)
     assert level.n_clusters == 5 and level.n_pairs == 10
     assert level.r == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
-    assert np.isnan(routing.cluster_level(a, b, np.repeat([1, 2], 18), 99, 0).r)  # two clusters: one pair
+    assert np.isnan(cluster_level(a, b, np.repeat([1, 2], 18), 99, 0).r)  # two clusters: one pair
 
 
 def test_cluster_level_p_is_uniform_under_exchangeable_clusters():
     """Under independent matrices the permutation p rejects at about its level (200 replicates, SE 1.5 %)."""
     rng = np.random.default_rng(3)
     labels = np.repeat(np.arange(1, 7), 5)
-    rejections = sum(routing.cluster_level(cosine_similarity(rng.normal(size=(30, 6))),
-                                           cosine_similarity(rng.normal(size=(30, 6))), labels, 99, s).p_value < 0.05
+    rejections = sum(cluster_level(cosine_similarity(rng.normal(size=(30, 6))),
+                                   cosine_similarity(rng.normal(size=(30, 6))), labels, 99, s).p_value < 0.05
                      for s in range(200))
     print(f"cluster-level r, independent matrices: {rejections / 200:.1%} rejections at 5 % (200 replicates)")
     assert rejections / 200 <= 0.095
@@ -160,7 +163,7 @@ def test_the_pipeline_reports_the_noise_floor_from_its_halves(tiny_results):
     floor = results.routing.evidence.noise_floor
     assert floor is not None and floor.half_draws == (1, 2)
     shards = open_shards(results.stage_paths["jacobians"])
-    grams = [routing.stream_gram(h) for h in shards.halves()]
+    grams = [stream_gram(h) for h in shards.halves()]
     draws = results.effects.responses.delta_y_draws
     out = [cosine_similarity(draws[:1].mean(0)), cosine_similarity(draws[1:].mean(0))]
     direct = reliability.noise_floor(tuple(out), tuple(grams), (1, 2), results.routing.evidence.mantel_pearson.statistic)

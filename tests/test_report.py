@@ -23,7 +23,7 @@ import pytest
 from analysis.present import plots
 from analysis.present.formatting import fmt_p
 from analysis.present.report import typeset
-from analysis.stats import routing as routing_module
+from analysis.stats.decomposition import decompose
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTICLE = ROOT / "report" / "index.qmd"
@@ -550,7 +550,7 @@ def test_routing_by_depth_against_the_stored_block_jacobians(demo_results):
         mean = unit.mean(axis=0)
         g = mean / np.linalg.norm(mean)
         assert depth.decomposition.common_share == pytest.approx(np.mean((unit @ g) ** 2), rel=1e-6)
-        _, specific = routing_module.decompose(unit @ unit.T)
+        _, specific = decompose(unit @ unit.T)
         assert depth.mantel.statistic == pytest.approx(np.corrcoef(routing.c_out[i, j], specific[i, j])[0, 1], abs=1e-9)
     (line,) = [line for line in summary_lines(demo_results) if line.startswith("By depth: ")]
     for depth in routing.depth:

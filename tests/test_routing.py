@@ -7,7 +7,14 @@ from scipy.stats import pearsonr, spearmanr
 
 from analysis.config import default_decision_rule
 from analysis.results import ClusterContrast, Decomposition, RoutingEvidence, Spread, StudentizedTest
-from analysis.stats import axes, clustering, enrichment, routing, verdict
+from analysis.stats import axes, clustering, enrichment, verdict
+from analysis.stats.contrast import cluster_contrast
+from analysis.stats.decomposition import decompose
+from analysis.stats.evidence import core_evidence, linearity, routing_by_depth, routing_evidence
+from analysis.stats.gram import cosine_from_gram, jacobian_svd, stream_gram
+from analysis.stats.mantel import kd_bootstrap_ci, mantel, partial_mantel, within_cluster_mantel
+from analysis.stats.nulls import p_greater
+from analysis.stats.pairs import pearson, upper
 from analysis.store import cache
 from analysis.store.shards import open_shards
 
@@ -31,8 +38,8 @@ def test_streamed_gram_equals_direct_product_with_a_tiny_memory_budget(planted):
     stacked, shards = planted
     flat = stacked.reshape(len(stacked), -1).astype(np.float64)
     # 600 bytes: room for one KD per block, so every block pairing is exercised.
-    assert np.allclose(routing.stream_gram(shards, memory_bytes=600), flat @ flat.T)
-    assert np.allclose(routing.stream_gram(shards), flat @ flat.T)
+    assert np.allclose(stream_gram(shards, memory_bytes=600), flat @ flat.T)
+    assert np.allclose(stream_gram(shards), flat @ flat.T)
 
 
 def test_lanczos_path_matches_numpy(tmp_path):
@@ -42,7 +49,7 @@ def test_lanczos_path_matches_numpy(tmp_path):
     shards = write_shards(tmp_path, stacked, shard_kds=16)
     flat = stacked.reshape(60, -1).astype(np.float32).astype(np.float64)
     u, s, _ = np.linalg.svd(flat / np.linalg.norm(flat, axis=1, keepdims=True), full_matrices=False)
-    svd = routing.jacobian_svd(flat @ flat.T, shards, np.ones((60, 8)), n_axes=3)
+    svd = jacobian_svd(flat @ flat.T, shards, np.ones((60, 8)), n_axes=3)
     assert np.allclose(svd.singular_values, s[:3]) and np.allclose(np.abs(svd.kd_scores), np.abs(u[:, :3] * s[:3]), atol=1e-6)
 
 
@@ -51,7 +58,7 @@ def test_svd_through_the_gram_matches_numpy(planted):
     flat = stacked.reshape(len(stacked), -1).astype(np.float64)
     # The SVD is of unit-norm Jacobians (so large-norm KDs do not define the axes by size alone).
     u, s, vt = np.linalg.svd(flat / np.linalg.norm(flat, axis=1, keepdims=True), full_matrices=False)
-    svd = routing.jacobian_svd(flat @ flat.T, shards, np.ones((23, 12)), n_axes=3)
+    svd = jacobian_svd(flat @ flat.T, shards, np.ones((23, 12)), n_axes=3)
     assert np.allclose(svd.singular_values[:3], s[:3])
     assert np.allclose(np.abs(svd.kd_scores), np.abs(u[:, :3] * s[:3]), atol=1e-8)
     assert np.allclose(np.abs(svd.axes.reshape(3, -1)), np.abs(vt[:3]), atol=1e-8)
@@ -68,7 +75,7 @@ def test_one_large_jacobian_does_not_define_the_first_axis(tmp_path):
     stacked = shared + 0.3 * rng.normal(size=(30, 40))
     stacked[0] = 100 * rng.normal(size=40)
     flat = stacked.astype(np.float32).astype(np.float64)
-    svd = routing.jacobian_svd(flat @ flat.T, write_shards(tmp_path, stacked.reshape(30, 8, 5), 8), np.ones((30, 8)), 2)
+    svd = jacobian_svd(flat @ flat.T, write_shards(tmp_path, stacked.reshape(30, 8, 5), 8), np.ones((30, 8)), 2)
     assert abs(svd.kd_scores[0, 0]) < np.median(np.abs(svd.kd_scores[1:, 0]))
 
 
@@ -96,7 +103,7 @@ def similarity_pair(rng, n=40, shared=0.6):
 def naive_jackknife_r(a, b):
     """Pearson r of the upper triangles and its delete-one-KD jackknife SE, by explicit loops."""
     n = len(a)
-    r = lambda x, y: pearsonr(routing.upper(x), routing.upper(y))[0]  # noqa: E731
+    r = lambda x, y: pearsonr(upper(x), upper(y))[0]  # noqa: E731
     loo = np.array([r(a[np.ix_(keep, keep)], b[np.ix_(keep, keep)]) for keep in (np.arange(n) != k for k in range(n))])
     return r(a, b), np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum())
 
@@ -104,7 +111,7 @@ def naive_jackknife_r(a, b):
 def test_studentized_mantel_matches_loops_over_the_same_permutations():
     rng = np.random.default_rng(8)
     a, b = similarity_pair(rng, n=18, shared=0.15)
-    test = routing.mantel(a, b, 60, seed=3)
+    test = mantel(a, b, 60, seed=3)
     r, se = naive_jackknife_r(a, b)
     assert np.isclose(test.statistic, r) and np.isclose(test.standard_error, se)
     perms = np.argsort(np.random.default_rng(3).random((60, 18)), axis=1)
@@ -116,18 +123,18 @@ def test_studentized_mantel_matches_loops_over_the_same_permutations():
 def test_mantel_statistic_is_pearson_and_detects_planted_correlation():
     rng = np.random.default_rng(1)
     a, b = similarity_pair(rng)
-    test = routing.mantel(a, b, 999, seed=0)
-    assert np.isclose(test.statistic, pearsonr(routing.upper(a), routing.upper(b))[0])
+    test = mantel(a, b, 999, seed=0)
+    assert np.isclose(test.statistic, pearsonr(upper(a), upper(b))[0])
     assert test.p_value == pytest.approx(1 / 1000)
-    spearman = routing.mantel(a, b, 999, seed=0, method="spearman")
-    assert np.isclose(spearman.statistic, spearmanr(routing.upper(a), routing.upper(b))[0])
+    spearman = mantel(a, b, 999, seed=0, method="spearman")
+    assert np.isclose(spearman.statistic, spearmanr(upper(a), upper(b))[0])
 
 
 def test_mantel_on_independent_matrices_is_not_significant():
     rng = np.random.default_rng(2)
     a, _ = similarity_pair(rng)
     _, b = similarity_pair(rng)
-    assert routing.mantel(a, b, 999, seed=0).p_value > 0.05
+    assert mantel(a, b, 999, seed=0).p_value > 0.05
 
 
 def test_partial_mantel_removes_a_shared_cause():
@@ -138,10 +145,10 @@ def test_partial_mantel_removes_a_shared_cause():
     c = clustering.cosine_similarity(cause)
     a = clustering.cosine_similarity(cause + 0.7 * rng.normal(size=(n, 30)))
     b = clustering.cosine_similarity(cause + 0.7 * rng.normal(size=(n, 30)))
-    assert routing.mantel(a, b, 499, 0).p_value < 0.01
-    partial = routing.partial_mantel(a, b, c, 499, 0)
+    assert mantel(a, b, 499, 0).p_value < 0.01
+    partial = partial_mantel(a, b, c, 499, 0)
     # Against the textbook formula on the upper triangles.
-    r = lambda x, y: pearsonr(routing.upper(x), routing.upper(y))[0]
+    r = lambda x, y: pearsonr(upper(x), upper(y))[0]
     expected = (r(a, b) - r(a, c) * r(b, c)) / np.sqrt((1 - r(a, c) ** 2) * (1 - r(b, c) ** 2))
     assert np.isclose(partial.statistic, expected)
     assert abs(partial.statistic) < abs(r(a, b))
@@ -150,9 +157,9 @@ def test_partial_mantel_removes_a_shared_cause():
 def test_bootstrap_ci_covers_the_statistic_and_is_wider_for_fewer_kds():
     rng = np.random.default_rng(4)
     a, b = similarity_pair(rng, n=60)
-    low, high = routing.kd_bootstrap_ci(a, b, 300, 0)
-    assert low < routing.pearson(a, b) < high
-    small_low, small_high = routing.kd_bootstrap_ci(a[:15, :15], b[:15, :15], 300, 0)
+    low, high = kd_bootstrap_ci(a, b, 300, 0)
+    assert low < pearson(a, b) < high
+    small_low, small_high = kd_bootstrap_ci(a[:15, :15], b[:15, :15], 300, 0)
     assert small_high - small_low > high - low
 
 
@@ -176,11 +183,11 @@ def test_cluster_contrast_matches_direct_loops_and_finds_planted_routing():
     labels = np.repeat([1, 2, 3], 8)
     centres = rng.normal(size=(3, 20))
     sim = clustering.cosine_similarity(centres[labels - 1] + 1.5 * rng.normal(size=(24, 20)))
-    result = routing.cluster_contrast(sim, labels, 499, 0)
+    result = cluster_contrast(sim, labels, 499, 0)
     difference, t = naive_studentized(sim, labels)
     assert np.isclose(result.difference, difference)
     assert np.isclose(result.difference / (result.test.standard_error * result.spread), t)
-    assert np.isclose(result.test.statistic, difference / routing.upper(sim[np.ix_(labels > 0, labels > 0)]).std())
+    assert np.isclose(result.test.statistic, difference / upper(sim[np.ix_(labels > 0, labels > 0)]).std())
     assert result.test.p_value < 0.01 and result.auc > 0.6
 
     # Without planted routing, the permutation p equals the one from studentized statistics computed by loops over
@@ -189,16 +196,16 @@ def test_cluster_contrast_matches_direct_loops_and_finds_planted_routing():
     perms = np.argsort(np.random.default_rng(0).random((40, 24)), axis=1)
     null = [naive_studentized(flat, labels[p])[1] for p in perms]
     observed = naive_studentized(flat, labels)[1]
-    vectorised = routing.cluster_contrast(flat, labels, 40, 0)
+    vectorised = cluster_contrast(flat, labels, 40, 0)
     assert vectorised.test.p_value == pytest.approx((1 + np.sum(np.array(null) >= observed - 1e-9)) / 41)
 
 
 def test_contrast_without_same_cluster_pairs_is_undefined_not_significant():
     """Every KD its own cluster: no same-cluster pair, so no statistic and no p-value (was p = 1/(N+1))."""
     sim = clustering.cosine_similarity(np.random.default_rng(7).normal(size=(10, 6)))
-    result = routing.cluster_contrast(sim, np.arange(1, 11), 99, 0)
+    result = cluster_contrast(sim, np.arange(1, 11), 99, 0)
     assert result.n_same == 0 and np.isnan(result.test.p_value) and np.isnan(result.test.statistic)
-    evidence = routing.core_evidence(sim, sim, np.arange(1, 11), 99, 0, 0)
+    evidence = core_evidence(sim, sim, np.arange(1, 11), 99, 0, 0)
     row = verdict.deciding_criteria(evidence, default_decision_rule())[1]
     assert row.p_value is None and not row.held and row.supports == "neither"
 
@@ -209,18 +216,18 @@ def test_ties_in_discrete_matrices_count_as_extreme():
     labels = np.array([0, 0, 0, 1, 1, 1])
     a = (labels[:, None] == labels[None]).astype(float)
     b = a + 0.5 * (np.arange(6)[:, None] % 2 == np.arange(6)[None] % 2)
-    test = routing.mantel(a, b, 2000, 0)
+    test = mantel(a, b, 2000, 0)
     perms = np.argsort(np.random.default_rng(0).random((2000, 6)), axis=1)
     preserving = sum(np.array_equal(b, b[np.ix_(p, p)]) for p in perms)
     assert preserving > 0 and test.p_value >= (1 + preserving) / 2001
-    assert routing._p_greater(0.3, np.array([0.3 - 1e-13, 0.1])) == pytest.approx(2 / 3)
+    assert p_greater(0.3, np.array([0.3 - 1e-13, 0.1])) == pytest.approx(2 / 3)
 
 
 def test_weak_effect_group_is_left_out_of_the_contrast():
     rng = np.random.default_rng(6)
     sim = clustering.cosine_similarity(rng.normal(size=(12, 8)))
     labels = np.array([0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2])
-    result = routing.cluster_contrast(sim, labels, 99, 0)
+    result = cluster_contrast(sim, labels, 99, 0)
     assert result.n_same + result.n_cross == 10 * 9 // 2
 
 
@@ -233,18 +240,18 @@ def test_the_mantel_statistics_read_the_strong_effect_kds_only():
     world = calibration.draw_world(np.random.default_rng(1), "weak-tail-cluster")
     strong = np.flatnonzero(world.labels > 0)
     assert 0.25 * len(world.labels) < len(world.labels) - len(strong) < 0.6 * len(world.labels)
-    evidence = routing.routing_evidence(world.c_out, world.c_jac, world.c_rep, world.labels, 99, 50, 0)
-    _, spec = routing.decompose(world.c_jac)
+    evidence = routing_evidence(world.c_out, world.c_jac, world.c_rep, world.labels, 99, 50, 0)
+    _, spec = decompose(world.c_jac)
     sub = np.ix_(strong, strong)
 
     def r(a, b):
-        return pearsonr(routing.upper(a), routing.upper(b))[0]
+        return pearsonr(upper(a), upper(b))[0]
 
     assert (evidence.n_kds, evidence.n_strong, evidence.n_pairs) == (len(world.labels), len(strong),
                                                                      len(strong) * (len(strong) - 1) // 2)
     assert evidence.mantel_pearson.statistic == pytest.approx(r(world.c_out[sub], spec[sub]), abs=1e-10)
     assert evidence.mantel_spearman.statistic == pytest.approx(
-        spearmanr(routing.upper(world.c_out[sub]), routing.upper(spec[sub]))[0], abs=1e-10)
+        spearmanr(upper(world.c_out[sub]), upper(spec[sub]))[0], abs=1e-10)
     assert evidence.raw_mantel.statistic == pytest.approx(r(world.c_out[sub], world.c_jac[sub]), abs=1e-10)
     assert evidence.mantel_out_rep.statistic == pytest.approx(r(world.c_out[sub], world.c_rep[sub]), abs=1e-10)
     assert evidence.keyed_lookup_r == pytest.approx(r(world.c_jac[sub], world.c_out[sub] * world.c_rep[sub]),
@@ -256,7 +263,7 @@ def test_the_mantel_statistics_read_the_strong_effect_kds_only():
 
 def test_linearity_share():
     delta = np.array([[1.0, 0.0], [2.0, 2.0]])
-    assert np.allclose(routing.linearity(delta, np.array([[1.0, 0.0], [0.0, 0.0]])), [1.0, 0.0])
+    assert np.allclose(linearity(delta, np.array([[1.0, 0.0], [0.0, 0.0]])), [1.0, 0.0])
 
 
 # ---------------------------------------------------------------- the call, from records built by hand
@@ -376,7 +383,7 @@ def test_common_share_against_explicit_vectors_and_gain_free():
     expected = np.mean((u @ direction) ** 2)
     gains = rng.lognormal(0, 1, size=30)
     for gram in (jac @ jac.T, (gains[:, None] * jac) @ (gains[:, None] * jac).T):
-        d, spec = routing.decompose(gram)
+        d, spec = decompose(gram)
         assert d.common_share == pytest.approx(expected, abs=1e-12)
         assert d.common_share + d.specific_share == pytest.approx(1.0)
         assert 0.95 < d.common_share < 0.99 and np.allclose(np.diag(spec), 1.0)
@@ -387,7 +394,7 @@ def test_one_routing_for_every_kd_has_no_specific_share():
     rng = np.random.default_rng(2)
     jac = np.tile(rng.normal(size=(1, 500)), (20, 1)).astype(np.float32).astype(np.float64)
     jac *= rng.uniform(0.5, 2.0, size=(20, 1))
-    d, _ = routing.decompose(jac @ jac.T)
+    d, _ = decompose(jac @ jac.T)
     assert d.specific_share < 1e-6 < default_decision_rule().min_specific_share * 1e-2 + 1e-6
 
 
@@ -404,7 +411,7 @@ def test_specific_matrix_finds_modules_under_a_common_component():
     own = rng.normal(size=(n, dim))
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     u = np.sqrt(0.98) * unit(g) + np.sqrt(0.01) * (unit(modules)[module] + unit(own))
-    d, spec = routing.decompose(u @ u.T)
+    d, spec = decompose(u @ u.T)
     same = (module[:, None] == module[None]) & ~np.eye(n, dtype=bool)
     cross = module[:, None] != module[None]
     assert d.common_share == pytest.approx(0.98, abs=0.005)
@@ -426,7 +433,7 @@ def test_specific_matrix_does_not_follow_a_noise_level_shared_within_modules():
         sigma = (0.14 * np.array([0.3, 0.6, 1.2, 2.0]))[module]
         u = rng.normal(size=dim) / np.sqrt(dim) + sigma[:, None] * rng.normal(size=(n, dim)) / np.sqrt(dim)
         u /= np.linalg.norm(u, axis=1, keepdims=True)
-        _, spec = routing.decompose(u @ u.T)
+        _, spec = decompose(u @ u.T)
         centred = u - u.mean(axis=0)
         c = clustering.cosine_similarity(centred)
         same = (module[:, None] == module[None]) & ~np.eye(n, dtype=bool)
@@ -449,14 +456,14 @@ def test_within_cluster_mantel_separates_graded_from_block_sharing():
     for _ in range(40):
         out = rng.normal(size=(4, 60))[labels - 1] + 0.8 * rng.normal(size=(n, 60))
         jac = rng.normal(size=(4, 60))[labels - 1] + 0.8 * rng.normal(size=(n, 60))  # block + independent noise
-        test = routing.within_cluster_mantel(clustering.cosine_similarity(out), clustering.cosine_similarity(jac),
-                                             labels, 99, 0)
+        test = within_cluster_mantel(clustering.cosine_similarity(out), clustering.cosine_similarity(jac),
+                                     labels, 99, 0)
         rejections += test.p_value < 0.05
     assert rejections <= 5, rejections
     out = rng.normal(size=(4, 60))[labels - 1] + 0.8 * rng.normal(size=(n, 60))
     jac = out + 0.3 * rng.normal(size=out.shape)  # routing follows each KD's own output, within clusters too
-    graded = routing.within_cluster_mantel(clustering.cosine_similarity(out), clustering.cosine_similarity(jac),
-                                           labels, 99, 0)
+    graded = within_cluster_mantel(clustering.cosine_similarity(out), clustering.cosine_similarity(jac),
+                                   labels, 99, 0)
     assert graded.statistic > 0.5 and graded.p_value <= 0.01
 
 
@@ -486,7 +493,7 @@ def test_routing_by_depth_finds_the_block_where_cluster_sharing_forms(tmp_path):
     out = rng.normal(size=(4, 30))[modules] + 0.5 * rng.normal(size=(n, 30))
     c_out = clustering.cosine_similarity(out)
     rule = default_decision_rule()
-    depth = verdict.read_depth(routing.routing_by_depth([shards.block(b) for b in range(3)], c_out, labels, 199, 0),
+    depth = verdict.read_depth(routing_by_depth([shards.block(b) for b in range(3)], c_out, labels, 199, 0),
                                rule)
     assert [d.block for d in depth] == [1, 2, 3]
     assert depth[0].reading == "common only" and depth[0].decomposition.common_share > 1 - 1e-6
@@ -494,5 +501,5 @@ def test_routing_by_depth_finds_the_block_where_cluster_sharing_forms(tmp_path):
     assert depth[2].reading == "cluster-shared" and depth[2].mantel.statistic > 0.5
     # the Gram each block is read from is the block's own: cos of the flattened block Jacobians
     flat = stacked[:, 2].reshape(n, -1)
-    assert np.allclose(routing.cosine_from_gram(routing.stream_gram(shards.block(2))),
+    assert np.allclose(cosine_from_gram(stream_gram(shards.block(2))),
                        clustering.cosine_similarity(flat), atol=1e-6)

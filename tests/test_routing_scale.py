@@ -11,7 +11,13 @@ from scipy.stats import norm, pearsonr
 
 from analysis.config import InputError, default_decision_rule, load_config
 from analysis.datasets import calibration
-from analysis.stats import clustering, routing, verdict
+from analysis.stats import clustering, pairs, verdict
+from analysis.stats.contrast import _rank_sum_greater, cluster_contrast
+from analysis.stats.decomposition import decompose
+from analysis.stats.evidence import core_evidence, routing_evidence
+from analysis.stats.mantel import kd_bootstrap_ci, mantel, partial_mantel, within_cluster_mantel
+from analysis.stats.nulls import BORDERLINE, borderline_rule, refer
+from analysis.stats.pairs import rank_matrix, upper
 
 
 # ---------------------------------------------------------------- oracles, written from the definitions
@@ -53,22 +59,22 @@ def matrices(rng, n, shared=0.3):
 def test_normal_reference_mantel_p_is_the_normal_tail_of_the_oracle_z():
     rng = np.random.default_rng(0)
     a, b = matrices(rng, 31)
-    test = routing.mantel(a, b, 0, 0, "pearson", "normal")
+    test = mantel(a, b, 0, 0, "pearson", "normal")
     assert test.reference == "normal" and test.n_permutations == 0
     assert test.p_value == pytest.approx(norm.sf(oracle_z(a, b)), rel=1e-10)
     # statistic and SE are the same as under the permutation reference
-    permuted = routing.mantel(a, b, 99, 0)
+    permuted = mantel(a, b, 99, 0)
     assert (test.statistic, test.standard_error) == pytest.approx((permuted.statistic, permuted.standard_error), rel=1e-12)
-    assert test.statistic == pytest.approx(pearsonr(routing.upper(a), routing.upper(b))[0])
-    ranks = routing.mantel(a, b, 0, 0, "spearman", "normal")
-    assert ranks.p_value == pytest.approx(norm.sf(oracle_z(routing.rank_matrix(a), routing.rank_matrix(b))), rel=1e-10)
+    assert test.statistic == pytest.approx(pearsonr(upper(a), upper(b))[0])
+    ranks = mantel(a, b, 0, 0, "spearman", "normal")
+    assert ranks.p_value == pytest.approx(norm.sf(oracle_z(rank_matrix(a), rank_matrix(b))), rel=1e-10)
 
 
 def test_normal_reference_contrast_reads_the_difference_as_a_pair_sum():
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1, 2, 3], [4, 9, 7, 6])
     sim = clustering.cosine_similarity(np.eye(4)[labels] + 0.9 * rng.normal(size=(26, 4)))
-    result = routing.cluster_contrast(sim, labels, 0, 0, "normal")
+    result = cluster_contrast(sim, labels, 0, 0, "normal")
     keep = labels > 0
     lab, sub = labels[keep], sim[np.ix_(keep, keep)]
     same = lab[:, None] == lab[None, :]
@@ -77,7 +83,7 @@ def test_normal_reference_contrast_reads_the_difference_as_a_pair_sum():
     assert result.difference == pytest.approx(sub[i, j] @ weights[i, j], rel=1e-10)
     assert result.test.p_value == pytest.approx(norm.sf(oracle_z(weights, sub)), rel=1e-10)
     assert result.test.reference == "normal" and result.test.n_permutations == 0
-    permuted = routing.cluster_contrast(sim, labels, 99, 0)
+    permuted = cluster_contrast(sim, labels, 99, 0)
     assert (result.test.statistic, result.test.standard_error, result.auc) == pytest.approx(
         (permuted.test.statistic, permuted.test.standard_error, permuted.auc), rel=1e-12)
 
@@ -86,7 +92,7 @@ def test_normal_reference_within_cluster_mantel_sums_the_clusters_blocks():
     rng = np.random.default_rng(2)
     labels = np.repeat([0, 1, 2, 3], [3, 8, 6, 2])  # a two-KD cluster: one pair, constant under its permutations
     a, b = matrices(rng, len(labels))
-    test = routing.within_cluster_mantel(a, b, labels, 0, 0, "normal")
+    test = within_cluster_mantel(a, b, labels, 0, 0, "normal")
     totals, variances = [], []
     for c in (1, 2):
         block = np.flatnonzero(labels == c)
@@ -96,7 +102,7 @@ def test_normal_reference_within_cluster_mantel_sums_the_clusters_blocks():
         totals.append(cx @ cy)
         variances.append((cx @ cy / z) ** 2)
     assert test.p_value == pytest.approx(norm.sf(sum(totals) / np.sqrt(sum(variances))), rel=1e-10)
-    permuted = routing.within_cluster_mantel(a, b, labels, 99, 0)
+    permuted = within_cluster_mantel(a, b, labels, 99, 0)
     assert (test.statistic, test.standard_error) == pytest.approx((permuted.statistic, permuted.standard_error),
                                                                   rel=1e-12)
 
@@ -129,7 +135,7 @@ def test_within_cluster_permutations_match_a_loop_over_masked_matrices():
         for g in groups:
             perm[g] = generator.permutation(g)
         null.append(studentized(sub_b[np.ix_(perm, perm)]))
-    test = routing.within_cluster_mantel(a, b, labels, 30, 8)
+    test = within_cluster_mantel(a, b, labels, 30, 8)
     assert test.statistic / test.standard_error == pytest.approx(studentized(sub_b), rel=1e-10)
     assert test.p_value == pytest.approx((1 + np.sum(np.array(null) >= studentized(sub_b) - 1e-9)) / 31)
 
@@ -138,15 +144,15 @@ def test_normal_reference_partial_mantel_reads_the_residual_matrix():
     rng = np.random.default_rng(3)
     a, b = matrices(rng, 25)
     c = clustering.cosine_similarity(rng.normal(size=(25, 6)))
-    test = routing.partial_mantel(a, b, c, 0, 0, "normal")
+    test = partial_mantel(a, b, c, 0, 0, "normal")
 
     def z_scores(m):
-        u = routing.upper(m)
+        u = upper(m)
         return squareform((u - u.mean()) / u.std())
 
-    r_bc = pearsonr(routing.upper(b), routing.upper(c))[0]
+    r_bc = pearsonr(upper(b), upper(c))[0]
     assert test.p_value == pytest.approx(norm.sf(oracle_z(z_scores(b) - r_bc * z_scores(c), a)), rel=1e-9)
-    assert test.statistic == pytest.approx(routing.partial_mantel(a, b, c, 99, 0).statistic, rel=1e-12)
+    assert test.statistic == pytest.approx(partial_mantel(a, b, c, 99, 0).statistic, rel=1e-12)
 
 
 # ---------------------------------------------------------------- why not r / jackknife SE, and the size
@@ -161,7 +167,7 @@ def null_tests():
     tests = []
     for _ in range(N_NULL):
         w = calibration.draw_world(rng, "independent", 200)
-        tests.append(routing.mantel(w.c_out, routing.decompose(w.c_jac)[1], 0, 0, "pearson", "normal"))
+        tests.append(mantel(w.c_out, decompose(w.c_jac)[1], 0, 0, "pearson", "normal"))
     return tests
 
 
@@ -187,9 +193,9 @@ def test_normal_reference_finds_planted_sharing():
     rng = np.random.default_rng(12)
     for _ in range(20):
         w = calibration.draw_world(rng, "sharing-r0.1", 200)
-        spec = routing.decompose(w.c_jac)[1]
-        assert routing.mantel(w.c_out, spec, 0, 0, "pearson", "normal").p_value < 0.05
-        assert routing.cluster_contrast(spec, w.labels, 0, 0, "normal").test.p_value < 0.05
+        spec = decompose(w.c_jac)[1]
+        assert mantel(w.c_out, spec, 0, 0, "pearson", "normal").p_value < 0.05
+        assert cluster_contrast(spec, w.labels, 0, 0, "normal").test.p_value < 0.05
 
 
 # ---------------------------------------------------------------- blocks, bootstrap, float32
@@ -221,10 +227,10 @@ def test_blocked_statistics_equal_one_block(world, monkeypatch, normal_reference
     """Row blocks of 3 rows against one block holding the whole matrix: every statistic equal to 1e-12."""
     c_rep = clustering.cosine_similarity(np.random.default_rng(6).normal(size=(90, 5)))
     args = (world.c_out, world.c_jac, c_rep, world.labels, 99, 50, 0)
-    monkeypatch.setattr(routing, "BLOCK_BYTES", 1 << 40)
-    whole = routing.routing_evidence(*args, normal_reference_kds=normal_reference_kds)
-    monkeypatch.setattr(routing, "BLOCK_BYTES", 8 * 90 * 3)
-    blocked = routing.routing_evidence(*args, normal_reference_kds=normal_reference_kds)
+    monkeypatch.setattr(pairs, "BLOCK_BYTES", 1 << 40)
+    whole = routing_evidence(*args, normal_reference_kds=normal_reference_kds)
+    monkeypatch.setattr(pairs, "BLOCK_BYTES", 8 * 90 * 3)
+    blocked = routing_evidence(*args, normal_reference_kds=normal_reference_kds)
     assert np.allclose(evidence_values(blocked), evidence_values(whole), rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
@@ -244,12 +250,12 @@ def bootstrap_loop(a, b, n_bootstrap, seed, level=0.95):
 
 
 def test_bootstrap_ci_as_quadratic_forms_equals_the_resampling_loop(world, monkeypatch):
-    monkeypatch.setattr(routing, "BLOCK_BYTES", 8 * 90 * 7)
-    assert routing.kd_bootstrap_ci(world.c_out, world.c_jac, 200, 4) == pytest.approx(
+    monkeypatch.setattr(pairs, "BLOCK_BYTES", 8 * 90 * 7)
+    assert kd_bootstrap_ci(world.c_out, world.c_jac, 200, 4) == pytest.approx(
         bootstrap_loop(world.c_out, world.c_jac, 200, 4), rel=1e-10)
     # a raw C_jac near 1 everywhere: the z-scores keep the sums from cancelling
     near_one = 0.99 + 0.01 * world.c_jac
-    assert routing.kd_bootstrap_ci(world.c_out, near_one, 100, 4) == pytest.approx(
+    assert kd_bootstrap_ci(world.c_out, near_one, 100, 4) == pytest.approx(
         bootstrap_loop(world.c_out, near_one, 100, 4), rel=1e-9)
 
 
@@ -257,9 +263,9 @@ def test_float32_storage_loses_nothing_a_test_reads(world):
     """C_out and C_jac stored as float32 (half the memory at K = 10,000): the normal reference's p-values, the
     statistics and the bounds move by less than 1e-5, and the call is the same."""
     rule = default_decision_rule()
-    full = routing.core_evidence(world.c_out, world.c_jac, world.labels, 0, 0, 0, normal_reference_kds=3)
-    half = routing.core_evidence(world.c_out.astype(np.float32), world.c_jac.astype(np.float32), world.labels, 0, 0,
-                                 0, normal_reference_kds=3)
+    full = core_evidence(world.c_out, world.c_jac, world.labels, 0, 0, 0, normal_reference_kds=3)
+    half = core_evidence(world.c_out.astype(np.float32), world.c_jac.astype(np.float32), world.labels, 0, 0,
+                         0, normal_reference_kds=3)
     assert np.allclose(evidence_values(half), evidence_values(full), rtol=0, atol=1e-5, equal_nan=True)
     assert verdict.decide(half, rule).call == verdict.decide(full, rule).call
 
@@ -272,15 +278,15 @@ def test_the_switch_chooses_the_reference_by_k_and_the_records_say_which(world):
         return [getattr(evidence, name) for name in studentized] + [evidence.contrast.test, evidence.raw_contrast.test]
 
     for switch in (90, 91, 0):
-        evidence = routing.routing_evidence(world.c_out, world.c_jac, c_rep, world.labels, 99, 0, 0,
-                                            normal_reference_kds=switch)
-        if switch == 90:  # N(0, 1), but a p near α is the permutation p (`routing.BORDERLINE`)
-            alone = routing.routing_evidence(world.c_out, world.c_jac, c_rep, world.labels, 0, 0, 0,
-                                             normal_reference_kds=switch)
+        evidence = routing_evidence(world.c_out, world.c_jac, c_rep, world.labels, 99, 0, 0,
+                                    normal_reference_kds=switch)
+        if switch == 90:  # N(0, 1), but a p near α is the permutation p (`BORDERLINE`)
+            alone = routing_evidence(world.c_out, world.c_jac, c_rep, world.labels, 0, 0, 0,
+                                     normal_reference_kds=switch)
             for test, normal in zip(tests_of(evidence), tests_of(alone)):
-                near = routing.BORDERLINE[0] <= normal.p_value <= routing.BORDERLINE[1]
+                near = BORDERLINE[0] <= normal.p_value <= BORDERLINE[1]
                 assert (test.reference, test.n_permutations) == (("normal+permutation", 99) if near else ("normal", 0))
-            assert (evidence.borderline, evidence.borderline_permutations) == (routing.BORDERLINE, 99)
+            assert (evidence.borderline, evidence.borderline_permutations) == (BORDERLINE, 99)
         else:
             assert {(t.reference, t.n_permutations) for t in tests_of(evidence)} == {("permutation", 99)}
             assert (evidence.borderline, evidence.borderline_permutations) == (None, 0)
@@ -289,7 +295,7 @@ def test_the_switch_chooses_the_reference_by_k_and_the_records_say_which(world):
         assert (evidence.within_mantel.reference, evidence.within_mantel.n_permutations) == ("permutation", 99)
     rows = verdict.deciding_criteria(evidence, default_decision_rule())
     assert "99 KD-label permutations" in rows[0].test and "99 cluster-label permutations" in rows[1].test
-    normal = routing.core_evidence(world.c_out, world.c_jac, world.labels, 99, 0, 0, normal_reference_kds=90)
+    normal = core_evidence(world.c_out, world.c_jac, world.labels, 99, 0, 0, normal_reference_kds=90)
     for row, test in zip(verdict.deciding_criteria(normal, default_decision_rule()),
                          (normal.mantel_pearson, normal.contrast.test)):
         assert "normal reference" in row.test
@@ -297,7 +303,7 @@ def test_the_switch_chooses_the_reference_by_k_and_the_records_say_which(world):
 
 
 def test_a_normal_p_near_alpha_is_decided_by_permutations():
-    """Near α the normal tail is not trusted (`routing.BORDERLINE`): there p is the permutation p of the same
+    """Near α the normal tail is not trusted (`BORDERLINE`): there p is the permutation p of the same
     studentized statistic from the same seeded permutations as under the permutation reference; away from α N(0, 1)
     decides and nothing is permuted. Each test is seen both ways."""
     rng = np.random.default_rng(13)
@@ -306,13 +312,13 @@ def test_a_normal_p_near_alpha_is_decided_by_permutations():
     for _ in range(100):
         a, b = matrices(rng, 26, shared=rng.uniform(0.0, 0.8))
         c = clustering.cosine_similarity(rng.normal(size=(26, 6)))
-        runs = {"Mantel": lambda n, reference: routing.mantel(a, b, n, 5, "pearson", reference),
-                "Spearman": lambda n, reference: routing.mantel(a, b, n, 5, "spearman", reference),
-                "contrast": lambda n, reference: routing.cluster_contrast(b, labels, n, 5, reference).test,
-                "partial": lambda n, reference: routing.partial_mantel(a, b, c, n, 5, reference)}
+        runs = {"Mantel": lambda n, reference: mantel(a, b, n, 5, "pearson", reference),
+                "Spearman": lambda n, reference: mantel(a, b, n, 5, "spearman", reference),
+                "contrast": lambda n, reference: cluster_contrast(b, labels, n, 5, reference).test,
+                "partial": lambda n, reference: partial_mantel(a, b, c, n, 5, reference)}
         for name, run in runs.items():
             alone, referred = run(0, "normal"), run(49, "normal")
-            near = routing.BORDERLINE[0] <= alone.p_value <= routing.BORDERLINE[1]
+            near = BORDERLINE[0] <= alone.p_value <= BORDERLINE[1]
             if near:
                 assert (referred.reference, referred.n_permutations) == ("normal+permutation", 49)
                 assert referred.p_value == run(49, "permutation").p_value
@@ -322,6 +328,29 @@ def test_a_normal_p_near_alpha_is_decided_by_permutations():
         if len(seen) == 2 * len(runs):
             break
     assert len(seen) == 8, seen
+
+
+def test_refer_runs_only_what_the_reference_needs():
+    """`refer` is the one place the references part ways: "permutation" never computes z; "normal" permutes only a p
+    near α, and only when it is given permutations; the label and count it returns say which happened."""
+    def never() -> float:
+        raise AssertionError("called under the other reference")
+
+    assert refer("permutation", 99, never, lambda: 0.02) == (0.02, 99, "permutation")
+    assert refer("normal", 99, lambda: 4.0, never) == (pytest.approx(norm.sf(4.0)), 0, "normal")  # far below α
+    assert refer("normal", 99, lambda: 1.0, lambda: 0.3) == (0.3, 99, "normal+permutation")  # Φ̄(1) ≈ 0.16: near α
+    assert refer("normal", 0, lambda: 1.0, never) == (pytest.approx(norm.sf(1.0)), 0, "normal")  # N(0, 1) alone
+    assert np.isnan(refer("normal", 99, lambda: float("nan"), never)[0])
+    assert borderline_rule("normal", 9999) == (BORDERLINE, 199) and borderline_rule("permutation", 9999) == (None, 0)
+    # The within-cluster Mantel goes through it too: near α its p is the within-cluster permutation p.
+    labels = np.repeat([0, 1, 2, 3], [4, 9, 7, 6])
+    for seed, reference in ((0, "normal+permutation"), (2, "normal")):  # normal p 0.039 and 0.32
+        rng = np.random.default_rng(seed)
+        a, b = (clustering.cosine_similarity(rng.normal(size=(26, 5))) for _ in range(2))
+        referred = within_cluster_mantel(a, b, labels, 49, 5, "normal")
+        permuted = within_cluster_mantel(a, b, labels, 49, 5)
+        assert referred.reference == reference
+        assert (referred.p_value == permuted.p_value) == (reference == "normal+permutation")
 
 
 def test_the_switch_is_a_checked_config_field(tmp_path):
@@ -345,10 +374,10 @@ def test_rank_sum_equals_scipy(ties):
         values = np.round(values, 1)  # groups of equal values, several hundred each
     chosen = np.arange(5000) % 3 == 0
     expected = mannwhitneyu(values[chosen], values[~chosen], alternative="greater")
-    u, p = routing._rank_sum_greater(values.copy(), chosen)
+    u, p = _rank_sum_greater(values.copy(), chosen)
     assert (u, p) == pytest.approx((expected.statistic, expected.pvalue), rel=1e-12)
     few = np.arange(5000) < 6  # 6 chosen: scipy's exact or asymptotic choice is kept
-    assert routing._rank_sum_greater(values.copy(), few)[1] == pytest.approx(
+    assert _rank_sum_greater(values.copy(), few)[1] == pytest.approx(
         mannwhitneyu(values[few], values[~few], alternative="greater").pvalue, rel=1e-12)
 
 
@@ -363,7 +392,7 @@ def test_the_report_words_the_reference_each_test_used(world):
     config = load_config()
     strong = int((world.labels > 0).sum())
     for switch in (strong, 0):
-        evidence = routing.core_evidence(world.c_out, world.c_jac, world.labels, 99, 0, 0, normal_reference_kds=switch)
+        evidence = core_evidence(world.c_out, world.c_jac, world.labels, 99, 0, 0, normal_reference_kds=switch)
         results = SimpleNamespace(config=config.replace(normal_reference_kds=switch, n_permutations=99),
                                   routing=SimpleNamespace(evidence=evidence))
         table = report.tests_table(results)

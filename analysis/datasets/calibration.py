@@ -42,7 +42,7 @@ Worlds with two halves of control draws (the noise floor, `stats.reliability`), 
 
 Worlds with a weak tail (issue 21: a genome-wide screen is mostly weak KDs), K = 80, 40 % of the KDs with ΔY of a
 twentieth of the modules' scale (group 0 of `cluster_kds`): the Mantel statistics read the strong KDs only
-(`routing.strong_effect_kds`).
+(`evidence.strong_effect_kds`).
 - "weak-tail-lookup": Model A's lookup for every KD. A null; false: "cluster circuits".
 - "weak-tail-cluster": the strong KDs route as in "common-cluster", the tail through the common direction alone.
   Expected: "cluster circuits"; false: "global readout", "per-KD", "mixed".
@@ -61,7 +61,8 @@ from ..results import CALLS, USES, RoutingEvidence
 from ..stats.clustering import cluster_kds, cosine_similarity
 from ..stats.interventions import centroids, substitution_plan, substitution_test
 from ..stats.reliability import with_noise_floor
-from ..stats.routing import core_evidence, partial_mantel
+from ..stats.evidence import core_evidence
+from ..stats.mantel import partial_mantel
 from ..stats.verdict import decide, use_answer, use_criteria
 from ..store.cache import read_json
 from .known_answers import N_DRAWS, SET_SIZE, planted_model
@@ -260,7 +261,7 @@ class Rates:
     rejections: dict
     calls: dict
     mean_r: float
-    mean_common: float = float("nan")  # mean common share of routing (`routing.decompose`)
+    mean_common: float = float("nan")  # mean common share of routing (`decomposition.decompose`)
     mean_reliability: float = float("nan")  # mean split-half reliability of C_jac^spec (draw worlds only)
 
     @property

@@ -36,9 +36,13 @@ from ..results import (
     RoutingResult,
     SteeringResult,
 )
-from ..stats import clustering, consistency, enrichment, interventions, quality, reliability, routing, verdict
+from ..stats import clustering, consistency, enrichment, interventions, quality, reliability, verdict
 from ..stats.axes import output_svd, read_axes
+from ..stats.decomposition import decompose
 from ..stats.draws import reproducibility
+from ..stats.evidence import linearity, routing_by_depth, routing_evidence
+from ..stats.gram import cosine_from_gram, jacobian_svd, stream_gram
+from ..stats.nulls import reference_for
 from ..stats.prior_work import prior_work
 from ..store import cache, codec
 from ..store.gmt import read_libraries
@@ -231,21 +235,21 @@ def run_routing(line: Line, effects: EffectsResult, intervened: InterventionsRes
 
     def compute() -> dict:
         started = time.perf_counter()
-        gram = routing.stream_gram(shards)
-        c_jac = routing.cosine_from_gram(gram)
-        _, c_jac_specific = routing.decompose(gram)
+        gram = stream_gram(shards)
+        c_jac = cosine_from_gram(gram)
+        _, c_jac_specific = decompose(gram)
         c_rep = clustering.cosine_similarity(responses.pert_repr)
-        svd = routing.jacobian_svd(gram, shards, responses.delta_y, config.n_axes)
+        svd = jacobian_svd(gram, shards, responses.delta_y, config.n_axes)
         output_scores, output_loadings = output_svd(responses.delta_y, config.n_axes)
-        linear = routing.linearity(responses.delta_y, shards.linear_prediction())
-        evidence = routing.routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
-                                            config.n_bootstrap, config.seed, gram, config.normal_reference_kds)
+        linear = linearity(responses.delta_y, shards.linear_prediction())
+        evidence = routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
+                                    config.n_bootstrap, config.seed, gram, config.normal_reference_kds)
         noise_started = time.perf_counter()
         evidence = reliability.with_noise_floor(evidence, *reliability.halves(shards, responses.delta_y_draws))
         noise_seconds = time.perf_counter() - noise_started
-        depth = verdict.read_depth(routing.routing_by_depth(
+        depth = verdict.read_depth(routing_by_depth(
             [shards.block(b) for b in range(shards.n_blocks)], effects.c_out, effects.labels, config.n_permutations,
-            config.seed, routing.reference_for(evidence.n_strong, config.normal_reference_kds)), config.decision_rule)
+            config.seed, reference_for(evidence.n_strong, config.normal_reference_kds)), config.decision_rule)
         svd_table, svd_evidence = read_axes(svd, output_scores, output_loadings, responses.kd_names,
                                             responses.gene_names, read_libraries(config.gene_sets), config.fdr,
                                             config.prerank_permutations, config.seed, line.run.space.has_genes)

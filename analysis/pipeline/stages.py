@@ -28,7 +28,7 @@ from ..store import cache
 class Stage:
     """One node of the graph. name: its cache folder (`<cache_dir>/<name>/<key>/`) and its name everywhere (records,
     report); needs: stages whose keys enter this one; fields: config fields it reads; facts: names of the run facts
-    (`RunFacts`) it reads; code: analysis modules (dotted, e.g. "stats.routing") it computes with; runner: the
+    (`RunFacts`) it reads; code: analysis modules (dotted, e.g. "stats.evidence") it computes with; runner: the
     pipeline function that runs it (qualified name in `pipeline.run`)."""
 
     name: str
@@ -68,8 +68,9 @@ STAGES: tuple[Stage, ...] = (
                   "min_reliability", "fdr", "n_axes",
                   "prerank_permutations", "gene_sets"),
           facts=("gene_set_digests",),
-          code=("stats.routing", "stats.reliability", "stats.axes", "stats.verdict", "stats.prior_work", "stats.clustering", "stats.enrichment",
-                "store.gmt", "store.shards") + STORE,
+          code=("stats.gram", "stats.decomposition", "stats.evidence", "stats.nulls", "stats.reliability", "stats.axes",
+                "stats.verdict", "stats.prior_work", "stats.clustering", "stats.enrichment", "store.gmt",
+                "store.shards") + STORE,
           runner="run_routing"),
     Stage("steering", needs=("inputs", "effects", "jacobians", "routing"), fields=(), facts=(),
           code=("model.interventions", "stats.interventions", "store.shards", "pipeline.executors") + STORE,
@@ -80,7 +81,7 @@ STAGES: tuple[Stage, ...] = (
                   "n_bootstrap", "normal_reference_kds", "alpha", "seed_r_threshold", "equivalence_r", "min_contrast",
                   "min_specific_share", "global_share", "min_cluster_share"),
           facts=("kd_names", "set_size"),
-          code=("model.predict", "model.observed", "stats.quality", "stats.routing", "stats.verdict") + STORE,
+          code=("model.predict", "model.observed", "stats.quality", "stats.evidence", "stats.verdict") + STORE,
           runner="run_quality"),
     Stage("across", needs=(), fields=("n_permutations", "n_bootstrap", "seed", "alpha"), facts=("lines",),
           code=("stats.consistency", "store.shards") + STORE, runner="run_across"),
@@ -90,7 +91,7 @@ BY_NAME = {stage.name: stage for stage in STAGES}
 
 # ---------------------------------------------------------------- code of a stage
 def module_path(module: str) -> Path:
-    """The file of an analysis module, "stats.routing" -> analysis/stats/routing.py (a package: its __init__.py)."""
+    """The file of an analysis module, "stats.evidence" -> analysis/stats/evidence.py (a package: its __init__.py)."""
     base = PACKAGE_DIR.joinpath(*module.split("."))
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..results import AxisReading, SvdEvidence
 from .enrichment import axis_enrichment, matched_pathway
-from .routing import JacobianSVD
+from .gram import JacobianSVD
 
 
 def output_svd(delta_y: np.ndarray, n_axes: int) -> tuple[np.ndarray, np.ndarray]:

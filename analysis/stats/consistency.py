@@ -29,7 +29,7 @@ import pandas as pd
 from sklearn.metrics.pairwise import cosine_similarity
 
 from ..results import PairedDifference
-from .routing import stream_gram
+from .gram import stream_gram
 
 MAX_ENUMERATED_UNITS = 16  # 2^16 sign patterns; beyond, a Monte Carlo sample
 
@@ -101,7 +101,7 @@ def compare_lines(primary: LineData, other: LineData, n_permutations: int, n_boo
                   alpha: float) -> tuple[pd.DataFrame, tuple]:
     """Per-KD cosines between two lines and the paired comparisons of routing against output consistency.
 
-    The cross-line Gram of the Jacobians is streamed from both lines' shards (`routing.stream_gram`); the primary
+    The cross-line Gram of the Jacobians is streamed from both lines' shards (`gram.stream_gram`); the primary
     line's output clusters are the units of inference. Returns the per-KD table (line_a, line_b, kd, cluster,
     cos_output, cos_jacobian, their baselines and KD-specific values, difference (specific), raw_difference) and the
     `PairedDifference`s (KD-specific first, then raw).

@@ -33,7 +33,9 @@ import polars as pl
 from ..config import DecisionRule
 from ..console import silenced
 from ..results import RoutingEvidence, Verdict
-from . import routing, verdict
+from . import verdict
+from .evidence import routing_evidence
+from .nulls import NORMAL_REFERENCE_KDS
 
 PROFILE = "minimal"  # cell-eval's metric profile
 METRICS = ("pearson_delta", "mse", "mae", "discrimination_score_l1", "overlap_at_N", "precision_at_N",
@@ -218,7 +220,7 @@ def well_predicted(kd_table: pd.DataFrame, kd_names) -> np.ndarray:
 
 def sensitivity(keep: np.ndarray, c_out: np.ndarray, c_jac: np.ndarray, c_rep: np.ndarray, gram: np.ndarray,
                 labels: np.ndarray, n_permutations: int, n_bootstrap: int, seed: int, rule: DecisionRule,
-                normal_reference_kds: int = routing.NORMAL_REFERENCE_KDS) -> tuple[RoutingEvidence, Verdict] | None:
+                normal_reference_kds: int = NORMAL_REFERENCE_KDS) -> tuple[RoutingEvidence, Verdict] | None:
     """The routing statistics and the call on the KDs `keep` [K] bool selects (the [K, K] matrices and the Gram
     restricted to them, the common routing direction re-estimated on them); None when fewer than
     MIN_SENSITIVITY_KDS are kept."""
@@ -226,6 +228,6 @@ def sensitivity(keep: np.ndarray, c_out: np.ndarray, c_jac: np.ndarray, c_rep: n
     if len(rows) < MIN_SENSITIVITY_KDS:
         return None
     sub = np.ix_(rows, rows)
-    evidence = routing.routing_evidence(c_out[sub], c_jac[sub], c_rep[sub], labels[rows], n_permutations, n_bootstrap,
-                                        seed, gram[sub], normal_reference_kds)
+    evidence = routing_evidence(c_out[sub], c_jac[sub], c_rep[sub], labels[rows], n_permutations, n_bootstrap,
+                                seed, gram[sub], normal_reference_kds)
     return evidence, verdict.decide(evidence, rule)

@@ -1,7 +1,7 @@
 """The noise floor from the model itself: how well C_out and C_jac^spec reproduce across independent control draws.
 
 The R control-cell draws are split into two halves; each half gives its own ΔY (C_out) and its own Jacobians (the
-half's Gram, so its own C_jac^spec through `routing.decompose`). As rsatoolbox's split-half noise ceiling does it,
+half's Gram, so its own C_jac^spec through `decompose`). As rsatoolbox's split-half noise ceiling does it,
 the reliability of a similarity matrix is the Pearson r between the two halves' upper triangles stepped up by
 Spearman–Brown to the full R draws, 2r / (1 + r); a correlation between two matrices is corrected for attenuation by
 dividing it by the square root of the product of their reliabilities (Spearman 1904). KD-specific routing whose
@@ -17,12 +17,14 @@ import numpy as np
 
 from ..results import NoiseFloor, RoutingEvidence
 from .clustering import cosine_similarity
-from .routing import _pair_sums, _pearson_and_leave_one_out, _reader, decompose, jackknife_se, stream_gram
+from .decomposition import decompose
+from .gram import stream_gram
+from .pairs import block_reader, jackknife_se, pair_sums, pearson_and_leave_one_out
 
 
 def split_half_r(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
     """Pearson r between the upper triangles of two [K, K] matrices and its delete-one-KD jackknife SE."""
-    r, loo = _pearson_and_leave_one_out(*_pair_sums(_reader(first), _reader(second), len(first)))
+    r, loo = pearson_and_leave_one_out(*pair_sums(block_reader(first), block_reader(second), len(first)))
     return float(r), float(jackknife_se(loo))
 
 
