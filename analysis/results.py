@@ -10,6 +10,7 @@ parameters it was computed with where a reader needs them (n_permutations, fdr, 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -64,16 +65,45 @@ class EffectsResult:
         return self.kd_table["cluster"].to_numpy()
 
 
+class JacobianReader(Protocol):
+    """The Jacobians of one stage, read lazily from its folder (`store.shards.JacobianShards` is the store's): K =
+    n_kds, J_k [G, H] with (G, H) = shape, n_blocks backbone blocks; iterating yields (kd_index [b], J [b, G, H])
+    shard by shard (`rows`, `halves`, `block`, `linear_prediction`: see there)."""
+
+    n_kds: int
+    shape: tuple
+    n_blocks: int
+
+
+@dataclass(frozen=True)
+class JacobiansResult:
+    """The Jacobians stage: J_k = ∂E[Y]/∂pert_repr [G, H] per KD, in shards (`store.shards`), and how they were made.
+
+    n_kds: K; n_shards: shard files; seconds: compute time summed over shards; device: where they were computed, e.g.
+    "cuda:0 (NVIDIA H100)" or "cpu"; executor: what ran the shards ("local", "ray …"); autograd_check: {"kd",
+    "relative_error"}, one stored J_k against reverse mode on this run.
+    """
+
+    key: str
+    shards: JacobianReader
+    n_kds: int
+    n_shards: int
+    seconds: float
+    device: str
+    executor: str
+    autograd_check: dict
+
+
 @dataclass(frozen=True)
 class RoutingResult:
     """The routing stage (Jacobians and their statistics): similarity matrices [K, K], SVD summaries, statistics,
-    verdict, prior-work numbers."""
+    verdict, prior-work numbers. C_out is the effects stage's (`EffectsResult.c_out`)."""
 
     key: str
     jacobian_key: str
-    c_out: np.ndarray
     c_jac: np.ndarray
     c_rep: np.ndarray
+    gram: np.ndarray  # [K, K] Gram of the flattened Jacobians, ⟨J_k, J_l⟩
     variance_explained: np.ndarray
     kd_scores: np.ndarray  # [K, A] routing SVD (unit-norm Jacobians)
     gene_loadings: np.ndarray  # [A, G]
@@ -86,10 +116,10 @@ class RoutingResult:
     verdict: Verdict
     prior_work: dict  # numbers behind the original plan's prior-work rows (`stats.prior_work`)
     seconds: dict  # wall time of each stage of the line: effects, jacobians, routing
-    autograd_check: dict  # {"kd", "relative_error"}: one stored J_k against reverse mode on this run
+    autograd_check: dict  # the Jacobians stage's (`JacobiansResult.autograd_check`)
     jacobian_device: str  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
-    c_jac_specific: np.ndarray | None = None  # [K, K] C_jac^spec, the KD-specific routing the criteria read
-    input_directions: np.ndarray | None = None  # [A, H] each routing axis's pert_repr factor (unit norm)
+    c_jac_specific: np.ndarray  # [K, K] C_jac^spec, the KD-specific routing the criteria read
+    input_directions: np.ndarray  # [A, H] each routing axis's pert_repr factor (unit norm)
     depth: tuple[DepthRouting, ...] = ()  # routing read at each backbone block, in depth order
 
 
@@ -215,7 +245,7 @@ class QualityResult:
     seconds: float
     peak_mb: float
     cell_eval: str
-    split_calls: dict | None = None
+    split_calls: dict[str, tuple[Verdict | None, RoutingEvidence | None]] | None = None
     metrics: tuple = ()
     de_metrics: bool = False
     de_reason: str = ""
@@ -223,15 +253,17 @@ class QualityResult:
 
 @dataclass(frozen=True)
 class LineResults:
-    """One cell line's stages (`cell_line` None: the data's only cell type), its provenance and Part 0 (quality)."""
+    """One cell line (`cell_line` None: the data's only cell type): its provenance and the record of each of its
+    stages, one field per stage, named as the stage (`pipeline.stages.LINE_STAGES`)."""
 
     cell_line: str | None
-    effects: EffectsResult
-    routing: RoutingResult
     provenance: dict
-    interventions: InterventionsResult | None = None
-    steering: SteeringResult | None = None
-    quality: QualityResult | None = None
+    effects: EffectsResult
+    interventions: InterventionsResult
+    jacobians: JacobiansResult
+    routing: RoutingResult
+    steering: SteeringResult
+    quality: QualityResult
 
 
 @dataclass(frozen=True)
