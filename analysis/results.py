@@ -10,7 +10,7 @@ parameters it was computed with where a reader needs them (n_permutations, fdr, 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import numpy as np
 import pandas as pd
@@ -58,11 +58,17 @@ class EffectsResult:
     order: np.ndarray
     ora: pd.DataFrame
     gsea: pd.DataFrame
-    seconds: float
+    seconds: Annotated[float, Measured]
 
     @property
     def labels(self) -> np.ndarray:
         return self.kd_table["cluster"].to_numpy()
+
+
+class Measured:
+    """Marks a record field measured while its stage ran (wall time, memory, where it ran), not computed from the
+    inputs: the store keeps such fields in the stage's completion record beside its files, so a recomputed stage's
+    files are byte-identical to the first run's."""
 
 
 class JacobianReader(Protocol):
@@ -88,10 +94,10 @@ class JacobiansResult:
     shards: JacobianReader
     n_kds: int
     n_shards: int
-    seconds: float
-    device: str
-    executor: str
-    autograd_check: dict
+    seconds: Annotated[float, Measured]
+    device: Annotated[str, Measured]
+    executor: Annotated[str, Measured]
+    autograd_check: Annotated[dict, Measured]
 
 
 @dataclass(frozen=True)
@@ -115,9 +121,9 @@ class RoutingResult:
     linearity: pd.DataFrame
     verdict: Verdict
     prior_work: dict  # numbers behind the original plan's prior-work rows (`stats.prior_work`)
-    seconds: dict  # wall time of each stage of the line: effects, jacobians, routing
-    autograd_check: dict  # the Jacobians stage's (`JacobiansResult.autograd_check`)
-    jacobian_device: str  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
+    seconds: Annotated[dict, Measured]  # wall time of each stage of the line: effects, jacobians, routing
+    autograd_check: Annotated[dict, Measured]  # the Jacobians stage's (`JacobiansResult.autograd_check`)
+    jacobian_device: Annotated[str, Measured]  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
     c_jac_specific: np.ndarray  # [K, K] C_jac^spec, the KD-specific routing the criteria read
     input_directions: np.ndarray  # [A, H] each routing axis's pert_repr factor (unit norm)
     depth: tuple[DepthRouting, ...] = ()  # routing read at each backbone block, in depth order
@@ -195,7 +201,7 @@ class InterventionsResult:
     substitution: SubstitutionTest
     interchange: InterchangeTest | None
     n_sets: int
-    seconds: float
+    seconds: Annotated[float, Measured]
 
 
 @dataclass(frozen=True)
@@ -212,7 +218,7 @@ class SteeringResult:
     trust_radius: tuple[float, ...]
     scale: float
     tolerance: float
-    seconds: float
+    seconds: Annotated[float, Measured]
 
 
 @dataclass(frozen=True)
@@ -242,8 +248,8 @@ class QualityResult:
     well_predicted: tuple
     sensitivity: Verdict | None
     sensitivity_evidence: RoutingEvidence | None
-    seconds: float
-    peak_mb: float
+    seconds: Annotated[float, Measured]
+    peak_mb: Annotated[float, Measured]
     cell_eval: str
     split_calls: dict[str, tuple[Verdict | None, RoutingEvidence | None]] | None = None
     metrics: tuple = ()
@@ -276,7 +282,7 @@ class AcrossResult:
     key: str
     table: pd.DataFrame
     tests: tuple[PairedDifference, ...]
-    seconds: float
+    seconds: Annotated[float, Measured]
 
     @property
     def pairs(self) -> tuple:

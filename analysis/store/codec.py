@@ -20,7 +20,7 @@ import typing
 import numpy as np
 import pandas as pd
 
-from ..results import JacobianReader
+from ..results import JacobianReader, Measured
 from .cache import StageDir, read_json
 from .shards import JacobianShards, open_shards
 
@@ -42,11 +42,18 @@ def encode(obj):
 
 @functools.cache
 def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _measured(kind) -> bool:
+    """Whether a field annotation is `Annotated[X, Measured]` (kept in the completion record)."""
+    return typing.get_origin(kind) is typing.Annotated and Measured in kind.__metadata__
 
 
 def _optional(kind):
-    """X of `X | None` (X itself when not optional)."""
+    """X of `X | None` or of `Annotated[X, …]` (X itself otherwise)."""
+    if typing.get_origin(kind) is typing.Annotated:
+        return _optional(typing.get_args(kind)[0])
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         return next(k for k in typing.get_args(kind) if k is not type(None))
     return kind
@@ -58,11 +65,13 @@ def decode(kind, data):
         return None
     kind = _optional(kind)
     origin = typing.get_origin(kind)
+    if kind is tuple:
+        return tuple(data)
     if origin is tuple:
         args = typing.get_args(kind)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(decode(args[0], v) for v in data)
-        return tuple(decode(a, v) for a, v in zip(args, data)) if args else tuple(data)
+        return tuple(decode(a, v) for a, v in zip(args, data))
     if origin is dict:
         return {k: decode(typing.get_args(kind)[1], v) for k, v in data.items()}
     if dataclasses.is_dataclass(kind):
@@ -75,24 +84,25 @@ def decode(kind, data):
 # ---------------------------------------------------------------- records in stage folders
 def _split(record, prefix: str, arrays: dict, frames: dict) -> dict:
     """The JSON-able part of `record` (its fields at dotted `prefix`), its arrays and frames filed by dotted path into
-    `arrays` and `frames` and left out of the JSON (a JacobianShards too: its files are the stage's own)."""
-    values = {}
+    `arrays` and `frames` and left out of the JSON (a JacobianReader too: its files are the stage's own), as are
+    measured fields (`write_record`)."""
+    values, hints = {}, _hints(type(record))
     for f in dataclasses.fields(record):
         value, path = getattr(record, f.name), f"{prefix}{f.name}"
         if isinstance(value, np.ndarray):
             arrays[path] = value
         elif isinstance(value, pd.DataFrame):
             frames[path] = value
-        elif dataclasses.is_dataclass(value) and not isinstance(value, JacobianShards):
+        elif dataclasses.is_dataclass(value) and _optional(hints[f.name]) is not JacobianReader:
             values[f.name] = _split(value, f"{path}.", arrays, frames)
-        elif not isinstance(value, JacobianShards):
+        elif _optional(hints[f.name]) is not JacobianReader and not _measured(hints[f.name]):
             values[f.name] = encode(value)
     return values
 
 
 def write_record(stage: StageDir, record) -> dict:
     """Write `record` into the stage's folder through `stage` (so the completion record lists every file); returns
-    the completion record's metadata: none, the record holds everything."""
+    the completion record's metadata: the measured fields (`results.Measured`), which stay out of the files."""
     arrays: dict = {}
     frames: dict = {}
     values = _split(record, "", arrays, frames)
@@ -101,7 +111,9 @@ def write_record(stage: StageDir, record) -> dict:
     for path, frame in frames.items():
         stage.write_parquet(f"{path}.parquet", frame)
     stage.write_json(VALUES, values)
-    return {}
+    hints = _hints(type(record))
+    return {"measured": {f.name: encode(getattr(record, f.name)) for f in dataclasses.fields(record)
+                         if _measured(hints[f.name])}}
 
 
 def _build(kind, data: dict, path: str, stage: StageDir, arrays: dict):
@@ -130,18 +142,19 @@ def reads_lazily(kind) -> bool:
     return any(_optional(hint) is JacobianReader for hint in _hints(kind).values())
 
 
-def read_record(stage: StageDir, kind):
-    """The record of class `kind` a stage folder holds (as `write_record` wrote it)."""
+def read_record(stage: StageDir, kind, completion: dict):
+    """The record of class `kind` a stage folder holds (as `write_record` wrote it), its measured fields from the
+    stage's verified `completion` record."""
     arrays = {}
     if (stage / ARRAYS).is_file():
         with np.load(stage / ARRAYS) as stored:
             arrays = {name: stored[name] for name in stored.files}
-    return _build(kind, read_json(stage / VALUES), "", stage, arrays)
+    return _build(kind, read_json(stage / VALUES) | completion["measured"], "", stage, arrays)
 
 
 def ensure_record(stage: StageDir, compute: typing.Callable[[], typing.Any], kind, contents: bool = True):
     """The stage's record, read back from its folder, computing and writing it first when the folder holds no
     verified one (`StageDir.ensure`; `contents` as there). Read back either way, so a caller sees the same objects
     whether the stage was computed now or earlier."""
-    stage.ensure(lambda: write_record(stage, compute()), contents)
-    return read_record(stage, kind)
+    completion = stage.ensure(lambda: write_record(stage, compute()), contents)
+    return read_record(stage, kind, completion)
