@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..results import JacobianReader, Measured
 from .cache import StageDir, read_json
-from .shards import JacobianShards, open_shards
+from .shards import open_shards
 
 ARRAYS, VALUES = "arrays.npz", "values.json"
 
