@@ -41,6 +41,8 @@ class ConfigView:
         self._config, self._allowed, self._stage = config, allowed, stage
 
     def __getattr__(self, name: str):
+        if name.startswith("__"):  # Python's own protocols (copy, pickle): not config fields
+            raise AttributeError(name)
         derived = getattr(type(self._config), name, None)
         if isinstance(derived, property):
             return derived.fget(self)
