@@ -392,9 +392,9 @@ def test_prose_numbers_against_independent_values(executed, demo_results):
     k, pairs = len(p1.responses.kd_names), _strong_pairs(p1.labels)
     assert values["N.n_kds"] == f"{k:,}" and values["N.n_pairs"] == f"{len(pairs[0]):,}"
     assert 0 < len(pairs[0]) < k * (k - 1) // 2  # the demo has weak-effect KDs: the pairs are the strong ones
-    r = np.corrcoef(p3.c_out[pairs], _specific(p3.c_jac)[pairs])[0, 1]
+    r = np.corrcoef(p1.c_out[pairs], _specific(p3.c_jac)[pairs])[0, 1]
     assert _number(values["N.pearson_r"]) == pytest.approx(r, abs=6e-3)
-    raw = np.corrcoef(p3.c_out[pairs], p3.c_jac[pairs])[0, 1]
+    raw = np.corrcoef(p1.c_out[pairs], p3.c_jac[pairs])[0, 1]
     assert _number(values["N.raw_r"]) == pytest.approx(raw, abs=6e-3)
     # the common share: the share of Σ‖u_k‖² = K along the direction of the mean unit Jacobian
     values_, vectors = np.linalg.eigh(p3.c_jac)
