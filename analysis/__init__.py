@@ -6,9 +6,10 @@ The house (`tests/test_layout.py` holds it to these rules):
 - `model/` — the only torch: loading a run, the model's forward, ΔY, Jacobians;
 - `stats/` — clustering, enrichment, routing statistics, SVD axes, consistency across lines, the verdict: numbers
   and what they support, no words; `model/` and `stats/` never import each other;
-- `store/` — the cache, Jacobian shards, the record codec, GMT files, the readers (imports the base only);
-- `pipeline/` — the stage graph and its keys (`stages`), the run, executors, provenance: the only package that
-  knows stage order;
+- `store/` — the cache, Jacobian shards, the record codec (writes and reads every record from its type annotations),
+  GMT files (imports the base only);
+- `pipeline/` — the stages, one module each (`pipeline/stage/`), the graph and keys assembled from them (`stages`),
+  the run, executors, provenance: the only package that knows stage order;
 - `present/` — every word, table and chart (reads `results` only);
 - `datasets/` — the demo world and trainer, the known-answer models, the calibration worlds.
 

@@ -10,6 +10,7 @@ parameters it was computed with where a reader needs them (n_permutations, fdr, 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Annotated, Protocol
 
 import numpy as np
 import pandas as pd
@@ -57,23 +58,58 @@ class EffectsResult:
     order: np.ndarray
     ora: pd.DataFrame
     gsea: pd.DataFrame
-    seconds: float
+    seconds: Annotated[float, Measured]
 
     @property
     def labels(self) -> np.ndarray:
         return self.kd_table["cluster"].to_numpy()
 
 
+class Measured:
+    """Marks a record field measured while its stage ran (wall time, memory, where it ran), not computed from the
+    inputs: the store keeps such fields in the stage's completion record beside its files, so a recomputed stage's
+    files are byte-identical to the first run's."""
+
+
+class JacobianReader(Protocol):
+    """The Jacobians of one stage, read lazily from its folder (`store.shards.JacobianShards` is the store's): K =
+    n_kds, J_k [G, H] with (G, H) = shape, n_blocks backbone blocks; iterating yields (kd_index [b], J [b, G, H])
+    shard by shard (`rows`, `halves`, `block`, `linear_prediction`: see there)."""
+
+    n_kds: int
+    shape: tuple
+    n_blocks: int
+
+
+@dataclass(frozen=True)
+class JacobiansResult:
+    """The Jacobians stage: J_k = ∂E[Y]/∂pert_repr [G, H] per KD, in shards (`store.shards`), and how they were made.
+
+    n_kds: K; n_shards: shard files; seconds: compute time summed over shards; device: where they were computed, e.g.
+    "cuda:0 (NVIDIA H100)" or "cpu"; executor: what ran the shards ("local", "ray …"); autograd_check: {"kd",
+    "relative_error"}, one stored J_k against reverse mode on this run.
+    """
+
+    key: str
+    shards: JacobianReader
+    n_kds: int
+    n_shards: int
+    seconds: Annotated[float, Measured]
+    device: Annotated[str, Measured]
+    executor: Annotated[str, Measured]
+    autograd_check: Annotated[dict, Measured]
+
+
 @dataclass(frozen=True)
 class RoutingResult:
     """The routing stage (Jacobians and their statistics): similarity matrices [K, K], SVD summaries, statistics,
-    verdict, prior-work numbers."""
+    verdict, prior-work numbers. C_out is the effects stage's (`EffectsResult.c_out`)."""
 
     key: str
     jacobian_key: str
-    c_out: np.ndarray
     c_jac: np.ndarray
     c_rep: np.ndarray
+    gram: np.ndarray  # [K, K] Gram of the flattened Jacobians, ⟨J_k, J_l⟩
     variance_explained: np.ndarray
     kd_scores: np.ndarray  # [K, A] routing SVD (unit-norm Jacobians)
     gene_loadings: np.ndarray  # [A, G]
@@ -85,11 +121,11 @@ class RoutingResult:
     linearity: pd.DataFrame
     verdict: Verdict
     prior_work: dict  # numbers behind the original plan's prior-work rows (`stats.prior_work`)
-    seconds: dict  # wall time of each stage of the line: effects, jacobians, routing
-    autograd_check: dict  # {"kd", "relative_error"}: one stored J_k against reverse mode on this run
-    jacobian_device: str  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
-    c_jac_specific: np.ndarray | None = None  # [K, K] C_jac^spec, the KD-specific routing the criteria read
-    input_directions: np.ndarray | None = None  # [A, H] each routing axis's pert_repr factor (unit norm)
+    seconds: Annotated[dict, Measured]  # wall time of each stage of the line: effects, jacobians, routing
+    autograd_check: Annotated[dict, Measured]  # the Jacobians stage's (`JacobiansResult.autograd_check`)
+    jacobian_device: Annotated[str, Measured]  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
+    c_jac_specific: np.ndarray  # [K, K] C_jac^spec, the KD-specific routing the criteria read
+    input_directions: np.ndarray  # [A, H] each routing axis's pert_repr factor (unit norm)
     depth: tuple[DepthRouting, ...] = ()  # routing read at each backbone block, in depth order
 
 
@@ -165,7 +201,7 @@ class InterventionsResult:
     substitution: SubstitutionTest
     interchange: InterchangeTest | None
     n_sets: int
-    seconds: float
+    seconds: Annotated[float, Measured]
 
 
 @dataclass(frozen=True)
@@ -182,7 +218,7 @@ class SteeringResult:
     trust_radius: tuple[float, ...]
     scale: float
     tolerance: float
-    seconds: float
+    seconds: Annotated[float, Measured]
 
 
 @dataclass(frozen=True)
@@ -212,10 +248,10 @@ class QualityResult:
     well_predicted: tuple
     sensitivity: Verdict | None
     sensitivity_evidence: RoutingEvidence | None
-    seconds: float
-    peak_mb: float
+    seconds: Annotated[float, Measured]
+    peak_mb: Annotated[float, Measured]
     cell_eval: str
-    split_calls: dict | None = None
+    split_calls: dict[str, tuple[Verdict | None, RoutingEvidence | None]] | None = None
     metrics: tuple = ()
     de_metrics: bool = False
     de_reason: str = ""
@@ -223,15 +259,17 @@ class QualityResult:
 
 @dataclass(frozen=True)
 class LineResults:
-    """One cell line's stages (`cell_line` None: the data's only cell type), its provenance and Part 0 (quality)."""
+    """One cell line (`cell_line` None: the data's only cell type): its provenance and the record of each of its
+    stages, one field per stage, named as the stage (`pipeline.stages.LINE_STAGES`)."""
 
     cell_line: str | None
-    effects: EffectsResult
-    routing: RoutingResult
     provenance: dict
-    interventions: InterventionsResult | None = None
-    steering: SteeringResult | None = None
-    quality: QualityResult | None = None
+    effects: EffectsResult
+    interventions: InterventionsResult
+    jacobians: JacobiansResult
+    routing: RoutingResult
+    steering: SteeringResult
+    quality: QualityResult
 
 
 @dataclass(frozen=True)
@@ -244,7 +282,7 @@ class AcrossResult:
     key: str
     table: pd.DataFrame
     tests: tuple[PairedDifference, ...]
-    seconds: float
+    seconds: Annotated[float, Measured]
 
     @property
     def pairs(self) -> tuple:

@@ -40,7 +40,9 @@ from analysis.datasets import demo  # noqa: E402
 from analysis.model.observed import load_observed  # noqa: E402
 from analysis.model.predict import predict_cells, predict_means  # noqa: E402
 from analysis.pipeline import run as pipeline  # noqa: E402
+from analysis.results import RoutingResult  # noqa: E402
 from analysis.stats import quality  # noqa: E402
+from analysis.store import codec  # noqa: E402
 
 MODES = ("on", "off")
 SCORE = "cell-eval (model, baseline, ceiling; two references)"
@@ -92,8 +94,9 @@ def measure(config_path: str, de: bool) -> dict:
     kd_table, _ = quality.score_predictions(predicted, observed.cells, observed.labels, responses.kd_names, genes,
                                             control, config.seed, de)
     timings[SCORE] = time.perf_counter() - started
-    with np.load(line.stage("routing") / "matrices.npz") as matrices:
-        gram, c_jac, c_rep = matrices["gram"], matrices["c_jac"], matrices["c_rep"]
+    stage = line.stage("routing")  # stored by the analysis `main` ran first
+    routing = codec.read_record(stage, RoutingResult, stage.record())
+    gram, c_jac, c_rep = routing.gram, routing.c_jac, routing.c_rep
     keep = quality.well_predicted(kd_table, responses.kd_names)
     started = time.perf_counter()
     quality.sensitivity(keep, effects.c_out, c_jac, c_rep, gram, effects.labels, config.n_permutations,

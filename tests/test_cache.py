@@ -4,6 +4,7 @@ clean run. Also: the executor seam, one-line errors for unusable caches and bad 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import io
@@ -24,11 +25,13 @@ import analysis
 from analysis.__main__ import main
 from analysis.errors import CacheError
 from analysis.pipeline import run as pipeline
-from analysis.store import cache
+from analysis.pipeline import stages
+from analysis.pipeline.stage import effects as effects_stage
+from analysis.store import cache, codec
 from analysis.store.shards import open_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("effects", "interventions", "jacobians", "routing", "steering")
+STAGES = stages.LINE_STAGES
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +101,9 @@ def test_records_list_every_file_with_size_and_checksum(clean):
         assert record["stage"] == stage and record["key"] == folder.name
         for name, entry in files[stage].items():
             assert entry == {"size": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
+    # what was measured while computing (times, device) is kept in the completion record, outside the listed files
     jac = json.loads((stage_folder(config.cache_dir, "jacobians") / "_done.json").read_text())
-    assert {"seconds", "device", "autograd_check", "n_kds"} <= jac.keys()  # one record, written once, holds all
+    assert {"seconds", "device", "autograd_check"} <= jac["measured"].keys()
 
 
 def test_half_written_record_recomputes_the_stage(copy, clean, capsys):
@@ -118,7 +122,7 @@ def test_record_without_the_stage_metadata_recomputes(copy, clean, capsys):
 def test_orphaned_temp_files_of_a_killed_write_are_removed(copy, clean, capsys):
     folder = stage_folder(copy.cache_dir, "effects")
     (folder / "_done.json").unlink()  # killed while writing the stage: files maybe written, no record
-    orphan = folder / ".kds.parquet.x1y2z3.tmp"
+    orphan = folder / ".kd_table.parquet.x1y2z3.tmp"
     orphan.write_bytes(b"half a parquet")
     err = rerun(copy, capsys)
     assert not orphan.exists() and not list(copy.cache_dir.rglob("*.tmp"))
@@ -150,9 +154,9 @@ def test_bit_flipped_shard_is_recomputed_before_it_is_read(copy, clean, capsys):
 
 @pytest.mark.parametrize("offset", [4, 326, -20])
 def test_bit_flipped_parquet_is_recomputed(copy, clean, capsys, offset):
-    table = stage_folder(copy.cache_dir, "effects") / "kds.parquet"
+    table = stage_folder(copy.cache_dir, "effects") / "kd_table.parquet"
     flip_byte(table, offset % table.stat().st_size)
-    assert_recovered(copy, clean, rerun(copy, capsys), "kds.parquet")
+    assert_recovered(copy, clean, rerun(copy, capsys), "kd_table.parquet")
 
 
 def test_killed_jacobian_stage_resumes_at_missing_and_damaged_shards(tmp_path):
@@ -160,7 +164,8 @@ def test_killed_jacobian_stage_resumes_at_missing_and_damaged_shards(tmp_path):
     line = pipeline.load_line(config)
     run = line.run
     effects = pipeline.run_effects(line, progress=False)
-    shards, _ = pipeline.run_jacobians(line, effects, progress=False)
+    upstream = {"inputs": run, "effects": effects}
+    shards = pipeline.run_stage(line, "jacobians", upstream, progress=False).shards
     assert len(shards.paths) == 2 and shards.n_kds == len(run.kd_names)
     folder = stage_folder(config.cache_dir, "jacobians")
     written = {p.name: p.read_bytes() for p in shards.paths}
@@ -170,15 +175,15 @@ def test_killed_jacobian_stage_resumes_at_missing_and_damaged_shards(tmp_path):
     (folder / "shard_00000.json").unlink()
     (folder / "shard_00001.npz").unlink()
     (folder / "shard_00001.json").unlink()
-    pipeline.run_jacobians(line, effects, progress=False)
+    pipeline.run_stage(line, "jacobians", upstream, progress=False)
     assert {p.name: p.read_bytes() for p in sorted(folder.glob("shard_*.npz"))} == written
 
     # Killed again, this time with shard 1 intact: only the record is missing, no shard is recomputed.
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard_*.npz")}
     (folder / "_done.json").unlink()
-    _, record = pipeline.run_jacobians(line, effects, progress=False)
+    record = pipeline.run_stage(line, "jacobians", upstream, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("shard_*.npz")} == stamps
-    assert record["autograd_check"]["relative_error"] < 1e-4 and record["seconds"] > 0
+    assert record.autograd_check["relative_error"] < 1e-4 and record.seconds > 0
 
     # The linear prediction stored with each shard is J_k·(p_k − p_ctrl).
     full = {int(i): j for idx, jac in open_shards(folder) for i, j in zip(idx, jac)}
@@ -247,7 +252,7 @@ def test_two_concurrent_runs_compute_once_and_both_reuse(tmp_path):
     outputs = [run.communicate(timeout=600) for run in runs]
     assert all(run.returncode == 0 for run in runs), [err for _, err in outputs]
     # each stage completed by exactly one of the two
-    assert sorted(log.read_text().split()) == sorted(STAGES + ("quality",))
+    assert sorted(log.read_text().split()) == sorted(STAGES)
     assert outputs[0][0] == outputs[1][0]  # and both report the same results
 
 
@@ -297,7 +302,7 @@ def read_only(tmp_path):
 
 def test_read_only_cache_is_one_line_before_any_compute(tmp_path, read_only, monkeypatch, capsys):
     config = write_tiny_run(tmp_path).replace(cache_dir=read_only)
-    monkeypatch.setattr(pipeline, "compute_effects", lambda *a, **k: pytest.fail("Part 1 ran"))
+    monkeypatch.setattr(effects_stage, "compute_effects", lambda *a, **k: pytest.fail("Part 1 ran"))
     with pytest.raises(CacheError, match="not writable"):
         analysis.run(config, progress=False)
     code, err = cli(["--config", str(write_config(tmp_path, config, runtime={"cache_dir": str(read_only)})),
@@ -359,15 +364,6 @@ def test_wheel_install_runs_and_carries_the_demo_config(tmp_path):
     assert module.startswith(str(site)) and Path(cache_dir) == work / "cache"
     assert len(gene_sets) == 2 and all(g.startswith(str(site)) and Path(g).is_file() for g in gene_sets)
 
-    # The stored calibration rates are package data: found in the installed copy, equal to the source's file.
-    rates = python("-c", "import json; from analysis.datasets import calibration as c; "
-                         "print(c.STORED_RATES); print(json.dumps(c.stored_rates(), sort_keys=True))")
-    assert rates.returncode == 0, rates.stderr
-    rates_path, stored = rates.stdout.split("\n")[:2]
-    assert rates_path.startswith(str(site)) and Path(rates_path).is_file()
-    source_rates = json.loads((ROOT / "analysis" / "datasets" / "calibration_rates.json").read_text())
-    assert json.loads(stored) == source_rates and {"rule", "rates"} <= source_rates.keys()
-
     config = write_tiny_run(tmp_path / "tiny")
     run = python("-m", "analysis", "--config", str(write_config(tmp_path, config)), "--quiet")
     assert run.returncode == 0 and "Verdict:" in run.stdout, run.stderr
@@ -392,10 +388,10 @@ def test_a_stage_writes_the_same_bytes_under_any_hash_seed(demo_config, tmp_path
                              env=env, capture_output=True, text=True, check=True)
         folders.append(tmp_path / seed / "effects" / out.stdout.split()[-1])
     files = [{p.name: p.read_bytes() for p in sorted(f.iterdir()) if not p.name.startswith(".")} for f in folders]
-    assert set(files[0]) >= {"ora.parquet", "gsea.parquet", "kds.parquet", "effects.npz", "_done.json"}
+    assert {codec.ARRAYS, codec.VALUES, "_done.json"} <= set(files[0]) and len(files[0]) > 4
     # The record holds the stage's wall time and the files' digests; the arrays are compared below.
     [json.loads(f.pop("_done.json")) for f in files]
-    arrays = [np.load(io.BytesIO(f.pop("effects.npz"))) for f in files]
+    arrays = [np.load(io.BytesIO(f.pop(codec.ARRAYS))) for f in files]
     assert files[0] == files[1]  # enrichment, clusters, silhouettes, names: the same bytes
     for name in arrays[0].files:
         a, b = arrays[0][name], arrays[1][name]
@@ -405,3 +401,18 @@ def test_a_stage_writes_the_same_bytes_under_any_hash_seed(demo_config, tmp_path
             assert np.allclose(a, b, rtol=0, atol=1e-5 * max(np.abs(a).max(), 1.0)), name
         else:
             assert np.array_equal(a, b), name
+
+
+def test_calibration_tables_are_benchmark_results_keyed_by_the_decision_rule():
+    """benchmarks/calibration.py's tables live with the benchmark results, not in the package, and are read for the
+    decision rule they were computed under only."""
+    from analysis.config import default_decision_rule
+    from analysis.datasets import calibration
+
+    rule = default_decision_rule()
+    for name in ("calibration_rates.json", "calibration_interventions.json"):
+        path = ROOT / "benchmarks" / "results" / name
+        assert calibration.stored_table(path, rule)["rates"]
+        assert calibration.stored_table(path, dataclasses.replace(rule, alpha=0.01)) is None
+    assert calibration.stored_table(ROOT / "benchmarks" / "results" / "missing.json", rule) is None
+    assert not list((ROOT / "analysis").rglob("*.json"))

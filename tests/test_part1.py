@@ -15,6 +15,7 @@ from analysis.pipeline import run as pipeline
 from analysis.present.formatting import top_terms
 from analysis.stats import clustering, enrichment
 from analysis.stats.draws import reproducibility
+from analysis.store import codec
 from analysis.store.gmt import read_libraries
 
 
@@ -135,9 +136,9 @@ def test_second_run_reuses_cache_and_changed_config_does_not(tmp_path):
     config = write_tiny_run(tmp_path)
     first = pipeline.run_effects(pipeline.load_line(config), progress=False)
     stage = config.cache_dir / "effects" / first.key
-    stamp = (stage / "effects.npz").stat().st_mtime_ns
+    stamp = (stage / codec.ARRAYS).stat().st_mtime_ns
     second = pipeline.run_effects(pipeline.load_line(config), progress=False)
-    assert second.key == first.key and (stage / "effects.npz").stat().st_mtime_ns == stamp
+    assert second.key == first.key and (stage / codec.ARRAYS).stat().st_mtime_ns == stamp
     changed = config.replace(n_draws=3)
     third = pipeline.run_effects(pipeline.load_line(changed), progress=False)
     assert third.key != first.key and third.responses.delta_y_draws.shape[0] == 3

@@ -25,7 +25,7 @@ from tiny import tiny_config, write_tiny_run  # noqa: E402
 
 import analysis
 from analysis.errors import InputError  # noqa: E402
-from analysis.pipeline import executors  # noqa: E402
+from analysis.pipeline import executors, stages  # noqa: E402
 from analysis.pipeline.executors import RayExecutor, WorkerState  # noqa: E402
 from analysis.store import codec  # noqa: E402
 
@@ -59,7 +59,7 @@ def stage_folder(cache_dir: Path, stage: str) -> Path:
 def stage_digests(cache_dir: Path) -> dict:
     """{stage: {file: sha256}} as each stage's completion record lists them (shard files included)."""
     out = {}
-    for stage in ("effects", "interventions", "jacobians", "routing", "steering"):
+    for stage in (s for s in stages.LINE_STAGES if s != "quality"):  # quality scores predictions here, not on workers
         record = json.loads((stage_folder(cache_dir, stage) / "_done.json").read_text())
         out[stage] = {name: entry["sha256"] for name, entry in record["files"].items()}
     return out
@@ -92,7 +92,7 @@ def test_ray_gives_the_local_bytes_and_verdict_with_one_pool_for_both_parts(ray_
     assert shard_bytes(ray_config.cache_dir) == shard_bytes(config.cache_dir)
     assert codec.encode(results.routing.verdict) == verdict
     record = json.loads((stage_folder(ray_config.cache_dir, "jacobians") / "_done.json").read_text())
-    assert record["executor"] == "ray: 2 workers × 1 CPU"
+    assert record["measured"]["executor"] == "ray: 2 workers × 1 CPU"
     # effects (ΔY batches), interventions (substituted pert_repr), Jacobian shards, steering, in the stages' order
     (delta_y, _, first_pids), (substituted, _, _), (shards, _, _), (steered, _, _) = executor.maps
     assert len(delta_y) == 3 and len(shards) == N_SHARDS  # 6 KDs in batches of kds_per_call = 2; 6 shards

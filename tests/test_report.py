@@ -356,7 +356,7 @@ def test_verdict_table_against_independent_values(executed, demo_results):
     rows = _table_rows(_outputs_by_label(executed, "tbl-verdict")["text/markdown"])
     criteria = demo_results.routing.verdict.criteria
     assert [r["Criterion"] for r in rows] == [typeset(f"{c.name} ({n})") for n, c in enumerate(criteria, 1)]
-    c_out, c_jac = demo_results.routing.c_out, demo_results.routing.c_jac
+    c_out, c_jac = demo_results.effects.c_out, demo_results.routing.c_jac
     pairs = _strong_pairs(demo_results.effects.labels)
     for statistic, matrix in (("Pearson r(C_out, C_jac)", c_jac), ("Pearson r(C_out, C_jac^spec)", _specific(c_jac))):
         r = np.corrcoef(c_out[pairs], matrix[pairs])[0, 1]
@@ -392,9 +392,9 @@ def test_prose_numbers_against_independent_values(executed, demo_results):
     k, pairs = len(p1.responses.kd_names), _strong_pairs(p1.labels)
     assert values["N.n_kds"] == f"{k:,}" and values["N.n_pairs"] == f"{len(pairs[0]):,}"
     assert 0 < len(pairs[0]) < k * (k - 1) // 2  # the demo has weak-effect KDs: the pairs are the strong ones
-    r = np.corrcoef(p3.c_out[pairs], _specific(p3.c_jac)[pairs])[0, 1]
+    r = np.corrcoef(p1.c_out[pairs], _specific(p3.c_jac)[pairs])[0, 1]
     assert _number(values["N.pearson_r"]) == pytest.approx(r, abs=6e-3)
-    raw = np.corrcoef(p3.c_out[pairs], p3.c_jac[pairs])[0, 1]
+    raw = np.corrcoef(p1.c_out[pairs], p3.c_jac[pairs])[0, 1]
     assert _number(values["N.raw_r"]) == pytest.approx(raw, abs=6e-3)
     # the common share: the share of Σ‖u_k‖² = K along the direction of the mean unit Jacobian
     values_, vectors = np.linalg.eigh(p3.c_jac)
@@ -524,7 +524,7 @@ def test_cli_summary_shows_the_records(demo_results):
     assert lines[start] == f"Across cell lines (the lines above: {demo_results.lines[0].cell_line})"
     for line, shown in zip(demo_results.lines, lines[start + 1:]):
         pairs = _strong_pairs(line.effects.labels)
-        r = np.corrcoef(line.routing.c_out[pairs], line.routing.c_jac_specific[pairs])[0, 1]
+        r = np.corrcoef(line.effects.c_out[pairs], line.routing.c_jac_specific[pairs])[0, 1]
         contrast = line.routing.evidence.contrast.test.statistic
         use = f"; geometry {line.routing.verdict.use}" if line.routing.verdict.use else ""
         assert shown == (f"  {line.cell_line}: {line.routing.verdict.call.upper()}{use} (r = {r:.2f}, "
@@ -551,7 +551,8 @@ def test_routing_by_depth_against_the_stored_block_jacobians(demo_results):
         g = mean / np.linalg.norm(mean)
         assert depth.decomposition.common_share == pytest.approx(np.mean((unit @ g) ** 2), rel=1e-6)
         _, specific = decompose(unit @ unit.T)
-        assert depth.mantel.statistic == pytest.approx(np.corrcoef(routing.c_out[i, j], specific[i, j])[0, 1], abs=1e-9)
+        c_out = demo_results.effects.c_out
+        assert depth.mantel.statistic == pytest.approx(np.corrcoef(c_out[i, j], specific[i, j])[0, 1], abs=1e-9)
     (line,) = [line for line in summary_lines(demo_results) if line.startswith("By depth: ")]
     for depth in routing.depth:
         assert f"block {depth.block}: {depth.reading}" in line
@@ -615,9 +616,9 @@ def test_cluster_tables_list_the_largest_clusters_and_name_the_file_with_all(dem
         assert [int(r["KDs"]) for r in rows] == [int((labels == c).sum()) for c in (0, 1, 2)] + [
             int(np.isin(labels, rest).sum())]
         note = rows[-1][note_column].replace("\u200b", "")
-        assert note.startswith(f"{len(rest)} smaller clusters") and "kds.parquet" in note
+        assert note.startswith(f"{len(rest)} smaller clusters") and "kd_table.parquet" in note
     key = f"effects ({demo_results.lines[0].cell_line})" if len(demo_results.lines) > 1 else "effects"
     folder = Path(demo_results.stage_paths[key])
-    assert f"{folder.parent.name}/{folder.name}/kds.parquet" in note
-    stored = pd.read_parquet(folder / "kds.parquet")
+    assert f"{folder.parent.name}/{folder.name}/kd_table.parquet" in note
+    stored = pd.read_parquet(folder / "kd_table.parquet")
     assert stored["cluster"].tolist() == labels.tolist()

@@ -56,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PACKAGE_DIR
 from ..results import CALLS, USES, RoutingEvidence
 from ..stats.clustering import cluster_kds, cosine_similarity
 from ..stats.interventions import centroids, substitution_plan, substitution_test
@@ -378,12 +377,14 @@ def known_answer_calls(kind: str, n_seeds: int, n_permutations: int, rule) -> Ra
     return _tally(f"known answer '{kind}'", replicates(), n_seeds, n_permutations, rule)
 
 
-STORED_RATES = PACKAGE_DIR / "datasets" / "calibration_rates.json"  # written by benchmarks/calibration.py
-
-
-def stored_rates(path: Path = STORED_RATES) -> dict | None:
-    """The last calibration run's table ({"rule", "rates"}), or None when it was never written."""
-    return read_json(path) if Path(path).is_file() else None
+def stored_table(path: str | Path, rule) -> dict | None:
+    """A calibration table `benchmarks/calibration.py` wrote ({"rule", "rates"}, in benchmarks/results/), keyed by
+    the decision rule it was computed under: the table when that rule is `rule`, else None (never written, or
+    calibrated for another rule, so it says nothing of this one)."""
+    if not Path(path).is_file():
+        return None
+    table = read_json(path)
+    return table if table["rule"] == dataclasses.asdict(rule) else None
 
 
 # ---------------------------------------------------------------- is the geometry used? (interventions)
@@ -477,11 +478,3 @@ def use_rates(world: str, n_replicates: int, rule, random_groups: int = 8, seed:
     return UseRates(world, expected, n_replicates, rule.alpha, rejections / n_replicates,
                     {k: v / n_replicates for k, v in uses.items()}, false_rate, Rates.se(false_rate, n_replicates),
                     float(np.nanmean(gains)) if np.isfinite(gains).any() else float("nan"))
-
-
-STORED_USE_RATES = PACKAGE_DIR / "datasets" / "calibration_interventions.json"  # written by benchmarks/calibration.py
-
-
-def stored_use_rates(path: Path = STORED_USE_RATES) -> dict | None:
-    """The last interventions calibration ({"rule", "rates"}), or None when it was never written."""
-    return read_json(path) if Path(path).is_file() else None

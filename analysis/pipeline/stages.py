@@ -1,15 +1,15 @@
-"""The stage graph, declared once: what each stage reads, which config fields and code decide it; its cache key
-is derived from that declaration (showyourwork's way), never written by hand.
+"""The stage graph, assembled from the stage modules (`pipeline.stage.*`, one module per stage); each stage's cache
+key is derived from that declaration (showyourwork's way), never written by hand.
 
 A stage's key hashes
 - its name and the keys of the stages it needs (so a change upstream reaches every stage downstream),
 - the config fields it declares, and the facts of the loaded run it declares (`facts`: the KDs, the set size, …),
-- its code: the source of every module it declares *and every analysis module those import* (the closure over
-  `from .x import` / `from ..x import` lines, read from the files), plus the source of the pipeline function that
-  runs it.
+- its code: the source of its own module and of every analysis module that module imports, transitively (the
+  closure over `from .x import` / `from ..x import` lines, read from the files), and of the store that writes and
+  reads its record.
 `tests/test_stage_keys.py` traces each stage's computation and checks that every analysis function it executes is
 covered, then changes each covered file and checks that the key changes: a stale result cannot be reused after a
-code change.
+code change. A stage's compute sees the config through a view of the fields its key covers (`context.ConfigView`).
 """
 
 from __future__ import annotations
@@ -17,76 +17,50 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 from ..config import PACKAGE_DIR, AnalysisConfig
 from ..store import cache
+from .context import UNKEYED_FIELDS, ConfigView
+from .stage import across, effects, inputs, interventions, jacobians, quality, routing, steering
+
+# The store's writer and reader shape every stage's bytes, so every stage's code includes them.
+STORE = ("store.cache", "store.codec")
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One node of the graph. name: its cache folder (`<cache_dir>/<name>/<key>/`) and its name everywhere (records,
-    report); needs: stages whose keys enter this one; fields: config fields it reads; facts: names of the run facts
-    (`RunFacts`) it reads; code: analysis modules (dotted, e.g. "stats.evidence") it computes with; runner: the
-    pipeline function that runs it (qualified name in `pipeline.run`)."""
+    """One node of the graph, read from its module (`of`). name: its cache folder (`<cache_dir>/<name>/<key>/`) and
+    its name everywhere (records, `LineResults` fields, report); needs: stages whose keys enter this one and whose
+    records `compute` takes, by name; fields: config fields it reads; facts: names of the run facts (`RunFacts`) it
+    reads; located: fields naming input files whose bytes its facts hash; code: the analysis modules its module
+    imports, and the store; module: its module (dotted, e.g. "pipeline.stage.routing"); compute: the function that
+    computes its record; record: the record's class (compute's return annotation); scope: "line" (per cell line) or
+    "run" (once, from every line's records); stored: whether its record is cached (not the loaded inputs)."""
 
     name: str
     needs: tuple[str, ...]
     fields: tuple[str, ...]
     facts: tuple[str, ...]
+    located: tuple[str, ...]
     code: tuple[str, ...]
-    runner: str
+    module: str
+    compute: Callable
+    record: type
+    scope: str
+    stored: bool
 
-
-# The store's writers and readers shape every stage's bytes, so every stage declares them.
-STORE = ("store.cache", "store.codec", "store.readers")
-
-STAGES: tuple[Stage, ...] = (
-    Stage("inputs", needs=(),
-          fields=("feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_lines", "dtype",
-                  "checkpoint"),
-          facts=("input_digests", "space"), code=("model.load", "model.forward"), runner="load_line"),
-    Stage("effects", needs=("inputs",),
-          fields=("n_draws", "seed", "kds_per_call", "max_clusters", "cluster_bootstrap", "weak_fraction",
-                  "prerank_permutations", "gene_sets"),
-          facts=("kd_names", "set_size", "gene_set_digests"),
-          code=("model.effects", "stats.clustering", "stats.draws", "stats.enrichment", "store.gmt",
-                "pipeline.executors") + STORE,
-          runner="run_effects"),
-    # Forward passes only, batched by `model.interventions.sets_per_call` (a function of the draws and the device).
-    Stage("interventions", needs=("inputs", "effects"), fields=("random_groups", "seed", "n_permutations"),
-          facts=(), code=("model.interventions", "stats.interventions", "pipeline.executors") + STORE,
-          runner="run_interventions"),
-    # Batching and compilation change the float rounding of J (≈ 1e-7), so they decide the result too.
-    Stage("jacobians", needs=("inputs", "effects"),
-          fields=("shard_kds", "kds_per_call", "tangents_per_call", "compile_jacobian"),
-          facts=(), code=("model.jacobians", "store.shards", "pipeline.executors") + STORE, runner="run_jacobians"),
-    Stage("routing", needs=("effects", "interventions", "jacobians"),
-          fields=("n_permutations", "n_bootstrap", "normal_reference_kds", "seed", "alpha", "seed_r_threshold",
-                  "equivalence_r", "min_contrast", "min_specific_share", "global_share", "min_cluster_share", "substitution_margin",
-                  "min_reliability", "fdr", "n_axes",
-                  "prerank_permutations", "gene_sets"),
-          facts=("gene_set_digests",),
-          code=("stats.gram", "stats.decomposition", "stats.evidence", "stats.nulls", "stats.reliability", "stats.axes",
-                "stats.verdict", "stats.prior_work", "stats.clustering", "stats.enrichment", "store.gmt",
-                "store.shards") + STORE,
-          runner="run_routing"),
-    Stage("steering", needs=("inputs", "effects", "jacobians", "routing"), fields=(), facts=(),
-          code=("model.interventions", "stats.interventions", "store.shards", "pipeline.executors") + STORE,
-          runner="run_steering"),
-    # Part 0: predicted cells against observed ones (cell-eval), and the call re-run where the model beats the baseline.
-    Stage("quality", needs=("inputs", "effects", "routing"),
-          fields=("seed", "kds_per_call", "held_out_kds", "min_observed_cells", "de_metrics", "n_permutations",
-                  "n_bootstrap", "normal_reference_kds", "alpha", "seed_r_threshold", "equivalence_r", "min_contrast",
-                  "min_specific_share", "global_share", "min_cluster_share"),
-          facts=("kd_names", "set_size"),
-          code=("model.predict", "model.observed", "stats.quality", "stats.evidence", "stats.verdict") + STORE,
-          runner="run_quality"),
-    Stage("across", needs=(), fields=("n_permutations", "n_bootstrap", "seed", "alpha"), facts=("lines",),
-          code=("stats.consistency", "store.shards") + STORE, runner="run_across"),
-)
-BY_NAME = {stage.name: stage for stage in STAGES}
+    @classmethod
+    def of(cls, module: ModuleType) -> "Stage":
+        dotted = module.__name__.removeprefix(f"{PACKAGE_DIR.name}.")
+        return cls(dotted.rsplit(".", 1)[1], module.NEEDS, module.FIELDS, module.FACTS, getattr(module, "LOCATED", ()),
+                   tuple(sorted(imports(dotted))) + STORE, dotted, module.compute,
+                   typing.get_type_hints(module.compute)["return"], getattr(module, "SCOPE", "line"),
+                   getattr(module, "STORED", True))
 
 
 # ---------------------------------------------------------------- code of a stage
@@ -159,20 +133,12 @@ def upstream(stage: Stage) -> tuple[Stage, ...]:
     return tuple(found)
 
 
-def runner_source(stage: Stage) -> str:
-    """The source of the pipeline function that runs the stage (read from `pipeline/run.py`, not imported)."""
-    source = read_source(module_path("pipeline.run")).decode()
-    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == stage.runner)
-    return ast.get_source_segment(source, node)
-
-
 def code_digest(stage: Stage) -> str:
-    """Hash of the stage's code: its modules' closure and its runner's source."""
+    """Hash of the stage's code: its own module and its code's closure."""
     h = hashlib.sha256()
-    for path in code_files(stage):
+    for path in (module_path(stage.module), *code_files(stage)):
         h.update(str(path.relative_to(PACKAGE_DIR)).encode())
         h.update(read_source(path))
-    h.update(runner_source(stage).encode())
     return h.hexdigest()[:16]
 
 
@@ -190,3 +156,17 @@ def key(stage_name: str, config: AnalysisConfig, facts: dict, needs: dict[str, s
 
 def stage_folder(config: AnalysisConfig, stage_name: str, stage_key: str) -> Path:
     return Path(config.cache_dir) / stage_name / stage_key
+
+
+def config_view(stage: Stage, config: AnalysisConfig) -> ConfigView:
+    """The config as `stage` computes with it: its own fields, those of every stage upstream (their keys enter its
+    key), the files those stages' facts hash, and `UNKEYED_FIELDS`; any other read raises."""
+    keyed = (stage, *upstream(stage))
+    return ConfigView(config, frozenset(UNKEYED_FIELDS).union(*(s.fields + s.located for s in keyed)), stage.name)
+
+
+# ---------------------------------------------------------------- the graph
+STAGES: tuple[Stage, ...] = tuple(Stage.of(m) for m in (inputs, effects, interventions, jacobians, routing, steering,
+                                                         quality, across))
+BY_NAME = {stage.name: stage for stage in STAGES}
+LINE_STAGES = tuple(s.name for s in STAGES if s.scope == "line" and s.stored)  # a line's stored stages, in order

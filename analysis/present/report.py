@@ -628,7 +628,7 @@ def _rest_row(results: Results, rest: list[int], labels: np.ndarray, line: int, 
     suffix = f" ({results.lines[line].cell_line})" if len(results.lines) > 1 else ""
     folder = Path((results.stage_paths or {}).get(f"effects{suffix}", "effects"))
     note = (f"{len(rest)} smaller clusters; every KD's cluster: "
-            f"{breakable(f'{folder.parent.name}/{folder.name}/kds.parquet')} in the cache")
+            f"{breakable(f'{folder.parent.name}/{folder.name}/kd_table.parquet')} in the cache")
     return {columns[0]: f"{rest[0]}–{rest[-1]}", columns[1]: f"{int(np.isin(labels, rest).sum())}", columns[2]: note}
 
 

@@ -1,1 +1,2 @@
-"""The store: content-keyed stage folders, Jacobian shards, the record codec, GMT files and the readers."""
+"""The store: content-keyed stage folders, Jacobian shards, the record codec (every record written and read from its
+type annotations), GMT files."""

@@ -273,10 +273,6 @@ class StageDir:
         write_json(self.path / RECORD, record)
         return record
 
-    def meta(self) -> dict:
-        """The completion record as stored (unverified): for metadata such as the device of a cached stage."""
-        return read_json(self.path / RECORD)
-
     def lock(self):
         """The stage's exclusive file lock (a context manager)."""
         return folder_lock(self.path)
