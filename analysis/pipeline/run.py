@@ -23,9 +23,10 @@ from ..errors import InputError
 from ..model import jacobians
 from ..model.effects import compute_effects
 from ..model.interventions import substituted_responses
-from ..model.load import LoadedRun, ShippedRun, input_files, load_model, load_run
+from ..model.load import input_files, load_model, load_run
 from ..model.observed import load_observed, training_split
 from ..model.predict import predict_cells, predict_means
+from ..model.protocol import PerturbationModel
 from ..results import (
     AcrossResult,
     EffectsResult,
@@ -53,7 +54,7 @@ class Line:
     """One cell line, loaded and keyed before anything is computed."""
 
     config: AnalysisConfig
-    run: LoadedRun
+    run: PerturbationModel
     keys: dict  # stage name -> key
     state: executors.WorkerState  # the loaded run for executors: itself here, checkpoint bytes and cells elsewhere
 
@@ -100,7 +101,7 @@ def load_line(config: AnalysisConfig, model=None) -> Line:
     for stage in stages.STAGES:
         if stage.name != "across":
             keys[stage.name] = stages.key(stage.name, config, facts, keys)
-    return Line(config, loaded, keys, executors.WorkerState(loaded, partial(ShippedRun.of, config, loaded)))
+    return Line(config, loaded, keys, executors.WorkerState(loaded, loaded.ship))
 
 
 LINE_STAGES = ("effects", "interventions", "jacobians", "routing", "steering", "quality")  # a line's stages, in order
@@ -308,7 +309,7 @@ def run_quality(line: Line, effects: EffectsResult, routing_result: RoutingResul
     def compute() -> dict:
         started = time.perf_counter()
         kd_names = responses.kd_names
-        held_out, split_source = training_split(config, kd_names)
+        held_out, split_source = training_split(config, loaded, kd_names)
         observed = load_observed(config, loaded)
         counts = pd.Series(observed.labels).value_counts()
         scored = [kd for kd in kd_names if counts.get(kd, 0) >= config.min_observed_cells and loaded.space.has_genes]

@@ -46,7 +46,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("inputs", needs=(),
           fields=("feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_lines", "dtype",
                   "checkpoint"),
-          facts=("input_digests", "space"), code=("model.load", "model.forward"), runner="load_line"),
+          facts=("input_digests", "space"), code=("model.load",), runner="load_line"),
     Stage("effects", needs=("inputs",),
           fields=("n_draws", "seed", "kds_per_call", "max_clusters", "cluster_bootstrap", "weak_fraction",
                   "prerank_permutations", "gene_sets"),

@@ -1,7 +1,9 @@
-"""Load a run written by `state tx train` and the control cells it is analysed on.
+"""STATE's adapter: a run written by `state tx train` for arc-state's `StateTransitionPerturbationModel`, loaded
+as a `PerturbationModel` (`model.protocol`).
 
 A run directory is trusted code: its checkpoint is a pickle, loaded with arc-state's own
-`StateTransitionPerturbationModel.load_from_checkpoint`.
+`StateTransitionPerturbationModel.load_from_checkpoint`. The run folder's config.yaml says which arc-state model it
+holds (`model.name`); this adapter reads the names arc-state builds a StateTransitionPerturbationModel for.
 """
 
 from __future__ import annotations
@@ -10,47 +12,64 @@ import contextlib
 import io
 import logging
 import pickle
-import platform
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import AnalysisConfig
-from ..console import quiet_logs, third_party_warnings_off
-from ..errors import InputError
+from ...config import AnalysisConfig
+from ...console import quiet_logs, third_party_warnings_off
+from ...errors import InputError
+from ..cells import DTYPES, load_controls, resolve_device, select_kds
+from ..protocol import OutputSpace, describe_device
+from . import forward
 
+KIND = "state"
 RUN_FILES = ("config.yaml", "var_dims.pkl", "pert_onehot_map.pt")
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+# arc-state's model names (config.yaml `model.name`, as its get_lightning_module reads them, lower case) and the class
+# each builds; this adapter reads the first three. A run folder naming none of them is read as STATE.
+ARC_STATE_CLASSES = {
+    "state": "StateTransitionPerturbationModel", "pertsets": "StateTransitionPerturbationModel",
+    "neuralot": "StateTransitionPerturbationModel", "embedsum": "EmbedSumPerturbationModel",
+    "old_neuralot": "OldNeuralOTPerturbationModel", "globalsimplesum": "PerturbMeanPerturbationModel",
+    "perturb_mean": "PerturbMeanPerturbationModel", "celltypemean": "ContextMeanPerturbationModel",
+    "context_mean": "ContextMeanPerturbationModel", "decoder_only": "DecoderOnlyPerturbationModel",
+    "pseudobulk": "PseudobulkPerturbationModel", "cpa": "CPAPerturbationModel", "scvi": "SCVIPerturbationModel",
+    "scgpt": "scGPTForPerturbationModel",
+}
+MODEL_NAMES = ("state", "pertsets", "neuralot")
 
 
-@dataclass(frozen=True)
-class OutputSpace:
-    """The space ΔY and J are read in.
+def run_model_name(run_dir: Path) -> str | None:
+    """The arc-state model name the run folder's config.yaml gives (`model.name`, lower case); None when the file is
+    missing or names none (the loader then reports what is missing)."""
+    import yaml
 
-    name: "genes" or "embedding" (gene-set enrichment of responses needs genes); decode: the model's output of
-    each cell goes through its gene decoder before the mean over the set (E[decoder(Y)]); description: for people,
-    e.g. "embedding space X_state (2,048 dims, undecoded)".
-    """
-
-    name: str
-    decode: bool
-    description: str
-
-    @property
-    def has_genes(self) -> bool:
-        return self.name == "genes"
+    try:
+        name = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {})["model"]["name"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return str(name).lower() if name is not None else None
 
 
-@dataclass(frozen=True)
-class LoadedRun:
-    """A loaded model with everything needed to query it.
+def describe_model_name(name: str) -> str:
+    """e.g. "'embedsum' (arc-state's EmbedSumPerturbationModel)"."""
+    found = ARC_STATE_CLASSES.get(name) or next((c for n, c in ARC_STATE_CLASSES.items() if name.startswith(n)), None)
+    return f"'{name}'" + (f" (arc-state's {found})" if found else "")
 
-    pert_features: [P] float vectors by perturbation name, the pert_encoder's inputs (one-hot rows, or e.g.
-    protein-language-model gene embeddings); kd_names: the KDs analysed (control excluded); gene_names: the G
-    output features of `space` (genes, or `<embed_key>:<i>` in embedding space); controls: [N, input_dim] control
-    cells of the target cell line.
+
+@dataclass(frozen=True, eq=False)
+class StateModel:
+    """A loaded STATE run of one cell line, as a `PerturbationModel`.
+
+    model: arc-state's StateTransitionPerturbationModel (eval mode, no gradients); pert_features: [P] float vectors
+    by perturbation name, the pert_encoder's inputs (one-hot rows, or e.g. protein-language-model gene embeddings);
+    kd_names: the KDs analysed (control excluded); gene_names: the G output features of `space` (genes, or
+    `<embed_key>:<i>` in embedding space); controls: [N, input_dim] control cells of the target cell line;
+    run_dir and checkpoint_name: where it was read (None: a model built in memory, `in_memory`); device_setting and
+    dtype_setting: the config's words, which a worker resolves again (`ship`).
     """
 
     model: torch.nn.Module
@@ -63,35 +82,97 @@ class LoadedRun:
     controls: np.ndarray
     set_size: int
     space: OutputSpace
+    run_dir: Path | None = None
+    checkpoint_name: str = "final.ckpt"
+    device_setting: str = "auto"
+    dtype_setting: str = "float32"
+    kind: str = KIND
+
+    @classmethod
+    def in_memory(cls, model: torch.nn.Module, decode: bool = False, control_features=None) -> "StateModel":
+        """A model built here, not loaded from a run (the Jacobian engine's tests and benchmarks): no KDs, no
+        control cells; the control's features zeros unless given ([P]; the substituted forward never reads them)."""
+        parameter = next(model.parameters())
+        features = np.zeros(int(model.pert_dim), np.float32) if control_features is None else \
+            np.asarray(control_features, np.float32)
+        space = OutputSpace("genes", decode, "")
+        return cls(model, parameter.device, parameter.dtype, {"control": features}, "control", (), (),
+                   np.zeros((0, int(model.input_dim)), np.float32), int(model.cell_sentence_len), space)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.hidden_dim)
 
     @property
     def device_description(self) -> str:
-        """e.g. "cuda:0 (NVIDIA H100 80GB HBM3)" or "cpu (x86_64)"."""
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
-            platform.processor() or platform.machine()
-        return f"{self.device} ({name})"
+        return describe_device(self.device)
 
     @property
-    def hidden_dim(self) -> int:
-        return int(self.model.hidden_dim)
+    def checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / self.checkpoint_name
+
+    @property
+    def run_files(self) -> tuple[Path, ...]:
+        return (self.checkpoint, *(self.run_dir / name for name in RUN_FILES))
 
     def features(self, names) -> torch.Tensor:
         """[len(names), P] perturbation feature rows on the model's device."""
         rows = np.stack([self.pert_features[n] for n in names]).astype(np.float32)
         return torch.as_tensor(rows, device=self.device, dtype=self.dtype)
 
+    def __post_init__(self):
+        # [P] the control's features: what the pert_encoder sees in a substituted call (its output is replaced);
+        # made here, once, so a traced call reads a constant rather than building it inside the trace.
+        object.__setattr__(self, "_control_features", self.features([self.control_label])[0])
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("config field device", f"'{name}' requested but CUDA is not available on this machine")
-    return torch.device(name)
+    def encode(self, names) -> torch.Tensor:
+        return forward.encode_perturbations(self.model, self.features(names))
+
+    def set_means(self, features: torch.Tensor, cell_sets: torch.Tensor) -> torch.Tensor:
+        return forward.mean_output(self.model, features, cell_sets, self.space.decode)
+
+    def set_cells(self, features: torch.Tensor, cell_sets: torch.Tensor) -> torch.Tensor:
+        return forward.set_cells(self.model, features, cell_sets, self.space.decode)
+
+    def expected_output(self, pert_repr: torch.Tensor, cell_sets: torch.Tensor) -> torch.Tensor:
+        return forward.expected_output(self.model, pert_repr, cell_sets, self._control_features, self.space.decode)
+
+    def expected_states(self, pert_repr: torch.Tensor, cell_sets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return forward.expected_states(self.model, pert_repr, cell_sets, self._control_features, self.space.decode)
+
+    def ship(self) -> "ShippedState":
+        return ShippedState(self.checkpoint.read_bytes(), str(self.checkpoint), self.device_setting,
+                            self.dtype_setting, self.control_label, self.pert_features[self.control_label],
+                            self.kd_names, self.gene_names, self.controls, self.set_size, self.space)
+
+    def training_split(self, cell_line: str | None, kd_names) -> tuple[tuple[str, ...] | None, str]:
+        """The cell_load TOML the run's config.yaml names (data.kwargs.toml_config_path): a zero-shot line holds
+        every KD out, a few-shot line its `val` and `test` lists."""
+        import yaml
+
+        try:
+            run_config = yaml.safe_load((self.run_dir / "config.yaml").read_text()) or {}
+            toml_path = Path(run_config["data"]["kwargs"]["toml_config_path"])
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            return None, ""
+        toml_path = toml_path if toml_path.is_absolute() else self.run_dir / toml_path
+        try:
+            split = tomllib.loads(toml_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            return None, ""
+        for key in split.get("zeroshot", {}):
+            if cell_line is not None and key.split(".", 1)[-1] == cell_line:
+                return tuple(kd_names), f"{toml_path} [zeroshot] {key} (the whole line held out)"
+        for key, value in split.get("fewshot", {}).items():
+            if cell_line is not None and key.split(".", 1)[-1] == cell_line and isinstance(value, dict):
+                held = {str(p) for part in ("val", "test") for p in value.get(part, [])}
+                return tuple(k for k in kd_names if k in held), f"{toml_path} [fewshot] {key} val + test"
+        return None, ""
 
 
-def input_files(config: AnalysisConfig) -> tuple[Path, ...]:
-    """The files a run's results depend on: the checkpoint, the run files and the cell data."""
-    return (checkpoint_file(config), *(config.run_dir / name for name in RUN_FILES), config.h5ad)
+def run_files(config: AnalysisConfig) -> tuple[Path, ...]:
+    """The run folder's files a run's results depend on: the checkpoint and the run files."""
+    return (checkpoint_file(config), *(config.run_dir / name for name in RUN_FILES))
 
 
 def load_model(config: AnalysisConfig) -> torch.nn.Module:
@@ -106,7 +187,7 @@ def load_model(config: AnalysisConfig) -> torch.nn.Module:
     return _load_model(ckpt, str(ckpt), resolve_device(config.device), DTYPES[config.dtype])
 
 
-def load_run(config: AnalysisConfig, model: torch.nn.Module | None = None) -> LoadedRun:
+def load_run(config: AnalysisConfig, model: torch.nn.Module | None = None) -> StateModel:
     """Load model (unless given: one model serves every cell line), maps and control cells, checking every input a
     wrong file can break."""
     model = model if model is not None else load_model(config)
@@ -118,10 +199,10 @@ def load_run(config: AnalysisConfig, model: torch.nn.Module | None = None) -> Lo
         raise InputError(f"{run_dir / 'pert_onehot_map.pt'}", f"control label '{config.control_label}' is not in the perturbation map ({len(pert_features)} entries)")
 
     space_name, decode = resolve_space(model, config.space)
-    controls, data_perts, data_genes = _load_controls(config, int(model.input_dim))
+    controls, data_perts, data_genes = load_controls(config, int(model.input_dim))
     gene_names = _feature_names(model, space_name, decode, var_dims, data_genes, run_dir)
     space = OutputSpace(space_name, decode, _describe_space(model, space_name, decode, len(gene_names)))
-    kd_names = _select_kds(config, pert_features, data_perts)
+    kd_names = select_kds(config, pert_features, data_perts)
     set_size = config.set_size or int(model.cell_sentence_len)
     max_len = _max_set_size(model)
     if set_size > max_len:
@@ -129,8 +210,8 @@ def load_run(config: AnalysisConfig, model: torch.nn.Module | None = None) -> Lo
     if controls.shape[0] < set_size:
         raise InputError(str(config.h5ad), f"{controls.shape[0]} control cells, fewer than the set size S={set_size}")
 
-    return LoadedRun(model, device, dtype, pert_features, config.control_label, kd_names, gene_names,
-                     controls, set_size, space)
+    return StateModel(model, device, dtype, pert_features, config.control_label, kd_names, gene_names,
+                      controls, set_size, space, run_dir, config.checkpoint, config.device, config.dtype)
 
 
 def checkpoint_file(config: AnalysisConfig) -> Path:
@@ -215,8 +296,8 @@ def _load_model(source: Path | io.BytesIO, name: str, device: torch.device, dtyp
 
 
 @dataclass(frozen=True)
-class ShippedRun:
-    """A `LoadedRun` as bytes and arrays, for a worker without the run folder (`executors.WorkerState.ship`).
+class ShippedState:
+    """A `StateModel` as bytes and arrays, for a worker without the run folder (`executors.WorkerState.ship`).
 
     checkpoint: the checkpoint file's bytes; device: the config's device, resolved on the worker ("auto" is the
     worker's GPU when Ray gave it one); control_features: [P] the control's perturbation features, the only map
@@ -235,18 +316,12 @@ class ShippedRun:
     set_size: int
     space: OutputSpace
 
-    @classmethod
-    def of(cls, config: AnalysisConfig, run: LoadedRun) -> "ShippedRun":
-        ckpt = checkpoint_file(config)
-        return cls(ckpt.read_bytes(), str(ckpt), config.device, config.dtype, run.control_label,
-                   run.pert_features[run.control_label], run.kd_names, run.gene_names, run.controls, run.set_size,
-                   run.space)
-
-    def build(self) -> LoadedRun:
+    def build(self) -> StateModel:
         device, dtype = resolve_device(self.device), DTYPES[self.dtype]
         model = _load_model(io.BytesIO(self.checkpoint), self.checkpoint_name, device, dtype)
-        return LoadedRun(model, device, dtype, {self.control_label: self.control_features}, self.control_label,
-                         self.kd_names, self.gene_names, self.controls, self.set_size, self.space)
+        return StateModel(model, device, dtype, {self.control_label: self.control_features}, self.control_label,
+                          self.kd_names, self.gene_names, self.controls, self.set_size, self.space,
+                          device_setting=self.device, dtype_setting=self.dtype)
 
 
 def _load_pickle(path: Path):
@@ -274,59 +349,6 @@ def _load_feature_map(path: Path, pert_dim: int) -> dict:
     return out
 
 
-def _load_controls(config: AnalysisConfig, input_dim: int):
-    """Control cells [N, input_dim] of the target cell line, the data's perturbation labels there, and its gene names."""
-    import anndata as ad
-
-    path = config.h5ad
-    if not path.is_file():
-        raise InputError(str(path), "control-cell .h5ad not found")
-    try:
-        adata = ad.read_h5ad(path, backed="r")
-    except Exception as exc:
-        raise InputError(str(path), f"not a readable .h5ad ({type(exc).__name__})") from None
-    obs = adata.obs
-    for field_name, column in (("perturbation_column", config.perturbation_column), ("cell_type_column", config.cell_type_column)):
-        if column not in obs.columns:
-            raise InputError(f"{path} obs['{column}']", f"column missing (config field {field_name}); obs has {list(obs.columns)[:10]}")
-    in_line = np.ones(adata.n_obs, dtype=bool)
-    if config.cell_line is None:
-        # Mixing lines would pool their controls into one basal distribution (and one set of ΔY): refuse.
-        present = sorted(obs[config.cell_type_column].astype(str).unique())
-        if len(present) > 1:
-            raise InputError(f"{path} obs['{config.cell_type_column}']",
-                             f"{len(present)} cell types present ({', '.join(present[:6])}{', …' if len(present) > 6 else ''}); "
-                             "set [data] cell_line to one of them, or to a list to analyse each")
-    else:
-        in_line = (obs[config.cell_type_column].astype(str) == config.cell_line).to_numpy()
-        if not in_line.any():
-            seen = sorted(obs[config.cell_type_column].astype(str).unique())[:10]
-            raise InputError(f"{path} obs['{config.cell_type_column}']", f"no cells of cell line '{config.cell_line}' (found {seen})")
-    labels = obs[config.perturbation_column].astype(str).to_numpy()
-    is_control = in_line & (labels == config.control_label)
-    if not is_control.any():
-        raise InputError(f"{path} obs['{config.perturbation_column}']", f"no '{config.control_label}' control cells in cell line '{config.cell_line}'")
-
-    if config.feature_key == "X":
-        matrix = adata.X
-    elif config.feature_key in adata.obsm:
-        matrix = adata.obsm[config.feature_key]
-    else:
-        raise InputError(f"{path} obsm['{config.feature_key}']", f"feature key missing (config field feature_key); obsm has {list(adata.obsm.keys())}")
-    rows = np.flatnonzero(is_control)
-    controls = matrix[rows]
-    controls = np.asarray(controls.toarray() if hasattr(controls, "toarray") else controls, dtype=np.float32)
-    if controls.ndim != 2 or controls.shape[1] != input_dim:
-        raise InputError(f"{path} {config.feature_key}", f"features have width {controls.shape[-1]}, expected the model's input_dim {input_dim}")
-    if not np.isfinite(controls).all():
-        bad = int((~np.isfinite(controls)).any(axis=1).sum())
-        raise InputError(f"{path} {config.feature_key}", f"{bad} control cell(s) contain NaN or inf")
-    data_perts = set(labels[in_line]) - {config.control_label}
-    data_genes = tuple(map(str, adata.var_names)) if config.feature_key == "X" else None
-    adata.file.close()
-    return controls, data_perts, data_genes
-
-
 def _gene_names(var_dims, data_genes, n_genes: int, expected: str, run_dir: Path) -> tuple:
     """The n_genes output gene names from var_dims.pkl (a list or a numpy array), else the .h5ad's var_names.
     expected: what fixes n_genes, for the error ("the model's output_dim")."""
@@ -340,22 +362,6 @@ def _gene_names(var_dims, data_genes, n_genes: int, expected: str, run_dir: Path
     if len(names) != n_genes:
         raise InputError(source, f"{len(names)} output genes, expected {expected} {n_genes}")
     return names
-
-
-def _select_kds(config: AnalysisConfig, pert_features: dict, data_perts: set) -> tuple:
-    if config.kds:
-        unknown = [k for k in config.kds if k not in pert_features]
-        if unknown:
-            raise InputError("config field kds", f"{len(unknown)} KD(s) not in the run's perturbation map, e.g. {unknown[:5]}")
-        if config.control_label in config.kds:
-            raise InputError("config field kds", f"lists the control '{config.control_label}'; list knock-downs only")
-        return tuple(config.kds)
-    candidates = [n for n in pert_features if n != config.control_label]
-    # A control-only .h5ad does not say which KDs the line has: then all KDs of the map are analysed.
-    kds = [n for n in candidates if n in data_perts] if data_perts else candidates
-    if not kds:
-        raise InputError(str(config.h5ad), f"none of the run's perturbations occur in cell line '{config.cell_line}'")
-    return tuple(kds)
 
 
 def _max_set_size(model) -> int:
