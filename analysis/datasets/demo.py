@@ -16,7 +16,6 @@ cannot exist here; it says so in the report.
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass

@@ -16,19 +16,50 @@ from .state import run as state
 
 ADAPTERS = {state.KIND: state}  # kind -> its adapter: load_model, load_run, run_files, MODEL_NAMES
 
+# arc-state's model names (config.yaml `model.name`, as its get_lightning_module reads them, lower case) and the class
+# each builds, for the error naming a model no adapter reads.
+ARC_STATE_CLASSES = {
+    "state": "StateTransitionPerturbationModel", "pertsets": "StateTransitionPerturbationModel",
+    "neuralot": "StateTransitionPerturbationModel", "embedsum": "EmbedSumPerturbationModel",
+    "old_neuralot": "OldNeuralOTPerturbationModel", "globalsimplesum": "PerturbMeanPerturbationModel",
+    "perturb_mean": "PerturbMeanPerturbationModel", "celltypemean": "ContextMeanPerturbationModel",
+    "context_mean": "ContextMeanPerturbationModel", "decoder_only": "DecoderOnlyPerturbationModel",
+    "pseudobulk": "PseudobulkPerturbationModel", "cpa": "CPAPerturbationModel", "scvi": "SCVIPerturbationModel",
+    "scgpt": "scGPTForPerturbationModel",
+}
+
+
+def run_model_name(run_dir: Path) -> str | None:
+    """The arc-state model name the run folder's config.yaml gives (`model.name`, lower case); None when the file is
+    missing or names none (the loader then reports what is missing)."""
+    import yaml
+
+    try:
+        name = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {})["model"]["name"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return str(name).lower() if name is not None else None
+
+
+def describe_model_name(name: str) -> str:
+    """e.g. "'embedsum' (arc-state's EmbedSumPerturbationModel)"."""
+    found = ARC_STATE_CLASSES.get(name) or next((c for n, c in ARC_STATE_CLASSES.items() if name.startswith(n)), None)
+    return f"'{name}'" + (f" (arc-state's {found})" if found else "")
+
 
 def adapter(config: AnalysisConfig):
     """The adapter of the config's run: `[model] kind`, or ("auto") the kind whose adapter reads the model the run
     folder's config.yaml names (STATE when it names none). InputError when that adapter does not read it."""
-    name = state.run_model_name(config.run_dir)
+    name = run_model_name(config.run_dir)
     if config.model_kind != "auto":
         kind = config.model_kind
     else:
+        # a config.yaml naming no model (written by hand, or unreadable: the adapter then says what is wrong) is STATE's
         kind = next((k for k, a in ADAPTERS.items() if name is None or name in a.MODEL_NAMES), None)
     if kind is None or (name is not None and name not in ADAPTERS[kind].MODEL_NAMES):
         kinds = "; ".join(f"{k} ({', '.join(a.MODEL_NAMES)})" for k, a in ADAPTERS.items())
         raise InputError(f"{config.run_dir / 'config.yaml'} model.name",
-                         f"the run holds model {state.describe_model_name(name)}, which no model kind reads "
+                         f"the run holds model {describe_model_name(name)}, which no model kind reads "
                          f"(kinds supported: {kinds})")
     return ADAPTERS[kind]
 

@@ -28,36 +28,8 @@ from . import forward
 
 KIND = "state"
 RUN_FILES = ("config.yaml", "var_dims.pkl", "pert_onehot_map.pt")
-# arc-state's model names (config.yaml `model.name`, as its get_lightning_module reads them, lower case) and the class
-# each builds; this adapter reads the first three. A run folder naming none of them is read as STATE.
-ARC_STATE_CLASSES = {
-    "state": "StateTransitionPerturbationModel", "pertsets": "StateTransitionPerturbationModel",
-    "neuralot": "StateTransitionPerturbationModel", "embedsum": "EmbedSumPerturbationModel",
-    "old_neuralot": "OldNeuralOTPerturbationModel", "globalsimplesum": "PerturbMeanPerturbationModel",
-    "perturb_mean": "PerturbMeanPerturbationModel", "celltypemean": "ContextMeanPerturbationModel",
-    "context_mean": "ContextMeanPerturbationModel", "decoder_only": "DecoderOnlyPerturbationModel",
-    "pseudobulk": "PseudobulkPerturbationModel", "cpa": "CPAPerturbationModel", "scvi": "SCVIPerturbationModel",
-    "scgpt": "scGPTForPerturbationModel",
-}
+# The arc-state model names (config.yaml `model.name`) arc-state builds a StateTransitionPerturbationModel for.
 MODEL_NAMES = ("state", "pertsets", "neuralot")
-
-
-def run_model_name(run_dir: Path) -> str | None:
-    """The arc-state model name the run folder's config.yaml gives (`model.name`, lower case); None when the file is
-    missing or names none (the loader then reports what is missing)."""
-    import yaml
-
-    try:
-        name = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {})["model"]["name"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return None
-    return str(name).lower() if name is not None else None
-
-
-def describe_model_name(name: str) -> str:
-    """e.g. "'embedsum' (arc-state's EmbedSumPerturbationModel)"."""
-    found = ARC_STATE_CLASSES.get(name) or next((c for n, c in ARC_STATE_CLASSES.items() if name.startswith(n)), None)
-    return f"'{name}'" + (f" (arc-state's {found})" if found else "")
 
 
 @dataclass(frozen=True, eq=False)
