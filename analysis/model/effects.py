@@ -62,7 +62,8 @@ def compute_effects(run: PerturbationModel, n_draws: int, seed: int, kds_per_cal
     draw_cells = draw_control_sets(len(run.controls), run.set_size, n_draws, seed)
     control_features = run.features([run.control_label])
     control_means = torch.stack([
-        run.set_means(control_features, torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None])[0]
+        run.set_means(control_features,
+                      torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None])[0]
         for rows in draw_cells]).cpu()  # [R, G]
     draws = np.zeros((n_draws, len(run.kd_names), len(run.gene_names)), dtype=np.float64)
     tasks = effect_tasks(run, kds_per_call)

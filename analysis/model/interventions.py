@@ -48,8 +48,8 @@ def sets_per_call(draw_cells: np.ndarray, device: torch.device) -> int:
     return max(1, CELLS_PER_CALL.get(device.type, CELLS_PER_CALL["cpu"]) // draw_cells.size)
 
 
-def substituted_responses(run: PerturbationModel, pert_repr: np.ndarray, control_repr: np.ndarray, draw_cells: np.ndarray,
-                          executor, state, label: str, progress: bool = True) -> np.ndarray:
+def substituted_responses(run: PerturbationModel, pert_repr: np.ndarray, control_repr: np.ndarray,
+                          draw_cells: np.ndarray, executor, state, label: str, progress: bool = True) -> np.ndarray:
     """ΔY(p) [B, G] for each row of pert_repr [B, H], on executor (its `map(fn, tasks, state)`) in batches of
     `sets_per_call`, one progress bar over representations named `label`."""
     batch = sets_per_call(draw_cells, run.device)
