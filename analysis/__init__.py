@@ -3,7 +3,8 @@
 The house (`tests/test_layout.py` holds it to these rules):
 - `config` (the one configuration) and `results` (the one results container) at the base, with `errors` and
   `console`;
-- `model/` — the only torch: loading a run, the model's forward, ΔY, Jacobians;
+- `model/` — the only torch: the `PerturbationModel` protocol, loading a run through its kind's adapter (STATE's in
+  `model/state/`, the only code that names STATE's internals or imports arc-state), ΔY, Jacobians;
 - `stats/` — clustering, enrichment, routing statistics, SVD axes, consistency across lines, the verdict: numbers
   and what they support, no words; `model/` and `stats/` never import each other;
 - `store/` — the cache, Jacobian shards, the record codec (writes and reads every record from its type annotations),

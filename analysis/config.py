@@ -19,7 +19,9 @@ from .errors import InputError
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "configs" / "demo.toml"  # the embedded demo, shipped in the package
 GENESETS_DIR = PACKAGE_DIR / "genesets"  # the bundled gene-set libraries, referred to by name in configs
-SPACES = ("auto", "genes", "embedding")  # where ΔY and J are read (model.load.resolve_space)
+SPACES = ("auto", "genes", "embedding")  # where ΔY and J are read (model.state.run.resolve_space)
+# The model kinds an adapter reads (`model.load.ADAPTERS`); "auto": the kind the run folder names.
+MODEL_KINDS = ("auto", "state")
 # KD families by gene-name pattern: the original plan's prior-work rows and the figures' colours read them.
 KD_FAMILIES = {
     "ribosomal": r"^RP[LS]\d",
@@ -67,6 +69,7 @@ class AnalysisConfig:
     run_dir: Path
     h5ad: Path
     cache_dir: Path
+    model_kind: str = "auto"  # TOML [model] kind: the adapter reading the run ("state"); "auto": as the run folder says
     checkpoint: str = "final.ckpt"  # any file in the run's checkpoints/ (last.ckpt, epoch=1-step=400.ckpt, …)
     space: str = "auto"  # "genes": decoded genes (or the model's gene output); "embedding": the undecoded output
     feature_key: str = "X"  # "X" or an .obsm key such as "X_hvg"
@@ -161,7 +164,7 @@ def default_decision_rule() -> DecisionRule:
 
 # TOML section -> fields it may hold; the file is validated against this, so a typo is an error, not a silent default.
 _SECTIONS = {
-    "model": {"run_dir", "checkpoint", "space"},
+    "model": {"run_dir", "kind", "checkpoint", "space"},
     "data": {"h5ad", "feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_line", "kds"},
     "effects": {"set_size", "n_draws", "seed"},
     "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype"},
@@ -175,7 +178,7 @@ _SECTIONS = {
     "runtime": {"device", "cache_dir", "executor", "ray_address"},
     "demo": {"enabled", "seed"},
 }
-_RENAMES = {("demo", "enabled"): "demo", ("demo", "seed"): "demo_seed", ("data", "cell_line"): "cell_lines"}
+_RENAMES = {("model", "kind"): "model_kind", ("demo", "enabled"): "demo", ("demo", "seed"): "demo_seed", ("data", "cell_line"): "cell_lines"}
 _REQUIRED = {"run_dir", "h5ad", "cache_dir"}
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path (string)"}
 
@@ -185,6 +188,7 @@ _RANGES = {
     "dtype": (lambda v: v in {"float32", "float64", "bfloat16"}, "'float32', 'float64' or 'bfloat16'"),
     "executor": (lambda v: v in {"local", "ray"}, "'local' or 'ray'"),
     "space": (lambda v: v in SPACES, " or ".join(f"'{s}'" for s in SPACES)),
+    "model_kind": (lambda v: v in MODEL_KINDS, "a model kind: " + " or ".join(f"'{k}'" for k in MODEL_KINDS)),
     "set_size": (lambda v: v >= 0, "0 (the model's cell_set_len) or a positive integer"),
     "n_draws": (lambda v: v >= 1, "an integer >= 1"),
     "seed": (lambda v: v >= 0, "an integer >= 0"),

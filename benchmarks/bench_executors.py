@@ -34,7 +34,7 @@ from analysis.config import load_config  # noqa: E402
 from analysis.datasets import demo  # noqa: E402
 from analysis.model import jacobians  # noqa: E402
 from analysis.model.effects import compute_effects  # noqa: E402
-from analysis.model.load import ShippedRun, load_run  # noqa: E402
+from analysis.model.load import load_run  # noqa: E402
 from analysis.pipeline import executors  # noqa: E402
 from analysis.store import cache  # noqa: E402
 
@@ -100,9 +100,9 @@ def main(argv=None) -> int:
     inputs = jacobians.JacobianInputs(effects.pert_repr, effects.control_repr, effects.draw_cells,
                                       config.kds_per_call, config.tangents_per_call)
     fn = partial(jacobians.jacobian_shard, inputs=inputs)
-    state = executors.WorkerState(run, partial(ShippedRun.of, config, run))
+    state = executors.WorkerState(run, run.ship)
     n_kds = len(run.kd_names)
-    print(f"demo: {n_kds} KDs, G = {len(run.gene_names)}, H = {run.hidden_dim}, S = {run.set_size}, "
+    print(f"demo: {n_kds} KDs, G = {len(run.gene_names)}, H = {run.hidden_size}, S = {run.set_size}, "
           f"R = {config.n_draws} draws, {len(tasks)} shard tasks of {config.shard_kds} KDs; CPU only "
           f"(no GPU was lent to this session); {os.cpu_count()} cores shared with other agents' work, so times are noisy")
 

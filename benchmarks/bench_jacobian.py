@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.datasets import demo  # noqa: E402
 from analysis.model import jacobians  # noqa: E402
+from analysis.model.state import build  # noqa: E402
+from analysis.model.state.run import StateModel  # noqa: E402
 from analysis.stats.gram import jacobian_svd, stream_gram  # noqa: E402
 from analysis.store import cache  # noqa: E402
 
@@ -56,11 +58,11 @@ def build_model(size: dict, device: str, dtype=torch.float32):
     kwargs = demo.demo_model_kwargs(size["genes"], size["set_size"])
     kwargs.update(hidden_dim=size["hidden"], n_encoder_layers=size["mlp_layers"], n_decoder_layers=size["mlp_layers"])
     kwargs["transformer_backbone_kwargs"].update(n_embd=size["hidden"], n_layer=size["layers"], n_head=size["heads"])
-    model = demo.construct_model(size["genes"], size["n_kds"] + 1, kwargs)
+    model = build.construct_model(size["genes"], size["n_kds"] + 1, kwargs, control=demo.CONTROL)
     model = model.eval().to(device=device, dtype=dtype)
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
+    return StateModel.in_memory(model)
 
 
 def inputs(model, size: dict, n_draws: int, n_kds: int, device: str, dtype=torch.float32):
@@ -68,8 +70,8 @@ def inputs(model, size: dict, n_draws: int, n_kds: int, device: str, dtype=torch
     draw_sets = torch.log1p(torch.poisson(torch.full((n_draws, size["set_size"], size["genes"]), 2.0), generator=g))
     onehots = torch.eye(size["n_kds"] + 1)[1:n_kds + 1]
     with torch.no_grad():
-        pert_repr = model.pert_encoder(onehots.to(device, dtype))
-    return pert_repr, draw_sets.to(device, dtype), torch.zeros(size["n_kds"] + 1, device=device, dtype=dtype)
+        pert_repr = model.model.pert_encoder(onehots.to(device, dtype))
+    return pert_repr, draw_sets.to(device, dtype)
 
 
 # Methods compared, in the order printed. "vmap" is the engine before the traced graph (kept here as the baseline of
@@ -99,16 +101,16 @@ def run_method(method: str, size_name: str, device: str, n_draws: int, precision
     size, dtype = SIZES[size_name], getattr(torch, "float32" if tf32 else precision)
     model = build_model(size, device, dtype)
     n_kds = size["reverse_kds"] if method == "reverse" else engine_kds or size["engine_kds"]
-    pert_repr, draw_sets, onehot = inputs(model, size, n_draws, n_kds, device, dtype)
+    pert_repr, draw_sets = inputs(model, size, n_draws, n_kds, device, dtype)
     batches = pert_repr.split(kds_per_call)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def call(rows=None):
         if method == "reverse":
-            return torch.stack([reverse_rows(model, p, draw_sets, onehot, rows) for p in pert_repr])
+            return torch.stack([reverse_rows(model, p, draw_sets, rows) for p in pert_repr])
         if method == "vmap":
-            return torch.cat([vmap_jacobian(model, p, draw_sets, onehot) for p in batches])
-        return torch.cat([jacobians.forward_mode_jacobian(model, p, draw_sets, onehot, compile=method == "compiled")
+            return torch.cat([vmap_jacobian(model, p, draw_sets) for p in batches])
+        return torch.cat([jacobians.forward_mode_jacobian(model, p, draw_sets, compile=method == "compiled")
                           for p in batches])
 
     def timed(rows=None):
@@ -149,9 +151,9 @@ def run_method(method: str, size_name: str, device: str, n_draws: int, precision
             flops, extra = warm_up.get_total_flops(), {"setup_seconds": max(setup - seconds, 0.0)}
         else:
             graphs = traced_graphs(model)
-            flops = graph_flops(graphs, batches, draw_sets, onehot)
+            flops = graph_flops(graphs, batches, draw_sets)
             extra = {"setup_seconds": sum(g.trace_seconds + g.compile_seconds for g in graphs),
-                     "kept_bytes": kept_bytes(graphs[0], batches[0], draw_sets, onehot), "chunk": graphs[0].chunk,
+                     "kept_bytes": kept_bytes(graphs[0], batches[0], draw_sets), "chunk": graphs[0].chunk,
                      "cells_per_call": len(batches[0]) * draw_sets.shape[0] * draw_sets.shape[1]}
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -176,10 +178,10 @@ def per_gene_fit(timings: dict[int, list[float]], genes: int) -> dict:
 
 def traced_graphs(model) -> list:
     """The engine's traced graphs for `model` (one per KD-batch shape)."""
-    return list(jacobians._LINEARIZED[model].values())
+    return list(jacobians._LINEARIZED[model.model].values())
 
 
-def graph_flops(graphs: list, batches, draw_sets, onehot) -> int:
+def graph_flops(graphs: list, batches, draw_sets) -> int:
     """FLOPs of the engine's calls, counted on the traced graphs run eagerly (Inductor's kernels are opaque to the
     counter): per batch, the primal part once and the tangent part once per chunk."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -189,7 +191,7 @@ def graph_flops(graphs: list, batches, draw_sets, onehot) -> int:
         graph = next(g for g in graphs if g.input_shapes[0] == tuple(p.shape))
         counter = FlopCounterMode(display=False)
         with counter:
-            kept = graph.keep(p, draw_sets, onehot)
+            kept = graph.keep(p, draw_sets)
         primal = counter.get_total_flops()
         counter = FlopCounterMode(display=False)
         with counter:
@@ -198,34 +200,34 @@ def graph_flops(graphs: list, batches, draw_sets, onehot) -> int:
     return total
 
 
-def kept_bytes(graph, p, draw_sets, onehot) -> int:
+def kept_bytes(graph, p, draw_sets) -> int:
     """Bytes of the primal values one call keeps for its tangent chunks (distinct storages)."""
     storages = {}
-    for t in graph.keep(p, draw_sets, onehot):
+    for t in graph.keep(p, draw_sets):
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return sum(storages.values())
 
 
-def vmap_jacobian(model, pert_repr, draw_sets, onehot):
+def vmap_jacobian(model, pert_repr, draw_sets):
     """The previous engine: vmap(jvp) over the H basis directions in chunks, the primal forward re-run in every chunk."""
     n_kds, hidden = pert_repr.shape
     chunk = jacobians.tangent_chunk(n_kds * draw_sets.shape[0] * draw_sets.shape[1], hidden, pert_repr.device)
 
     def column(direction):
-        return jvp(lambda p: jacobians.expected_output(model, p, draw_sets, onehot), (pert_repr,),
+        return jvp(lambda p: model.expected_output(p, draw_sets), (pert_repr,),
                    (direction.expand_as(pert_repr),))[1]
 
     basis = torch.eye(hidden, device=pert_repr.device, dtype=pert_repr.dtype)
     return vmap(column, chunk_size=chunk)(basis).permute(1, 2, 0)
 
 
-def reverse_rows(model, p, draw_sets, onehot, rows=None):
+def reverse_rows(model, p, draw_sets, rows=None):
     """The seed's method (torch.autograd.functional.jacobian) on E[Y], or on its first `rows` output genes."""
     if rows is None:
-        return jacobians.reverse_mode_jacobian(model, p, draw_sets, onehot)
+        return jacobians.reverse_mode_jacobian(model, p, draw_sets)
     with torch.enable_grad():
         return torch.autograd.functional.jacobian(
-            lambda q: jacobians.expected_output(model, q[None], draw_sets, onehot)[0][:rows], p)
+            lambda q: model.expected_output(q[None], draw_sets)[0][:rows], p)
 
 
 def in_fresh_process(*args) -> dict:

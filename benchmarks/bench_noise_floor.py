@@ -24,7 +24,6 @@ from analysis.config import load_config  # noqa: E402
 from analysis.datasets import demo  # noqa: E402
 from analysis.model import jacobians  # noqa: E402
 from analysis.model.effects import draw_control_sets  # noqa: E402
-from analysis.model.forward import encode_perturbations  # noqa: E402
 from analysis.model.load import load_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +41,7 @@ def main(argv=None) -> int:
     run = load_run(line)
     n_kds = min(args.kds, len(run.kd_names))
     draw_cells = draw_control_sets(len(run.controls), run.set_size, line.n_draws, line.seed)
-    pert_repr = encode_perturbations(run.model, run.features(run.kd_names[:n_kds])).double().cpu().numpy()
+    pert_repr = run.encode(run.kd_names[:n_kds]).double().cpu().numpy()
     inputs = jacobians.JacobianInputs(pert_repr, np.zeros(pert_repr.shape[1]), draw_cells, line.kds_per_call,
                                       line.tangents_per_call, line.compile_jacobian)
     task = jacobians.ShardTask(0, range(n_kds))

@@ -13,7 +13,6 @@ from tiny import write_tiny_run
 from analysis.config import default_decision_rule
 from analysis.datasets import known_answers
 from analysis.model.effects import draw_control_sets
-from analysis.model.forward import encode_perturbations, mean_output
 from analysis.model.interventions import substituted_responses
 from analysis.model.load import load_run
 from analysis.pipeline.executors import LocalExecutor, WorkerState
@@ -137,19 +136,19 @@ def test_interchange_swaps_only_the_shared_component():
 
 def test_substituted_responses_reproduce_the_effects_at_each_kds_own_representation(tmp_path):
     """ΔY(p_k) through the substituted forward equals ΔY_k from the KD's own perturbation features (two independent
-    paths through the real model: pert_encoder on features vs the hook substituting p)."""
+    paths through the real model: the encoder on features (`set_means`) vs p substituted (`expected_output`))."""
     config = write_tiny_run(tmp_path)
     run = load_run(config)
     draw_cells = draw_control_sets(len(run.controls), run.set_size, 2, 0)
     features = run.features(run.kd_names)
     with torch.no_grad():
-        pert_repr = encode_perturbations(run.model, features).double().numpy()
-        control_repr = encode_perturbations(run.model, run.features([run.control_label]))[0].double().numpy()
+        pert_repr = run.encode(run.kd_names).double().numpy()
+        control_repr = run.encode([run.control_label])[0].double().numpy()
         direct = []
         for rows in draw_cells:
             basal = torch.as_tensor(run.controls[rows])[None]
-            kd = mean_output(run.model, features, basal.expand(len(features), -1, -1))
-            control = mean_output(run.model, run.features([run.control_label]), basal)
+            kd = run.set_means(features, basal.expand(len(features), -1, -1))
+            control = run.set_means(run.features([run.control_label]), basal)
             direct.append((kd - control).double().numpy())
     responses = substituted_responses(run, pert_repr, control_repr, draw_cells, LocalExecutor(),
                                       WorkerState(run, ship=lambda: None), "test",

@@ -1,12 +1,13 @@
 """The forward-mode engine against two independent oracles on arc-state models of several configurations."""
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny import CONFIGS, relative_error, tiny_model, write_tiny_run
+from tiny import CONFIGS, adapted, relative_error, tiny_model, write_tiny_run
 from tiny import jacobian_inputs as inputs
 
 from analysis.model import jacobians
@@ -17,21 +18,22 @@ def test_forward_mode_matches_autograd_and_finite_differences(name):
     model = tiny_model(**CONFIGS[name])
     for p in model.parameters():
         p.requires_grad_(False)
-    pert_repr, draw_sets, onehot = inputs(model)
-    forward = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
+    pert_repr, draw_sets = inputs(model)
+    run = adapted(model)
+    forward = jacobians.forward_mode_jacobian(run, pert_repr, draw_sets)
     assert forward.shape == (3, model.output_dim, model.hidden_dim)
     assert forward.abs().max() > 1e-3  # the output really depends on pert_repr
     # KDs of one call must not leak into each other: check the middle one against the one-KD oracles.
-    reverse = jacobians.reverse_mode_jacobian(model, pert_repr[1], draw_sets, onehot)
+    reverse = jacobians.reverse_mode_jacobian(run, pert_repr[1], draw_sets)
     assert relative_error(forward[1], reverse) <= 1e-4, name
 
     # Second oracle in float64. Llama's RMSNorm computes in float32 even in a float64 model, so its
     # finite differences carry float32 rounding (~1e-7 / step); GPT2 is float64 throughout.
     step, tolerance = (1e-3, 2e-3) if name == "llama" else (1e-5, 1e-6)
-    model64 = model.double()
-    p64, d64, o64 = pert_repr.double(), draw_sets.double(), onehot.double()
-    exact = jacobians.forward_mode_jacobian(model64, p64, d64, o64)
-    fd = jacobians.central_difference_jacobian(model64, p64[2], d64, o64, step=step)
+    run64 = adapted(model.double())
+    p64, d64 = pert_repr.double(), draw_sets.double()
+    exact = jacobians.forward_mode_jacobian(run64, p64, d64)
+    fd = jacobians.central_difference_jacobian(run64, p64[2], d64, step=step)
     assert relative_error(exact[2], fd) <= tolerance, name
 
 
@@ -44,16 +46,16 @@ def test_block_jacobians_match_reverse_mode(name):
     model = tiny_model(**CONFIGS[name], n_layers=3)
     for p in model.parameters():
         p.requires_grad_(False)
-    pert_repr, draw_sets, onehot = inputs(model)
-    alone = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
-    jacobian, by_block = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, blocks=True,
-                                                         tangents_per_call=5)
+    pert_repr, draw_sets = inputs(model)
+    run = adapted(model)
+    alone = jacobians.forward_mode_jacobian(run, pert_repr, draw_sets)
+    jacobian, by_block = jacobians.forward_mode_jacobian(run, pert_repr, draw_sets, blocks=True, tangents_per_call=5)
     assert by_block.shape == (3, 3, model.hidden_dim, model.hidden_dim)
     assert torch.allclose(jacobian, alone, rtol=1e-5, atol=1e-7)
     for kd in range(3):
         with torch.enable_grad():
             reverse = torch.autograd.functional.jacobian(
-                lambda p: jacobians.expected_states(model, p[None], draw_sets, onehot)[1][:, 0], pert_repr[kd])
+                lambda p: run.expected_states(p[None], draw_sets)[1][:, 0], pert_repr[kd])
         assert by_block[kd].abs().max() > 1e-3, name
         assert relative_error(by_block[kd], reverse) <= 1e-4, name
 
@@ -63,7 +65,7 @@ def test_block_jacobians_match_reverse_mode(name):
     model.transformer_backbone.forward = lambda **kw: original(**kw, output_hidden_states=True)
     try:
         with torch.no_grad():
-            states = jacobians.expected_states(model, pert_repr[:1], draw_sets[:1], onehot)[1][:, 0]  # [L, D]
+            states = run.expected_states(pert_repr[:1], draw_sets[:1])[1][:, 0]  # [L, D]
     finally:
         model.transformer_backbone.forward = original
         handle.remove()
@@ -76,45 +78,47 @@ def test_model_is_left_clean_after_differentiation():
     """No functorch wrapper left on the module: a deep copy made afterwards (as a Ray worker's or a retrace's) gives
     the original's outputs and, by reverse mode on the copy, the Jacobian forward mode gave on the original."""
     model = tiny_model()
-    pert_repr, draw_sets, onehot = inputs(model)
+    pert_repr, draw_sets = inputs(model)
+    run = adapted(model)
     with torch.no_grad():
-        before = jacobians.expected_output(model, pert_repr, draw_sets, onehot)
-    forward = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
-    twin = copy.deepcopy(model)
+        before = run.expected_output(pert_repr, draw_sets)
+    forward = jacobians.forward_mode_jacobian(run, pert_repr, draw_sets)
+    twin = adapted(copy.deepcopy(model))
     with torch.no_grad():
-        assert torch.equal(jacobians.expected_output(twin, pert_repr, draw_sets, onehot), before)
-        assert torch.equal(jacobians.expected_output(model, pert_repr, draw_sets, onehot), before)
-    assert relative_error(forward[0], jacobians.reverse_mode_jacobian(twin, pert_repr[0], draw_sets, onehot)) <= 1e-4
+        assert torch.equal(twin.expected_output(pert_repr, draw_sets), before)
+        assert torch.equal(run.expected_output(pert_repr, draw_sets), before)
+    assert relative_error(forward[0], jacobians.reverse_mode_jacobian(twin, pert_repr[0], draw_sets)) <= 1e-4
 
 
 def test_tangent_chunking_gives_the_same_jacobian():
     model = tiny_model()
-    pert_repr, draw_sets, onehot = inputs(model)
-    whole = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, tangents_per_call=16)
-    chunked = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, tangents_per_call=5)  # 16 = 5+5+5+1
+    pert_repr, draw_sets = inputs(model)
+    whole = jacobians.forward_mode_jacobian(adapted(model), pert_repr, draw_sets, tangents_per_call=16)
+    chunked = jacobians.forward_mode_jacobian(adapted(model), pert_repr, draw_sets, tangents_per_call=5)  # 16 = 5+5+5+1
     assert torch.allclose(whole, chunked, rtol=1e-5, atol=1e-7)
 
 
 def test_kept_primal_values_do_not_grow_with_the_chunk():
     """The primal part is kept once per call; activations functorch expands to the chunk are recomputed, not kept."""
     model = tiny_model()
-    pert_repr, draw_sets, onehot = inputs(model)
+    pert_repr, draw_sets = inputs(model)
 
     def kept_bytes(chunk):
-        graph = jacobians.linearized_jacobian(model, pert_repr, draw_sets, onehot, chunk, compile=False)
-        return sum(t.untyped_storage().nbytes() for t in graph.keep(pert_repr, draw_sets, onehot))
+        graph = jacobians.linearized_jacobian(adapted(model), pert_repr, draw_sets, chunk, compile=False)
+        return sum(t.untyped_storage().nbytes() for t in graph.keep(pert_repr, draw_sets))
 
     assert kept_bytes(2) == kept_bytes(8)
 
 
 def test_traced_graph_follows_in_place_weight_changes():
     model = tiny_model()
-    pert_repr, draw_sets, onehot = inputs(model)
-    before = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
+    pert_repr, draw_sets = inputs(model)
+    run = adapted(model)
+    before = jacobians.forward_mode_jacobian(run, pert_repr, draw_sets)
     with torch.no_grad():
         model.project_out[0].weight.mul_(2.0)
-    after = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot)
-    reverse = jacobians.reverse_mode_jacobian(model, pert_repr[0], draw_sets, onehot)
+    after = jacobians.forward_mode_jacobian(run, pert_repr, draw_sets)
+    reverse = jacobians.reverse_mode_jacobian(run, pert_repr[0], draw_sets)
     assert relative_error(after[0], reverse) <= 1e-4
     assert relative_error(before[0], reverse) > 1e-2
 
@@ -122,9 +126,9 @@ def test_traced_graph_follows_in_place_weight_changes():
 def test_compiled_engine_matches_autograd():
     """Inductor's kernels for the tangent graph agree with reverse mode (one configuration: compiling is slow)."""
     model = tiny_model()
-    pert_repr, draw_sets, onehot = inputs(model)
-    compiled = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, compile=True)
-    reverse = jacobians.reverse_mode_jacobian(model, pert_repr[1], draw_sets, onehot)
+    pert_repr, draw_sets = inputs(model)
+    compiled = jacobians.forward_mode_jacobian(adapted(model), pert_repr, draw_sets, compile=True)
+    reverse = jacobians.reverse_mode_jacobian(adapted(model), pert_repr[1], draw_sets)
     assert relative_error(compiled[1], reverse) <= 1e-4
 
 
@@ -135,11 +139,11 @@ def test_compile_failure_falls_back_to_the_eager_graph(monkeypatch):
         return run
 
     model = tiny_model()  # first: importing Lightning (with the model) wraps torch.compile
-    pert_repr, draw_sets, onehot = inputs(model)
+    pert_repr, draw_sets = inputs(model)
     monkeypatch.setattr(torch, "compile", broken_compile)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
-        fallback = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot, compile=True)
-    assert torch.equal(fallback, jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, onehot))
+        fallback = jacobians.forward_mode_jacobian(adapted(model), pert_repr, draw_sets, compile=True)
+    assert torch.equal(fallback, jacobians.forward_mode_jacobian(adapted(model), pert_repr, draw_sets))
 
 
 def stored_jacobian(folder, kd: int) -> np.ndarray:
@@ -160,15 +164,14 @@ def test_a_stored_demo_jacobian_equals_central_differences_of_the_expected_outpu
     responses = demo_results.effects.responses
     (folder,) = [path for label, path in demo_results.stage_paths.items() if label.startswith("jacobians")][:1]
     k = len(responses.kd_names) // 2
-    model = copy.deepcopy(demo_run.model).double()
+    model = dataclasses.replace(demo_run, model=copy.deepcopy(demo_run.model).double(), dtype=torch.float64)
     draw_sets = torch.as_tensor(demo_run.controls[responses.draw_cells], dtype=torch.float64)
-    features = demo_run.features([demo_run.control_label])[0].double()
     p = torch.as_tensor(responses.pert_repr[k], dtype=torch.float64)
     step = 1e-4
     basis = torch.eye(len(p), dtype=torch.float64) * step
     with torch.no_grad():
-        plus = jacobians.expected_output(model, p[None] + basis, draw_sets, features, demo_run.space.decode)
-        minus = jacobians.expected_output(model, p[None] - basis, draw_sets, features, demo_run.space.decode)
+        plus = model.expected_output(p[None] + basis, draw_sets)
+        minus = model.expected_output(p[None] - basis, draw_sets)
     oracle = ((plus - minus) / (2 * step)).T.numpy()  # [G, H]
     stored = stored_jacobian(folder, k)
     assert stored.shape == oracle.shape == (len(responses.gene_names), responses.pert_repr.shape[1])

@@ -12,8 +12,11 @@ import torch
 from tiny import KDS, expect_error, tiny_config, write_tiny_run
 
 import analysis
+from analysis.config import MODEL_KINDS, load_config
 from analysis.errors import InputError
+from analysis.model import load
 from analysis.model.load import load_run
+from analysis.model.state import build
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +164,38 @@ def test_the_demo_is_built_when_missing_stale_or_incomplete_and_not_when_current
     assert not demo.needs_build(config.replace(demo=False)) and not demo.needs_build(tiny_config(folder))
     (folder / "run" / "checkpoints" / "final.ckpt").unlink()
     assert demo.needs_build(config)  # current marker, checkpoint missing
+
+
+def test_a_run_of_another_arc_state_model_names_it_in_one_line(folder):
+    """A run folder of arc-state's EmbedSum baseline (pert_encoder + basal_encoder summed, MLP decoder), written as
+    `state tx train` writes it: one line naming the model found and the kinds supported, from the loader and from
+    the pipeline's entry point."""
+    from state.tx.models.embed_sum import EmbedSumPerturbationModel
+
+    model = EmbedSumPerturbationModel(input_dim=24, hidden_dim=16, output_dim=24, pert_dim=7, gene_dim=24,
+                                      hvg_dim=24, gene_decoder_bool=False, control_pert="non-targeting")
+    onehots = torch.load(folder / "run" / "pert_onehot_map.pt")
+    var_dims = pickle.loads((folder / "run" / "var_dims.pkl").read_bytes())
+    shutil.rmtree(folder / "run")
+    build.write_run_directory(folder / "run", model, onehots, var_dims, {"model": {"name": "embedsum"}},
+                              ("HepG2",))
+    fragments = ("config.yaml", "'embedsum'", "EmbedSumPerturbationModel", "kinds supported: state")
+    expect_error(tiny_config(folder), *fragments)
+    expect_error(tiny_config(folder, model_kind="state"), *fragments)
+    with pytest.raises(InputError) as err:
+        analysis.run(tiny_config(folder), progress=False)
+    assert all(f in str(err.value) for f in fragments) and "\n" not in str(err.value)
+
+
+def test_the_model_kind_is_read_from_the_run_folder_or_named(folder):
+    assert load_run(tiny_config(folder)).kind == load_run(tiny_config(folder, model_kind="state")).kind == "state"
+    config = folder / "run.toml"
+    config.write_text(f'[model]\nrun_dir = "run"\nkind = "embedsum"\n[data]\nh5ad = "data.h5ad"\n'
+                      f'[runtime]\ncache_dir = "cache"\n')
+    with pytest.raises(InputError) as err:
+        load_config(config)
+    assert str(err.value) == f"{config} [model].kind: expected a model kind: 'auto' or 'state', got 'embedsum'"
+
+
+def test_every_model_kind_has_an_adapter():
+    assert set(load.ADAPTERS) == set(MODEL_KINDS) - {"auto"}

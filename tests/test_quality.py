@@ -6,6 +6,7 @@ the modules and weak-effect KDs scored worse."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import anndata as ad
@@ -19,7 +20,6 @@ from tiny import KDS, tiny_config, write_tiny_run
 import analysis
 from analysis.errors import InputError
 from analysis.model.effects import EffectTask, draw_control_sets, kd_means
-from analysis.model.forward import mean_output
 from analysis.model.load import load_run
 from analysis.model.observed import load_observed, training_split
 from analysis.model.predict import predict_cells, predict_means
@@ -193,10 +193,10 @@ def test_predicted_cells_average_to_the_effects_means(tiny_folder):
     per_draw = cells.reshape(len(KDS), 2, run.set_size, 24).mean(2).transpose(1, 0, 2)
     np.testing.assert_allclose(per_draw, means, rtol=1e-5, atol=1e-6)
     basal = torch.as_tensor(run.controls[draws[0]])[None]
-    control_means = np.stack([mean_output(run.model, run.features([CONTROL]), torch.as_tensor(run.controls[rows])[None])
+    control_means = np.stack([run.set_means(run.features([CONTROL]), torch.as_tensor(run.controls[rows])[None])
                               [0].numpy() for rows in draws])  # [R, G]
     np.testing.assert_allclose(control[:run.set_size].mean(0),
-                               mean_output(run.model, run.features([CONTROL]), basal)[0].numpy(), rtol=1e-5, atol=1e-6)
+                               run.set_means(run.features([CONTROL]), basal)[0].numpy(), rtol=1e-5, atol=1e-6)
     # without DE: the same group means from ΔY (as the effects stage computes it) and the control's predicted cells;
     # a gene the model holds at 0 in every cell of a KD (there is one here) stays 0, not a rounding below it
     delta_y = (means - control_means[:, None]).mean(0)
@@ -226,13 +226,15 @@ def test_observed_cells_are_the_lines_controls_and_kds(tiny_folder):
 
 def test_split_from_the_field_from_the_runs_toml_or_unknown(tiny_folder, tmp_path):
     config = tiny_config(tiny_folder)
-    assert training_split(config, KDS) == (None, "")
-    assert training_split(config.replace(held_out_kds=("KD_B", "other")), KDS) == (("KD_B",), "config field held_out_kds")
+    run = load_run(config)
+    assert training_split(config, run, KDS) == (None, "")
+    assert training_split(config.replace(held_out_kds=("KD_B", "other")), run, KDS) == \
+        (("KD_B",), "config field held_out_kds")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (tmp_path / "split.toml").write_text('[fewshot]\n"screen.HepG2" = {val = ["KD_A"], test = ["KD_C"]}\n')
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"data": {"kwargs": {"toml_config_path": str(tmp_path / "split.toml")}}}))
-    held, source = training_split(config.replace(run_dir=run_dir), KDS)
+    held, source = training_split(config, dataclasses.replace(run, run_dir=run_dir), KDS)
     assert held == ("KD_A", "KD_C") and "fewshot" in source
 
 

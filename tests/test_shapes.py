@@ -15,6 +15,7 @@ from tiny import (
     CONFIGS,
     GENES,
     KDS,
+    adapted,
     embedding_run,
     expect_error,
     jacobian_inputs,
@@ -30,8 +31,8 @@ from analysis.console import silenced
 from analysis.errors import InputError
 from analysis.model import jacobians
 from analysis.model.effects import effect_tasks, kd_means
-from analysis.model.forward import mean_output
-from analysis.model.load import OutputSpace, ShippedRun, load_run
+from analysis.model.load import load_run
+from analysis.model.protocol import OutputSpace
 from analysis.pipeline.run import load_line
 from analysis.stats import enrichment
 from analysis.store.gmt import read_libraries
@@ -163,18 +164,19 @@ def test_decoded_delta_y_is_the_set_mean_of_decoded_cells(analysed):
 
 def test_jacobian_through_the_gene_decoder_matches_autograd_and_finite_differences():
     model = tiny_model(n_layers=1, **embedding_run("gene"))
-    pert_repr, draw_sets, features = jacobian_inputs(model)
-    forward = jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, features, decode=True)
+    pert_repr, draw_sets = jacobian_inputs(model)
+    decoded = adapted(model, decode=True)
+    forward = jacobians.forward_mode_jacobian(decoded, pert_repr, draw_sets)
     assert forward.shape == (3, 16, model.hidden_dim) and forward.abs().max() > 1e-3
-    reverse = jacobians.reverse_mode_jacobian(model, pert_repr[1], draw_sets, features, decode=True)
+    reverse = jacobians.reverse_mode_jacobian(decoded, pert_repr[1], draw_sets)
     assert relative_error(forward[1], reverse) <= 1e-4
     # Same shapes, undecoded: the traced-graph cache tells the two apart.
-    assert jacobians.forward_mode_jacobian(model, pert_repr, draw_sets, features).shape == (3, 12, model.hidden_dim)
+    assert jacobians.forward_mode_jacobian(adapted(model), pert_repr, draw_sets).shape == (3, 12, model.hidden_dim)
 
-    model64 = model.double()
-    p64, d64, f64 = pert_repr.double(), draw_sets.double(), features.double()
-    exact = jacobians.forward_mode_jacobian(model64, p64, d64, f64, decode=True)
-    fd = jacobians.central_difference_jacobian(model64, p64[2], d64, f64, step=1e-5, decode=True)
+    decoded64 = adapted(model.double(), decode=True)
+    p64, d64 = pert_repr.double(), draw_sets.double()
+    exact = jacobians.forward_mode_jacobian(decoded64, p64, d64)
+    fd = jacobians.central_difference_jacobian(decoded64, p64[2], d64, step=1e-5)
     assert relative_error(exact[2], fd) <= 1e-6
 
 
@@ -182,7 +184,7 @@ def test_a_shipped_run_carries_its_space(analysed):
     """A Ray worker rebuilds the run from checkpoint bytes: it must decode as the driver does."""
     config, results = analysed(DECODED)
     run = load_run(config)
-    shipped = pickle.loads(pickle.dumps(ShippedRun.of(config, run))).build()
+    shipped = pickle.loads(pickle.dumps(run.ship())).build()
     assert shipped.space == run.space
     task, draw_cells = effect_tasks(run, len(KDS))[0], results.effects.responses.draw_cells
     local = kd_means(run, task, draw_cells)
@@ -278,7 +280,7 @@ def test_any_checkpoint_file_loads_by_name(tmp_path):
         assert not torch.equal(stored, final)  # trained: a different file than final.ckpt
         named = config.replace(checkpoint=name)
         assert torch.equal(load_run(named).model.state_dict()[key], stored)
-        assert ShippedRun.of(named, load_run(named)).checkpoint == (folder / name).read_bytes()
+        assert load_run(named).ship().checkpoint == (folder / name).read_bytes()
 
 
 def test_absent_checkpoint_lists_every_file_there(tmp_path):
@@ -368,5 +370,5 @@ def test_positions_include_the_extra_tokens(tmp_path):
     widest = load_run(config.replace(set_size=7))  # 7 cells + the confidence token fill the 8 positions
     basal = torch.as_tensor(widest.controls[:7])[None]
     with torch.no_grad():
-        assert torch.isfinite(mean_output(widest.model, widest.features(KDS[:1]), basal)).all()
+        assert torch.isfinite(widest.set_means(widest.features(KDS[:1]), basal)).all()
     expect_error(config.replace(set_size=8), "set_size", "7 positions")

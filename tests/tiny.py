@@ -11,6 +11,8 @@ from analysis.config import load_config
 from analysis.datasets import demo
 from analysis.errors import InputError
 from analysis.model.load import load_run
+from analysis.model.state import build
+from analysis.model.state.run import StateModel
 
 GENES = [f"GENE{i}" for i in range(24)]
 KDS = ["KD_A", "KD_B", "KD_C", "KD_D", "KD_E", "KD_F"]
@@ -29,13 +31,17 @@ CONFIGS = {
 
 
 def jacobian_inputs(model, n_kds=3, n_draws=2, set_size=6, seed=1, dtype=torch.float32):
-    """Random Jacobian inputs for `model`: pert_repr [n_kds, H], draw sets [n_draws, set_size, input_dim] and the
-    perturbation features [P] the pert_encoder would have seen (zeros)."""
+    """Random Jacobian inputs for the arc-state `model`: pert_repr [n_kds, H] and draw sets [n_draws, set_size,
+    input_dim]."""
     g = torch.Generator().manual_seed(seed)
     draw_sets = torch.rand(n_draws, set_size, model.input_dim, generator=g, dtype=dtype) * 3
     pert_repr = torch.randn(n_kds, model.hidden_dim, generator=g, dtype=dtype)
-    features = torch.zeros(model.pert_dim, dtype=dtype)
-    return pert_repr, draw_sets, features
+    return pert_repr, draw_sets
+
+
+def adapted(model, decode: bool = False) -> StateModel:
+    """The arc-state `model` as a `PerturbationModel` (STATE's adapter, no run folder), for the Jacobian engine."""
+    return StateModel.in_memory(model, decode)
 
 
 def relative_error(a, b):
@@ -52,7 +58,7 @@ def embedding_run(output_space: str = "all", embed_dim: int = 12, n_hvgs: int = 
 def tiny_model(n_genes: int = 24, n_perts: int = 7, hidden: int = 16, set_size: int = 6, backbone: str = "GPT2",
                seed: int = 0, n_layers: int = 2, embedding: dict | None = None, **overrides):
     """A StateTransitionPerturbationModel with random weights; `overrides` replace model kwargs; `embedding`:
-    `demo.construct_model`'s embedding-run keywords (`embedding_run`)."""
+    `build.construct_model`'s embedding-run keywords (`embedding_run`)."""
     torch.manual_seed(seed)
     kwargs = demo.demo_model_kwargs(n_genes, set_size)
     kwargs.update(hidden_dim=hidden, n_decoder_layers=2)
@@ -67,7 +73,8 @@ def tiny_model(n_genes: int = 24, n_perts: int = 7, hidden: int = 16, set_size: 
                                                      use_cache=False, bidirectional_attention=True)
     kwargs.update(overrides)
     batch_dim = kwargs.pop("batch_dim", None)
-    model = demo.construct_model(n_genes, n_perts, kwargs, GENES[:n_genes], batch_dim, **(embedding or {}))
+    model = build.construct_model(n_genes, n_perts, kwargs, GENES[:n_genes], batch_dim, control=demo.CONTROL,
+                                  **(embedding or {}))
     # Random biases and larger weights so ReLUs and the residual path all carry signal.
     with torch.no_grad():
         for p in model.parameters():
@@ -95,8 +102,8 @@ def write_tiny_run(folder, n_controls: int = 40, cells_per_kd: int = 5, seed: in
                 "output_dim": int(model.output_dim), "pert_dim": n_perts,
                 "gene_names": GENES[:model.hvg_dim] if model.output_space == "gene" else GENES,
                 "batch_dim": 1, "pert_names": names}
-    demo.write_run_directory(folder / "run", model, pert_features, var_dims, {"model": {"name": "state"}},
-                             cell_lines=tuple(lines))
+    build.write_run_directory(folder / "run", model, pert_features, var_dims, {"model": {"name": "state"}},
+                              tuple(lines))
     rng = np.random.default_rng(seed)
     cells = lambda n, rate: np.log1p(rng.poisson(rate, size=(n, len(GENES)))).astype(np.float32)
     demo.write_h5ad(GENES, {line: (cells(n_controls, rate), {kd: cells(cells_per_kd, rate) for kd in kds})

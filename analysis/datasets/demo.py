@@ -16,7 +16,6 @@ cannot exist here; it says so in the report.
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import torch
 from ..config import GENESETS_DIR, AnalysisConfig
 from ..console import StageProgress, note, quiet_logs, silenced
 from ..errors import CacheError
-from ..model.load import state_transition_class
+from ..model.state import build
 from ..store import cache
 
 CELL_LINE = "HepG2"  # the primary line
@@ -204,37 +203,6 @@ def demo_model_kwargs(n_genes: int, set_size: int = 32) -> dict:
     )
 
 
-def construct_model(n_genes: int, n_perts: int, kwargs: dict, gene_names=None, batch_dim: int | None = None, *,
-                    embed_key: str | None = None, embed_dim: int | None = None, output_space: str = "gene",
-                    n_hvgs: int | None = None):
-    """A StateTransitionPerturbationModel (arc-state's class) with `kwargs` as `state tx train` passes them.
-
-    Gene space by default: n_genes in and out. An embedding-space run: `.obsm[embed_key]` (e.g. "X_state") of width
-    `embed_dim` is the model's input and output; `output_space` ("gene", "all" or "embedding") as in the data
-    config; n_hvgs: the HVG count (default n_genes). The gene decoder's `decoder_cfg` is made as `state tx train`
-    makes it (the output → n_hvgs genes for "gene", n_genes for "all"; none for "embedding", nor when kwargs say
-    gene_decoder_bool False, as the demo's do). kwargs must hold hidden_dim; basal_mapping_strategy defaults to
-    "random". arc-state prints the whole module and logs at INFO on construction: both are silenced.
-    """
-    StateTransitionPerturbationModel = state_transition_class()
-    kwargs = dict(kwargs)
-    width, n_hvgs = embed_dim or n_genes, n_hvgs or n_genes
-    gene_dim = n_hvgs if output_space == "gene" else n_genes  # state's get_lightning_module
-    if output_space == "embedding":
-        kwargs["gene_decoder_bool"] = False
-    elif kwargs.get("gene_decoder_bool", True):
-        kwargs.setdefault("decoder_cfg", dict(
-            latent_dim=width, gene_dim=gene_dim, hidden_dims=kwargs.get("decoder_hidden_dims", [1024, 1024, 512]),
-            dropout=kwargs.get("decoder_dropout", 0.1), residual_decoder=kwargs.get("residual_decoder", False)))
-    with silenced():
-        return StateTransitionPerturbationModel(
-            input_dim=width, hidden_dim=kwargs.pop("hidden_dim"), output_dim=width, pert_dim=n_perts,
-            batch_dim=batch_dim, gene_dim=gene_dim, hvg_dim=n_hvgs,
-            basal_mapping_strategy=kwargs.pop("basal_mapping_strategy", "random"), embed_key=embed_key,
-            output_space=output_space, gene_names=None if gene_names is None else list(gene_names),
-            batch_size=kwargs.pop("batch_size", 4), control_pert=CONTROL, **kwargs)
-
-
 def build_demo(config: AnalysisConfig, n_steps: int = 2000, cells_per_kd: int = 48, n_controls: int = 1500,
                progress: bool = True) -> None:
     """Write the demo's .h5ad (control and perturbed cells of both lines), planted truth and trained run directory
@@ -392,7 +360,8 @@ def _train_run(world, cells: dict, run_dir: Path, seed: int, n_steps: int, progr
                 "pert_dim": len(names), "gene_names": list(world.gene_names), "batch_dim": 1, "pert_names": names}
 
     pl.seed_everything(seed, verbose=False)
-    model = construct_model(n_genes, len(names), {**kwargs, "batch_size": batch_sets}, world.gene_names)
+    model = build.construct_model(n_genes, len(names), {**kwargs, "batch_size": batch_sets}, world.gene_names,
+                                  control=CONTROL)
     training_sets = {line: (controls, {CONTROL: controls, **perturbed}) for line, (controls, perturbed) in cells.items()}
     loader = torch.utils.data.DataLoader(
         _SetSampler(onehots, training_sets, set_size, n_steps * batch_sets, seed),
@@ -423,30 +392,5 @@ def _train_run(world, cells: dict, run_dir: Path, seed: int, n_steps: int, progr
         "training": {"max_steps": n_steps, "batch_size": batch_sets, "lr": 2e-3, "train_seed": seed},
         "demo": {"note": "synthetic Perturb-seq world built by analysis.demo; not a biological model", "seed": seed},
     }
-    write_run_directory(run_dir, model, onehots, var_dims, state_config, trainer, tuple(cells))
+    build.write_run_directory(run_dir, model, onehots, var_dims, state_config, tuple(cells), trainer)
 
-
-def write_run_directory(run_dir: Path, model, onehots: dict, var_dims: dict, state_config: dict, trainer=None,
-                        cell_lines: tuple = (CELL_LINE,)) -> None:
-    """Write the files `state tx train` writes: config.yaml, var_dims.pkl, the one-hot maps, checkpoints/final.ckpt.
-
-    With a Lightning `trainer` the checkpoint is `trainer.save_checkpoint`'s, as in `state tx train`; without one
-    (a model built, not trained) it is the same Lightning format written directly.
-    """
-    import lightning
-    import yaml
-
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    ckpt = run_dir / "checkpoints" / "final.ckpt"
-    if trainer is not None:
-        with quiet_logs():  # Lightning logs "`weights_only` was not set" at INFO on every save
-            trainer.save_checkpoint(str(ckpt))
-    else:
-        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                    "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0}, ckpt)
-    torch.save({k: torch.as_tensor(v) for k, v in onehots.items()}, run_dir / "pert_onehot_map.pt")
-    torch.save({"batch0": torch.ones(1)}, run_dir / "batch_onehot_map.torch")
-    torch.save({line: torch.eye(len(cell_lines))[i] for i, line in enumerate(cell_lines)}, run_dir / "cell_type_onehot_map.torch")
-    with open(run_dir / "var_dims.pkl", "wb") as fh:
-        pickle.dump(var_dims, fh)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(state_config, sort_keys=False))

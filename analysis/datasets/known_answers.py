@@ -72,6 +72,7 @@ import pandas as pd
 import torch
 
 from ..config import DEFAULT_CONFIG, AnalysisConfig, load_config
+from ..model.state import build
 from ..store import cache
 from . import demo
 
@@ -403,31 +404,12 @@ def build_model(planted: PlantedModel, seed: int = 0):
     its sizes are the weights' (H from w1 [H, H], G from w2 [G, H])."""
     torch.manual_seed(seed)
     hidden, n_genes = planted.w1.shape[1], planted.w2.shape[0]
-    model = demo.construct_model(n_genes, len(planted.kd_names) + 1, model_kwargs(hidden, n_genes),
-                                 planted.gene_names)
+    model = build.construct_model(n_genes, len(planted.kd_names) + 1, model_kwargs(hidden, n_genes),
+                                  planted.gene_names, control=demo.CONTROL)
 
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    sigma0 = np.sqrt(2 * OFFSET**2 / hidden + model.transformer_backbone.config.layer_norm_epsilon)
-    with torch.no_grad():
-        encoder = model.pert_encoder[0]  # Linear(P → H): column 0 is the control, column k+1 KD k
-        encoder.weight.copy_(t(np.concatenate([np.zeros((1, hidden)), planted.pert_repr]).T))
-        encoder.bias.zero_()
-        offset = np.zeros(hidden)
-        offset[0], offset[1] = OFFSET, -OFFSET
-        model.basal_encoder.weight.zero_()
-        model.basal_encoder.bias.copy_(t(offset))
-        if planted.cell_values is not None:  # the designed value z (input 0) along e_z
-            model.basal_encoder.weight[:, 0] = t(CELL_GAIN * planted.cell_direction)
-        for block in model.transformer_backbone.h:  # identity blocks on the residual stream
-            for proj in (block.attn.c_proj, block.mlp.c_proj):
-                proj.weight.zero_()
-                proj.bias.zero_()
-        first, last = model.project_out[0], model.project_out[-1]
-        first.weight.copy_(t(planted.w1 * sigma0))
-        first.bias.copy_(t(planted.b1))
-        last.weight.copy_(t(planted.w2))
-        last.bias.fill_(OUTPUT_BIAS)
-    return model.eval()
+    cell_input = None if planted.cell_values is None else CELL_GAIN * planted.cell_direction
+    return build.plant_weights(model, planted.pert_repr, planted.w1, planted.b1, planted.w2, OFFSET, OUTPUT_BIAS,
+                               cell_input)
 
 
 # ---------------------------------------------------------------- writing a run
@@ -452,7 +434,7 @@ def write_planted_run(planted: PlantedModel, run_dir: Path, name: str, note: dic
     }
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    demo.write_run_directory(run_dir, model, onehots, var_dims, state_config)
+    build.write_run_directory(run_dir, model, onehots, var_dims, state_config, (demo.CELL_LINE,))
 
 
 def write_known_answer(kind: str, folder: Path, seed: int = 0) -> PlantedModel:

@@ -14,8 +14,7 @@ import torch
 
 from ..console import StageProgress
 from ..results import Responses
-from .forward import encode_perturbations, mean_output
-from .load import LoadedRun
+from .protocol import PerturbationModel
 
 
 def draw_control_sets(n_controls: int, set_size: int, n_draws: int, seed: int) -> np.ndarray:
@@ -34,7 +33,7 @@ class EffectTask:
     features: np.ndarray
 
 
-def effect_tasks(run: LoadedRun, kds_per_call: int) -> list[EffectTask]:
+def effect_tasks(run: PerturbationModel, kds_per_call: int) -> list[EffectTask]:
     features = run.features(run.kd_names).cpu().numpy()
     return [EffectTask(i, range(start, min(start + kds_per_call, len(run.kd_names))),
                        features[start:start + kds_per_call])
@@ -42,7 +41,7 @@ def effect_tasks(run: LoadedRun, kds_per_call: int) -> list[EffectTask]:
 
 
 @torch.no_grad()
-def kd_means(run: LoadedRun, task: EffectTask, draw_cells: np.ndarray) -> np.ndarray:
+def kd_means(run: PerturbationModel, task: EffectTask, draw_cells: np.ndarray) -> np.ndarray:
     """E[Y | KD] [R, b, G] in the model's dtype (as float32 or float64 numpy) for the b KDs of `task`: one
     forward call of b sets per draw [R, S]. Pure; the same calls whichever executor runs it (the KD batches fix
     the arithmetic, so results are bit-identical)."""
@@ -50,12 +49,12 @@ def kd_means(run: LoadedRun, task: EffectTask, draw_cells: np.ndarray) -> np.nda
     out = []
     for rows in draw_cells:
         basal = torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None]
-        out.append(mean_output(run.model, features, basal.expand(len(features), -1, -1), run.space.decode).cpu())
+        out.append(run.set_means(features, basal.expand(len(features), -1, -1)).cpu())
     return torch.stack(out).numpy() if run.dtype != torch.bfloat16 else torch.stack(out).float().numpy()
 
 
 @torch.no_grad()
-def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, executor, state,
+def compute_effects(run: PerturbationModel, n_draws: int, seed: int, kds_per_call: int, executor, state,
                     progress: bool = True) -> Responses:
     """ΔY for every KD of `run.kd_names`: KD batches of `kds_per_call` sets per forward call (`kd_means`) run on
     `executor` (`pipeline.executors`: its `map(fn, tasks, state)`) with worker state `state`, with one progress bar
@@ -63,8 +62,8 @@ def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, 
     draw_cells = draw_control_sets(len(run.controls), run.set_size, n_draws, seed)
     control_features = run.features([run.control_label])
     control_means = torch.stack([
-        mean_output(run.model, control_features, torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None],
-                    run.space.decode)[0]
+        run.set_means(control_features,
+                      torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None])[0]
         for rows in draw_cells]).cpu()  # [R, G]
     draws = np.zeros((n_draws, len(run.kd_names), len(run.gene_names)), dtype=np.float64)
     tasks = effect_tasks(run, kds_per_call)
@@ -74,6 +73,6 @@ def compute_effects(run: LoadedRun, n_draws: int, seed: int, kds_per_call: int, 
         draws[:, task.kds.start:task.kds.stop] = (means - control_means[:, None]).double().numpy()
         bar.update(len(task.kds))
     bar.close()
-    pert_repr = encode_perturbations(run.model, run.features(run.kd_names)).double().cpu().numpy()
-    control_repr = encode_perturbations(run.model, control_features)[0].double().cpu().numpy()
+    pert_repr = run.encode(run.kd_names).double().cpu().numpy()
+    control_repr = run.encode([run.control_label])[0].double().cpu().numpy()
     return Responses(tuple(run.kd_names), run.gene_names, draws.mean(axis=0), draws, pert_repr, control_repr, draw_cells)

@@ -1,6 +1,6 @@
 """The model's responses to substituted perturbation representations: ΔY(p) = E[Y | pert_repr = p] − E[Y | control]
-on the analysis's own control draws, through the real forward (no gradients; `jacobians.expected_output` substitutes
-p for the pert_encoder output of every cell of a set).
+on the analysis's own control draws, through the real forward (no gradients; the model's `expected_output` substitutes
+p for the perturbation encoder's output of every cell of a set).
 
 Which p to ask about, and how to score the answers, is the statistics' (`stats.interventions`); this module only
 runs the model. The control response is E[Y] at the control's own pert_repr on the same draw sets, so ΔY(p_k) at a
@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from ..console import StageProgress
-from .jacobians import expected_output
-from .load import LoadedRun
+from .protocol import PerturbationModel
 
 
 @dataclass(frozen=True)
@@ -30,13 +29,12 @@ class SubstitutionTask:
 
 
 @torch.no_grad()
-def substituted_means(run: LoadedRun, task: SubstitutionTask, draw_cells: np.ndarray) -> np.ndarray:
+def substituted_means(run: PerturbationModel, task: SubstitutionTask, draw_cells: np.ndarray) -> np.ndarray:
     """E[Y] [b, G] (float64) for the task's b representations, averaged over the S cells and the R draw sets
     `draw_cells` [R, S]. Pure; the worker function of an executor (run first, task second)."""
     draw_sets = torch.as_tensor(run.controls[draw_cells], device=run.device, dtype=run.dtype)
-    features = run.features([run.control_label])[0]
     p = torch.as_tensor(task.pert_repr, device=run.device, dtype=run.dtype)
-    return expected_output(run.model, p, draw_sets, features, run.space.decode).double().cpu().numpy()
+    return run.expected_output(p, draw_sets).double().cpu().numpy()
 
 
 # Cells one no-grad forward call carries, at most: the per-call overhead dominates small batches (measured on the
@@ -50,8 +48,8 @@ def sets_per_call(draw_cells: np.ndarray, device: torch.device) -> int:
     return max(1, CELLS_PER_CALL.get(device.type, CELLS_PER_CALL["cpu"]) // draw_cells.size)
 
 
-def substituted_responses(run: LoadedRun, pert_repr: np.ndarray, control_repr: np.ndarray, draw_cells: np.ndarray,
-                          executor, state, label: str, progress: bool = True) -> np.ndarray:
+def substituted_responses(run: PerturbationModel, pert_repr: np.ndarray, control_repr: np.ndarray,
+                          draw_cells: np.ndarray, executor, state, label: str, progress: bool = True) -> np.ndarray:
     """ΔY(p) [B, G] for each row of pert_repr [B, H], on executor (its `map(fn, tasks, state)`) in batches of
     `sets_per_call`, one progress bar over representations named `label`."""
     batch = sets_per_call(draw_cells, run.device)

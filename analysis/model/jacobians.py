@@ -1,8 +1,8 @@
 """The Jacobian J_k = ∂E[Y]/∂pert_repr at pert_repr_k, through the model's own forward.
 
 E is the mean over the S cells of a set and over the R control draws; the perturbation
-representation p is substituted for the pert_encoder output of every cell of the set
-(`forward.pert_repr_override`). One J_k is [G, H].
+representation p is substituted for the perturbation encoder's output of every cell of the set
+(the model's `expected_output`, `protocol.PerturbationModel`). One J_k is [G, H].
 
 H ≪ G, so forward mode is the efficient direction: one Jacobian-vector product per
 pert_repr direction gives a whole column for every KD of the call, because the sets of
@@ -28,35 +28,8 @@ import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from .forward import block_states, mean_output, pert_repr_override
-from .load import LoadedRun
+from .protocol import PerturbationModel
 from .tangent_graph import LinearizedFunction
-
-
-def expected_output(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
-                    decode: bool = False) -> torch.Tensor:
-    """E[Y] [B, G] with pert_repr [B, H] substituted, averaged over the S cells and the R draw sets [R, S, N].
-
-    `pert_features` [P] is what the pert_encoder would have seen; its output is replaced. decode: Y is each cell's
-    output through the model's gene decoder (`forward.mean_output`).
-    """
-    n_kds, n_draws = pert_repr.shape[0], draw_sets.shape[0]
-    per_set_repr = pert_repr.repeat_interleave(n_draws, dim=0)  # [B·R, H], KD-major
-    basal = draw_sets.repeat(n_kds, 1, 1)  # [B·R, S, N]
-    with pert_repr_override(model, per_set_repr):
-        per_set = mean_output(model, pert_features.expand(n_kds * n_draws, -1), basal, decode)
-    return per_set.reshape(n_kds, n_draws, -1).mean(dim=1)
-
-
-def expected_states(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
-                    decode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E[Y] [B, G], E[h_ℓ] [L, B, D]): `expected_output` and, for each of the L backbone blocks, its output hidden
-    state averaged over the S cells of a set and the R draw sets (`forward.block_states`)."""
-    n_kds, n_draws, set_size = pert_repr.shape[0], draw_sets.shape[0], draw_sets.shape[1]
-    with block_states(model, set_size) as states:
-        output = expected_output(model, pert_repr, draw_sets, pert_features, decode)
-    per_set = torch.stack(states)  # [L, B·R, D], KD-major
-    return output, per_set.reshape(len(states), n_kds, n_draws, -1).mean(dim=2)
 
 
 # Rows (tangents × cells) one chunk of the tangent graph carries, at most. Compiled, larger chunks run faster on a CPU
@@ -79,54 +52,56 @@ def tangent_chunk(n_cells: int, hidden: int, device: torch.device, compiled: boo
     return -(-hidden // n_chunks)
 
 
-# Traced JVP graphs per model, by input shapes, chunk, compile and decode flags and the parameters' identity and
-# version (an in-place update or a dtype conversion of the model retraces). Weak keys: a graph goes with its model.
+# Traced JVP graphs per torch module (`PerturbationModel.model`: the runs of several cell lines share one), by input
+# shapes, chunk, compile and decode flags and the parameters' identity and version (an in-place update or a dtype
+# conversion of the module retraces). Weak keys: a graph goes with its module.
 _LINEARIZED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def linearized_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
-                        chunk: int, compile: bool, decode: bool = False, blocks: bool = False) -> LinearizedFunction:
-    """The traced JVP of `expected_output` (blocks: of `expected_states`) for inputs of these shapes and `chunk`
-    directions at a time (cached).
+def linearized_jacobian(model: PerturbationModel, pert_repr: torch.Tensor, draw_sets: torch.Tensor, chunk: int,
+                        compile: bool, blocks: bool = False) -> LinearizedFunction:
+    """The traced JVP of the model's `expected_output` (blocks: `expected_states`) for inputs of these shapes and
+    `chunk` directions at a time (cached).
 
     Its tangent part maps the kept primal values and directions [chunk, H] to columns [chunk, B, G] (blocks: and
     the blocks' columns [chunk, L, B, D]).
     """
-    parameters = tuple((p.data_ptr(), p.dtype, p._version) for p in model.parameters())
-    key = (tuple(pert_repr.shape), tuple(draw_sets.shape), tuple(pert_features.shape), pert_repr.dtype,
-           pert_repr.device, chunk, compile, decode, blocks, parameters)
-    graphs = _LINEARIZED.setdefault(model, {})
+    module = model.model
+    parameters = tuple((p.data_ptr(), p.dtype, p._version) for p in module.parameters())
+    key = (tuple(pert_repr.shape), tuple(draw_sets.shape), pert_repr.dtype, pert_repr.device, chunk, compile,
+           model.space.decode, blocks, parameters)
+    graphs = _LINEARIZED.setdefault(module, {})
     if key not in graphs:
-        function = expected_states if blocks else expected_output
+        function = model.expected_states if blocks else model.expected_output
 
-        def columns(p, sets, features, directions):  # directions [T, H] -> [T, B, G] (and [T, L, B, D])
+        def columns(p, sets, directions):  # directions [T, H] -> [T, B, G] (and [T, L, B, D])
             def column(direction):
-                return jvp(lambda q: function(model, q, sets, features, decode), (p,), (direction.expand_as(p),))[1]
+                return jvp(lambda q: function(q, sets), (p,), (direction.expand_as(p),))[1]
             return vmap(column)(directions)
 
         directions = torch.zeros(chunk, pert_repr.shape[1], device=pert_repr.device, dtype=pert_repr.dtype)
-        graphs[key] = LinearizedFunction(columns, (pert_repr, draw_sets, pert_features), directions, compile)
+        graphs[key] = LinearizedFunction(columns, (pert_repr, draw_sets), directions, compile)
     return graphs[key]
 
 
-def forward_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
-                          tangents_per_call: int = 0, *, compile: bool = False, decode: bool = False,
-                          blocks: bool = False):
-    """J [B, G, H] for B KDs at once: one JVP per basis direction of pert_repr, `tangents_per_call` at a time.
-    blocks: return (J, J_blocks [B, L, D, H]), J_blocks[b, ℓ] = ∂E[h_ℓ]/∂pert_repr of block ℓ's set-mean hidden
-    state (`expected_states`) — the same JVPs carry those tangents, so they cost no extra pass.
+def forward_mode_jacobian(model: PerturbationModel, pert_repr: torch.Tensor, draw_sets: torch.Tensor,
+                          tangents_per_call: int = 0, *, compile: bool = False, blocks: bool = False):
+    """J [B, G, H] for B KDs at once: one JVP per basis direction of pert_repr [B, H], `tangents_per_call` at a time,
+    on the draw sets [R, S, N]. blocks: return (J, J_blocks [B, L, D, H]), J_blocks[b, ℓ] = ∂E[h_ℓ]/∂pert_repr of
+    block ℓ's set-mean hidden state (the model's `expected_states`) — the same JVPs carry those tangents, so they
+    cost no extra pass.
 
     The vmapped JVP is traced once per input shape (`linearized_jacobian`); its primal part runs once per call and
     its tangent part once per chunk of directions (the basis is zero-padded to whole chunks).
     tangents_per_call: directions per chunk (0: `tangent_chunk`'s choice for this device and size).
     compile: compile the tangent part with Inductor (worth it when many KD batches share the shape; falls back to
-    the eager graph where compilation is unavailable). decode: J of the gene-decoded output (`expected_output`).
+    the eager graph where compilation is unavailable).
     """
     n_kds, hidden = pert_repr.shape
     n_cells = n_kds * draw_sets.shape[0] * draw_sets.shape[1]
     chunk = min(hidden, tangents_per_call or tangent_chunk(n_cells, hidden, pert_repr.device, compile))
-    linearized = linearized_jacobian(model, pert_repr, draw_sets, pert_features, chunk, compile, decode, blocks)
-    kept = linearized.keep(pert_repr, draw_sets, pert_features)
+    linearized = linearized_jacobian(model, pert_repr, draw_sets, chunk, compile, blocks)
+    kept = linearized.keep(pert_repr, draw_sets)
     n_chunks = -(-hidden // chunk)
     basis = torch.eye(n_chunks * chunk, hidden, device=pert_repr.device, dtype=pert_repr.dtype)
     chunks = [linearized(kept, directions) for directions in basis.split(chunk)]
@@ -136,22 +111,22 @@ def forward_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tenso
     return output.permute(1, 2, 0), states.permute(2, 1, 3, 0)
 
 
-def reverse_mode_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
-                          decode: bool = False) -> torch.Tensor:
-    """The seed's method, one KD at a time: torch.autograd.functional.jacobian (one backward per output). [G, H]."""
+def reverse_mode_jacobian(model: PerturbationModel, pert_repr: torch.Tensor, draw_sets: torch.Tensor) -> torch.Tensor:
+    """The seed's method, one KD at a time (pert_repr [H]): torch.autograd.functional.jacobian (one backward per
+    output). [G, H]."""
     with torch.enable_grad():
-        return torch.autograd.functional.jacobian(
-            lambda p: expected_output(model, p[None], draw_sets, pert_features, decode)[0], pert_repr)
+        return torch.autograd.functional.jacobian(lambda p: model.expected_output(p[None], draw_sets)[0], pert_repr)
 
 
-def central_difference_jacobian(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
-                                step: float = 1e-3, decode: bool = False) -> torch.Tensor:
-    """Second oracle: (E[Y](p + h e_j) − E[Y](p − h e_j)) / 2h for every direction j. [G, H]. Use float64."""
+def central_difference_jacobian(model: PerturbationModel, pert_repr: torch.Tensor, draw_sets: torch.Tensor,
+                                step: float = 1e-3) -> torch.Tensor:
+    """Second oracle: (E[Y](p + h e_j) − E[Y](p − h e_j)) / 2h for every direction j of pert_repr [H]. [G, H]. Use
+    float64."""
     hidden = pert_repr.shape[0]
     basis = torch.eye(hidden, device=pert_repr.device, dtype=pert_repr.dtype) * step
     with torch.no_grad():
-        plus = expected_output(model, pert_repr[None] + basis, draw_sets, pert_features, decode)
-        minus = expected_output(model, pert_repr[None] - basis, draw_sets, pert_features, decode)
+        plus = model.expected_output(pert_repr[None] + basis, draw_sets)
+        minus = model.expected_output(pert_repr[None] - basis, draw_sets)
     return ((plus - minus) / (2 * step)).T
 
 
@@ -189,9 +164,9 @@ def draw_halves(n_draws: int) -> tuple[range, ...]:
     return (range(0, half), range(half, n_draws)) if half else (range(n_draws),)
 
 
-def jacobian_shard(run: LoadedRun, task: ShardTask, inputs: JacobianInputs) -> dict[str, np.ndarray]:
+def jacobian_shard(run: PerturbationModel, task: ShardTask, inputs: JacobianInputs) -> dict[str, np.ndarray]:
     """The arrays of one shard: `jacobian` [b, G, H] float32 over all R draws, `block_jacobian` [b, L, D, H]
-    float32 (each backbone block's set-mean hidden state, `expected_states`), `kd_index` [b] and
+    float32 (each block's set-mean hidden state, the model's `expected_states`), `kd_index` [b] and
     `linear_prediction` [b, G] = J_k·(p_k − p_ctrl), for the b KDs of `task`; with R ≥ 2 also `half_draws` [2]
     (the draws in each half, `draw_halves`) and `jacobian_split` [b, G, H] float32 = J^(1) − J^(2), the difference
     of the two halves' Jacobians. Pure: writes nothing. Peak memory is one shard (two with halves).
@@ -202,16 +177,14 @@ def jacobian_shard(run: LoadedRun, task: ShardTask, inputs: JacobianInputs) -> d
     as every other reader reads it.
     (The run comes first and the task second, as an executor calls it: `partial(jacobian_shard, inputs=...)`.)"""
     draw_sets = torch.as_tensor(run.controls[inputs.draw_cells], device=run.device, dtype=run.dtype)
-    features = run.features([run.control_label])[0]
     halves = draw_halves(len(draw_sets))
     per_half: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in halves]
     for start in range(task.kds.start, task.kds.stop, inputs.kds_per_call):
         kd_slice = slice(start, min(start + inputs.kds_per_call, task.kds.stop))
         p = torch.as_tensor(inputs.pert_repr[kd_slice], device=run.device, dtype=run.dtype)
         for half, draws in zip(per_half, halves):
-            found = forward_mode_jacobian(run.model, p, draw_sets[draws.start:draws.stop], features,
-                                          inputs.tangents_per_call, compile=inputs.compile,
-                                          decode=run.space.decode, blocks=True)
+            found = forward_mode_jacobian(run, p, draw_sets[draws.start:draws.stop], inputs.tangents_per_call,
+                                          compile=inputs.compile, blocks=True)
             half.append(tuple(array.double().cpu().numpy() for array in found))
     sizes = np.array([len(draws) for draws in halves])
     # per half: (J [b, G, H], J_blocks [b, L, D, H]) over its KD batches; then regrouped by array
@@ -229,14 +202,13 @@ def jacobian_shard(run: LoadedRun, task: ShardTask, inputs: JacobianInputs) -> d
     return arrays
 
 
-def autograd_check(run: LoadedRun, shards, pert_repr: np.ndarray, draw_cells: np.ndarray,
+def autograd_check(run: PerturbationModel, shards, pert_repr: np.ndarray, draw_cells: np.ndarray,
                    kd: int = 0) -> dict:
     """Recompute one stored J_k with the seed's reverse-mode method on this model and data: max |ΔJ| / max |J|.
     shards: the stored Jacobians, iterable as (kd_index [b], jacobian [b, G, H]) (`store.shards.JacobianShards`)."""
     draw_sets = torch.as_tensor(run.controls[draw_cells], device=run.device, dtype=run.dtype)
-    features = run.features([run.control_label])[0]
     p = torch.as_tensor(pert_repr[kd], device=run.device, dtype=run.dtype)
-    reverse = reverse_mode_jacobian(run.model, p, draw_sets, features, run.space.decode).double().cpu().numpy()
+    reverse = reverse_mode_jacobian(run, p, draw_sets).double().cpu().numpy()
     stored = next(jac[list(index).index(kd)] for index, jac in shards if kd in index)
     error = float(np.abs(stored - reverse).max() / max(np.abs(reverse).max(), 1e-300))
     return {"kd": run.kd_names[kd], "relative_error": error}

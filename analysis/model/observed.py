@@ -6,15 +6,13 @@ other rows), with the line's control cells, in the space the model's predictions
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..config import AnalysisConfig
 from ..errors import InputError
-from .load import LoadedRun
+from .protocol import PerturbationModel
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class ObservedCells:
     labels: np.ndarray
 
 
-def load_observed(config: AnalysisConfig, run: LoadedRun) -> ObservedCells:
+def load_observed(config: AnalysisConfig, run: PerturbationModel) -> ObservedCells:
     """Control and KD cells of the config's cell line. InputError (one line, naming the field) when the data's
     perturbation labels in the line match none of the analysed KDs, or its gene names differ from the model's."""
     import anndata as ad
@@ -52,7 +50,7 @@ def load_observed(config: AnalysisConfig, run: LoadedRun) -> ObservedCells:
     return ObservedCells(cells, labels[rows])
 
 
-def _output_matrix(config: AnalysisConfig, run: LoadedRun, adata, rows: np.ndarray) -> np.ndarray:
+def _output_matrix(config: AnalysisConfig, run: PerturbationModel, adata, rows: np.ndarray) -> np.ndarray:
     """The rows' features in the predictions' space: the model's own input matrix when it is also the output space,
     else (a decoded run) the expression in `adata.X`, columns picked by gene name."""
     path = config.h5ad
@@ -80,33 +78,10 @@ def _output_matrix(config: AnalysisConfig, run: LoadedRun, adata, rows: np.ndarr
     return block if columns is None else block[:, columns]
 
 
-def training_split(config: AnalysisConfig, kd_names) -> tuple[tuple[str, ...] | None, str]:
+def training_split(config: AnalysisConfig, run: PerturbationModel, kd_names) -> tuple[tuple[str, ...] | None, str]:
     """(the KDs of `kd_names` held out of training in the config's cell line, where that came from); (None, "") when
-    not known.
-
-    The config field held_out_kds first; else the cell_load TOML the run's config.yaml names
-    (data.kwargs.toml_config_path): a zero-shot line holds every KD out, a few-shot line its `val` and `test` lists.
-    """
+    not known: the config field held_out_kds first, else what the run folder says (`PerturbationModel.training_split`:
+    for STATE, the cell_load TOML its config.yaml names)."""
     if config.held_out_kds:
         return tuple(k for k in kd_names if k in set(config.held_out_kds)), "config field held_out_kds"
-    import yaml
-
-    try:
-        run_config = yaml.safe_load((config.run_dir / "config.yaml").read_text()) or {}
-        toml_path = Path(run_config["data"]["kwargs"]["toml_config_path"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return None, ""
-    toml_path = toml_path if toml_path.is_absolute() else config.run_dir / toml_path
-    try:
-        split = tomllib.loads(toml_path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return None, ""
-    line = config.cell_line
-    for key in split.get("zeroshot", {}):
-        if line is not None and key.split(".", 1)[-1] == line:
-            return tuple(kd_names), f"{toml_path} [zeroshot] {key} (the whole line held out)"
-    for key, value in split.get("fewshot", {}).items():
-        if line is not None and key.split(".", 1)[-1] == line and isinstance(value, dict):
-            held = {str(p) for part in ("val", "test") for p in value.get(part, [])}
-            return tuple(k for k in kd_names if k in held), f"{toml_path} [fewshot] {key} val + test"
-    return None, ""
+    return run.training_split(config.cell_line, kd_names)

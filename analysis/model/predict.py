@@ -1,9 +1,8 @@
 """Predicted cells, as `state tx infer` predicts them: the model's output for every cell of a set, not only the set
 mean, on the same control draws and set size the effects stage used (`Responses.draw_cells`).
 
-The per-cell outputs are read from the real forward call (`forward.mean_output`) through a forward hook on the
-module whose output is a cell's expression (the model itself, or its gene decoder when the space is decoded), so the
-cells scored are exactly the cells whose mean is ΔY's E[Y]. When only group means are scored (`predict_means`), they
+The per-cell outputs come from the same forward call as the set means (the model's `set_cells`), so the cells scored
+are exactly the cells whose mean is ΔY's E[Y]. When only group means are scored (`predict_means`), they
 are taken from ΔY itself.
 """
 
@@ -12,26 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .forward import mean_output
-from .load import LoadedRun
-
-
-def set_cells(run: LoadedRun, features: torch.Tensor, basal: torch.Tensor) -> torch.Tensor:
-    """Every cell's output [B, S, G] for B sets (features [B, P], basal [B, S, N]), from the same call as
-    `mean_output` (whose mean over S they reproduce)."""
-    captured = []
-    module = run.model.gene_decoder if run.space.decode else run.model
-    handle = module.register_forward_hook(
-        lambda _module, _inputs, out: captured.append(out[0] if isinstance(out, tuple) else out))
-    try:
-        means = mean_output(run.model, features, basal, run.space.decode)
-    finally:
-        handle.remove()
-    return captured[-1].reshape(means.shape[0], basal.shape[1], -1)
+from .protocol import PerturbationModel
 
 
 @torch.no_grad()
-def predict_cells(run: LoadedRun, kd_names, draw_cells: np.ndarray, kds_per_call: int) -> np.ndarray:
+def predict_cells(run: PerturbationModel, kd_names, draw_cells: np.ndarray, kds_per_call: int) -> np.ndarray:
     """Predicted cells of each KD of `kd_names`, then (last) of the control, on the draws `draw_cells` [R, S] (rows
     of run.controls): [K + 1, R·S, G] float32, cells in draw order, written as they are produced into one
     preallocated buffer — the array cell-eval reads (`stats.quality.score_predictions` hands it over as its
@@ -42,15 +26,15 @@ def predict_cells(run: LoadedRun, kd_names, draw_cells: np.ndarray, kds_per_call
     for r, rows in enumerate(draw_cells):
         basal = torch.as_tensor(run.controls[rows], device=run.device, dtype=run.dtype)[None]
         at = slice(r * len(rows), (r + 1) * len(rows))
-        cells[-1, at] = set_cells(run, control_features, basal)[0].float().cpu().numpy()
+        cells[-1, at] = run.set_cells(control_features, basal)[0].float().cpu().numpy()
         for start in range(0, len(names), kds_per_call):
             features = run.features(names[start:start + kds_per_call])
-            out = set_cells(run, features, basal.expand(len(features), -1, -1))
+            out = run.set_cells(features, basal.expand(len(features), -1, -1))
             cells[start:start + len(features), at] = out.float().cpu().numpy()
     return cells
 
 
-def predict_means(run: LoadedRun, delta_y: np.ndarray, draw_cells: np.ndarray) -> np.ndarray:
+def predict_means(run: PerturbationModel, delta_y: np.ndarray, draw_cells: np.ndarray) -> np.ndarray:
     """The mean predicted cell of each of K KDs, then (last) of the control, [K + 1, 1, G] float32, without a forward
     pass per KD: each KD's ΔY (delta_y [K, G], output units: the effects stage's mean over the draws `draw_cells`
     [R, S] of E[Y | KD] − E[Y | control]) plus the control's mean predicted cell on the same draws. The group means

@@ -8,7 +8,7 @@ import platform
 from importlib import metadata
 
 from ..config import PACKAGE_DIR, AnalysisConfig
-from ..model.load import LoadedRun, checkpoint_file
+from ..model.protocol import PerturbationModel
 from ..store import cache
 
 PACKAGES = ("torch", "arc-state", "transformers", "numpy", "scipy", "pandas", "scikit-learn", "gseapy", "altair", "anndata",
@@ -24,7 +24,7 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def provenance(config: AnalysisConfig, run: LoadedRun, input_key: str) -> dict:
+def provenance(config: AnalysisConfig, run: PerturbationModel, input_key: str) -> dict:
     """Versions, hardware and hashes of one line's analysis; input_key: the key of its inputs (model, data, loading
     code)."""
     versions = {}
@@ -36,8 +36,8 @@ def provenance(config: AnalysisConfig, run: LoadedRun, input_key: str) -> dict:
     return {
         "python": platform.python_version(), "platform": platform.platform(), "device": run.device_description,
         "cpu_count": os.cpu_count(), "versions": versions, "code_version": code_version(),
-        "checkpoint_sha256": cache.file_digest(checkpoint_file(config)), "data_sha256": cache.file_digest(config.h5ad),
+        "checkpoint_sha256": cache.file_digest(run.checkpoint), "data_sha256": cache.file_digest(config.h5ad),
         "input_key": input_key, "config": config.describe(), "config_file": str(config.source),
-        "n_kds": len(run.kd_names), "n_genes": len(run.gene_names), "hidden_dim": run.hidden_dim,
+        "n_kds": len(run.kd_names), "n_genes": len(run.gene_names), "hidden_dim": run.hidden_size,
         "set_size": run.set_size, "space": run.space.description,
     }

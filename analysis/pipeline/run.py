@@ -14,7 +14,8 @@ from functools import partial
 
 from ..config import AnalysisConfig
 from ..console import note
-from ..model.load import LoadedRun, ShippedRun, input_files, load_model
+from ..model.load import input_files, load_model
+from ..model.protocol import PerturbationModel
 from ..results import LineResults, Results
 from ..store import cache, codec
 from . import executors, stages
@@ -27,7 +28,7 @@ class Line:
     """One cell line, loaded and keyed before anything is computed."""
 
     config: AnalysisConfig
-    run: LoadedRun
+    run: PerturbationModel
     keys: dict  # stage name -> key
     state: executors.WorkerState  # the loaded run for executors: itself here, checkpoint bytes and cells elsewhere
 
@@ -78,7 +79,7 @@ def load_line(config: AnalysisConfig, model=None) -> Line:
     for stage in stages.STAGES:
         if stage.scope == "line":
             keys[stage.name] = stages.key(stage.name, config, facts, keys)
-    return Line(config, loaded, keys, executors.WorkerState(loaded, partial(ShippedRun.of, config, loaded)))
+    return Line(config, loaded, keys, executors.WorkerState(loaded, loaded.ship))
 
 
 def analyse_line(line: Line, progress: bool, executor) -> LineResults:

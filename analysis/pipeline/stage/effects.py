@@ -8,7 +8,7 @@ import time
 from ...config import AnalysisConfig
 from ...errors import InputError
 from ...model.effects import compute_effects
-from ...model.load import LoadedRun
+from ...model.protocol import PerturbationModel
 from ...results import EffectsResult
 from ...stats import clustering, enrichment
 from ...stats.draws import reproducibility
@@ -21,7 +21,7 @@ FIELDS = ("n_draws", "seed", "kds_per_call", "max_clusters", "cluster_bootstrap"
 FACTS = ("kd_names", "set_size", "gene_set_digests")
 
 
-def compute(ctx: StageContext, config: AnalysisConfig, inputs: LoadedRun) -> EffectsResult:
+def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel) -> EffectsResult:
     started = time.perf_counter()
     responses = compute_effects(inputs, config.n_draws, config.seed, config.kds_per_call, ctx.executor, ctx.state,
                                 ctx.progress)

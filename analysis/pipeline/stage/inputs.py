@@ -7,16 +7,17 @@ set_size, space) or decide where the model runs, not what it computes (device)."
 from __future__ import annotations
 
 from ...config import AnalysisConfig
-from ...model.load import LoadedRun, load_run
+from ...model.load import load_run
+from ...model.protocol import PerturbationModel
 
 NEEDS = ()
-FIELDS = ("feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_lines", "dtype",
-          "checkpoint")
+FIELDS = ("model_kind", "feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_lines",
+          "dtype", "checkpoint")
 FACTS = ("input_digests", "space")
 LOCATED = ("run_dir", "h5ad")  # fields naming the files whose bytes `input_digests` hashes
 STORED = False
 
 
-def compute(config: AnalysisConfig, model=None) -> LoadedRun:
+def compute(config: AnalysisConfig, model=None) -> PerturbationModel:
     """The run of `config` (every input check; `model`: the checkpoint's model when already loaded)."""
     return load_run(config, model)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ...config import AnalysisConfig
 from ...model.interventions import substituted_responses
-from ...model.load import LoadedRun
+from ...model.protocol import PerturbationModel
 from ...results import EffectsResult, InterventionsResult
 from ...stats import interventions
 from ..context import StageContext
@@ -21,7 +21,7 @@ FIELDS = ("random_groups", "seed", "n_permutations")
 FACTS = ()
 
 
-def compute(ctx: StageContext, config: AnalysisConfig, inputs: LoadedRun,
+def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel,
             effects: EffectsResult) -> InterventionsResult:
     started, responses = time.perf_counter(), effects.responses
     plan = interventions.substitution_plan(effects.labels, config.random_groups, config.seed)

@@ -13,7 +13,7 @@ from functools import partial
 from ...config import AnalysisConfig
 from ...console import StageProgress
 from ...model import jacobians
-from ...model.load import LoadedRun
+from ...model.protocol import PerturbationModel
 from ...results import EffectsResult, JacobiansResult
 from ...store.shards import ShardStore, open_shards
 from ..context import StageContext
@@ -23,7 +23,7 @@ FIELDS = ("shard_kds", "kds_per_call", "tangents_per_call", "compile_jacobian")
 FACTS = ()
 
 
-def compute(ctx: StageContext, config: AnalysisConfig, inputs: LoadedRun, effects: EffectsResult) -> JacobiansResult:
+def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel, effects: EffectsResult) -> JacobiansResult:
     responses = effects.responses
     store = ShardStore(ctx.folder)
     tasks = jacobians.shard_tasks(len(inputs.kd_names), config.shard_kds)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import AnalysisConfig
-from ...model.load import LoadedRun
+from ...model.protocol import PerturbationModel
 from ...model.observed import load_observed, training_split
 from ...model.predict import predict_cells, predict_means
 from ...results import EffectsResult, QualityResult, RoutingResult
@@ -32,12 +32,12 @@ FIELDS = ("seed", "kds_per_call", "held_out_kds", "min_observed_cells", "de_metr
 FACTS = ("kd_names", "set_size")
 
 
-def compute(ctx: StageContext, config: AnalysisConfig, inputs: LoadedRun, effects: EffectsResult,
+def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel, effects: EffectsResult,
             routing: RoutingResult) -> QualityResult:
     loaded, responses = inputs, effects.responses
     started = time.perf_counter()
     kd_names = responses.kd_names
-    held_out, split_source = training_split(config, kd_names)
+    held_out, split_source = training_split(config, inputs, kd_names)
     observed = load_observed(config, loaded)
     counts = pd.Series(observed.labels).value_counts()
     scored = [kd for kd in kd_names if counts.get(kd, 0) >= config.min_observed_cells and loaded.space.has_genes]

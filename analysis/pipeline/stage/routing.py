@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ...config import AnalysisConfig
-from ...model.load import LoadedRun
+from ...model.protocol import PerturbationModel
 from ...results import EffectsResult, InterventionsResult, JacobiansResult, RoutingResult
 from ...stats import clustering, reliability, verdict
 from ...stats.axes import output_svd, read_axes
@@ -29,7 +29,7 @@ FIELDS = ("n_permutations", "n_bootstrap", "normal_reference_kds", "seed", "alph
 FACTS = ("gene_set_digests",)
 
 
-def compute(ctx: StageContext, config: AnalysisConfig, inputs: LoadedRun, effects: EffectsResult,
+def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel, effects: EffectsResult,
             interventions: InterventionsResult, jacobians: JacobiansResult) -> RoutingResult:
     started, responses, shards = time.perf_counter(), effects.responses, jacobians.shards
     gram = stream_gram(shards)

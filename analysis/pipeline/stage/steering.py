@@ -7,7 +7,7 @@ import time
 
 from ...config import AnalysisConfig
 from ...model.interventions import substituted_responses
-from ...model.load import LoadedRun
+from ...model.protocol import PerturbationModel
 from ...results import EffectsResult, JacobiansResult, RoutingResult, SteeringResult
 from ...stats import interventions
 from ..context import StageContext
@@ -17,7 +17,7 @@ FIELDS = ()
 FACTS = ()
 
 
-def compute(ctx: StageContext, config: AnalysisConfig, inputs: LoadedRun, effects: EffectsResult,
+def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel, effects: EffectsResult,
             jacobians: JacobiansResult, routing: RoutingResult) -> SteeringResult:
     started, responses = time.perf_counter(), effects.responses
     plan = interventions.steering_plan(responses.pert_repr, responses.control_repr, routing.kd_scores,

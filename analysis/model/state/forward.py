@@ -3,7 +3,8 @@
 Nothing here re-implements the model: residual, ReLU, LoRA, batch and confidence tokens
 all stay as the model's own `forward` has them. The perturbation representation is
 replaced through a forward hook on `model.pert_encoder`, so derivatives with respect to
-it are derivatives of the real forward pass.
+it are derivatives of the real forward pass. (The hooks and `cell_sentence_len` are set for
+the length of one call and restored: arc-state's forward reads them; nothing outlives a call.)
 """
 
 from __future__ import annotations
@@ -104,3 +105,44 @@ def mean_output(model, pert_features: torch.Tensor, basal: torch.Tensor, decode:
 def encode_perturbations(model, pert_features: torch.Tensor) -> torch.Tensor:
     """pert_repr = pert_encoder(features): [K, P] -> [K, H] (features: one-hot rows or e.g. gene embeddings)."""
     return model.pert_encoder(pert_features)
+
+
+def expected_output(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
+                    decode: bool = False) -> torch.Tensor:
+    """E[Y] [B, G] with pert_repr [B, H] substituted, averaged over the S cells and the R draw sets [R, S, N].
+
+    `pert_features` [P] is what the pert_encoder would have seen; its output is replaced. decode: Y is each cell's
+    output through the model's gene decoder (`mean_output`).
+    """
+    n_kds, n_draws = pert_repr.shape[0], draw_sets.shape[0]
+    per_set_repr = pert_repr.repeat_interleave(n_draws, dim=0)  # [B·R, H], KD-major
+    basal = draw_sets.repeat(n_kds, 1, 1)  # [B·R, S, N]
+    with pert_repr_override(model, per_set_repr):
+        per_set = mean_output(model, pert_features.expand(n_kds * n_draws, -1), basal, decode)
+    return per_set.reshape(n_kds, n_draws, -1).mean(dim=1)
+
+
+def expected_states(model, pert_repr: torch.Tensor, draw_sets: torch.Tensor, pert_features: torch.Tensor,
+                    decode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E[Y] [B, G], E[h_ℓ] [L, B, D]): `expected_output` and, for each of the L backbone blocks, its output hidden
+    state averaged over the S cells of a set and the R draw sets (`block_states`)."""
+    n_kds, n_draws, set_size = pert_repr.shape[0], draw_sets.shape[0], draw_sets.shape[1]
+    with block_states(model, set_size) as states:
+        output = expected_output(model, pert_repr, draw_sets, pert_features, decode)
+    per_set = torch.stack(states)  # [L, B·R, D], KD-major
+    return output, per_set.reshape(len(states), n_kds, n_draws, -1).mean(dim=2)
+
+
+def set_cells(model, features: torch.Tensor, basal: torch.Tensor, decode: bool = False) -> torch.Tensor:
+    """Every cell's output [B, S, G] for B sets (features [B, P], basal [B, S, N]), from the same call as
+    `mean_output` (whose mean over S they reproduce): read through a forward hook on the module whose output is a
+    cell's expression (the model itself, or its gene decoder when decoding)."""
+    captured = []
+    module = model.gene_decoder if decode else model
+    handle = module.register_forward_hook(
+        lambda _module, _inputs, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        means = mean_output(model, features, basal, decode)
+    finally:
+        handle.remove()
+    return captured[-1].reshape(means.shape[0], basal.shape[1], -1)
