@@ -73,6 +73,7 @@ def load_line(config: AnalysisConfig, model=None) -> Line:
     facts = {"input_digests": [cache.file_digest(p) for p in input_files(config)],
              # the resolved space: "auto" and the choice it resolves to share results
              "space": [loaded.space.name, loaded.space.decode],
+             "model_kind": loaded.kind,  # the resolved adapter: "auto" and the kind it resolves to share results
              "kd_names": list(loaded.kd_names), "set_size": loaded.set_size,
              "gene_set_digests": [cache.file_digest(p) for p in config.gene_sets]}
     keys: dict = {}
