@@ -380,7 +380,8 @@ print(pipeline.run_effects(pipeline.load_line(config), progress=False).key)
 
 def test_a_stage_writes_the_same_bytes_under_any_hash_seed(demo_config, tmp_path):
     """The effects stage (ΔY, clusters, ORA, prerank) on the demo, in two processes whose string hashing differs:
-    every stored file is byte-identical (gseapy lists overlap genes in set order, which follows the hash seed)."""
+    every stored file is byte-identical, ΔY's float arrays included (gseapy lists overlap genes in set order, which
+    follows the hash seed). Only the completion record's measured values (wall time, memory) may differ."""
     folders = []
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
@@ -389,18 +390,11 @@ def test_a_stage_writes_the_same_bytes_under_any_hash_seed(demo_config, tmp_path
         folders.append(tmp_path / seed / "effects" / out.stdout.split()[-1])
     files = [{p.name: p.read_bytes() for p in sorted(f.iterdir()) if not p.name.startswith(".")} for f in folders]
     assert {codec.ARRAYS, codec.VALUES, "_done.json"} <= set(files[0]) and len(files[0]) > 4
-    # The record holds the stage's wall time and the files' digests; the arrays are compared below.
-    [json.loads(f.pop("_done.json")) for f in files]
-    arrays = [np.load(io.BytesIO(f.pop(codec.ARRAYS))) for f in files]
-    assert files[0] == files[1]  # enrichment, clusters, silhouettes, names: the same bytes
-    for name in arrays[0].files:
-        a, b = arrays[0][name], arrays[1][name]
-        if a.dtype.kind == "f":
-            # ΔY comes from torch's CPU kernels: on a loaded machine two processes differed at float32 rounding
-            # (2.4e-7 of ΔY ~ 1), which is not a hash-seed effect; everything derived from it is compared exactly above
-            assert np.allclose(a, b, rtol=0, atol=1e-5 * max(np.abs(a).max(), 1.0)), name
-        else:
-            assert np.array_equal(a, b), name
+    records = [json.loads(f.pop("_done.json")) for f in files]
+    for record in records:
+        record.pop("measured")
+    assert records[0] == records[1]  # the same key and the same digest of every file
+    assert files[0] == files[1]  # ΔY, its draws, pert_repr, C_out, clusters, enrichment, names: the same bytes
 
 
 def test_calibration_tables_are_benchmark_results_keyed_by_the_decision_rule():
