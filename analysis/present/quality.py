@@ -153,18 +153,19 @@ def sensitivity_text(results: Results) -> Md:
               f"per output cluster (0 = weak effect): {counts}.")
 
 
-def quality_chart(results: Results) -> alt.LayerChart | alt.Chart:
-    """Per KD, prediction quality (pearson_delta against control) against effect size ‖ΔY‖, coloured by whether the
-    model beats the baseline on it; the dashed line is the split-half ceiling of the mean over KDs. When nothing was
-    scored (too few observed cells per KD, Part 0 off), the reason in place of the points."""
-    quality = results.quality
+def quality_chart(results: Results, line: int = 0) -> alt.LayerChart | alt.Chart:
+    """Per KD of `results.lines[line]` (the charts' convention, `present.charts`), prediction quality (pearson_delta
+    against control) against effect size ‖ΔY‖, coloured by whether the model beats the baseline on it; the dashed line
+    is the split-half ceiling of the mean over KDs. When nothing was scored (too few observed cells per KD, Part 0
+    off), the reason in place of the points."""
+    quality, effects = results.lines[line].quality, results.lines[line].effects
     if not _scored(quality):
         reason = quality.status if quality else "Part 0 not run"
         return alt.Chart(pd.DataFrame({"reason": [f"Not scored: {reason}"]})).mark_text(
             fontSize=12, color="#555").encode(text="reason:N").properties(width=460, height=40)
     table = quality.kd_table[quality.kd_table["reference"] == "control"].pivot(
         index="kd", columns="predictor", values="pearson_delta").reset_index()
-    frame = table.merge(results.effects.kd_table[["kd", "cluster", "effect_norm"]], on="kd")
+    frame = table.merge(effects.kd_table[["kd", "cluster", "effect_norm"]], on="kd")
     frame["verdict"] = frame["kd"].isin(quality.well_predicted).map({True: "better than baseline",
                                                                      False: "not better than baseline"})
     frame["rank"] = frame["model"].rank(ascending=False, method="first")
