@@ -21,6 +21,12 @@ class Md(str):
         return str(self)
 
 
+def typeset_record(record: type, **values):
+    """`record` (a section's frozen numbers record) with each of `values` typeset as the report prints it
+    (`typeset`)."""
+    return record(**{name: Md(typeset(value)) for name, value in values.items()})
+
+
 def fmt(x: float, digits: int = 2) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"

@@ -10,7 +10,17 @@ import numpy as np
 import pandas as pd
 
 from ...results import Results
-from ..formatting import Md, breakable, fmt, fmt_p, library_legend, library_short, markdown_table, top_terms, typeset
+from ..formatting import (
+    Md,
+    breakable,
+    fmt,
+    fmt_p,
+    library_legend,
+    library_short,
+    markdown_table,
+    top_terms,
+    typeset_record,
+)
 
 
 @dataclass(frozen=True)
@@ -34,14 +44,15 @@ def effects_numbers(results: Results) -> EffectsNumbers:
     labels, ari = p1.labels, p1.bootstrap_ari
     reproducibility = p1.kd_table["draw_cosine"]
     chosen = p1.silhouette.loc[p1.silhouette["silhouette"].idxmax()]
-    return EffectsNumbers(**{k: Md(typeset(v)) for k, v in dict(
+    return typeset_record(
+        EffectsNumbers,
         n_clusters=f"{int(labels.max())}", n_weak=f"{int((labels == 0).sum())}",
         n_clustered=f"{int((labels > 0).sum())}", silhouette=fmt(float(chosen["silhouette"])),
         n_cluster_bootstrap=f"{len(ari)}",
         ari_median=fmt(float(np.median(ari))) if len(ari) else "—",
         ari_min=fmt(float(np.min(ari))) if len(ari) else "—",
         draw_cosine_median=fmt(float(reproducibility.median()), 3),
-        draw_cosine_min=fmt(float(reproducibility.min()), 3)).items()})
+        draw_cosine_min=fmt(float(reproducibility.min()), 3))
 
 
 def _term_cell(row: pd.Series, statistic: str | None = None) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...results import Results
-from ..formatting import Md, fmt, fmt_p, p_phrase, typeset
+from ..formatting import Md, fmt, fmt_p, p_phrase, typeset, typeset_record
 from ..wording import criterion
 
 
@@ -69,7 +69,7 @@ def intervention_numbers(results: Results) -> InterventionNumbers:
                        swap_p=p_phrase(i.gain.p_value, None if i.gain.exact else i.gain.n_sign_patterns))
     else:
         values |= dict.fromkeys(("swap_rank", "swap_accuracy", "swap_null", "swap_p"), "—")
-    return InterventionNumbers(**{k: Md(typeset(v)) for k, v in values.items()})
+    return typeset_record(InterventionNumbers, **values)
 
 
 def interventions_text(results: Results) -> Md:

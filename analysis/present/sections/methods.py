@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...results import Results
-from ..formatting import Md, breakable, markdown_table, typeset
+from ..formatting import Md, breakable, markdown_table, typeset_record
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class MethodsNumbers:
 def methods_numbers(results: Results) -> MethodsNumbers:
     cfg, prov = results.config, results.provenance
     n_kds, n_genes, hidden = prov["n_kds"], prov["n_genes"], prov["hidden_dim"]
-    return MethodsNumbers(**{k: Md(typeset(v)) for k, v in dict(
+    return typeset_record(
+        MethodsNumbers,
         lines_phrase=lines_phrase(results),
         checkpoint=project_path(results, Path(cfg.run_dir) / "checkpoints" / cfg.checkpoint),
         checkpoint_sha=prov["checkpoint_sha256"], data=project_path(results, cfg.h5ad), data_sha=prov["data_sha256"],
@@ -56,7 +57,7 @@ def methods_numbers(results: Results) -> MethodsNumbers:
         jacobian_gb=f"{n_kds * n_genes * hidden * 4 / 1e9:.2g}", jvp_ratio=f"{n_genes / hidden:.1f}",
         weak_fraction=f"{cfg.weak_fraction:g}", max_clusters=f"{cfg.max_clusters}",
         libraries=", ".join(breakable(Path(p).stem) for p in cfg.gene_sets) or "none", fdr=f"{cfg.fdr:g}",
-        prerank_permutations=f"{cfg.prerank_permutations:,}").items()})
+        prerank_permutations=f"{cfg.prerank_permutations:,}")
 
 
 # ---------------------------------------------------------------- where files are

@@ -10,7 +10,18 @@ import pandas as pd
 
 from ...results import Results
 from .. import prose
-from ..formatting import Md, breakable, fmt, fmt_p, library_short, markdown_table, p_phrase, studentized_p, typeset
+from ..formatting import (
+    Md,
+    breakable,
+    fmt,
+    fmt_p,
+    library_short,
+    markdown_table,
+    p_phrase,
+    studentized_p,
+    typeset,
+    typeset_record,
+)
 from ..wording import axes_note, criterion
 from .effects import _listed_clusters, _rest_row
 
@@ -71,7 +82,8 @@ def routing_numbers(results: Results) -> RoutingNumbers:
     ev = p3.evidence
     mantel, contrast = ev.mantel_pearson, ev.contrast
     lo, hi = ev.pearson_ci
-    return RoutingNumbers(**{k: Md(typeset(v)) for k, v in dict(
+    return typeset_record(
+        RoutingNumbers,
         jacobian_seconds=f"{p3.seconds.get('jacobians', float('nan')):.0f}",
         autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
         linearity_median=fmt(float(p3.linearity["explained"].median())),
@@ -94,13 +106,14 @@ def routing_numbers(results: Results) -> RoutingNumbers:
         noise_floor=prose.noise_floor(p3).strip(),
         rep_out_r=fmt(ev.mantel_out_rep.statistic), rep_out_p=studentized_p(ev.mantel_out_rep),
         partial_r=fmt(ev.partial_mantel.statistic), partial_p=studentized_p(ev.partial_mantel),
-        keyed_r=fmt(ev.keyed_lookup_r)).items()})
+        keyed_r=fmt(ev.keyed_lookup_r))
 
 
 @dataclass(frozen=True)
 class SvdNumbers:
     """The SVD of the unit-norm Jacobians: the variance on axis 1 and on the first n_axes, the interpretable axes
-    (read, shown on both sides, described, beyond ΔY's axes; ΔY's own), the principal cosine, the seed's axis-1 terms."""
+    (read, shown on both sides, described, beyond ΔY's axes; ΔY's own), the principal cosine, the seed's axis-1
+    terms."""
 
     var_axis1: Md
     var_top: Md
@@ -120,14 +133,15 @@ class SvdNumbers:
 def svd_numbers(results: Results) -> SvdNumbers:
     p3 = results.routing
     svd, n_axes = p3.svd, results.config.n_axes
-    return SvdNumbers(**{k: Md(typeset(v)) for k, v in dict(
+    return typeset_record(
+        SvdNumbers,
         var_axis1=f"{100 * p3.variance_explained[0]:.0f}%",
         var_top=f"{100 * float(np.sum(p3.variance_explained[: n_axes])):.0f}%", n_axes=f"{n_axes}",
         axes_read=f"{svd.n_axes}", interpretable=f"{svd.n_interpretable}",
         axes_described=axes_note(criterion(p3.verdict, "svd_both_sides").params["axes"]),
         output_interpretable=f"{svd.n_output_interpretable}", beyond=f"{svd.n_beyond_output}",
         principal_cosine=fmt(svd.min_principal_cosine), gene_term=str(svd.seed_gene_term),
-        gene_fdr=fmt_p(svd.seed_gene_fdr), kd_term=str(svd.seed_kd_term), kd_fdr=fmt_p(svd.seed_kd_fdr)).items()})
+        gene_fdr=fmt_p(svd.seed_gene_fdr), kd_term=str(svd.seed_kd_term), kd_fdr=fmt_p(svd.seed_kd_fdr))
 
 
 def depth_paragraph(results: Results) -> Md:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ...results import Results
 from .. import prose
-from ..formatting import Md, fmt, fmt_p, markdown_table, studentized_p, typeset
+from ..formatting import Md, fmt, fmt_p, markdown_table, studentized_p, typeset, typeset_record
 from ..wording import FAMILY_LABELS, criterion, p_floor, words
 from .methods import SINGLE_LINE
 
@@ -46,7 +46,8 @@ def verdict_numbers(results: Results) -> VerdictNumbers:
     verdict = routing.verdict
     mantel, contrast = criterion(verdict, "mantel_specific"), criterion(verdict, "contrast_specific")
     shares, scale = criterion(verdict, "common_share").params, contrast.params["r_scale"]
-    return VerdictNumbers(**{k: Md(typeset(v)) for k, v in dict(
+    return typeset_record(
+        VerdictNumbers,
         call=verdict.call, call_phrase=call_phrase(results), reason=prose.reason(routing), use=verdict.use,
         use_meaning=prose.use_meaning(routing), use_reason=prose.use_reason(results.interventions),
         synthesis=prose.synthesis(routing) or "the routing call and the interventions' answer are read side by side",
@@ -56,7 +57,7 @@ def verdict_numbers(results: Results) -> VerdictNumbers:
         min_contrast=f"{contrast.params['min_contrast']:g}",
         min_cluster_share=f"{contrast.params['min_cluster_share']:g}", global_share=f"{shares['global_share']:g}",
         min_specific_share=f"{shares['min_specific_share']:g}",
-        min_reliability=f"{shares['min_reliability']:g}").items()})
+        min_reliability=f"{shares['min_reliability']:g}")
 
 
 def call_phrase(results: Results) -> Md:
