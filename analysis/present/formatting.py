@@ -8,7 +8,7 @@ import re
 
 import pandas as pd
 
-from .wording import test_null_phrase
+from .wording import studentized_null_phrase
 
 
 class Md(str):
@@ -68,7 +68,7 @@ def studentized_p(test) -> str:
     normal_reference_kds): 'p = 0.003, normal reference'; 'p = 0.04, normal reference, near α 199 permutations'
     where permutations decided a p near α."""
     text = p_phrase(test.p_value, test.n_permutations)
-    return text if test.reference == "permutation" else f"{text}, {test_null_phrase(test, 'permutations')}"
+    return text if test.reference == "permutation" else f"{text}, {studentized_null_phrase(test, 'permutations')}"
 
 
 def breakable(text: str) -> str:

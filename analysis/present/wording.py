@@ -25,7 +25,7 @@ def null_phrase(reference: str, n_permutations: int, permuted: str) -> str:
     return f"{near}{n_permutations:,} {permuted}"
 
 
-def test_null_phrase(test: StudentizedTest, permuted: str) -> str:
+def studentized_null_phrase(test: StudentizedTest, permuted: str) -> str:
     """`null_phrase` of a `results.StudentizedTest`."""
     return null_phrase(test.reference, test.n_permutations, permuted)
 
