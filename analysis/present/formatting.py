@@ -68,7 +68,9 @@ def studentized_p(test) -> str:
     normal_reference_kds): 'p = 0.003, normal reference'; 'p = 0.04, normal reference, near α 199 permutations'
     where permutations decided a p near α."""
     text = p_phrase(test.p_value, test.n_permutations)
-    return text if test.reference == "permutation" else f"{text}, {studentized_null_phrase(test, 'permutations')}"
+    if test.reference == "permutation":
+        return text
+    return f"{text}, {studentized_null_phrase(test, 'permutations')}"
 
 
 def breakable(text: str) -> str:
