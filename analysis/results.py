@@ -9,7 +9,7 @@ parameters it was computed with where a reader needs them (n_permutations, fdr, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Protocol
 
 import numpy as np
@@ -350,14 +350,6 @@ class StudentizedTest:
     n_permutations: int
     reference: str = "permutation"  # "permutation", "normal" or "normal+permutation" (`stats.nulls.refer`)
 
-    def null_phrase(self, permuted: str) -> str:
-        """How p was referred, for prose: "9,999 `permuted`" (e.g. "KD-label permutations"), "normal reference", or
-        "normal reference, near α 199 `permuted`"."""
-        if self.reference == "normal":
-            return "normal reference"
-        near = "normal reference, near α " if self.reference == "normal+permutation" else ""
-        return f"{near}{self.n_permutations:,} {permuted}"
-
     @property
     def upper_bound(self) -> float:
         return self.statistic + Z_ONE_SIDED_95 * self.standard_error
@@ -585,20 +577,20 @@ class SvdEvidence:
 
 @dataclass(frozen=True)
 class Criterion:
-    """One row of the verdict table. supports: "Model B", "Model A" or "neither" for deciding rows, "" otherwise."""
+    """One row of the verdict, as numbers (`present.wording` words it). id: which criterion (`stats.verdict.CRITERIA`);
+    family: its role (`stats.verdict.FAMILIES`; "decides" rows make the call); supports: "Model B", "Model A" or
+    "neither" for deciding rows, "" otherwise; params: every number the row was read with and against (thresholds, α,
+    the permutation count of its p as `n_permutations`, the test's reference, …), as scanpy's `uns[key]["params"]`."""
 
-    name: str
-    family: str  # "decides", "decides (share)", "separates", "raw (reported)", "seed (reported)", "SVD (reported)", "reported"
-    statistic: str
+    id: str
+    family: str
     value: float
-    test: str
-    threshold: str
     p_value: float | None
     held: bool
     supports: str = ""
-    note: str = ""
     bound: float | None = None  # one-sided 95 % upper bound of `value` (deciding rows)
     margin: float | None = None  # the smallest effect of interest that bound is compared with
+    params: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

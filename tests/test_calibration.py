@@ -150,7 +150,7 @@ def test_every_call_is_worded_by_what_its_rows_show(world):
         w = calibration.draw_world(rng, world)
         evidence = calibration.world_evidence(w, 99, 0)
         verdict = decide(evidence, RULE)
-        text = prose.reason(SimpleNamespace(verdict=verdict, evidence=evidence), RULE)
+        text = prose.reason(SimpleNamespace(verdict=verdict, evidence=evidence))
         shown = text.count(": shown (")
         ruled_out = text.count(": smaller than the smallest effect of interest (")
         assert "decorative" not in text and text.count("bound") >= 2 and text.count("p ") + text.count("p =") >= 2

@@ -43,7 +43,7 @@ def known(tmp_path_factory):
 
 
 def _criterion(results, name, family):
-    return next(c for c in results.routing.verdict.criteria if c.name == name and c.family == family)
+    return next(c for c in results.routing.verdict.criteria if c.id == name and c.family == family)
 
 
 def _same_cross(matrix, modules):
@@ -88,7 +88,7 @@ def test_interventions_give_the_planted_use(known, kind):
 
 
 def why(results) -> str:
-    return prose.reason(results.routing, results.config.decision_rule)
+    return prose.reason(results.routing)
 
 
 def _deciding(results):

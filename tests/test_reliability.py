@@ -17,6 +17,7 @@ import analysis
 from analysis.config import default_decision_rule
 from analysis.datasets import calibration
 from analysis.model import jacobians
+from analysis.present.wording import words
 from analysis.results import NoiseFloor
 from analysis.stats import reliability
 from analysis.stats.decomposition import decompose
@@ -111,9 +112,9 @@ def test_unreliable_replaces_the_calls_that_read_specific_structure_and_only_bel
     assert decide(_evidence_with(RULE.min_reliability), RULE).call == "per-KD"  # at the minimum: reliable
     unmeasured = replace(_evidence_with(0.0), noise_floor=None)  # one draw: today's calls stand
     assert decide(unmeasured, RULE).call == "per-KD"
-    assert not any(c.family == "noise floor" for c in decide(unmeasured, RULE).criteria)
-    row = next(c for c in reliable.criteria if c.family == "noise floor")
-    assert row.value == 0.9 and row.held and "corrected for attenuation" in row.note
+    assert not any(c.family == "noise_floor" for c in decide(unmeasured, RULE).criteria)
+    row = next(c for c in reliable.criteria if c.family == "noise_floor")
+    assert row.value == 0.9 and row.held and "corrected for attenuation" in words(row).note
 
 
 def test_a_global_readout_stays_one_when_its_small_specific_part_is_noise():
@@ -168,7 +169,7 @@ def test_the_pipeline_reports_the_noise_floor_from_its_halves(tiny_results):
     out = [cosine_similarity(draws[:1].mean(0)), cosine_similarity(draws[1:].mean(0))]
     direct = reliability.noise_floor(tuple(out), tuple(grams), (1, 2), results.routing.evidence.mantel_pearson.statistic)
     assert floor == direct
-    assert any(c.family == "noise floor" for c in results.routing.verdict.criteria)
+    assert any(c.family == "noise_floor" for c in results.routing.verdict.criteria)
 
 
 def test_one_draw_stores_no_halves_and_says_the_floor_was_not_measured(tmp_path):
@@ -178,7 +179,7 @@ def test_one_draw_stores_no_halves_and_says_the_floor_was_not_measured(tmp_path)
     results = analysis.run(config, progress=False)
     shards = open_shards(results.stage_paths["jacobians"])
     assert shards.halves() is None and results.routing.evidence.noise_floor is None
-    assert "Noise floor not measured" in prose.reason(results.routing, config.decision_rule)
+    assert "Noise floor not measured" in prose.reason(results.routing)
 
 
 def test_every_call_has_its_words():

@@ -114,9 +114,11 @@ def test_rendered_pdf_states_the_results_the_analysis_computed(rendered, demo_re
 
     n = report.numbers(demo_results)
     text = _letters(rendered["pdf_text"])
-    for name in ("call", "pearson_r", "r_bound", "contrast_sd", "contrast_bound", "n_kds", "n_pairs", "n_clusters",
-                 "checkpoint_sha"):
-        assert _letters(str(getattr(n, name))) in text, f"{name} = {getattr(n, name)} not in the PDF"
+    for section, name in (("verdict", "call"), ("routing", "pearson_r"), ("routing", "r_bound"),
+                          ("routing", "contrast_sd"), ("routing", "contrast_bound"), ("methods", "n_kds"),
+                          ("routing", "n_pairs"), ("effects", "n_clusters"), ("methods", "checkpoint_sha")):
+        value = getattr(getattr(n, section), name)
+        assert _letters(str(value)) in text, f"{section}.{name} = {value} not in the PDF"
 
 
 def test_rendered_pdf_has_the_bibliography(rendered):

@@ -20,9 +20,9 @@ import nbformat
 import numpy as np
 import pytest
 
-from analysis.present import plots
-from analysis.present.formatting import fmt_p
-from analysis.present.report import typeset
+from analysis.present import drawing, rendering
+from analysis.present.formatting import fmt_p, typeset
+from analysis.present.wording import words
 from analysis.stats.decomposition import decompose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +166,49 @@ def test_no_result_is_typed_by_hand():
         assert not re.findall(r"\bp\s*[=<≤]\s*\d", body), f"p-value typed in the {where}"
 
 
+def _article_names(text: str) -> list[str]:
+    """Every dotted name the article's chunks and inline expressions read (`N.routing.pearson_r`, `charts.svd_overview`)."""
+    return [name for _, source in article_parts(text) for name in re.findall(r"(?<![\w.])[A-Za-z_]\w*(?:\.\w+)+", source)]
+
+
+def test_every_number_the_article_reads_is_a_field_of_its_record():
+    """Statically, without running the article: each `N.section.name` is a field of that section's record (a typo
+    fails here, not at render), and each function the article calls on a present module exists."""
+    import dataclasses
+    import importlib
+    import typing
+
+    from analysis.present.report import ReportNumbers
+
+    sections = typing.get_type_hints(ReportNumbers)
+    names = _article_names(ARTICLE.read_text())
+    numbers = [name.split(".") for name in names if name.startswith("N.")]
+    assert len(numbers) >= 100
+    for parts in numbers:
+        assert len(parts) == 3 and parts[1] in sections, f"{'.'.join(parts)}: N has sections {sorted(sections)}"
+        fields = {f.name for f in dataclasses.fields(sections[parts[1]])}
+        assert parts[2] in fields, f"{'.'.join(parts)} is no field of {sections[parts[1]].__name__}"
+    modules = {"report": "analysis.present.report", "charts": "analysis.present.charts",
+               "rendering": "analysis.present.rendering", "part0": "analysis.present.quality",
+               **{m: f"analysis.present.sections.{m}" for m in ("appendix", "effects", "interventions", "lines",
+                                                                 "methods", "routing", "verdict")}}
+    called = [name.split(".") for name in names if name.split(".")[0] in modules]
+    assert len(called) >= 40
+    for module, attribute, *_ in called:
+        assert hasattr(importlib.import_module(modules[module]), attribute), f"{module}.{attribute} does not exist"
+
+
+def test_the_records_of_every_section_are_frozen_and_typed():
+    """Numbers come as frozen records, not namespaces: an assignment or a misspelt field fails at once."""
+    import dataclasses
+    import typing
+
+    from analysis.present.report import ReportNumbers
+
+    for record in (ReportNumbers, *typing.get_type_hints(ReportNumbers).values()):
+        assert dataclasses.is_dataclass(record) and record.__dataclass_params__.frozen, record
+
+
 # ---------------------------------------------------------------- the executed article
 def test_every_chunk_and_inline_expression_runs(executed):
     notebook, info = executed
@@ -242,12 +285,12 @@ def test_html_target_gives_markdown_raw_html_with_distinct_ids():
     """For Quarto's HTML format no `text/html` output (it pulls require.js/jQuery from a CDN): a raw-HTML block whose
     fence outlasts any backticks in the spec, a fresh container id per chart, the library only in the first."""
     spec = _chart().to_dict()
-    html = plots.ChartHtml()
+    html = rendering.ChartHtml()
     first, second = html.fragment(spec), html.fragment(spec)
     assert VEGA_LIBRARY in first and VEGA_LIBRARY not in second
     assert CHART_DIV.findall(first) == ["vega-chart-1"] and CHART_DIV.findall(second) == ["vega-chart-2"]
     assert "</script>" not in second.split("<script>", 1)[1].rsplit("</script>", 1)[0], "a string closed the script"
-    data, metadata = plots.mimebundle(spec, "html")
+    data, metadata = rendering.mimebundle(spec, "html")
     assert list(data) == ["text/markdown"] and not metadata
     block = data["text/markdown"]
     fence = re.search(r"^(`+)\{=html\}\n", block, re.M).group(1)
@@ -258,21 +301,21 @@ def test_html_target_gives_markdown_raw_html_with_distinct_ids():
 def test_other_targets_give_a_png_no_wider_than_the_text_column():
     """The PDF shows a chart's PNG at the chart's own size (fonts as designed) unless it is wider than the column."""
     for width in (200, 2000):
-        data, metadata = plots.mimebundle(_chart().properties(width=width).to_dict(), "typst")
+        data, metadata = rendering.mimebundle(_chart().properties(width=width).to_dict(), "typst")
         assert list(data) == ["image/png"]
         natural = int.from_bytes(base64.b64decode(data["image/png"])[16:20], "big") / 2  # PNG drawn at scale 2
         shown = float(metadata["image/png"]["width"].rstrip("%"))
-        assert shown == pytest.approx(min(100.0, 100 * natural / plots.TEXT_WIDTH_PX), abs=0.6), (width, natural)
+        assert shown == pytest.approx(min(100.0, 100 * natural / rendering.TEXT_WIDTH_PX), abs=0.6), (width, natural)
     assert shown == 100.0
 
 
 def test_quarto_format_is_read_from_the_execution_info(tmp_path, monkeypatch):
     monkeypatch.delenv("QUARTO_EXECUTE_INFO", raising=False)
-    assert plots.quarto_format() is None
+    assert rendering.quarto_format() is None
     info = tmp_path / "info.json"
     info.write_text(json.dumps({"format": {"pandoc": {"to": "typst"}}}))
     monkeypatch.setenv("QUARTO_EXECUTE_INFO", str(info))
-    assert plots.quarto_format() == "typst"
+    assert rendering.quarto_format() == "typst"
 
 
 def test_p_values_have_one_style():
@@ -355,12 +398,13 @@ def test_verdict_table_against_independent_values(executed, demo_results):
     one style; notes numbered like the rows."""
     rows = _table_rows(_outputs_by_label(executed, "tbl-verdict")["text/markdown"])
     criteria = demo_results.routing.verdict.criteria
-    assert [r["Criterion"] for r in rows] == [typeset(f"{c.name} ({n})") for n, c in enumerate(criteria, 1)]
+    said = [words(c) for c in criteria]
+    assert [r["Criterion"] for r in rows] == [typeset(f"{w.name} ({n})") for n, w in enumerate(said, 1)]
     c_out, c_jac = demo_results.effects.c_out, demo_results.routing.c_jac
     pairs = _strong_pairs(demo_results.effects.labels)
     for statistic, matrix in (("Pearson r(C_out, C_jac)", c_jac), ("Pearson r(C_out, C_jac^spec)", _specific(c_jac))):
         r = np.corrcoef(c_out[pairs], matrix[pairs])[0, 1]
-        pearson_rows = [row for row, c in zip(rows, criteria) if c.statistic == statistic]
+        pearson_rows = [row for row, w in zip(rows, said) if w.statistic == statistic]
         assert pearson_rows, statistic
         for row in pearson_rows:
             assert _number(row["Value"]) == pytest.approx(r, abs=6e-4)
@@ -375,9 +419,9 @@ def test_verdict_table_against_independent_values(executed, demo_results):
             assert row["p"] == "< 1e-300"
         else:
             assert _number(row["p"]) == pytest.approx(c.p_value, rel=0.05)
-    notes = _inline_or_chunk_markdown(executed, "report.verdict_notes(R)")
-    for n, c in enumerate(criteria, 1):
-        assert f"({n}) " in notes and typeset(c.test) in notes
+    notes = _inline_or_chunk_markdown(executed, "verdict.verdict_notes(R)")
+    for n, w in enumerate(said, 1):
+        assert f"({n}) " in notes and typeset(w.test) in notes
 
 
 def _inline_or_chunk_markdown(executed, source: str) -> str:
@@ -390,32 +434,32 @@ def test_prose_numbers_against_independent_values(executed, demo_results):
     values = _inline_values(executed)
     p1, p3 = demo_results.effects, demo_results.routing
     k, pairs = len(p1.responses.kd_names), _strong_pairs(p1.labels)
-    assert values["N.n_kds"] == f"{k:,}" and values["N.n_pairs"] == f"{len(pairs[0]):,}"
+    assert values["N.methods.n_kds"] == f"{k:,}" and values["N.routing.n_pairs"] == f"{len(pairs[0]):,}"
     assert 0 < len(pairs[0]) < k * (k - 1) // 2  # the demo has weak-effect KDs: the pairs are the strong ones
     r = np.corrcoef(p1.c_out[pairs], _specific(p3.c_jac)[pairs])[0, 1]
-    assert _number(values["N.pearson_r"]) == pytest.approx(r, abs=6e-3)
+    assert _number(values["N.routing.pearson_r"]) == pytest.approx(r, abs=6e-3)
     raw = np.corrcoef(p1.c_out[pairs], p3.c_jac[pairs])[0, 1]
-    assert _number(values["N.raw_r"]) == pytest.approx(raw, abs=6e-3)
+    assert _number(values["N.routing.raw_r"]) == pytest.approx(raw, abs=6e-3)
     # the common share: the share of Σ‖u_k‖² = K along the direction of the mean unit Jacobian
     values_, vectors = np.linalg.eigh(p3.c_jac)
     u = vectors * np.sqrt(np.clip(values_, 0, None))
     g = u.mean(axis=0) / np.linalg.norm(u.mean(axis=0))
-    assert _number(values["N.common_share"].rstrip("%")) == pytest.approx(100 * np.mean((u @ g) ** 2), abs=6e-3)
-    assert values["N.n_clusters"] == str(len(set(p1.labels.tolist()) - {0}))
-    assert values["N.n_weak"] == str(int(np.sum(p1.labels == 0)))
-    assert values["N.n_clustered"] == str(int(np.sum(p1.labels > 0)))
+    assert _number(values["N.routing.common_share"].rstrip("%")) == pytest.approx(100 * np.mean((u @ g) ** 2), abs=6e-3)
+    assert values["N.effects.n_clusters"] == str(len(set(p1.labels.tolist()) - {0}))
+    assert values["N.effects.n_weak"] == str(int(np.sum(p1.labels == 0)))
+    assert values["N.effects.n_clustered"] == str(int(np.sum(p1.labels > 0)))
     draws = p1.responses.delta_y_draws  # the draws' cosines, pair by pair
     unit = draws / np.linalg.norm(draws, axis=2, keepdims=True)
     per_kd = [np.mean([unit[r, kd] @ unit[q, kd] for r in range(len(draws)) for q in range(len(draws)) if r != q])
               for kd in range(k)]
-    assert _shows(values["N.draw_cosine_median"], float(np.median(per_kd)))
-    assert _shows(values["N.draw_cosine_min"], float(np.min(per_kd)))
+    assert _shows(values["N.effects.draw_cosine_median"], float(np.median(per_kd)))
+    assert _shows(values["N.effects.draw_cosine_min"], float(np.min(per_kd)))
     abstract = values["ABSTRACT"]
-    assert f"**{p3.verdict.call}**" in abstract and values["N.pearson_r"] in abstract
-    assert values["N.call_phrase"].count(":") == 1, values["N.call_phrase"]
+    assert f"**{p3.verdict.call}**" in abstract and values["N.routing.pearson_r"] in abstract
+    assert values["N.verdict.call_phrase"].count(":") == 1, values["N.verdict.call_phrase"]
     # One p-value style in the prose: 'p = 0.034', 'p = 3.2e-7', or a permutation floor 'p ≤ 1e-4'.
     style = re.compile(r"p (= (1|0\.\d{1,4}|\d(\.\d)?e-\d+)|≤ (0\.\d+|\de-\d+)|< 1e-300)")
-    p_values = {k: v for k, v in values.items() if re.fullmatch(r"N\.\w+_p", k)}
+    p_values = {k: v for k, v in values.items() if re.fullmatch(r"N\.\w+\.\w+_p", k)}
     assert len(p_values) >= 5
     for key, value in p_values.items():
         assert style.fullmatch(value), f"{key} = {value!r}"
@@ -424,10 +468,10 @@ def test_prose_numbers_against_independent_values(executed, demo_results):
 def test_intervention_numbers_against_the_per_kd_table(executed, demo_results):
     """The interventions' prose against the per-KD table, recomputed here: mean cosines, the gain, its one-sided
     sign-flip p by enumeration over the clusters, the answer's word; the steering trust radius from its table."""
-    from analysis.present import report
+    from analysis.present.sections.interventions import intervention_numbers
 
     inline = _inline_values(executed)
-    values = {f"N.{k}": str(v) for k, v in vars(report.numbers(demo_results)).items()}
+    values = {f"N.{k}": str(v) for k, v in vars(intervention_numbers(demo_results)).items()}
     (text,) = [v for k, v in inline.items() if "interventions_text" in k]
     for key in ("N.sub_cosine", "N.sub_random_cosine", "N.sub_gain", "N.sub_p"):
         assert values[key] in text, key
@@ -440,7 +484,7 @@ def test_intervention_numbers_against_the_per_kd_table(executed, demo_results):
     flips = np.array([np.dot(signs, sums) for signs in itertools.product((1, -1), repeat=len(sums))])
     p = np.mean(flips >= sums.sum() - 1e-12)
     assert values["N.sub_p"] == f"p = {p:.2g}"
-    assert inline["N.use"] == demo_results.routing.verdict.use
+    assert inline["N.verdict.use"] == demo_results.routing.verdict.use
     steering = demo_results.steering
     for axis, frame in steering.table.groupby("axis"):
         radius = 0.0
@@ -564,7 +608,7 @@ def _heatmap_cells(chart):
     import altair as alt
     import pandas as pd
 
-    with alt.data_transformers.disable_max_rows():  # as the report's rendering allows (plots.enable_report_rendering)
+    with alt.data_transformers.disable_max_rows():  # as the report's rendering allows (rendering.enable_report_rendering)
         spec = chart.to_dict()
     (cells,) = [rows for rows in spec["datasets"].values() if rows and {"r", "c", "m0"} <= rows[0].keys()]
     return pd.DataFrame(cells).set_index(["r", "c"])
@@ -581,7 +625,7 @@ def test_heatmap_above_200_kds_draws_block_means():
     order = rng.permutation(k)
     names = [f"KD{i}" for i in range(k)]
     labels = np.arange(k) % 3
-    cells = _heatmap_cells(plots.similarity_heatmaps({"C": m}, names, labels, order))
+    cells = _heatmap_cells(drawing.similarity_heatmaps({"C": m}, names, labels, order))
     assert len(cells) == 200 * 200
     o = order  # block 0 = ordered positions 0, 1; block 1 = 2, 3; block b >= 5 = position b + 5
     expected = {
@@ -593,7 +637,7 @@ def test_heatmap_above_200_kds_draws_block_means():
     }
     for cell, value in expected.items():
         assert cells.loc[cell, "m0"] == pytest.approx(round(value, 3), abs=1e-9), cell
-    small = _heatmap_cells(plots.similarity_heatmaps({"C": m[:50, :50]}, names[:50], labels[:50], np.arange(50)))
+    small = _heatmap_cells(drawing.similarity_heatmaps({"C": m[:50, :50]}, names[:50], labels[:50], np.arange(50)))
     assert len(small) == 50 * 50 and small.loc[(3, 7), "m0"] == pytest.approx(round(m[3, 7], 3))  # every pair
 
 
@@ -603,14 +647,14 @@ def test_cluster_tables_list_the_largest_clusters_and_name_the_file_with_all(dem
     cluster — which exists and agrees."""
     import pandas as pd
 
-    from analysis.present import report
+    from analysis.present.sections import effects, routing
 
     labels = demo_results.effects.labels
-    monkeypatch.setattr(report, "MAX_TABLE_CLUSTERS", 2)
+    monkeypatch.setattr(effects, "MAX_TABLE_CLUSTERS", 2)
     rest = sorted(c for c in set(labels.tolist()) if c > 2)
     assert rest, "the demo needs more than 2 clusters for this check"
-    for table, note_column in ((report.cluster_table(demo_results), "Members"),
-                               (report.routing_by_cluster_table(demo_results), typeset("Mean C_jac to other clusters"))):
+    for table, note_column in ((effects.cluster_table(demo_results), "Members"),
+                               (routing.routing_by_cluster_table(demo_results), typeset("Mean C_jac to other clusters"))):
         rows = _table_rows(table)
         assert [r["Cluster"] for r in rows] == ["0 (weak)", "1", "2", f"{rest[0]}–{rest[-1]}"]
         assert [int(r["KDs"]) for r in rows] == [int((labels == c).sum()) for c in (0, 1, 2)] + [
@@ -622,3 +666,87 @@ def test_cluster_tables_list_the_largest_clusters_and_name_the_file_with_all(dem
     assert f"{folder.parent.name}/{folder.name}/kd_table.parquet" in note
     stored = pd.read_parquet(folder / "kd_table.parquet")
     assert stored["cluster"].tolist() == labels.tolist()
+
+
+# ---------------------------------------------------------------- the verdict's words come from the records
+def _world_verdict(world: str, replicate: int = 0):
+    """(evidence, verdict) of one replicate of a calibration world, 99 permutations (numpy only, fast)."""
+    from analysis.config import default_decision_rule
+    from analysis.datasets import calibration
+    from analysis.stats.verdict import decide
+
+    rng = np.random.default_rng([7, calibration.WORLDS.index(world), replicate])
+    evidence = calibration.world_evidence(calibration.draw_world(rng, world), 99, 0)
+    return evidence, decide(evidence, default_decision_rule())
+
+
+def _shown(routing, config):
+    """A Results as the verdict's words read it: the config (whose n_permutations they must ignore) and the routing."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=config, routing=routing, lines=[SimpleNamespace(routing=routing)])
+
+
+def test_every_criterion_and_family_is_worded():
+    from analysis.present import wording
+    from analysis.stats import verdict
+
+    assert set(wording.CATALOGUE) == set(verdict.CRITERIA)
+    assert set(wording.FAMILY_LABELS) == set(verdict.FAMILIES)
+
+
+@pytest.mark.parametrize("n_permutations", [99, 999, 4999])
+def test_the_p_floors_printed_are_the_records(n_permutations):
+    """A Mantel p at its floor 1/(n + 1), n the record's permutation count: the verdict table, the reason, the tests
+    table and the prose's p phrase print that floor, whatever the config's n_permutations says."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from analysis.config import default_decision_rule, load_config
+    from analysis.present import prose
+    from analysis.present.formatting import studentized_p
+    from analysis.present.sections.methods import tests_table
+    from analysis.present.sections.verdict import verdict_frame
+    from analysis.stats.verdict import decide
+
+    evidence, _ = _world_verdict("sharing-r0.2")
+    floor = 1 / (n_permutations + 1)
+    mantel = dataclasses.replace(evidence.mantel_pearson, p_value=floor, n_permutations=n_permutations,
+                                 reference="permutation")
+    evidence = dataclasses.replace(evidence, mantel_pearson=mantel)
+    routing = SimpleNamespace(verdict=decide(evidence, default_decision_rule()), evidence=evidence)
+    results = _shown(routing, load_config().replace(n_permutations=9999))
+    printed = f"≤ {fmt_p(floor, n_permutations).removeprefix('≤ ')}"
+    assert printed != "≤ 1e-4"
+    row = verdict_frame(results).iloc[0]
+    assert row["Criterion"].startswith("Output similarity predicts KD-specific routing similarity")
+    assert row["p"] == printed
+    assert f"p {printed}" in prose.reason(routing) and studentized_p(mantel) == f"p {printed}"
+    assert f"KD labels of one matrix permuted ({n_permutations:,})" in tests_table(results)
+
+
+@pytest.mark.parametrize("world", ["common-cluster", "identical-noise", "lookup-K120", "sharing-r0.2", "draw-noise",
+                                   "independent"])
+def test_no_row_prints_an_inequality_its_numbers_contradict(world):
+    """Every 'a < b', 'a ≥ b', … between two printed numbers in the verdict's table, notes and reason holds for the
+    numbers as printed."""
+    import operator
+
+    from analysis.config import load_config
+    from analysis.present import prose
+    from analysis.present.sections.verdict import verdict_frame, verdict_notes
+    from types import SimpleNamespace
+
+    compare = {"<": operator.lt, ">": operator.gt, "≤": operator.le, "≥": operator.ge}
+    number = r"[-−]?\d[\d,]*(?:\.\d+)?(?:e[-−+]?\d+)?"
+    for replicate in range(3):
+        evidence, verdict = _world_verdict(world, replicate)
+        routing = SimpleNamespace(verdict=verdict, evidence=evidence)
+        results = _shown(routing, load_config())
+        frame = verdict_frame(results)
+        text = " ".join([*frame["Threshold"], str(verdict_notes(results)), prose.reason(routing)])
+        found = re.findall(rf"(?<![\w.^~])({number}) ([<>≤≥]) ({number})(?![\w.])", text)
+        assert any("share" in t for t in frame["Threshold"])
+        for left, sign, right in found:
+            a, b = (float(x.replace("−", "-").replace(",", "")) for x in (left, right))
+            assert compare[sign](a, b), f"'{left} {sign} {right}' in {world}: {text}"

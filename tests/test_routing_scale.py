@@ -386,8 +386,8 @@ def test_the_report_words_the_reference_each_test_used(world):
     permutations were (no "(0)" permutations, no permutation wording for a normal p)."""
     from types import SimpleNamespace
 
-    from analysis.present import report
     from analysis.present.formatting import studentized_p
+    from analysis.present.sections import methods
 
     config = load_config()
     strong = int((world.labels > 0).sum())
@@ -395,7 +395,7 @@ def test_the_report_words_the_reference_each_test_used(world):
         evidence = core_evidence(world.c_out, world.c_jac, world.labels, 99, 0, 0, normal_reference_kds=switch)
         results = SimpleNamespace(config=config.replace(normal_reference_kds=switch, n_permutations=99),
                                   routing=SimpleNamespace(evidence=evidence))
-        table = report.tests_table(results)
+        table = methods.tests_table(results)
         phrase = studentized_p(evidence.mantel_pearson)
         if switch:
             assert (f"normal reference: {strong} strong-effect KDs, at least {strong}); a p between 0.001 and 0.25 is "

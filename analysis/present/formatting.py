@@ -1,10 +1,14 @@
-"""How the report writes numbers and names: one p-value style everywhere (prose, tables, chart titles)."""
+"""How the report writes numbers, names and tables: one p-value style everywhere (prose, tables, chart titles), the
+analysis's symbols typeset for Markdown (`typeset`), pipe tables with widths (`markdown_table`)."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
+
+from .wording import studentized_null_phrase
 
 
 class Md(str):
@@ -15,6 +19,12 @@ class Md(str):
 
     def _repr_markdown_(self) -> str:
         return str(self)
+
+
+def typeset_record(record: type, **values):
+    """`record` (a section's frozen numbers record) with each of `values` typeset as the report prints it
+    (`typeset`)."""
+    return record(**{name: Md(typeset(value)) for name, value in values.items()})
 
 
 def fmt(x: float, digits: int = 2) -> str:
@@ -58,7 +68,9 @@ def studentized_p(test) -> str:
     normal_reference_kds): 'p = 0.003, normal reference'; 'p = 0.04, normal reference, near α 199 permutations'
     where permutations decided a p near α."""
     text = p_phrase(test.p_value, test.n_permutations)
-    return text if test.reference == "permutation" else f"{text}, {test.null_phrase('permutations')}"
+    if test.reference == "permutation":
+        return text
+    return f"{text}, {studentized_null_phrase(test, 'permutations')}"
 
 
 def breakable(text: str) -> str:
@@ -81,3 +93,61 @@ LIBRARY_ABBREVIATIONS = {"GO_Biological_Process": "GO BP", "GO_Molecular_Functio
 
 def library_short(library: str) -> str:
     return next((short for prefix, short in LIBRARY_ABBREVIATIONS.items() if library.startswith(prefix)), library)
+
+
+# Symbols the analysis writes with underscores (C_jac, J_k, ΔY_k, p_ctrl) and 2^16 powers: Markdown sub- and
+# superscripts in the report.
+SYMBOL = re.compile(r"(?<![A-Za-z])(C|J|Y|p|w)_(out|jac|rep|k|ctrl)(\^spec)?(?![A-Za-z])")
+POWER = re.compile(r"\b(\d+)\^(\d+)\b")
+
+# The statistics call the original analysis plan "the seed"; a reader would take that for a random seed.
+SEED_PLAN = re.compile(r"\bseed(?='s\b| \(reported\))")
+CI_BRACKETS = re.compile(r"CI \[([^,\]]+), ([^\]]+)\]")
+MINUS = re.compile(r"(?<![\w.])-(?=\d)")
+EXPONENT = re.compile(r"(\d)e([-+])0*(\d)")
+THOUSANDS = re.compile(r"(?<![\w.:/−\u200b-])\d{4,}(?![\w.])")  # not in names broken at _ (`breakable`)
+
+
+def _subscript(match: re.Match) -> str:
+    """C_jac as C~jac~, C_jac^spec as C~jac~^spec^ (Pandoc's sub- and superscripts, in HTML and typst)."""
+    return f"{match.group(1)}~{match.group(2)}~" + ("^spec^" if match.group(3) else "")
+
+
+def typeset(text: str) -> str:
+    """Text the analysis wrote, as the report prints it (code spans left alone): C_jac as C~jac~, 2^16 as 2^16^, one CI
+    style ('CI 0.44 to 0.64'), '95 %' as '95%', minus signs, '2e-07' as '2e-7', '9999' as '9,999', an apostrophe
+    after a digit (typst would set TRAPPC3's with a prime), the seed's criteria as the original plan's."""
+    parts = re.split(r"(`[^`]*`)", str(text))
+    for i in range(0, len(parts), 2):
+        t = SEED_PLAN.sub("original plan", re.sub(r"(\d) %", r"\1%", parts[i]))
+        t = re.sub(r"(?<=\d)'", "’", t)
+        t = EXPONENT.sub(r"\1e\2\3", CI_BRACKETS.sub(r"CI \1 to \2", t))
+        t = THOUSANDS.sub(lambda m: f"{int(m.group()):,}", t)
+        parts[i] = POWER.sub(r"\1^\2^", SYMBOL.sub(_subscript, MINUS.sub("−", t)))
+    return "".join(parts)
+
+
+def _cell(value) -> str:
+    return typeset(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame: pd.DataFrame, widths: list[int], align: str | None = None) -> Md:
+    """A pipe table with explicit column widths and alignment, for both HTML and typst.
+
+    widths: relative column widths; Pandoc turns the dash counts into the typst table's `columns: (…%, …)`, so the
+    PDF does not size columns from their content (long cells would overprint their neighbours). align: one letter per
+    column, 'l' (default) or 'r' (numbers).
+    """
+    align = align or "l" * len(frame.columns)
+    rule = {"l": ":{}", "r": "{}:"}
+    lines = ["| " + " | ".join(_cell(c) for c in frame.columns) + " |",
+             "|" + "|".join(rule[a].format("-" * max(3, w)) for w, a in zip(widths, align)) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return Md("\n".join(lines))
+
+
+def library_legend(libraries) -> str:
+    """'GO BP: GO_Biological_Process_2021; Hallmark: MSigDB_Hallmark_v7.0' for the libraries a table names."""
+    named = sorted({str(lib) for lib in libraries if library_short(str(lib)) != str(lib)})
+    return "; ".join(f"{library_short(lib)}: {breakable(lib)}" for lib in named)
+

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..config import DecisionRule
 from ..results import (
     AcrossResult,
     Criterion,
@@ -18,6 +17,7 @@ from ..results import (
     SubstitutionTest,
 )
 from .formatting import p_phrase, studentized_p
+from .wording import criterion, p_floor, words
 
 CALL_MEANINGS = {
     "cluster circuits": "cluster circuits (Model B) — beyond what every KD shares, KDs of one output cluster share "
@@ -73,68 +73,74 @@ def meaning(routing: RoutingResult) -> str:
     return CALL_MEANINGS[routing.verdict.call]
 
 
-def reason(routing: RoutingResult, rule: DecisionRule) -> str:
+def reason(routing: RoutingResult) -> str:
     """Why the call is what it is: the share of routing common to every KD, then each deciding row with its effect,
-    bound and p, then what separates cluster blocks from graded tracking."""
+    bound and p, then what separates cluster blocks from graded tracking (every threshold the rows' own)."""
     verdict, evidence = routing.verdict, routing.evidence
     d = evidence.decomposition
+    shares = criterion(verdict, "common_share").params
     if verdict.call == "degenerate":
         s = evidence.spread
         return (f"C_out is nearly 1 for every pair of KDs (mean {s.out_mean:.5f}; KD-specific share of the responses "
-                f"below {rule.min_specific_share:g}): every KD is answered the same way, so routing is not read "
+                f"below {shares['min_specific_share']:g}): every KD is answered the same way, so routing is not read "
                 "against it.")
     share = (f"The routing common to every KD carries {d.common_share:.2%} of the (unit-norm) Jacobian energy, the "
              f"KD-specific part {d.specific_share:.3g}")
     if verdict.call == "global readout" and verdict.degenerate_matrix == "C_jac":
-        return (f"{share}, below the floor {rule.min_specific_share:g}: every KD is routed the same way, and any "
+        return (f"{share}, below the floor {shares['min_specific_share']:g}: every KD is routed the same way, and any "
                 "structure in the KD-specific remainder is too small a share to read (its correlations are reported, "
                 "not read).")
-    rows = "; ".join(_explain(row, evidence.mantel_pearson.n_permutations, rule.alpha) for row in verdict.deciding)
+    rows = "; ".join(_explain(row) for row in verdict.deciding)
     tail = ""
     if verdict.call == "global readout":
-        tail = f"; the common share is at least {rule.global_share:g}, so routing is one global readout"
+        tail = f"; the common share is at least {shares['global_share']:g}, so routing is one global readout"
     elif verdict.call == "per-KD":
-        tail = f"; the common share is below {rule.global_share:g}, so most routing is KD-specific"
+        tail = f"; the common share is below {shares['global_share']:g}, so most routing is KD-specific"
     elif verdict.call == "unreliable":
         nf = evidence.noise_floor
         tail = (f"; but the KD-specific structure these rows read does not reproduce across control draws "
-                f"(split-half reliability {nf.reliability_jac:.3g} < {rule.min_reliability:g}), so they read "
+                f"(split-half reliability {nf.reliability_jac:.3g} < "
+                f"{criterion(verdict, 'noise_floor').params['min_reliability']:g}), so they read "
                 "draw-to-draw noise, not routing")
-    return f"{share}; {rows}{tail}.{_within(evidence, rule, verdict.deciding)}{noise_floor(evidence, rule)}"
+    return f"{share}; {rows}{tail}.{_within(routing)}{noise_floor(routing)}"
 
 
-def noise_floor(evidence, rule: DecisionRule) -> str:
+def noise_floor(routing: RoutingResult) -> str:
     """The noise floor in one sentence: each matrix's split-half reliability and the attenuation-corrected r, or
     that it was not measured (one control draw)."""
-    nf = evidence.noise_floor
+    nf = routing.evidence.noise_floor
     if nf is None:
         return (" Noise floor not measured: one control draw (n_draws = 1), so whether the KD-specific structure "
                 "reproduces across draws is unknown.")
     corrected = "undefined" if nf.corrected_r != nf.corrected_r else f"{nf.corrected_r:.3f}"
+    minimum = criterion(routing.verdict, "noise_floor").params["min_reliability"]
     return (f" Noise floor (control draws split {nf.half_draws[0]} + {nf.half_draws[1]}): C_jac^spec reproduces with "
             f"split-half reliability {nf.reliability_jac:.4g} (half r {nf.half_r_jac:.4g}, SE {nf.half_r_jac_se:.2g}; "
-            f"minimum {rule.min_reliability:g}), C_out with {nf.reliability_out:.4g}; the Mantel r corrected for "
+            f"minimum {minimum:g}), C_out with {nf.reliability_out:.4g}; the Mantel r corrected for "
             f"attenuation is {corrected}.")
 
 
-def _within(evidence, rule: DecisionRule, deciding: tuple) -> str:
+def _within(routing: RoutingResult) -> str:
     """The separating row, said when a deciding row shows cluster sharing: the two deciding criteria read the same
     cluster blocks, the within-cluster Mantel does not."""
+    evidence, verdict = routing.evidence, routing.verdict
     w = evidence.within_mantel
-    if w is None or not (w.statistic == w.statistic) or not any(row.supports == "Model B" for row in deciding):
+    if w is None or not (w.statistic == w.statistic) or not any(row.supports == "Model B" for row in verdict.deciding):
         return ""
+    row = criterion(verdict, "within_mantel")
+    alpha, margin = row.params["alpha"], row.margin
     p = studentized_p(w)
-    if w.p_value < rule.alpha and w.statistic > 0:
+    if w.p_value < alpha and w.statistic > 0:
         what = "routing also tracks outputs within clusters (graded, not only by cluster)"
-    elif w.upper_bound < rule.equivalence_r:
+    elif w.upper_bound < margin:
         what = ("within clusters it does not track outputs beyond a block shared by the cluster (bound "
-                f"{w.upper_bound:.3g} < {rule.equivalence_r:g})")
+                f"{w.upper_bound:.3g} < {margin:g})")
     else:
         what = "whether routing tracks outputs within clusters stays open"
     between = ""
     cl = evidence.cluster_level
     if cl is not None and cl.r == cl.r:
-        follows = "follows" if cl.p_value < rule.alpha and cl.r > 0 else "is not shown to follow"
+        follows = "follows" if cl.p_value < alpha and cl.r > 0 else "is not shown to follow"
         between = (f" Between clusters, routing {follows} output similarity (r of the {cl.n_pairs} cluster-pair means "
                    f"= {cl.r:.3f}, {cl.n_clusters} clusters; {p_phrase(cl.p_value, cl.n_permutations)}).")
     return (f" The two deciding criteria read largely the same cluster blocks, so they are one piece of evidence, "
@@ -202,10 +208,13 @@ def synthesis(routing: RoutingResult) -> str:
     return SYNTHESES.get((routing.verdict.call, routing.verdict.use), "")
 
 
-def _explain(row: Criterion, n_permutations: int, alpha: float = 0.05) -> str:
-    """One deciding row: its effect, one-sided 95 % upper bound and p, and what they show."""
-    p = "p undefined" if row.p_value is None else p_phrase(row.p_value, n_permutations)
-    name = row.name[0].lower() + row.name[1:]
+def _explain(row: Criterion) -> str:
+    """One deciding row: its effect, one-sided 95 % upper bound and p, and what they show (α and the permutation
+    count are the row's own)."""
+    alpha = row.params["alpha"]
+    p = "p undefined" if row.p_value is None else p_phrase(row.p_value, p_floor(row))
+    name = words(row).name
+    name = name[0].lower() + name[1:]
     bound = "bound undefined" if row.bound is None else f"one-sided 95 % upper bound {row.bound:.3g}"
     effect = f"r = {row.value:.3f}"
     if row.supports == "Model B":
@@ -217,7 +226,7 @@ def _explain(row: Criterion, n_permutations: int, alpha: float = 0.05) -> str:
     detail = f"{effect}; {bound}, margin {row.margin:g}; {p}"
     if row.p_value is not None and row.p_value < alpha:
         return (f"{name}: present but not shown to be large enough, nor smaller than the smallest effect of interest "
-                f"({detail}; cluster circuits need {row.threshold.split(';')[0].removeprefix('B: ')})")
+                f"({detail}; cluster circuits need {words(row).threshold.split(';')[0].removeprefix('B: ')})")
     return f"{name}: neither shown nor smaller than the smallest effect of interest ({detail})"
 
 

@@ -8,12 +8,11 @@ import altair as alt
 import pandas as pd
 
 from ..results import QualityResult, Results, Verdict
-from .formatting import Md, fmt, p_phrase
-from .report import markdown_table, typeset
+from .formatting import Md, fmt, markdown_table, p_phrase, typeset
 
 # cell-eval metric -> (how the report names it, the references it is shown for): a DE metric is computed against
 # control only, an error of the expression itself does not depend on the reference. The other metrics cell-eval
-# computes stay in the stage's kds.parquet; a metric the run did not compute (DE metrics off) has no row.
+# computes stay in the stage's kd_table.parquet; a metric the run did not compute (DE metrics off) has no row.
 SHOWN = {"pearson_delta": ("Pearson r of effects (pearson_delta)", ("control", "perturbed mean")),
          "discrimination_score_l1": ("discrimination (L1)", ("control", "perturbed mean")),
          "overlap_at_N": ("top-N DE gene overlap", ("control",)),
@@ -109,29 +108,29 @@ def abstract_sentence(results: Results) -> Md:
               f"{fmt(_values(quality, 'model', 'perturbed mean'), 2)}).")
 
 
-def _call_row(name: str, n_kds: int, call: Verdict | None, evidence, n_permutations: int) -> dict:
+def _call_row(name: str, n_kds: int, call: Verdict | None, evidence) -> dict:
     if call is None or evidence is None:
         return {"KDs": name, "n": f"{n_kds}", "Call": "too few KDs", "r(C_out, C_jac^spec)": "—",
                 "Contrast r": "—"}
     mantel, contrast = evidence.mantel_pearson, evidence.contrast
     return {"KDs": name, "n": f"{n_kds}", "Call": call.call,
             "r(C_out, C_jac^spec)": f"{fmt(mantel.statistic)} (bound {fmt(mantel.upper_bound)}, "
-                                    f"{p_phrase(mantel.p_value, n_permutations)})",
+                                    f"{p_phrase(mantel.p_value, mantel.n_permutations)})",
             "Contrast r": f"{fmt(contrast.r)} (bound {fmt(contrast.r_bound)}, "
-                          f"{p_phrase(contrast.test.p_value, n_permutations)})"}
+                          f"{p_phrase(contrast.test.p_value, contrast.test.n_permutations)})"}
 
 
 def sensitivity_frame(results: Results) -> pd.DataFrame:
     """The main call beside the call on the KDs the model predicts better than the baseline (the sensitivity row)."""
-    routing, quality, n = results.routing, results.quality, results.config.n_permutations
-    rows = [_call_row("all (main call)", len(results.effects.labels), routing.verdict, routing.evidence, n)]
+    routing, quality = results.routing, results.quality
+    rows = [_call_row("all (main call)", len(results.effects.labels), routing.verdict, routing.evidence)]
     if quality is not None:
         rows.append(_call_row("better than baseline", len(quality.well_predicted), quality.sensitivity,
-                              quality.sensitivity_evidence, n))
+                              quality.sensitivity_evidence))
         for group, (call, evidence) in (quality.split_calls or {}).items():
             held = sum(kd in quality.held_out for kd in results.effects.responses.kd_names)
             rows.append(_call_row(f"{group} in training" if group == "seen" else f"{group} of training",
-                                  held if group == "held out" else len(results.effects.labels) - held, call, evidence, n))
+                                  held if group == "held out" else len(results.effects.labels) - held, call, evidence))
     return pd.DataFrame(rows)
 
 
@@ -154,18 +153,19 @@ def sensitivity_text(results: Results) -> Md:
               f"per output cluster (0 = weak effect): {counts}.")
 
 
-def quality_chart(results: Results) -> alt.LayerChart | alt.Chart:
-    """Per KD, prediction quality (pearson_delta against control) against effect size ‖ΔY‖, coloured by whether the
-    model beats the baseline on it; the dashed line is the split-half ceiling of the mean over KDs. When nothing was
-    scored (too few observed cells per KD, Part 0 off), the reason in place of the points."""
-    quality = results.quality
+def quality_chart(results: Results, line: int = 0) -> alt.LayerChart | alt.Chart:
+    """Per KD of `results.lines[line]` (the charts' convention, `present.charts`), prediction quality (pearson_delta
+    against control) against effect size ‖ΔY‖, coloured by whether the model beats the baseline on it; the dashed line
+    is the split-half ceiling of the mean over KDs. When nothing was scored (too few observed cells per KD, Part 0
+    off), the reason in place of the points."""
+    quality, effects = results.lines[line].quality, results.lines[line].effects
     if not _scored(quality):
         reason = quality.status if quality else "Part 0 not run"
         return alt.Chart(pd.DataFrame({"reason": [f"Not scored: {reason}"]})).mark_text(
             fontSize=12, color="#555").encode(text="reason:N").properties(width=460, height=40)
     table = quality.kd_table[quality.kd_table["reference"] == "control"].pivot(
         index="kd", columns="predictor", values="pearson_delta").reset_index()
-    frame = table.merge(results.effects.kd_table[["kd", "cluster", "effect_norm"]], on="kd")
+    frame = table.merge(effects.kd_table[["kd", "cluster", "effect_norm"]], on="kd")
     frame["verdict"] = frame["kd"].isin(quality.well_predicted).map({True: "better than baseline",
                                                                      False: "not better than baseline"})
     frame["rank"] = frame["model"].rank(ascending=False, method="first")

@@ -9,6 +9,7 @@ from ..results import Results
 from . import prose
 from .formatting import p_phrase, top_terms
 from .quality import summary_line as quality_line
+from .wording import FAMILY_LABELS, p_floor, words
 
 
 def summary_lines(results: Results) -> list[str]:
@@ -42,7 +43,7 @@ def summary_lines(results: Results) -> list[str]:
                      f"{results.steering.tolerance:g} up to (median KD offsets) {radii}")
     lines += ["", quality_line(results)]
     lines += ["", f"Verdict: {routing.verdict.call.upper()} — {prose.meaning(routing)}",
-              f"  Why: {prose.reason(routing, results.config.decision_rule)}"]
+              f"  Why: {prose.reason(routing)}"]
     if routing.verdict.use:
         lines += [f"Geometry: {routing.verdict.use.upper()} — {prose.use_meaning(routing)}",
                   f"  Why: {prose.use_reason(intervened)}"]
@@ -54,10 +55,11 @@ def summary_lines(results: Results) -> list[str]:
         lines.append(f"By depth: {prose.depth_text(routing)}.")
     lines.append("")
     for c in routing.verdict.criteria:
-        p = "" if c.p_value is None else ", " + p_phrase(c.p_value, results.config.n_permutations)
+        p = "" if c.p_value is None else ", " + p_phrase(c.p_value, p_floor(c))
         basis = f" → {c.supports}" if c.supports else ""
-        lines.append(f"  [{'held' if c.held else 'not held'}] ({c.family}) {c.name}: {c.statistic} = {c.value:.3g}{p}"
-                     f"{basis}; threshold {c.threshold}")
+        said = words(c)
+        lines.append(f"  [{'held' if c.held else 'not held'}] ({FAMILY_LABELS[c.family]}) {said.name}: "
+                     f"{said.statistic} = {c.value:.3g}{p}{basis}; threshold {said.threshold}")
     if results.across is not None:
         lines += ["", "Across cell lines (the lines above: " + results.lines[0].cell_line + ")"]
         lines += [f"  {line.cell_line}: {line.routing.verdict.call.upper()}"

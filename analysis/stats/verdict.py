@@ -1,5 +1,5 @@
 """The verdict: one decision rule over typed statistics; the call and the rows it rests on (the words are
-`present.prose`'s).
+`present.wording`'s).
 
 Routing is first split (`routing.decompose`, exactly from the K × K Gram of the unit-norm Jacobians) into the part
 every KD shares — its share of the Jacobian energy, `common_share` — and the KD-specific rest, whose cosine matrix
@@ -77,6 +77,14 @@ from ..results import (
 
 # Calls that read the KD-specific structure, and so become "unreliable" when that structure does not reproduce.
 READS_SPECIFIC_STRUCTURE = ("cluster circuits", "per-KD", "mixed", "inconclusive")
+# Every criterion a verdict can hold (`Criterion.id`, in the order rows are made) and the roles they play
+# (`Criterion.family`): "decides" rows make the call, "decides_share" and "noise_floor" refine it, "decides_use"
+# answers the interventions' question, the others are reported beside them. `present.wording` words each.
+CRITERIA = ("mantel_specific", "contrast_specific", "common_share", "within_mantel", "cluster_level", "noise_floor",
+            "mantel_raw", "contrast_raw", "substitution", "interchange", "seed_contrast", "seed_mantel",
+            "partial_mantel", "svd_seed", "svd_both_sides", "svd_beyond_output")
+FAMILIES = ("decides", "decides_share", "separates", "noise_floor", "raw", "decides_use", "interventions", "seed",
+            "reported", "svd")
 
 
 def _support(significant: bool, large_enough: bool, equivalent: bool) -> str:
@@ -120,28 +128,27 @@ def read_depth(depth: tuple[DepthRouting, ...], rule: DecisionRule) -> tuple[Dep
     return tuple(replace(d, reading=depth_reading(d, rule)) for d in depth)
 
 
+def _p_floor(test: StudentizedTest) -> dict:
+    """How a studentized test's p was referred: its reference and the permutations behind it (0: none)."""
+    return {"reference": test.reference, "n_permutations": test.n_permutations}
+
+
 def deciding_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple[Criterion, Criterion]:
     """The two rows the call rests on (both on C_jac^spec, bounds on the r scale), each with the model it supports."""
     m, c = evidence.mantel_pearson, evidence.contrast
     a, margin = rule.alpha, rule.equivalence_r
     m_support, c_support = mantel_support(m, rule), contrast_support(c, rule)
     mantel_row = Criterion(
-        "Output similarity predicts KD-specific routing similarity", "decides", "Pearson r(C_out, C_jac^spec)",
-        m.statistic, f"studentized Mantel ({m.null_phrase('KD-label permutations')}); one-sided 95 % jackknife bound",
-        f"B: r > {rule.min_r}, p < {a}; ruled out: bound < {margin}", _p(m.p_value), m_support == "Model B",
-        m_support, f"95 % KD-bootstrap CI [{evidence.pearson_ci[0]:.3f}, {evidence.pearson_ci[1]:.3f}]; "
-                   f"Spearman {evidence.mantel_spearman.statistic:.3f}", _finite(m.upper_bound), margin)
+        "mantel_specific", "decides", m.statistic, _p(m.p_value), m_support == "Model B", m_support,
+        _finite(m.upper_bound), margin,
+        {"alpha": a, "min_r": rule.min_r, **_p_floor(m), "ci_low": evidence.pearson_ci[0],
+         "ci_high": evidence.pearson_ci[1], "spearman": evidence.mantel_spearman.statistic})
     contrast_row = Criterion(
-        "Same-cluster KDs share KD-specific routing", "decides",
-        "point-biserial r(C_jac^spec, same cluster) = (same − cross)/SD × √(q(1−q))", c.r,
-        f"studentized same − cross contrast ({c.test.null_phrase('cluster-label permutations')}); one-sided 95 % "
-        "jackknife bound",
-        f"B: ≥ {rule.min_contrast} SD (r ≥ {rule.min_contrast * c.r_scale:.3g} here) and same − cross ≥ "
-        f"{rule.min_cluster_share} (share of KD-specific energy), p < {a}; ruled out: bound < "
-        f"{margin} (= {margin / c.r_scale if c.r_scale > 0 else float('nan'):.3g} SD here)", _p(c.test.p_value),
-        c_support == "Model B", c_support,
-        f"{c.test.statistic:.2f} SD (bound {c.test.upper_bound:.2f} SD); same {c.mean_same:.3g} vs cross "
-        f"{c.mean_cross:.3g} (SD {c.spread:.3g}); q = {c.pair_share:.3f}", _finite(c.r_bound), margin)
+        "contrast_specific", "decides", c.r, _p(c.test.p_value), c_support == "Model B", c_support,
+        _finite(c.r_bound), margin,
+        {"alpha": a, "min_contrast": rule.min_contrast, "min_cluster_share": rule.min_cluster_share,
+         "r_scale": c.r_scale, **_p_floor(c.test), "sd": c.test.statistic, "sd_bound": c.test.upper_bound,
+         "mean_same": c.mean_same, "mean_cross": c.mean_cross, "spread": c.spread, "pair_share": c.pair_share})
     return mantel_row, contrast_row
 
 
@@ -149,56 +156,42 @@ def structure_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple:
     """The share row (decides between global readout and per-KD routing) and the rows that separate blocks from
     graded tracking and show the raw matrix."""
     d, a = evidence.decomposition, rule.alpha
-    rows = [Criterion("Routing common to every KD", "decides (share)", "share of Σ‖u_k‖² along the mean unit Jacobian (u_k = J_k/‖J_k‖)",
-                      d.common_share, "exact, from the K × K Gram (projection onto the direction of ū)",
-                      f"global readout: KD-specific share {d.specific_share:.3g} < {rule.min_specific_share:g}, or "
-                      f"cluster sharing ruled out and common ≥ {rule.global_share:g}", None,
-                      d.common_share >= rule.global_share,
-                      note=f"KD-specific share {d.specific_share:.3g}; C_jac^spec mean {d.spec_mean:.3g}, "
-                           f"SD {d.spec_sd:.3g}")]
+    rows = [Criterion("common_share", "decides_share", d.common_share, None, d.common_share >= rule.global_share,
+                      params={"specific_share": d.specific_share, "spec_mean": d.spec_mean, "spec_sd": d.spec_sd,
+                              # the call's floors (`decide`): the share row carries them whether or not they bit
+                              "min_specific_share": rule.min_specific_share, "global_share": rule.global_share,
+                              "min_reliability": rule.min_reliability})]
     w = evidence.within_mantel
     if w is not None:
-        rows.append(Criterion("Routing tracks output within clusters (beyond the cluster blocks)", "separates",
-                              "Pearson r(C_out, C_jac^spec), same-cluster pairs", w.statistic,
-                              f"studentized Mantel within clusters "
-                              f"({w.null_phrase('label permutations within clusters')}); one-sided",
-                              f"graded: p < {a}; block only: bound < {rule.equivalence_r}", _p(w.p_value),
+        rows.append(Criterion("within_mantel", "separates", w.statistic, _p(w.p_value),
                               bool(w.p_value < a and w.statistic > 0), bound=_finite(w.upper_bound),
-                              margin=rule.equivalence_r))
+                              margin=rule.equivalence_r, params={"alpha": a, **_p_floor(w)}))
     if evidence.cluster_level is not None:
         cl = evidence.cluster_level
-        rows.append(Criterion("Routing between clusters follows output between clusters", "separates",
-                              "Pearson r of between-cluster means of C_out and C_jac^spec", cl.r,
-                              f"cluster identities permuted ({cl.n_permutations}); {cl.n_clusters} clusters, "
-                              f"{cl.n_pairs} cluster pairs; one-sided", f"p < {a}", _p(cl.p_value),
-                              bool(cl.p_value < a and cl.r > 0)))
+        rows.append(Criterion("cluster_level", "separates", cl.r, _p(cl.p_value), bool(cl.p_value < a and cl.r > 0),
+                              params={"alpha": a, "n_permutations": cl.n_permutations, "n_clusters": cl.n_clusters,
+                                      "n_pairs": cl.n_pairs}))
     if evidence.noise_floor is not None:
         rows.append(noise_floor_criterion(evidence, rule))
     if evidence.raw_mantel is not None:
         rm, rc = evidence.raw_mantel, evidence.raw_contrast
-        rows += [Criterion("Output similarity predicts raw routing similarity", "raw (reported)",
-                           "Pearson r(C_out, C_jac)", rm.statistic,
-                           f"studentized Mantel ({rm.null_phrase('KD-label permutations')})", f"p < {a}", _p(rm.p_value),
-                           bool(rm.p_value < a), bound=_finite(rm.upper_bound), margin=rule.equivalence_r),
-                 Criterion("Same-cluster KDs share raw routing", "raw (reported)",
-                           "point-biserial r(C_jac, same cluster)", rc.r,
-                           f"studentized same − cross contrast ({rc.test.null_phrase('cluster-label permutations')})",
-                           f"p < {a}", _p(rc.test.p_value), bool(rc.test.p_value < a),
-                           note=f"{rc.test.statistic:.2f} SD; same {rc.mean_same:.4g} vs cross {rc.mean_cross:.4g}",
-                           bound=_finite(rc.r_bound), margin=rule.equivalence_r)]
+        rows += [Criterion("mantel_raw", "raw", rm.statistic, _p(rm.p_value), bool(rm.p_value < a),
+                           bound=_finite(rm.upper_bound), margin=rule.equivalence_r, params={"alpha": a, **_p_floor(rm)}),
+                 Criterion("contrast_raw", "raw", rc.r, _p(rc.test.p_value), bool(rc.test.p_value < a),
+                           bound=_finite(rc.r_bound), margin=rule.equivalence_r,
+                           params={"alpha": a, **_p_floor(rc.test), "sd": rc.test.statistic,
+                                   "mean_same": rc.mean_same, "mean_cross": rc.mean_cross})]
     return tuple(rows)
 
 
 def noise_floor_criterion(evidence: RoutingEvidence, rule: DecisionRule) -> Criterion:
     """The noise-floor row: the split-half reliability of C_jac^spec, against `min_reliability`."""
     nf = evidence.noise_floor
-    return Criterion("KD-specific routing reproduces across control draws", "noise floor",
-                     "split-half reliability of C_jac^spec (Spearman–Brown)", nf.reliability_jac,
-                     f"two halves of the control draws ({nf.half_draws[0]} + {nf.half_draws[1]}); delete-one-KD "
-                     "jackknife SE", f"unreliable: < {rule.min_reliability:g}", None,
+    return Criterion("noise_floor", "noise_floor", nf.reliability_jac, None,
                      bool(nf.reliability_jac >= rule.min_reliability),
-                     note=f"half r {nf.half_r_jac:.4g} (SE {nf.half_r_jac_se:.2g}); C_out reliability "
-                          f"{nf.reliability_out:.4g}; Mantel r corrected for attenuation {nf.corrected_r:.3f}")
+                     params={"min_reliability": rule.min_reliability, "half_draws": nf.half_draws,
+                             "half_r_jac": nf.half_r_jac, "half_r_jac_se": nf.half_r_jac_se,
+                             "reliability_out": nf.reliability_out, "corrected_r": nf.corrected_r})
 
 
 def reported_criteria(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None) -> tuple:
@@ -208,38 +201,34 @@ def reported_criteria(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvi
     c = evidence.raw_contrast or evidence.contrast
     m = evidence.raw_mantel or evidence.mantel_pearson
     rows = [
-        Criterion("Same-cluster KDs share routing", "seed (reported)", "mean C_jac same − cross", c.difference,
-                  "Wilcoxon rank-sum on pairs (anti-conservative: pairs share KDs)", f"p < {a}, same > cross",
-                  _p(c.rank_sum_p), bool(c.rank_sum_p < a and c.difference > 0), note=f"AUC {c.auc:.3f}"),
-        Criterion("Output similarity predicts routing similarity", "seed (reported)", "Pearson r(C_out, C_jac)",
-                  m.statistic, "none (pair-level)", f"r > {rule.min_r}", None, bool(m.statistic > rule.min_r)),
+        Criterion("seed_contrast", "seed", c.difference, _p(c.rank_sum_p), bool(c.rank_sum_p < a and c.difference > 0),
+                  params={"alpha": a, "auc": c.auc}),
+        Criterion("seed_mantel", "seed", m.statistic, None, bool(m.statistic > rule.min_r), params={"min_r": rule.min_r}),
     ]
     if evidence.partial_mantel is not None:
         pm = evidence.partial_mantel
-        rows.append(Criterion("Routing adds to the encoder geometry", "reported", "partial Mantel r(C_jac, C_out | C_rep)",
-                              pm.statistic, f"studentized partial Mantel ({pm.null_phrase('KD-label permutations')}); "
-                              "not valid under a shared cause, never decides", f"p < {a}", _p(pm.p_value),
-                              bool(pm.p_value < a and pm.statistic > 0)))
+        rows.append(Criterion("partial_mantel", "reported", pm.statistic, _p(pm.p_value),
+                              bool(pm.p_value < a and pm.statistic > 0), params={"alpha": a, **_p_floor(pm)}))
     if svd is not None:
+        held = [x for x in svd.axes if x.interpretable(svd.fdr)]
         rows += [
-            Criterion("SVD axes are biologically interpretable (seed's literal test)", "SVD (reported)",
-                      "max FDR of axis-1 gene and KD enrichment", max(svd.seed_gene_fdr, svd.seed_kd_fdr),
-                      "prerank GSEA of gene loadings and of KD scores (BH-FDR), any terms",
-                      f"both FDR < {svd.fdr}", None, svd.seed_held,
-                      note=f"genes: {svd.seed_gene_term}; KDs: {svd.seed_kd_term} (NES {svd.seed_kd_nes:+.2f})"),
-            Criterion("SVD axes show the same biology on both sides", "SVD (reported)",
-                      f"interpretable axes among the first {svd.n_axes}", float(svd.n_interpretable),
-                      "one pathway enriched in the gene loadings and, at the high-score end, in the KD scores "
-                      "(unit-norm Jacobians)", f"≥ 1 axis, FDR < {svd.fdr}", None, svd.n_interpretable > 0,
-                      note=_axes_note(svd)),
-            Criterion("Routing axes carry what output axes do not", "SVD (reported)",
-                      "largest principal angle to ΔY's axes (cos)", svd.min_principal_cosine,
-                      "gene loadings of the routing SVD vs the SVD of unit-norm ΔY", "an interpretable axis with "
-                      f"overlap < {svd.overlap_threshold}", None, svd.n_beyond_output > 0,
-                      note=f"{svd.n_beyond_output} interpretable routing axes outside ΔY's axes; ΔY's own SVD has "
-                           f"{svd.n_output_interpretable} interpretable axes"),
+            Criterion("svd_seed", "svd", max(svd.seed_gene_fdr, svd.seed_kd_fdr), None, svd.seed_held,
+                      params={"fdr": svd.fdr, "gene_term": svd.seed_gene_term, "kd_term": svd.seed_kd_term,
+                              "kd_nes": svd.seed_kd_nes}),
+            Criterion("svd_both_sides", "svd", float(svd.n_interpretable), None, svd.n_interpretable > 0,
+                      params={"fdr": svd.fdr, "n_axes": svd.n_axes,
+                              "axes": [{"axis": x.axis, "term": x.term, "kd_nes": x.kd_nes, "gene_nes": x.gene_nes}
+                                       for x in held]}),
+            Criterion("svd_beyond_output", "svd", svd.min_principal_cosine, None, svd.n_beyond_output > 0,
+                      params={"overlap_threshold": svd.overlap_threshold, "n_beyond_output": svd.n_beyond_output,
+                              "n_output_interpretable": svd.n_output_interpretable}),
         ]
     return tuple(rows)
+
+
+def _sign_flip_floor(gain) -> dict:
+    """A cluster sign-flip p's floor: none when every pattern was enumerated, else the sampled patterns."""
+    return {"n_permutations": 0 if gain.exact else gain.n_sign_patterns}
 
 
 def use_criteria(substitution: SubstitutionTest, interchange: InterchangeTest | None,
@@ -252,23 +241,17 @@ def use_criteria(substitution: SubstitutionTest, interchange: InterchangeTest | 
         support = ("used" if g.p_value < a and g.estimate >= m else "not used" if g.bound < m else "neither")
     else:
         support = "neither"
-    rows = [Criterion("A cluster's shared embedding reproduces its KDs' responses", "decides (use)",
-                      "mean cos(ΔY(cluster centroid), ΔY_k) − mean cos(ΔY(random-group centroid), ΔY_k)", g.estimate,
-                      f"leave-one-out centroid substitution through the model's forward, {s.random_groups} random "
-                      f"groups per KD; one-sided cluster sign-flip over {g.n_clusters} clusters; delete-one-cluster "
-                      "jackknife bound (t)", f"used: gain ≥ {m:g}, p < {a}; not used: bound < {m:g}",
-                      _p(g.p_value), support == "used", support,
-                      f"{s.n_kds} KDs; cos {s.cosine:.3f} (random groups {s.random_cosine:.3f}); share reproduced "
-                      f"{s.share:.3f} (random {s.random_share:.3f}); median size ratio {s.size_ratio:.2f}",
-                      _finite(g.bound), m)]
+    rows = [Criterion("substitution", "decides_use", g.estimate, _p(g.p_value), support == "used", support,
+                      _finite(g.bound), m,
+                      {"alpha": a, **_sign_flip_floor(g), "random_groups": s.random_groups, "n_clusters": g.n_clusters,
+                       "n_kds": s.n_kds, "cosine": s.cosine, "random_cosine": s.random_cosine, "share": s.share,
+                       "random_share": s.random_share, "size_ratio": s.size_ratio})]
     if interchange is not None:
         i = interchange
-        rows.append(Criterion("Swapping the cluster-shared component moves the response to the other cluster",
-                              "interventions (reported)", "interchange accuracy − random-subspace swap", i.gain.estimate,
-                              f"projection on the span of {i.rank} cluster centroids swapped; one-sided cluster "
-                              "sign-flip", f"p < {a}", _p(i.gain.p_value), bool(i.gain.p_value < a and i.gain.estimate > 0),
-                              note=f"accuracy {i.accuracy:.2f} vs {i.null_accuracy:.2f} for a random subspace of the "
-                                   f"same rank ({i.n_kds} KDs)"))
+        rows.append(Criterion("interchange", "interventions", i.gain.estimate, _p(i.gain.p_value),
+                              bool(i.gain.p_value < a and i.gain.estimate > 0),
+                              params={"alpha": a, **_sign_flip_floor(i.gain), "rank": i.rank, "accuracy": i.accuracy,
+                                      "null_accuracy": i.null_accuracy, "n_kds": i.n_kds}))
     return tuple(rows)
 
 
@@ -309,12 +292,3 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
     if call in READS_SPECIFIC_STRUCTURE and nf is not None and nf.reliability_jac < rule.min_reliability:
         call = "unreliable"
     return Verdict(call, criteria, use=use)
-
-
-def _axes_note(svd: SvdEvidence) -> str:
-    """The interpretable routing axes, for the SVD row's note."""
-    held = [a for a in svd.axes if a.interpretable(svd.fdr)]
-    if not held:
-        return "no axis shows one pathway on both sides"
-    return "; ".join(f"axis {a.axis}: {a.term} (KD NES {a.kd_nes:+.2f}, genes {'up' if a.gene_nes > 0 else 'down'})"
-                     for a in held)
