@@ -18,6 +18,7 @@ from analysis.stats.evidence import core_evidence, routing_evidence
 from analysis.stats.mantel import kd_bootstrap_ci, mantel, partial_mantel, within_cluster_mantel
 from analysis.stats.nulls import BORDERLINE, borderline_rule, refer
 from analysis.stats.pairs import rank_matrix, upper
+from analysis.present.wording import words
 
 
 # ---------------------------------------------------------------- oracles, written from the definitions
@@ -293,10 +294,10 @@ def test_the_switch_chooses_the_reference_by_k_and_the_records_say_which(world):
         # C × C means, and the within-cluster blocks: permuted at any K
         assert evidence.cluster_level.n_permutations == 99
         assert (evidence.within_mantel.reference, evidence.within_mantel.n_permutations) == ("permutation", 99)
-    rows = verdict.deciding_criteria(evidence, default_decision_rule())
+    rows = [words(row) for row in verdict.deciding_criteria(evidence, default_decision_rule())]
     assert "99 KD-label permutations" in rows[0].test and "99 cluster-label permutations" in rows[1].test
     normal = core_evidence(world.c_out, world.c_jac, world.labels, 99, 0, 0, normal_reference_kds=90)
-    for row, test in zip(verdict.deciding_criteria(normal, default_decision_rule()),
+    for row, test in zip(map(words, verdict.deciding_criteria(normal, default_decision_rule())),
                          (normal.mantel_pearson, normal.contrast.test)):
         assert "normal reference" in row.test
         assert ("near α 99" in row.test) if test.reference == "normal+permutation" else ("permutations" not in row.test)
