@@ -90,3 +90,9 @@ def select_kds(config: AnalysisConfig, perturbation_names, data_perts: set) -> t
     if not kds:
         raise InputError(str(config.h5ad), f"none of the run's perturbations occur in cell line '{config.cell_line}'")
     return tuple(kds)
+
+
+def intra_op_threads() -> int:
+    """The threads torch's CPU kernels use in this process (the Ray workers are started with the same count:
+    `pipeline.executors.init_ray`)."""
+    return torch.get_num_threads()

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from ..config import PACKAGE_DIR
 from ..errors import InputError
+from ..model.cells import intra_op_threads
 
 Task = TypeVar("Task")
 Result = TypeVar("Result")
@@ -207,12 +208,16 @@ class RayExecutor:
 def init_ray(address: str | None = None, **options) -> None:
     """Start a local Ray instance (address None) or join a cluster ("auto", "ray://host:port"), with this package's
     code shipped to its workers (`runtime_env` py_modules) and Ray's own logs kept off the console.
+    Workers start with the driver's intra-op thread count: Ray sets OMP_NUM_THREADS=1 for a one-CPU worker, and torch
+    started with one thread rounds the Jacobians' float32 sums differently (≈ 1e-8 on the tiny run: its shards'
+    bytes differed from the local executor's), so the workers must do the driver's arithmetic.
     `options`: more `ray.init` arguments (e.g. num_cpus=2). A connection failure is one InputError line."""
     import ray
 
+    env = {"OMP_NUM_THREADS": str(intra_op_threads())}
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 runtime_env={"py_modules": [str(PACKAGE_DIR)]}, **options)
+                 runtime_env={"py_modules": [str(PACKAGE_DIR)], "env_vars": env}, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError("[runtime].ray_address", f"cannot start or join Ray at {address!r} ({first[:200]})") from None
