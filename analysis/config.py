@@ -40,7 +40,12 @@ class DecisionRule:
     on the r scale, for both deciding criteria (an upper bound below it rules the effect out: for the contrast, its
     bound as a point-biserial r); min_contrast: the same − cross difference of C_jac^spec, in SDs, needed for Model
     B; min_specific_share: the KD-specific share of the (unit-norm) Jacobian energy below which routing is one
-    global readout whatever its structure (a numerical floor: one linear map for every KD measured 2.5e-6 on the known answer); global_share:
+    global readout whatever its structure (a numerical floor: one linear map for every KD measured 2.5e-6 on the known
+    answer); min_response_share: the median share of each KD's first-order response (‖J_k^⊥·Δp_k‖ / ‖J_k·Δp_k‖,
+    `stats.decomposition.response_shares`) the KD-specific routing must produce for its structure to be read — below
+    it one global readout produces the responses, whatever the KD-specific part's structure (0.2 of the norm, 4 % of
+    the energy: early-stopped genuine runs measured 0.01–0.05, trained ones 0.34–0.39, planted routing 0.83–0.91,
+    routing identical up to noise at cos 0.98 about 0.14); global_share:
     the common share at or above which routing whose KD-specific part follows no cluster is a global readout
     (below it: per-KD routing); min_cluster_share: same − cross mean C_jac^spec (the share of the KD-specific
     energy shared within clusters) needed for Model B besides its SD — a structure of a few 1/K, which the common
@@ -56,6 +61,7 @@ class DecisionRule:
     equivalence_r: float
     min_contrast: float
     min_specific_share: float
+    min_response_share: float
     global_share: float
     min_cluster_share: float
     substitution_margin: float
@@ -100,6 +106,7 @@ class AnalysisConfig:
     equivalence_r: float = 0.1  # smallest effect of interest (r scale, both criteria): a bound below it rules out
     min_contrast: float = 0.5  # same − cross C_jac^spec, in SDs of C_jac^spec, needed for Model B
     min_specific_share: float = 1e-4  # KD-specific share of the Jacobian energy below which routing is one readout
+    min_response_share: float = 0.2  # median share of the response the KD-specific routing must produce to be read
     global_share: float = 0.5  # common share at or above which unstructured KD-specific routing is a global readout
     min_cluster_share: float = 0.1  # same − cross mean C_jac^spec (share of KD-specific energy) needed for Model B
     random_groups: int = 8  # random-group centroids per KD, the reference of centroid substitution
@@ -152,8 +159,8 @@ class AnalysisConfig:
 
 
 # The config fields the verdict's rule is built from, in `DecisionRule`'s order.
-RULE_FIELDS = ("alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share",
-               "min_cluster_share", "substitution_margin", "min_reliability")
+RULE_FIELDS = ("alpha", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "min_response_share",
+               "global_share", "min_cluster_share", "substitution_margin", "min_reliability")
 
 
 def default_decision_rule() -> DecisionRule:
@@ -169,9 +176,8 @@ _SECTIONS = {
     "effects": {"set_size", "n_draws", "seed"},
     "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype"},
     "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
-                   "normal_reference_kds",
-                   "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share", "global_share", "min_cluster_share",
-                   "min_reliability", "n_axes"},
+                   "normal_reference_kds", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share",
+                   "min_response_share", "global_share", "min_cluster_share", "min_reliability", "n_axes"},
     "interventions": {"random_groups", "substitution_margin"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
     "quality": {"held_out_kds", "min_observed_cells", "de_metrics"},
@@ -208,6 +214,7 @@ _RANGES = {
     "equivalence_r": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "min_contrast": (lambda v: v >= 0, "a number >= 0 (SDs of C_jac)"),
     "min_specific_share": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "min_response_share": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "global_share": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "min_cluster_share": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "min_reliability": (lambda v: -1 <= v <= 1, "a number in [-1, 1]"),

@@ -110,15 +110,15 @@ class RoutingResult:
     c_jac: np.ndarray
     c_rep: np.ndarray
     gram: np.ndarray  # [K, K] Gram of the flattened Jacobians, ⟨J_k, J_l⟩
-    variance_explained: np.ndarray
-    kd_scores: np.ndarray  # [K, A] routing SVD (unit-norm Jacobians)
+    variance_explained: np.ndarray  # [A] shares of the KD-specific routing energy (`stats.gram.JacobianSVD`)
+    kd_scores: np.ndarray  # [K, A] routing axes: SVD of the KD-specific part of the unit-norm Jacobians
     gene_loadings: np.ndarray  # [A, G]
     output_kd_scores: np.ndarray  # [K, A] SVD of unit-norm ΔY
     output_gene_loadings: np.ndarray  # [A, G]
     evidence: RoutingEvidence
     svd: SvdEvidence
     svd_enrichment: pd.DataFrame
-    linearity: pd.DataFrame
+    first_order: pd.DataFrame  # per KD: kd, cluster, explained, common_share, specific_share, jacobian_norm
     verdict: Verdict
     prior_work: dict  # numbers behind the original plan's prior-work rows (`stats.prior_work`)
     seconds: Annotated[dict, Measured]  # wall time of each stage of the line: effects, jacobians, routing
@@ -126,6 +126,7 @@ class RoutingResult:
     jacobian_device: Annotated[str, Measured]  # where the Jacobians were computed, e.g. "cuda:0 (NVIDIA H100)" or "cpu"
     c_jac_specific: np.ndarray  # [K, K] C_jac^spec, the KD-specific routing the criteria read
     input_directions: np.ndarray  # [A, H] each routing axis's pert_repr factor (unit norm)
+    common_gene_loading: np.ndarray  # [G] the common routing direction's leading gene factor
     depth: tuple[DepthRouting, ...] = ()  # routing read at each backbone block, in depth order
 
 
@@ -422,6 +423,20 @@ class Decomposition:
 
 
 @dataclass(frozen=True)
+class ResponseShares:
+    """What produces the responses (`stats.decomposition.response_shares`), over the n_kds strong-effect KDs: the
+    median of ‖c_k‖ / ‖y_k‖ (common routing, `common_median`) and of ‖s_k‖ / ‖y_k‖ (KD-specific routing,
+    `specific_median`; its 90th percentile `specific_q90`), y_k = J_k·Δp_k the first-order response; and the median
+    share of ΔY_k that y_k explains (`explained_median`: the shares describe ΔY_k as far as it does)."""
+
+    n_kds: int
+    common_median: float
+    specific_median: float
+    specific_q90: float
+    explained_median: float
+
+
+@dataclass(frozen=True)
 class DepthRouting:
     """Routing read at one depth: the Jacobians of backbone block ℓ's set-mean hidden state w.r.t. pert_repr ([D, H]
     per KD), split as the output's are (`stats.decomposition.decompose`), with the two deciding statistics on their
@@ -514,6 +529,7 @@ class RoutingEvidence:
     cluster_level: ClusterLevel | None = None  # r over between-cluster means (separates, never decides)
     borderline: tuple[float, float] | None = None
     borderline_permutations: int = 0
+    response: ResponseShares | None = None  # what produces the responses (None: no Jacobians' responses, e.g. worlds)
 
 
 @dataclass(frozen=True)
@@ -597,7 +613,8 @@ class Criterion:
 class Verdict:
     """The call and the rows it rests on. call: one of `CALLS`; degenerate_matrix: "C_out" when the call is
     "degenerate" (responses all alike), "C_jac" when it is "global readout" by the floor (the KD-specific share of
-    the Jacobian energy below `min_specific_share`), else "".
+    the Jacobian energy below `min_specific_share`), "response" when it is "global readout" because the KD-specific
+    routing produces less than `min_response_share` of the responses, else "".
     The words (meaning, reason, caveat) are the presentation's (`present.prose`)."""
 
     call: str

@@ -6,11 +6,11 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from analysis.config import default_decision_rule
-from analysis.results import ClusterContrast, Decomposition, RoutingEvidence, Spread, StudentizedTest
+from analysis.results import ClusterContrast, Decomposition, ResponseShares, RoutingEvidence, Spread, StudentizedTest
 from analysis.stats import axes, clustering, enrichment, verdict
 from analysis.stats.contrast import cluster_contrast
-from analysis.stats.decomposition import decompose
-from analysis.stats.evidence import core_evidence, linearity, routing_by_depth, routing_evidence
+from analysis.stats.decomposition import common_loadings, decompose, response_shares
+from analysis.stats.evidence import core_evidence, routing_by_depth, routing_evidence
 from analysis.stats.gram import cosine_from_gram, jacobian_svd, stream_gram
 from analysis.stats.mantel import kd_bootstrap_ci, mantel, partial_mantel, within_cluster_mantel
 from analysis.stats.nulls import p_greater
@@ -42,41 +42,62 @@ def test_streamed_gram_equals_direct_product_with_a_tiny_memory_budget(planted):
     assert np.allclose(stream_gram(shards), flat @ flat.T)
 
 
+def specific_svd_oracle(flat: np.ndarray):
+    """Explicit vectors: u_k = J_k/‖J_k‖, ĝ = Σu/‖Σu‖, u_k^⊥ = u_k − (u_k·ĝ)ĝ, and numpy's SVD of the u_k^⊥."""
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    common = unit.sum(axis=0) / np.linalg.norm(unit.sum(axis=0))
+    perp = unit - np.outer(unit @ common, common)
+    u, s, vt = np.linalg.svd(perp, full_matrices=False)
+    return common, perp, u, s, vt
+
+
 def test_lanczos_path_matches_numpy(tmp_path):
     """With many KDs and few axes the leading eigenpairs come from Lanczos: same answer."""
     rng = np.random.default_rng(3)
     stacked = (rng.normal(size=(60, 1)) * rng.normal(size=(1, 40)) + 0.3 * rng.normal(size=(60, 40))).reshape(60, 8, 5)
     shards = write_shards(tmp_path, stacked, shard_kds=16)
     flat = stacked.reshape(60, -1).astype(np.float32).astype(np.float64)
-    u, s, _ = np.linalg.svd(flat / np.linalg.norm(flat, axis=1, keepdims=True), full_matrices=False)
+    _, _, u, s, _ = specific_svd_oracle(flat)
     svd = jacobian_svd(flat @ flat.T, shards, np.ones((60, 8)), n_axes=3)
     assert np.allclose(svd.singular_values, s[:3]) and np.allclose(np.abs(svd.kd_scores), np.abs(u[:, :3] * s[:3]), atol=1e-6)
 
 
-def test_svd_through_the_gram_matches_numpy(planted):
+def test_svd_of_the_kd_specific_part_through_the_gram_matches_numpy(planted):
+    """The routing axes are the SVD of the KD-specific part u_k^⊥ (the common direction ĝ is reported apart):
+    against explicit vectors and numpy's SVD."""
     stacked, shards = planted
     flat = stacked.reshape(len(stacked), -1).astype(np.float64)
-    # The SVD is of unit-norm Jacobians (so large-norm KDs do not define the axes by size alone).
-    u, s, vt = np.linalg.svd(flat / np.linalg.norm(flat, axis=1, keepdims=True), full_matrices=False)
+    common, perp, u, s, vt = specific_svd_oracle(flat)
     svd = jacobian_svd(flat @ flat.T, shards, np.ones((23, 12)), n_axes=3)
     assert np.allclose(svd.singular_values[:3], s[:3])
     assert np.allclose(np.abs(svd.kd_scores), np.abs(u[:, :3] * s[:3]), atol=1e-8)
     assert np.allclose(np.abs(svd.axes.reshape(3, -1)), np.abs(vt[:3]), atol=1e-8)
     assert np.allclose(svd.variance_explained, s[:3] ** 2 / (s**2).sum())
-    # U s Vᵀ rebuilds the stack along the leading axes.
+    assert np.allclose(svd.common_direction.reshape(-1), common, atol=1e-8)
+    # U s Vᵀ rebuilds the KD-specific stack along the leading axes.
     rebuilt = svd.kd_scores @ svd.axes.reshape(3, -1)
     assert np.allclose(rebuilt, (u[:, :3] * s[:3]) @ vt[:3], atol=1e-8)
+    # ĝ's leading gene factor: numpy's, signed with the mean response (here all ones)
+    left = np.linalg.svd(common.reshape(12, 5))[0][:, 0]
+    assert np.allclose(svd.common_gene_loading, left * np.sign(left.sum()), atol=1e-8)
 
 
-def test_one_large_jacobian_does_not_define_the_first_axis(tmp_path):
-    """A KD with a 100× Jacobian norm dominates an uncentred raw SVD; on unit-norm rows the shared direction wins."""
+def test_a_jacobian_s_size_does_not_move_the_axes(tmp_path):
+    """Unit norm: one KD's Jacobian scaled by 100 leaves ĝ and the routing axes as they were (an uncentred SVD of raw
+    Jacobians would give that KD the first axis by size alone); the shared direction is the common component."""
     rng = np.random.default_rng(9)
     shared = rng.normal(size=40)
     stacked = shared + 0.3 * rng.normal(size=(30, 40))
-    stacked[0] = 100 * rng.normal(size=40)
-    flat = stacked.astype(np.float32).astype(np.float64)
-    svd = jacobian_svd(flat @ flat.T, write_shards(tmp_path, stacked.reshape(30, 8, 5), 8), np.ones((30, 8)), 2)
-    assert abs(svd.kd_scores[0, 0]) < np.median(np.abs(svd.kd_scores[1:, 0]))
+    results = []
+    for scale in (1.0, 100.0):
+        scaled = stacked.copy()
+        scaled[0] *= scale
+        flat = scaled.astype(np.float32).astype(np.float64)
+        results.append(jacobian_svd(flat @ flat.T, write_shards(tmp_path / f"x{scale:g}", scaled.reshape(30, 8, 5), 8),
+                                    np.ones((30, 8)), 2))
+    assert np.allclose(results[0].singular_values, results[1].singular_values, rtol=1e-5)
+    assert np.allclose(results[0].common_direction, results[1].common_direction, atol=1e-6)
+    assert abs(results[0].common_direction.reshape(-1) @ shared / np.linalg.norm(shared)) > 0.95
 
 
 def test_subspace_overlap_against_principal_angles():
@@ -261,9 +282,50 @@ def test_the_mantel_statistics_read_the_strong_effect_kds_only():
     assert verdict.decide(evidence, default_decision_rule()).call == "cluster circuits"
 
 
-def test_linearity_share():
-    delta = np.array([[1.0, 0.0], [2.0, 2.0]])
-    assert np.allclose(linearity(delta, np.array([[1.0, 0.0], [0.0, 0.0]])), [1.0, 0.0])
+def test_response_shares_against_explicit_parts():
+    """c_k = (J_k·ĝ) ĝ Δp_k and s_k = J_k Δp_k − c_k from explicit vectors (the oracle), against `common_loadings`
+    (from the Gram alone) and `response_shares`; and the planted extremes: one map for every KD produces the whole
+    response through the common routing; a common direction orthogonal to every Δp_k produces none of it."""
+    rng = np.random.default_rng(4)
+    n_kds, genes, hidden = 12, 7, 5
+    jac = rng.normal(size=(n_kds, genes, hidden)) + 2 * rng.normal(size=(genes, hidden))
+    delta_p = rng.normal(size=(n_kds, hidden))
+    flat = jac.reshape(n_kds, -1)
+    gram = flat @ flat.T
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    common = unit.sum(axis=0) / np.linalg.norm(unit.sum(axis=0))
+    along = flat @ common
+    assert np.allclose(common_loadings(gram), along)
+    produced = np.einsum("kgh,kh->kg", jac, delta_p)
+    c = along[:, None] * (delta_p @ common.reshape(genes, hidden).T)
+    labels = np.repeat([1, 2, 3], 4)
+    summary, frame = response_shares(along, common.reshape(genes, hidden), delta_p, produced, produced, labels)
+    share = np.linalg.norm(produced - c, axis=1) / np.linalg.norm(produced, axis=1)
+    assert np.allclose(frame["specific_share"], share)
+    assert np.allclose(frame["common_share"], np.linalg.norm(c, axis=1) / np.linalg.norm(produced, axis=1))
+    assert summary.specific_median == pytest.approx(np.median(share)) and np.allclose(frame["explained"], 1.0)
+
+    one_map = np.broadcast_to(jac[0], jac.shape) * rng.uniform(0.5, 2, size=(n_kds, 1, 1))  # gains differ, routing not
+    flat = one_map.reshape(n_kds, -1)
+    summary, _ = response_shares(common_loadings(flat @ flat.T), jac[0] / np.linalg.norm(jac[0]), delta_p,
+                                 np.einsum("kgh,kh->kg", one_map, delta_p), np.einsum("kgh,kh->kg", one_map, delta_p),
+                                 labels)
+    assert summary.specific_median < 1e-9 and summary.common_median == pytest.approx(1.0)
+
+    # the common direction reads an input coordinate no Δp_k moves: most of the energy, none of the response
+    blind = np.zeros((genes, hidden))
+    blind[:, 0] = 10 * rng.normal(size=genes)
+    noise = 0.3 * rng.normal(size=(n_kds, genes, hidden))
+    routed = blind + noise - noise.mean(axis=0)  # centred: no KD-specific part leaks into ĝ (12 KDs would leak 1/√12)
+    delta_p[:, 0] = 0.0
+    flat = routed.reshape(n_kds, -1)
+    gram = flat @ flat.T
+    assert decompose(gram)[0].common_share > 0.9
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    direction = (unit.sum(axis=0) / np.linalg.norm(unit.sum(axis=0))).reshape(genes, hidden)
+    produced = np.einsum("kgh,kh->kg", routed, delta_p)
+    summary, _ = response_shares(common_loadings(gram), direction, delta_p, produced, produced, labels)
+    assert summary.common_median < 0.05 and summary.specific_median > 0.95
 
 
 # ---------------------------------------------------------------- the call, from records built by hand
@@ -290,7 +352,8 @@ def evidence(mantel, contrast, spread=SPREAD, decomposition=SPLIT):
 
 def test_the_default_rule_is_the_one_these_records_were_built_for():
     assert (RULE.alpha, RULE.min_r, RULE.equivalence_r, RULE.min_contrast, RULE.min_specific_share,
-            RULE.global_share, RULE.min_cluster_share) == (0.05, 0.3, 0.1, 0.5, 1e-4, 0.5, 0.1)
+            RULE.min_response_share, RULE.global_share, RULE.min_cluster_share) == (0.05, 0.3, 0.1, 0.5, 1e-4, 0.2,
+                                                                                  0.5, 0.1)
 
 
 @pytest.mark.parametrize("mantel, contrast, call", [
@@ -310,6 +373,32 @@ def test_the_call_follows_what_each_deciding_row_supports(mantel, contrast, call
     assert tuple(c.supports for c in result.deciding) == expected_supports
     q = 20 / 190  # the contrast row reads on the r scale: the standardized difference × √(q(1 − q))
     assert [c.value for c in result.deciding] == [mantel.statistic, pytest.approx(contrast.statistic * np.sqrt(q * (1 - q)))]
+
+
+def shares(specific, explained=0.99):
+    return ResponseShares(n_kds=20, common_median=1 - specific, specific_median=specific, specific_q90=specific * 1.5,
+                          explained_median=explained)
+
+
+def test_the_response_shares_decide_whether_kd_specific_structure_is_read():
+    """What produces the responses decides first: a KD-specific routing that produces 5 % of each response is one
+    global readout whatever the rows show (an early-stopped run just above the energy floor); at 34 % the rows decide
+    (cluster circuits); ruled-out rows with a material KD-specific share are per-KD whatever the energy share; where
+    the first order explains less than half of ΔY_k the shares are not read and the energy rule stands."""
+    from dataclasses import replace as with_
+
+    common = Decomposition(common_share=0.9999, specific_share=1.08e-4, spec_mean=0.1, spec_sd=0.2)
+    base = evidence(MANTEL_B, CONTRAST_B, decomposition=common)
+    result = verdict.decide(with_(base, response=shares(0.011)), RULE)
+    assert (result.call, result.degenerate_matrix) == ("global readout", "response")
+    row = next(c for c in result.criteria if c.id == "response_share")
+    assert row.family == "decides_share" and not row.held and row.params["read"]
+    assert verdict.decide(with_(base, response=shares(0.34)), RULE).call == "cluster circuits"
+    assert verdict.decide(with_(base, response=shares(0.011, explained=0.3)), RULE).call == "cluster circuits"
+    ruled_out = evidence(MANTEL_A, CONTRAST_A, decomposition=Decomposition(0.8, 0.2, 0.1, 0.2))
+    assert verdict.decide(ruled_out, RULE).call == "global readout"  # no response shares: the energy rule
+    assert verdict.decide(with_(ruled_out, response=shares(0.4)), RULE).call == "per-KD"
+    assert verdict.decide(with_(ruled_out, response=shares(0.1)), RULE).call == "global readout"
 
 
 def test_responses_all_alike_are_degenerate_on_c_out_whatever_the_rows_support():

@@ -32,7 +32,7 @@ def similarity_heatmaps(results: Results, line: int = 0) -> alt.ConcatChart:
 
 
 def linearity_by_cluster(results: Results, line: int = 0) -> alt.LayerChart:
-    return drawing.linearity_by_cluster(results.lines[line].routing.linearity)
+    return drawing.linearity_by_cluster(results.lines[line].routing.first_order)
 
 
 def substitution_by_cluster(results: Results, line: int = 0) -> alt.LayerChart:

@@ -375,7 +375,7 @@ def svd_overview(variance_explained: np.ndarray, kd_scores: np.ndarray, kd_names
                           "cumulative": np.cumsum(variance_explained)[:n_show]})
     base = alt.Chart(scree).encode(x=alt.X("axis:O", title="SVD axis", axis=alt.Axis(labelAngle=0)))
     scree_chart = (base.mark_bar(color="#4c78a8").encode(
-        y=alt.Y("share:Q", title="share of the unit-norm Jacobians' total", axis=alt.Axis(format="%")),
+        y=alt.Y("share:Q", title="share of the KD-specific routing energy", axis=alt.Axis(format="%")),
         tooltip=["axis", alt.Tooltip("share:Q", format=".1%"), alt.Tooltip("cumulative:Q", format=".1%")])
         + base.mark_line(color="#d62728", point=True).encode(y="cumulative:Q")).properties(
         width=alt.Step(18), height=220, title=alt.Title("Variance explained", subtitle="bars: each axis; line: cumulative"))

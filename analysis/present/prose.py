@@ -24,8 +24,8 @@ CALL_MEANINGS = {
                         "routing that KDs of other clusters do not",
     "per-KD": "per-KD routing (evidence for Model A) — most of the routing is KD-specific and its sharing within "
               "output clusters is smaller than the smallest effect of interest",
-    "global readout": "global readout — one routing carries most of every KD's Jacobian, and what is KD-specific is "
-                      "negligible or follows no output cluster",
+    "global readout": "global readout — one routing produces most of every KD's response, and what is KD-specific "
+                      "is negligible or follows no output cluster",
     "mixed": "mixed — one deciding criterion shows cluster sharing of KD-specific routing, the other rules it out",
     "inconclusive": "inconclusive — the deciding criteria neither both show cluster sharing of KD-specific routing "
                     "nor both rule it out",
@@ -90,12 +90,24 @@ def reason(routing: RoutingResult) -> str:
         return (f"{share}, below the floor {shares['min_specific_share']:g}: every KD is routed the same way, and any "
                 "structure in the KD-specific remainder is too small a share to read (its correlations are reported, "
                 "not read).")
+    produced = produced_by(routing)
+    share = f"{share}; {produced}" if produced else share
+    if verdict.call == "global readout" and verdict.degenerate_matrix == "response":
+        minimum = criterion(verdict, "response_share").params["min_response_share"]
+        return (f"{share} — below the share of interest {minimum:g}: one readout produces the responses, whatever "
+                "the structure of the KD-specific remainder (its rows are reported, not read).")
     rows = "; ".join(_explain(row) for row in verdict.deciding)
     tail = ""
+    read_response = produced and criterion(verdict, "response_share").params["read"]
     if verdict.call == "global readout":
         tail = f"; the common share is at least {shares['global_share']:g}, so routing is one global readout"
+    elif verdict.call == "per-KD" and read_response:
+        tail = "; the KD-specific routing produces a material share of the responses and follows no output cluster"
     elif verdict.call == "per-KD":
         tail = f"; the common share is below {shares['global_share']:g}, so most routing is KD-specific"
+    elif verdict.call == "cluster circuits" and read_response:
+        tail = (f"; so routing shared within output clusters adds a median "
+                f"{evidence.response.specific_median:.0%} to each response the common readout produces")
     elif verdict.call == "unreliable":
         nf = evidence.noise_floor
         tail = (f"; but the KD-specific structure these rows read does not reproduce across control draws "
@@ -103,6 +115,21 @@ def reason(routing: RoutingResult) -> str:
                 f"{criterion(verdict, 'noise_floor').params['min_reliability']:g}), so they read "
                 "draw-to-draw noise, not routing")
     return f"{share}; {rows}{tail}.{_within(routing)}{noise_floor(routing)}"
+
+
+def produced_by(routing: RoutingResult) -> str:
+    """What produces the responses, as one clause ("" when not measured): the common readout's and the KD-specific
+    routing's median shares of the first-order response, or why they are not read."""
+    r, verdict = routing.evidence.response, routing.verdict
+    if r is None:
+        return ""
+    q = criterion(verdict, "response_share").params
+    if not q["read"]:
+        return (f"the first order J_k·Δp_k explains a median {r.explained_median:.0%} of ΔY_k (below "
+                f"{q['first_order_explained']:.0%}), so what produces the responses is not read from it")
+    return (f"one global readout of the geometry produces a median {r.common_median:.0%} of each KD's first-order "
+            f"response and the KD-specific routing {r.specific_median:.0%} (90th percentile {r.specific_q90:.0%}; "
+            f"the first order explains a median {r.explained_median:.0%} of ΔY_k)")
 
 
 def noise_floor(routing: RoutingResult) -> str:

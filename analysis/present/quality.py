@@ -71,6 +71,23 @@ def _values(quality: QualityResult, predictor: str, reference: str, metric: str 
     return float(row[metric].iloc[0]) if len(row) else float("nan")
 
 
+def not_learned(results: Results) -> str:
+    """One sentence beside the call when the model predicts the observed responses worse than the mean-response
+    baseline on most scored KDs ("" otherwise, or when Part 0 did not score): an analysis of routing in a model that
+    has not learned the responses is about that model, not the biology."""
+    quality = results.quality
+    if quality is None or quality.status:
+        return ""
+    scored = quality.kd_table.loc[quality.kd_table["predictor"] == "model", "kd"].nunique()
+    better = len(quality.well_predicted)
+    if scored == 0 or better * 2 >= scored:
+        return ""
+    return (f"The model predicts the observed responses better than the mean-response baseline on only {better} of "
+            f"{scored} scored KDs (Part 0; pearson_delta {fmt(_values(quality, 'model', 'control'), 3)} against the "
+            f"baseline's {fmt(_values(quality, 'baseline', 'control'), 3)}): this call describes how this model "
+            "routes, not how the biology does.")
+
+
 def quality_text(results: Results) -> Md:
     """What was scored and what the scores say, for the Part 0 section."""
     quality, kds = results.quality, results.effects.responses.kd_names

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..results import Results
 from . import prose
 from .formatting import Md, typeset
+from .quality import not_learned
 from .sections.effects import EffectsNumbers, effects_numbers
 from .sections.interventions import InterventionNumbers, intervention_numbers
 from .sections.lines import across_sentence
@@ -45,8 +46,10 @@ def abstract(results: Results) -> Md:
     KD-specific routing (effect, bound, p)."""
     stats, rule, sub = routing_numbers(results), verdict_numbers(results), intervention_numbers(results)
     mantel, contrast = results.routing.verdict.deciding
+    produced = prose.produced_by(results.routing)
     share = (f"Across {methods_numbers(results).n_kds} knock-downs, routing common to every KD carries "
-             f"{stats.common_share} of the Jacobian energy; the rest is KD-specific")
+             f"{stats.common_share} of the Jacobian energy; the rest is KD-specific"
+             + (f"; {produced}" if produced else ""))
     r_part = (f"Pearson r = {stats.pearson_r}, one-sided 95% upper bound {stats.r_bound}, studentized Mantel "
               f"{stats.mantel_p}")
     first = {"Model B": f"KD-specific routing similarity tracked output similarity ({r_part})",
@@ -67,7 +70,8 @@ def abstract(results: Results) -> Md:
                     f"encoder geometry is **{results.routing.verdict.use}** (cosine gain over random groups "
                     f"{sub.sub_gain}, upper bound {sub.sub_bound}, {sub.sub_p})"
                     + (f": {prose.synthesis(results.routing)}." if prose.synthesis(results.routing) else "."))
-    caveat = prose.caveat(results.routing, results.interventions)
+    caveat = " ".join(text for text in (prose.caveat(results.routing, results.interventions), not_learned(results))
+                      if text)
     caveat = f" {caveat}" if caveat else ""
     lines = f" {across_sentence(results)}" if results.across is not None else ""
     return Md(typeset(f"{share}; {first}; {second}. {verdict}{caveat}{lines}"))
@@ -87,8 +91,7 @@ def discussion(results: Results) -> Md:
                    f"clusters is smaller than the smallest effect of interest: bounds {stats.r_bound} and "
                    f"{stats.contrast_r_bound} below {rule.equivalence_r} (both on the r scale). This is evidence for "
                    f"Model A's per-KD routing; whether the encoder geometry is used at all needs intervention."),
-        "global readout": (f"One routing carries {stats.common_share} of every KD's Jacobian. "
-                           f"{prose.reason(results.routing)}"),
+        "global readout": f"{prose.reason(results.routing)}",
         "mixed": (f"The deciding criteria point in opposite directions (r = {stats.pearson_r}, {stats.mantel_p}; "
                   f"contrast r = {stats.contrast_r}, {stats.contrast_p}); @tbl-verdict shows which supports which."),
         "inconclusive": (f"The data do not decide: at least one criterion neither reaches its minimum effect with "
@@ -101,6 +104,8 @@ def discussion(results: Results) -> Md:
                        f"{stats.contrast_r}, {stats.contrast_p}) read draw-to-draw noise, not routing. "
                        f"{stats.noise_floor} More control draws (n_draws) lower the floor."),
     }[call]
+    if not_learned(results):
+        opening += f" {not_learned(results)}"
     use = results.routing.verdict.use
     if use:
         reading = prose.synthesis(results.routing)

@@ -8,6 +8,7 @@ import numpy as np
 from ..results import Results
 from . import prose
 from .formatting import p_phrase, top_terms
+from .quality import not_learned
 from .quality import summary_line as quality_line
 from .wording import FAMILY_LABELS, p_floor, words
 
@@ -31,7 +32,7 @@ def summary_lines(results: Results) -> list[str]:
     lines += ["", f"Jacobians: {len(effects.labels)} of {len(effects.responses.gene_names)} × "
               f"{effects.responses.pert_repr.shape[1]} in {routing.seconds['jacobians']:.0f} s; {check['kd']} against "
               f"reverse mode: relative error {check['relative_error']:.1e}; median share of ΔY explained by J·Δp "
-              f"{routing.linearity['explained'].median():.2f}"]
+              f"{routing.first_order['explained'].median():.2f}"]
     intervened = results.interventions
     if intervened is not None:
         draws = results.config.n_draws
@@ -44,6 +45,8 @@ def summary_lines(results: Results) -> list[str]:
     lines += ["", quality_line(results)]
     lines += ["", f"Verdict: {routing.verdict.call.upper()} — {prose.meaning(routing)}",
               f"  Why: {prose.reason(routing)}"]
+    if not_learned(results):
+        lines.append(f"  Model: {not_learned(results)}")
     if routing.verdict.use:
         lines += [f"Geometry: {routing.verdict.use.upper()} — {prose.use_meaning(routing)}",
                   f"  Why: {prose.use_reason(intervened)}"]

@@ -87,6 +87,18 @@ def _common_share(c: Criterion, q: dict) -> CriterionWords:
         f"KD-specific share {q['specific_share']:.3g}; C_jac^spec mean {q['spec_mean']:.3g}, SD {q['spec_sd']:.3g}")
 
 
+def _response_share(c: Criterion, q: dict) -> CriterionWords:
+    return CriterionWords(
+        "What produces the responses", "median ‖J_k^⊥·Δp_k‖ / ‖J_k·Δp_k‖: the KD-specific routing's share of the "
+        "first-order response",
+        "exact, from the K × K Gram and the common direction ĝ (one pass over the Jacobians)",
+        f"global readout: < {q['min_response_share']:g}; read when the first order explains ≥ "
+        f"{q['first_order_explained']:g} of ΔY_k (here {q['explained_median']:.2f}"
+        f"{'' if q['read'] else ': not read'})",
+        f"the common routing produces a median {q['common_median']:.2f}; KD-specific 90th percentile "
+        f"{q['specific_q90']:.2f}; {q['n_kds']} KDs")
+
+
 def _within_mantel(c: Criterion, q: dict) -> CriterionWords:
     return CriterionWords(
         "Routing tracks output within clusters (beyond the cluster blocks)",
@@ -166,8 +178,8 @@ def _partial_mantel(c: Criterion, q: dict) -> CriterionWords:
 
 
 def _svd_seed(c: Criterion, q: dict) -> CriterionWords:
-    return CriterionWords("SVD axes are biologically interpretable (seed's literal test)", "max FDR of axis-1 gene and "
-                          "KD enrichment", "prerank GSEA of gene loadings and of KD scores (BH-FDR), any terms",
+    return CriterionWords("SVD axes are biologically interpretable (seed's literal test)", "max FDR of routing axis-1 "
+                          "gene and KD enrichment", "prerank GSEA of gene loadings and of KD scores (BH-FDR), any terms",
                           f"both FDR < {q['fdr']}",
                           f"genes: {q['gene_term']}; KDs: {q['kd_term']} (NES {q['kd_nes']:+.2f})")
 
@@ -184,7 +196,8 @@ def _svd_both_sides(c: Criterion, q: dict) -> CriterionWords:
     return CriterionWords("SVD axes show the same biology on both sides",
                           f"interpretable axes among the first {q['n_axes']}",
                           "one pathway enriched in the gene loadings and, at the high-score end, in the KD scores "
-                          "(unit-norm Jacobians)", f"≥ 1 axis, FDR < {q['fdr']}", axes_note(q["axes"]))
+                          "(routing axes: KD-specific part of the unit-norm Jacobians)", f"≥ 1 axis, FDR < {q['fdr']}",
+                          axes_note(q["axes"]))
 
 
 def _svd_beyond_output(c: Criterion, q: dict) -> CriterionWords:
@@ -196,7 +209,7 @@ def _svd_beyond_output(c: Criterion, q: dict) -> CriterionWords:
 
 
 CATALOGUE = {"mantel_specific": _mantel_specific, "contrast_specific": _contrast_specific,
-             "common_share": _common_share, "within_mantel": _within_mantel, "cluster_level": _cluster_level,
+             "response_share": _response_share, "common_share": _common_share, "within_mantel": _within_mantel, "cluster_level": _cluster_level,
              "noise_floor": _noise_floor, "mantel_raw": _mantel_raw, "contrast_raw": _contrast_raw,
              "substitution": _substitution, "interchange": _interchange, "seed_contrast": _seed_contrast,
              "seed_mantel": _seed_mantel, "partial_mantel": _partial_mantel, "svd_seed": _svd_seed,

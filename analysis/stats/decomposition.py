@@ -5,8 +5,9 @@ Jacobians (`decompose`): the common share and C_jac^spec, the matrix the decidin
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-from ..results import Decomposition
+from ..results import Decomposition, ResponseShares
 from .gram import cosine_from_gram, cosines_in_place
 from .pairs import offdiagonal_moments, row_blocks
 
@@ -64,3 +65,47 @@ def _double_centre_offdiagonal(gram: np.ndarray) -> np.ndarray:
         block -= grand
     np.fill_diagonal(gram, diagonal)
     return gram
+
+
+def common_loadings(gram: np.ndarray) -> np.ndarray:
+    """J_k·ĝ [K] for the Jacobians whose Gram [K, K] this is and their own common direction ĝ = Σ_l u_l / ‖Σ_l u_l‖:
+    (G·n⁻¹)_k / √S (n: the Jacobian norms, S = ‖Σ_l u_l‖² = n⁻¹ᵀ G n⁻¹). No pass over the Jacobians."""
+    norms = np.sqrt(np.clip(np.diag(gram), 0, None))
+    inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    loading = gram @ inverse  # ⟨J_k, Σ_l u_l⟩
+    total = float(inverse @ loading)
+    return loading / np.sqrt(total) if total > 0 else np.zeros_like(loading)
+
+
+def response_shares(along: np.ndarray, common_direction: np.ndarray, delta_p: np.ndarray, produced: np.ndarray,
+                    delta_y: np.ndarray, labels: np.ndarray) -> tuple[ResponseShares, pd.DataFrame]:
+    """What produces each KD's response: the common routing or the KD-specific routing.
+
+    ΔY_k ≈ y_k = J_k·Δp_k (Δp_k = p_k − p_ctrl; to first order with the local J_k, exactly with the path-averaged
+    Jacobian ∫₀¹ J(p_ctrl + tΔp_k) dt). J_k splits as `decompose` splits its unit-norm form, J_k = (J_k·ĝ) ĝ + J_k^⊥,
+    so y_k = c_k + s_k with c_k = (J_k·ĝ) ĝ·Δp_k, what the direction every KD shares produces, and s_k = J_k^⊥·Δp_k,
+    what the KD-specific routing produces. The shares are norms against ‖y_k‖: ‖c_k‖ / ‖y_k‖ and ‖s_k‖ / ‖y_k‖ (they
+    need not sum to 1: c_k and s_k are not orthogonal in gene space; both are quoted). A Jacobian-energy share cannot
+    say this: a common direction orthogonal to every Δp_k carries most of the energy and produces none of the
+    response.
+
+    along [K]: J_k·ĝ (`common_loadings` for the local Jacobians); common_direction ĝ [G, H] (`gram.jacobian_svd`);
+    delta_p [K, H]; produced [K, G] the y_k; delta_y [K, G]; labels [K] output clusters (0: weak effect). Returns
+    the summary over the strong-effect KDs (medians) and the per-KD frame (kd index order): cluster, explained
+    (1 − ‖ΔY_k − y_k‖² / ‖ΔY_k‖², the share of ΔY_k that y_k explains), common_share, specific_share. Where y_k
+    explains little of ΔY_k (a sharply gated response's local Jacobian) the shares describe y_k, not ΔY_k; the
+    summary carries the median so the call can tell.
+    """
+    common = along[:, None] * (delta_p @ common_direction.T)  # [K, G] c_k
+    specific = produced - common
+    size = np.linalg.norm(produced, axis=1)
+    safe = np.where(size > 0, size, 1.0)
+    common_share = np.where(size > 0, np.linalg.norm(common, axis=1) / safe, np.nan)
+    specific_share = np.where(size > 0, np.linalg.norm(specific, axis=1) / safe, np.nan)
+    explained = 1 - ((delta_y - produced) ** 2).sum(axis=1) / np.maximum((delta_y**2).sum(axis=1), 1e-300)
+    frame = pd.DataFrame({"cluster": labels, "explained": explained, "common_share": common_share,
+                          "specific_share": specific_share})
+    strong = frame[frame["cluster"] > 0] if (labels > 0).any() else frame
+    return ResponseShares(len(strong), float(strong["common_share"].median()),
+                          float(strong["specific_share"].median()), float(strong["specific_share"].quantile(0.9)),
+                          float(strong["explained"].median())), frame

@@ -1,6 +1,6 @@
 """The evidence the verdict reads: the routing tests assembled over the strong-effect KDs, at the output
 (`core_evidence`, `routing_evidence`) and block by block in depth (`routing_by_depth`), with the descriptive
-`spread` and `linearity`.
+`spread`.
 
 Routing is split first (`stats.decomposition`); the Mantel family (`stats.mantel`) and the contrast
 (`stats.contrast`) then run under one reference for the whole set of KDs (`stats.nulls.reference_for`).
@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 
 from ..results import DepthRouting, RoutingEvidence, Spread
 from .contrast import cluster_contrast
@@ -129,9 +128,3 @@ def routing_by_depth(blocks: Sequence[JacobianShards], c_out: np.ndarray, labels
                                       cluster_contrast(specific, labels, n_referred, seed, reference=reference),
                                       pearson(out, on_kds(cosine_from_gram(gram), strong))))
     return tuple(found)
-
-
-def linearity(delta_y: np.ndarray, linear_prediction: np.ndarray) -> pd.Series:
-    """Per KD, the share of ΔY_k explained by J_k·(p_k − p_ctrl): 1 − ‖ΔY − J·Δp‖² / ‖ΔY‖²."""
-    residual = ((delta_y - linear_prediction) ** 2).sum(axis=1)
-    return pd.Series(1 - residual / np.maximum((delta_y**2).sum(axis=1), 1e-300))

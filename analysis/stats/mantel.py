@@ -25,6 +25,9 @@ from .pairs import (
 )
 
 
+BATCH_ENTRIES = 1 << 22  # float64 entries of one batch of permuted cluster blocks (32 MiB)
+
+
 def _zeroed(matrix: np.ndarray) -> np.ndarray:
     """A float64 copy of `matrix` [K, K] with its diagonal 0: what `_products_under_permutations` reads, made once
     per test rather than once per batch of permutations."""
@@ -196,21 +199,30 @@ def within_cluster_mantel(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_pe
 
     def permuted() -> float:
         # The cluster blocks of a and b (Σ_c K_c² entries each, at most one K × K): a within-cluster permutation
-        # moves entries inside them only.
+        # moves entries inside them only. The permutations are drawn in the order of one draw per cluster per
+        # permutation (the stream does not depend on the batching), then scored a batch at a time: [batch, K_c, K_c]
+        # per cluster, at most PERMUTATION_BATCH permutations and BATCH_ENTRIES entries of the largest block.
         blocks = [(block_reader(a, index[g])(slice(0, len(g))), block_reader(b, index[g])(slice(0, len(g))))
                   for g in groups]
         rng = np.random.default_rng(seed)
-        null = np.empty(n_permutations)
-        permuted_rxy = np.empty(n)
+        local = [np.empty((n_permutations, len(g)), dtype=np.intp) for g in groups]
         for t in range(n_permutations):
-            perm = np.arange(n)
-            for g, (block_a, block_b) in zip(groups, blocks):
-                perm[g] = rng.permutation(g)
-                local = np.searchsorted(g, perm[g])
-                permuted_rxy[g] = (block_a * block_b[np.ix_(local, local)]).sum(axis=1)
-            r_p, loo_p = r_and_loo(permuted_rxy[None], ry[perm][None], ryy[perm][None])
+            for order, g in zip(local, groups):
+                order[t] = rng.permutation(len(g))
+        null = np.empty(n_permutations)
+        step = max(1, min(PERMUTATION_BATCH, BATCH_ENTRIES // max(len(g) for g in groups) ** 2))
+        for start in range(0, n_permutations, step):
+            batch = slice(start, min(start + step, n_permutations))
+            size = batch.stop - batch.start
+            perm = np.broadcast_to(np.arange(n), (size, n)).copy()
+            permuted_rxy = np.empty((size, n))
+            for g, order, (block_a, block_b) in zip(groups, local, blocks):
+                o = order[batch]
+                perm[:, g] = g[o]
+                permuted_rxy[:, g] = (block_a[None] * block_b[o[:, :, None], o[:, None, :]]).sum(axis=2)
+            r_p, loo_p = r_and_loo(permuted_rxy, ry[perm], ryy[perm])
             with np.errstate(invalid="ignore", divide="ignore"):
-                null[t] = r_p[0] / jackknife_se(loo_p)[0]
+                null[batch] = r_p / jackknife_se(loo_p)
         observed = r / se if se > 0 else float("nan")
         return p_greater(observed, null)
 
@@ -241,17 +253,15 @@ def cluster_level(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_permutatio
     mean_a, mean_b = means(a), means(b)
     i, j = np.triu_indices(n, k=1)
     x = _zscore(mean_a[i, j])
-
-    def r_of(m):
-        return float(x @ _zscore(m[i, j]) / len(x))
-
-    r = r_of(mean_b)
+    r = float(x @ _zscore(mean_b[i, j]) / len(x))
     rng = np.random.default_rng(seed)
-    null = np.array([r_of(mean_b[np.ix_(p, p)]) for p in (rng.permutation(n) for _ in range(n_permutations))])
+    perms = np.array([rng.permutation(n) for _ in range(n_permutations)]).reshape(n_permutations, n)  # [T, C]
+    null = _zscore(mean_b[perms[:, i], perms[:, j]]) @ x / len(x)
     return ClusterLevel(n, len(i), r, p_greater(r, null), n_permutations)
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:
-    centred = values - values.mean()
-    sd = np.sqrt((centred**2).mean())
-    return centred / sd if sd > 0 else centred
+    """z-scores along the last axis (population SD; a constant row left centred, all zeros)."""
+    centred = values - values.mean(axis=-1, keepdims=True)
+    sd = np.sqrt((centred**2).mean(axis=-1, keepdims=True))
+    return np.divide(centred, sd, out=np.zeros_like(centred), where=sd > 0)

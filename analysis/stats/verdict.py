@@ -21,14 +21,23 @@ The two read largely the same cluster blocks, so they are not two confirmations:
 over same-cluster pairs only, labels permuted within clusters — says whether routing tracks outputs beyond the
 blocks (graded) or is shared by the cluster as a block.
 
+What the routing *does* is read from the responses it produces (`decomposition.response_shares`): to first order
+ΔY_k ≈ J_k·Δp_k, and the common and KD-specific parts of J_k produce their own parts of it. A share of the Jacobian
+energy cannot say this — a common direction orthogonal to every Δp_k can carry 99 % of the energy and produce none of
+the response, and an early-stopped run's KD-specific 1e-4 of the energy produced 1–5 % of its responses — so the
+energy share is only a numerical floor, and the response share decides whether the KD-specific structure is read.
+
 Calls:
 - degenerate: the responses (C_out) have a KD-specific share below `min_specific_share` — nothing to compare.
 - global readout: the KD-specific share of the Jacobian energy is below `min_specific_share` (a numerical floor:
-  one linear map for every KD leaves 2.5e-6 on the known answer), whatever its structure; or cluster sharing is ruled out by both
-  criteria and the common component carries at least `global_share` of the energy.
-- cluster circuits (Model B): both criteria show KD-specific routing shared within output clusters.
-- per-KD (Model A evidence): both criteria rule cluster sharing out and the KD-specific part carries more than
-  1 − global_share of the energy.
+  one linear map for every KD leaves 2.5e-6 on the known answer), whatever its structure; or the KD-specific routing
+  produces a median share of the first-order response below `min_response_share` (read where the first order
+  explains at least FIRST_ORDER_EXPLAINED of ΔY_k); or, where the response shares are not read, cluster sharing is
+  ruled out by both criteria and the common component carries at least `global_share` of the energy.
+- cluster circuits (Model B): the KD-specific routing produces a material share of the responses, and both
+  criteria show it shared within output clusters.
+- per-KD (Model A evidence): both criteria rule cluster sharing out and the KD-specific routing produces a material
+  share of the responses (where the response shares are not read: carries more than 1 − global_share of the energy).
 - mixed: one criterion shows cluster sharing, the other rules it out.
 - inconclusive: anything else (a criterion neither shown nor ruled out).
 - unreliable: the noise floor was measured (R ≥ 2 control draws, split in halves: `stats.reliability`) and the
@@ -68,6 +77,7 @@ from ..results import (
     Criterion,
     DepthRouting,
     InterchangeTest,
+    ResponseShares,
     RoutingEvidence,
     StudentizedTest,
     SubstitutionTest,
@@ -77,10 +87,12 @@ from ..results import (
 
 # Calls that read the KD-specific structure, and so become "unreliable" when that structure does not reproduce.
 READS_SPECIFIC_STRUCTURE = ("cluster circuits", "per-KD", "mixed", "inconclusive")
+# The median share of ΔY_k the first order J_k·Δp_k must explain for the response shares to describe the responses.
+FIRST_ORDER_EXPLAINED = 0.5
 # Every criterion a verdict can hold (`Criterion.id`, in the order rows are made) and the roles they play
 # (`Criterion.family`): "decides" rows make the call, "decides_share" and "noise_floor" refine it, "decides_use"
 # answers the interventions' question, the others are reported beside them. `present.wording` words each.
-CRITERIA = ("mantel_specific", "contrast_specific", "common_share", "within_mantel", "cluster_level", "noise_floor",
+CRITERIA = ("mantel_specific", "contrast_specific", "response_share", "common_share", "within_mantel", "cluster_level", "noise_floor",
             "mantel_raw", "contrast_raw", "substitution", "interchange", "seed_contrast", "seed_mantel",
             "partial_mantel", "svd_seed", "svd_both_sides", "svd_beyond_output")
 FAMILIES = ("decides", "decides_share", "separates", "noise_floor", "raw", "decides_use", "interventions", "seed",
@@ -156,7 +168,8 @@ def structure_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple:
     """The share row (decides between global readout and per-KD routing) and the rows that separate blocks from
     graded tracking and show the raw matrix."""
     d, a = evidence.decomposition, rule.alpha
-    rows = [Criterion("common_share", "decides_share", d.common_share, None, d.common_share >= rule.global_share,
+    rows = [response_criterion(evidence, rule)] if evidence.response is not None else []
+    rows += [Criterion("common_share", "decides_share", d.common_share, None, d.common_share >= rule.global_share,
                       params={"specific_share": d.specific_share, "spec_mean": d.spec_mean, "spec_sd": d.spec_sd,
                               # the call's floors (`decide`): the share row carries them whether or not they bit
                               "min_specific_share": rule.min_specific_share, "global_share": rule.global_share,
@@ -255,6 +268,26 @@ def use_criteria(substitution: SubstitutionTest, interchange: InterchangeTest | 
     return tuple(rows)
 
 
+def readable_response(evidence: RoutingEvidence) -> ResponseShares | None:
+    """The response shares when they describe the responses: measured, and the first order J_k·Δp_k explains at least
+    FIRST_ORDER_EXPLAINED of ΔY_k (median over the strong KDs). Else None, and the call reads the Jacobian-energy
+    shares as before (a sharply gated response's local Jacobian says little about what produced ΔY_k)."""
+    r = evidence.response
+    return r if r is not None and r.explained_median >= FIRST_ORDER_EXPLAINED else None
+
+
+def response_criterion(evidence: RoutingEvidence, rule: DecisionRule) -> Criterion:
+    """The response row: the median share of the first-order response the KD-specific routing produces, against
+    `min_response_share` (held: at least that share, so the KD-specific structure is worth reading)."""
+    r = evidence.response
+    return Criterion("response_share", "decides_share", r.specific_median, None,
+                     bool(r.specific_median >= rule.min_response_share),
+                     params={"min_response_share": rule.min_response_share, "common_median": r.common_median,
+                             "specific_q90": r.specific_q90, "explained_median": r.explained_median,
+                             "first_order_explained": FIRST_ORDER_EXPLAINED, "n_kds": r.n_kds,
+                             "read": readable_response(evidence) is not None})
+
+
 def use_answer(support: str) -> str:
     """`Verdict.use` from the substitution row's support ("neither" is "inconclusive")."""
     return support if support in ("used", "not used") else "inconclusive"
@@ -279,11 +312,17 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
         return Verdict("degenerate", criteria, "C_out", use)
     if d.specific_share < rule.min_specific_share:
         return Verdict("global readout", criteria, "C_jac", use)
+    response = readable_response(evidence)
+    if response is not None and response.specific_median < rule.min_response_share:
+        return Verdict("global readout", criteria, "response", use)
     supports = (mantel_row.supports, contrast_row.supports)
     if supports == ("Model B", "Model B"):
         call = "cluster circuits"
     elif supports == ("Model A", "Model A"):
-        call = "global readout" if d.common_share >= rule.global_share else "per-KD"
+        if response is not None:  # the KD-specific routing produces a material share, following no cluster
+            call = "per-KD"
+        else:
+            call = "global readout" if d.common_share >= rule.global_share else "per-KD"
     elif set(supports) == {"Model A", "Model B"}:
         call = "mixed"
     else:

@@ -5,17 +5,17 @@ through the backbone, the prior-work numbers."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 
 from ...config import AnalysisConfig
 from ...model.protocol import PerturbationModel
 from ...results import EffectsResult, InterventionsResult, JacobiansResult, RoutingResult
 from ...stats import clustering, reliability, verdict
 from ...stats.axes import output_svd, read_axes
-from ...stats.decomposition import decompose
-from ...stats.evidence import linearity, routing_by_depth, routing_evidence
+from ...stats.decomposition import common_loadings, decompose, response_shares
+from ...stats.evidence import routing_by_depth, routing_evidence
 from ...stats.gram import cosine_from_gram, jacobian_svd, stream_gram
 from ...stats.nulls import reference_for
 from ...stats.prior_work import prior_work
@@ -24,8 +24,8 @@ from ..context import StageContext
 
 NEEDS = ("inputs", "effects", "interventions", "jacobians")
 FIELDS = ("n_permutations", "n_bootstrap", "normal_reference_kds", "seed", "alpha", "seed_r_threshold",
-          "equivalence_r", "min_contrast", "min_specific_share", "global_share", "min_cluster_share",
-          "substitution_margin", "min_reliability", "fdr", "n_axes", "prerank_permutations", "gene_sets")
+          "equivalence_r", "min_contrast", "min_specific_share", "min_response_share", "global_share",
+          "min_cluster_share", "substitution_margin", "min_reliability", "fdr", "n_axes", "prerank_permutations", "gene_sets")
 FACTS = ("gene_set_digests",)
 
 
@@ -38,9 +38,12 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
     c_rep = clustering.cosine_similarity(responses.pert_repr)
     svd = jacobian_svd(gram, shards, responses.delta_y, config.n_axes)
     output_scores, output_loadings = output_svd(responses.delta_y, config.n_axes)
-    linear = linearity(responses.delta_y, shards.linear_prediction())
+    response, first_order = response_shares(common_loadings(gram), svd.common_direction,
+                                            responses.pert_repr - responses.control_repr, shards.linear_prediction(),
+                                            responses.delta_y, effects.labels)
     evidence = routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
-                                        config.n_bootstrap, config.seed, gram, config.normal_reference_kds)
+                                config.n_bootstrap, config.seed, gram, config.normal_reference_kds)
+    evidence = replace(evidence, response=response)
     evidence = reliability.with_noise_floor(evidence, *reliability.halves(shards, responses.delta_y_draws))
     depth = verdict.read_depth(routing_by_depth(
         [shards.block(b) for b in range(shards.n_blocks)], effects.c_out, effects.labels, config.n_permutations,
@@ -50,11 +53,11 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
                                         config.prerank_permutations, config.seed, inputs.space.has_genes)
     call = verdict.decide(evidence, config.decision_rule, svd_evidence, interventions.substitution,
                           interventions.interchange)
-    linearity_frame = pd.DataFrame({"kd": responses.kd_names, "cluster": effects.labels,
-                                    "explained": linear.to_numpy(), "jacobian_norm": np.sqrt(np.diag(gram))})
+    first_order.insert(0, "kd", responses.kd_names)
+    first_order["jacobian_norm"] = np.sqrt(np.diag(gram))
     seconds = {"effects": effects.seconds, "jacobians": jacobians.seconds, "routing": time.perf_counter() - started}
     return RoutingResult(
         ctx.key, jacobians.key, c_jac, c_rep, gram, svd.variance_explained, svd.kd_scores, svd.gene_loadings,
-        output_scores, output_loadings, evidence, svd_evidence, svd_table, linearity_frame, call,
+        output_scores, output_loadings, evidence, svd_evidence, svd_table, first_order, call,
         prior_work(responses.kd_names, effects.c_out, c_jac, c_rep, effects.labels), seconds,
-        jacobians.autograd_check, jacobians.device, c_jac_specific, svd.input_directions, depth)
+        jacobians.autograd_check, jacobians.device, c_jac_specific, svd.input_directions, svd.common_gene_loading, depth)

@@ -86,10 +86,10 @@ def routing_numbers(results: Results) -> RoutingNumbers:
         RoutingNumbers,
         jacobian_seconds=f"{p3.seconds.get('jacobians', float('nan')):.0f}",
         autograd_kd=p3.autograd_check["kd"], autograd_error=f"{p3.autograd_check['relative_error']:.1e}",
-        linearity_median=fmt(float(p3.linearity["explained"].median())),
-        linearity_q1=fmt(float(p3.linearity["explained"].quantile(0.25))),
-        linearity_q3=fmt(float(p3.linearity["explained"].quantile(0.75))),
-        linearity_negative=negative_linearity(p3.linearity),
+        linearity_median=fmt(float(p3.first_order["explained"].median())),
+        linearity_q1=fmt(float(p3.first_order["explained"].quantile(0.25))),
+        linearity_q3=fmt(float(p3.first_order["explained"].quantile(0.75))),
+        linearity_negative=negative_linearity(p3.first_order),
         common_share=f"{100 * ev.decomposition.common_share:.2f}%",
         jac_mean=fmt(ev.spread.jac_mean, 3), out_mean=fmt(ev.spread.out_mean, 3),
         n_pairs=f"{ev.n_pairs:,}", pearson_r=fmt(mantel.statistic), r_se=fmt(mantel.standard_error, 3),
@@ -109,12 +109,18 @@ def routing_numbers(results: Results) -> RoutingNumbers:
         keyed_r=fmt(ev.keyed_lookup_r))
 
 
+COMMON_GENES_SHOWN = 5  # genes named for the common component (largest positive loadings)
+
+
 @dataclass(frozen=True)
 class SvdNumbers:
-    """The SVD of the unit-norm Jacobians: the variance on axis 1 and on the first n_axes, the interpretable axes
-    (read, shown on both sides, described, beyond ΔY's axes; ΔY's own), the principal cosine, the seed's axis-1
-    terms."""
+    """The routing axes (SVD of the KD-specific part of the unit-norm Jacobians): the common component they leave out
+    (its share of the energy and its top genes), the KD-specific variance on axis 1 and on the first n_axes, the
+    interpretable axes (read, shown on both sides, described, beyond ΔY's axes; ΔY's own), the principal cosine, the
+    seed's axis-1 terms."""
 
+    common_share: Md
+    common_genes: Md
     var_axis1: Md
     var_top: Md
     n_axes: Md
@@ -133,8 +139,12 @@ class SvdNumbers:
 def svd_numbers(results: Results) -> SvdNumbers:
     p3 = results.routing
     svd, n_axes = p3.svd, results.config.n_axes
+    genes = results.effects.responses.gene_names
+    top = np.argsort(-p3.common_gene_loading)[:COMMON_GENES_SHOWN]
     return typeset_record(
         SvdNumbers,
+        common_share=f"{100 * p3.evidence.decomposition.common_share:.1f}%",
+        common_genes=", ".join(str(genes[g]) for g in top),
         var_axis1=f"{100 * p3.variance_explained[0]:.0f}%",
         var_top=f"{100 * float(np.sum(p3.variance_explained[: n_axes])):.0f}%", n_axes=f"{n_axes}",
         axes_read=f"{svd.n_axes}", interpretable=f"{svd.n_interpretable}",
@@ -177,7 +187,7 @@ def routing_by_cluster_table(results: Results) -> Md:
     median share of ΔY the first-order term explains (how far the local Jacobian describes the cluster's effects);
     the clusters past MAX_TABLE_CLUSTERS in one row."""
     labels, c_jac = results.effects.labels, results.routing.c_jac
-    linearity = results.routing.linearity.groupby("cluster")["explained"].median()
+    linearity = results.routing.first_order.groupby("cluster")["explained"].median()
     listed, rest = _listed_clusters(labels)
     rows = []
     for cluster in listed:
