@@ -92,6 +92,7 @@ class AnalysisConfig:
     kds_per_call: int = 4  # KDs batched into one forward-mode call
     tangents_per_call: int = 0  # 0: chosen for the device and set size (jacobians.tangent_chunk)
     compile_jacobian: bool = True  # Inductor-compile the JVP's tangent graph: ~2× per KD, a one-off compile of minutes
+    path_points: int = 4  # Q midpoints of p_ctrl → p_k for the path-averaged Jacobian (0: first order only; Q× cost)
     shard_kds: int = 16  # KDs per Jacobian shard on disk
     max_clusters: int = 12
     weak_fraction: float = 0.25  # KDs with ‖ΔY‖ below this × the median form the weak-effect group 0
@@ -174,7 +175,7 @@ _SECTIONS = {
     "model": {"run_dir", "kind", "checkpoint", "space"},
     "data": {"h5ad", "feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_line", "kds"},
     "effects": {"set_size", "n_draws", "seed"},
-    "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype"},
+    "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype", "path_points"},
     "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
                    "normal_reference_kds", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share",
                    "min_response_share", "global_share", "min_cluster_share", "min_reliability", "n_axes"},
@@ -201,6 +202,7 @@ _RANGES = {
     "demo_seed": (lambda v: v >= 0, "an integer >= 0"),
     "kds_per_call": (lambda v: v >= 1, "an integer >= 1"),
     "tangents_per_call": (lambda v: v >= 0, "0 (automatic) or a positive integer"),
+    "path_points": (lambda v: v >= 0, "0 (first order only) or a positive integer"),
     "shard_kds": (lambda v: v >= 1, "an integer >= 1"),
     "max_clusters": (lambda v: v >= 2, "an integer >= 2"),
     "weak_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),

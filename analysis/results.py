@@ -98,6 +98,7 @@ class JacobiansResult:
     device: Annotated[str, Measured]
     executor: Annotated[str, Measured]
     autograd_check: Annotated[dict, Measured]
+    path_points: int = 0  # Q: the shards also hold path-averaged Jacobians over Q points (0: none)
 
 
 @dataclass(frozen=True)
@@ -426,14 +427,16 @@ class Decomposition:
 class ResponseShares:
     """What produces the responses (`stats.decomposition.response_shares`), over the n_kds strong-effect KDs: the
     median of ‖c_k‖ / ‖y_k‖ (common routing, `common_median`) and of ‖s_k‖ / ‖y_k‖ (KD-specific routing,
-    `specific_median`; its 90th percentile `specific_q90`), y_k = J_k·Δp_k the first-order response; and the median
-    share of ΔY_k that y_k explains (`explained_median`: the shares describe ΔY_k as far as it does)."""
+    `specific_median`; its 90th percentile `specific_q90`), y_k = Ĵ_k·Δp_k with Ĵ_k the Jacobian averaged over
+    `path_points` points of the path p_ctrl → p_k (0: the local J_k, the first order); and the median share of ΔY_k
+    that y_k explains (`explained_median`: the shares describe ΔY_k as far as it does)."""
 
     n_kds: int
     common_median: float
     specific_median: float
     specific_q90: float
     explained_median: float
+    path_points: int = 0
 
 
 @dataclass(frozen=True)

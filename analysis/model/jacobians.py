@@ -155,6 +155,12 @@ class JacobianInputs:
     kds_per_call: int
     tangents_per_call: int = 0
     compile: bool = False
+    path_points: int = 0  # Q: midpoints of the path p_ctrl → p_k the path-averaged Jacobian is taken at (0: none)
+
+
+def path_fractions(path_points: int) -> np.ndarray:
+    """t_q = (q − ½)/Q, q = 1 … Q [Q]: the midpoint rule on [0, 1]."""
+    return (np.arange(path_points) + 0.5) / max(path_points, 1)
 
 
 def draw_halves(n_draws: int) -> tuple[range, ...]:
@@ -169,7 +175,9 @@ def jacobian_shard(run: PerturbationModel, task: ShardTask, inputs: JacobianInpu
     float32 (each block's set-mean hidden state, the model's `expected_states`), `kd_index` [b] and
     `linear_prediction` [b, G] = J_k·(p_k − p_ctrl), for the b KDs of `task`; with R ≥ 2 also `half_draws` [2]
     (the draws in each half, `draw_halves`) and `jacobian_split` [b, G, H] float32 = J^(1) − J^(2), the difference
-    of the two halves' Jacobians. Pure: writes nothing. Peak memory is one shard (two with halves).
+    of the two halves' Jacobians; with `path_points` Q ≥ 1 also `path_jacobian` [b, G, H] float32 (`path_jacobian`,
+    Q more Jacobians per KD) and `path_prediction` [b, G] = Ĵ_k·(p_k − p_ctrl). Pure: writes nothing. Peak memory is
+    one shard (two with halves or a path).
 
     E[Y] is a mean over draws, so J = (n₁·J^(1) + n₂·J^(2)) / R exactly: each half's JVP runs over its own draw sets,
     the same forward work as one JVP over all of them. Stored as J and the difference (J^(1) = J + (n₂/R)·D,
@@ -199,7 +207,30 @@ def jacobian_shard(run: PerturbationModel, task: ShardTask, inputs: JacobianInpu
               "linear_prediction": np.einsum("kgh,kh->kg", jacobian, step)}
     if len(halves) == 2:
         arrays |= {"half_draws": sizes, "jacobian_split": (half_jacobians[0] - half_jacobians[1]).astype(np.float32)}
+    if inputs.path_points:
+        path = path_jacobian(run, inputs, task.kds, draw_sets)
+        arrays |= {"path_jacobian": path.astype(np.float32), "path_prediction": np.einsum("kgh,kh->kg", path, step)}
     return arrays
+
+
+def path_jacobian(run: PerturbationModel, inputs: JacobianInputs, kds: range, draw_sets: torch.Tensor) -> np.ndarray:
+    """Ĵ_k = (1/Q) Σ_q J(p_ctrl + t_q Δp_k) [b, G, H] float64 over all draws (`path_fractions`): the path-averaged
+    Jacobian, whose Ĵ_k·Δp_k reproduces ΔY_k up to the quadrature's error (the completeness of integrated gradients:
+    ΔY_k = ∫₀¹ J(p_ctrl + tΔp_k) dt · Δp_k exactly), so the response it splits is ΔY_k itself, not its first order —
+    where a gate opens along the path the local J_k at p_k extrapolates badly. The error is measured, not assumed:
+    the routing stage compares Ĵ_k·Δp_k with ΔY_k."""
+    total = None
+    for t in path_fractions(inputs.path_points):
+        parts = []
+        for start in range(kds.start, kds.stop, inputs.kds_per_call):
+            kd_slice = slice(start, min(start + inputs.kds_per_call, kds.stop))
+            point = inputs.control_repr + t * (inputs.pert_repr[kd_slice] - inputs.control_repr)
+            p = torch.as_tensor(point, device=run.device, dtype=run.dtype)
+            parts.append(forward_mode_jacobian(run, p, draw_sets, inputs.tangents_per_call,
+                                               compile=inputs.compile).double().cpu().numpy())
+        found = np.concatenate(parts)
+        total = found if total is None else total + found
+    return total / inputs.path_points
 
 
 def autograd_check(run: PerturbationModel, shards, pert_repr: np.ndarray, draw_cells: np.ndarray,

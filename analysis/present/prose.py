@@ -124,12 +124,20 @@ def produced_by(routing: RoutingResult) -> str:
     if r is None:
         return ""
     q = criterion(verdict, "response_share").params
+    split = response_split(r)
     if not q["read"]:
-        return (f"the first order J_k·Δp_k explains a median {r.explained_median:.0%} of ΔY_k (below "
+        return (f"{split} explains a median {r.explained_median:.0%} of ΔY_k (below "
                 f"{q['first_order_explained']:.0%}), so what produces the responses is not read from it")
-    return (f"one global readout of the geometry produces a median {r.common_median:.0%} of each KD's first-order "
-            f"response and the KD-specific routing {r.specific_median:.0%} (90th percentile {r.specific_q90:.0%}; "
-            f"the first order explains a median {r.explained_median:.0%} of ΔY_k)")
+    return (f"one global readout of the geometry produces a median {r.common_median:.0%} of each KD's response and "
+            f"the KD-specific routing {r.specific_median:.0%} (90th percentile {r.specific_q90:.0%}; split through "
+            f"{split}, which explains a median {r.explained_median:.0%} of ΔY_k)")
+
+
+def response_split(r) -> str:
+    """Which Jacobian splits the responses (`results.ResponseShares.path_points`), as a noun phrase."""
+    if r.path_points:
+        return f"the Jacobian averaged over {r.path_points} points of the path p_ctrl → p_k (Ĵ_k·Δp_k)"
+    return "the first order J_k·Δp_k"
 
 
 def noise_floor(routing: RoutingResult) -> str:

@@ -90,9 +90,10 @@ def _common_share(c: Criterion, q: dict) -> CriterionWords:
 def _response_share(c: Criterion, q: dict) -> CriterionWords:
     return CriterionWords(
         "What produces the responses", "median ‖J_k^⊥·Δp_k‖ / ‖J_k·Δp_k‖: the KD-specific routing's share of the "
-        "first-order response",
-        "exact, from the K × K Gram and the common direction ĝ (one pass over the Jacobians)",
-        f"global readout: < {q['min_response_share']:g}; read when the first order explains ≥ "
+        "response",
+        (f"Jacobians averaged over {q['path_points']} points of the path p_ctrl → p_k" if q["path_points"] else
+         "first order, local Jacobians") + "; split along the common direction ĝ",
+        f"global readout: < {q['min_response_share']:g}; read when the split explains ≥ "
         f"{q['first_order_explained']:g} of ΔY_k (here {q['explained_median']:.2f}"
         f"{'' if q['read'] else ': not read'})",
         f"the common routing produces a median {q['common_median']:.2f}; KD-specific 90th percentile "

@@ -78,7 +78,7 @@ def common_loadings(gram: np.ndarray) -> np.ndarray:
 
 
 def response_shares(along: np.ndarray, common_direction: np.ndarray, delta_p: np.ndarray, produced: np.ndarray,
-                    delta_y: np.ndarray, labels: np.ndarray) -> tuple[ResponseShares, pd.DataFrame]:
+                    delta_y: np.ndarray, labels: np.ndarray, path_points: int = 0) -> tuple[ResponseShares, pd.DataFrame]:
     """What produces each KD's response: the common routing or the KD-specific routing.
 
     ΔY_k ≈ y_k = J_k·Δp_k (Δp_k = p_k − p_ctrl; to first order with the local J_k, exactly with the path-averaged
@@ -90,7 +90,8 @@ def response_shares(along: np.ndarray, common_direction: np.ndarray, delta_p: np
     response.
 
     along [K]: J_k·ĝ (`common_loadings` for the local Jacobians); common_direction ĝ [G, H] (`gram.jacobian_svd`);
-    delta_p [K, H]; produced [K, G] the y_k; delta_y [K, G]; labels [K] output clusters (0: weak effect). Returns
+    delta_p [K, H]; produced [K, G] the y_k; delta_y [K, G]; labels [K] output clusters (0: weak effect);
+    path_points: the Q of the path-averaged Jacobians behind `along` and `produced` (0: the local ones). Returns
     the summary over the strong-effect KDs (medians) and the per-KD frame (kd index order): cluster, explained
     (1 − ‖ΔY_k − y_k‖² / ‖ΔY_k‖², the share of ΔY_k that y_k explains), common_share, specific_share. Where y_k
     explains little of ΔY_k (a sharply gated response's local Jacobian) the shares describe y_k, not ΔY_k; the
@@ -108,4 +109,4 @@ def response_shares(along: np.ndarray, common_direction: np.ndarray, delta_p: np
     strong = frame[frame["cluster"] > 0] if (labels > 0).any() else frame
     return ResponseShares(len(strong), float(strong["common_share"].median()),
                           float(strong["specific_share"].median()), float(strong["specific_share"].quantile(0.9)),
-                          float(strong["explained"].median())), frame
+                          float(strong["explained"].median()), path_points), frame

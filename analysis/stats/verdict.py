@@ -285,6 +285,7 @@ def response_criterion(evidence: RoutingEvidence, rule: DecisionRule) -> Criteri
                      params={"min_response_share": rule.min_response_share, "common_median": r.common_median,
                              "specific_q90": r.specific_q90, "explained_median": r.explained_median,
                              "first_order_explained": FIRST_ORDER_EXPLAINED, "n_kds": r.n_kds,
+                             "path_points": r.path_points,
                              "read": readable_response(evidence) is not None})
 
 

@@ -36,12 +36,25 @@ class JacobianShards:
     n_blocks: int = 0  # L, the backbone blocks with stored Jacobians
     block_index: int | None = None  # None: J of the output; ℓ: block ℓ's Jacobians (`block`)
 
-    def linear_prediction(self) -> np.ndarray:
-        """[K, G] J_k·(p_k − p_ctrl) gathered from the shards."""
+    def linear_prediction(self, along_path: bool = False) -> np.ndarray:
+        """[K, G] J_k·(p_k − p_ctrl) gathered from the shards; along_path: the path-averaged Ĵ_k·(p_k − p_ctrl)."""
         out = np.zeros((self.n_kds, self.shape[0]))
         for path in self.paths:
             with np.load(path) as shard:
-                out[shard["kd_index"]] = shard["linear_prediction"]
+                out[shard["kd_index"]] = shard["path_prediction" if along_path else "linear_prediction"]
+        return out
+
+    @property
+    def has_path(self) -> bool:
+        """Whether the shards hold path-averaged Jacobians (`model.jacobians.path_jacobian`)."""
+        return "path_jacobian" in npz_shapes(self.paths[0])
+
+    def path_loadings(self, direction: np.ndarray) -> np.ndarray:
+        """[K] Ĵ_k·`direction` (Frobenius, `direction` [G, H]) of the path-averaged Jacobians, one shard at a time."""
+        out = np.zeros(self.n_kds)
+        for path in self.paths:
+            with np.load(path) as shard:
+                out[shard["kd_index"]] = np.einsum("kgh,gh->k", shard["path_jacobian"].astype(np.float64), direction)
         return out
 
     @property

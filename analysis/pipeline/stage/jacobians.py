@@ -19,7 +19,7 @@ from ...store.shards import ShardStore, open_shards
 from ..context import StageContext
 
 NEEDS = ("inputs", "effects")
-FIELDS = ("shard_kds", "kds_per_call", "tangents_per_call", "compile_jacobian")
+FIELDS = ("shard_kds", "kds_per_call", "tangents_per_call", "compile_jacobian", "path_points")
 FACTS = ()
 
 
@@ -29,7 +29,8 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
     tasks = jacobians.shard_tasks(len(inputs.kd_names), config.shard_kds)
     todo = [task for task in tasks if not store.valid(task.index, task.kds)]
     shard_inputs = jacobians.JacobianInputs(responses.pert_repr, responses.control_repr, responses.draw_cells,
-                                            config.kds_per_call, config.tangents_per_call, config.compile_jacobian)
+                                            config.kds_per_call, config.tangents_per_call, config.compile_jacobian,
+                                            config.path_points)
     bar = StageProgress(len(inputs.kd_names), "Jacobians ∂E[Y]/∂pert_repr", "KD", ctx.progress,
                         initial=len(inputs.kd_names) - sum(len(t.kds) for t in todo))
     last = time.perf_counter()
@@ -42,4 +43,4 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
     shards = open_shards(ctx.folder.path)
     check = jacobians.autograd_check(inputs, shards, responses.pert_repr, responses.draw_cells)
     return JacobiansResult(ctx.key, shards, len(inputs.kd_names), len(tasks), store.total_seconds(),
-                           str(inputs.device), ctx.executor.describe(), check)
+                           str(inputs.device), ctx.executor.describe(), check, config.path_points)

@@ -38,9 +38,11 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
     c_rep = clustering.cosine_similarity(responses.pert_repr)
     svd = jacobian_svd(gram, shards, responses.delta_y, config.n_axes)
     output_scores, output_loadings = output_svd(responses.delta_y, config.n_axes)
-    response, first_order = response_shares(common_loadings(gram), svd.common_direction,
-                                            responses.pert_repr - responses.control_repr, shards.linear_prediction(),
-                                            responses.delta_y, effects.labels)
+    # the response split: along the path p_ctrl → p_k where the shards hold it (ΔY_k itself), else to first order
+    along = shards.path_loadings(svd.common_direction) if shards.has_path else common_loadings(gram)
+    response, first_order = response_shares(along, svd.common_direction, responses.pert_repr - responses.control_repr,
+                                            shards.linear_prediction(along_path=shards.has_path), responses.delta_y,
+                                            effects.labels, jacobians.path_points)
     evidence = routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
                                 config.n_bootstrap, config.seed, gram, config.normal_reference_kds)
     evidence = replace(evidence, response=response)
