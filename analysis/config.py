@@ -50,8 +50,10 @@ class DecisionRule:
     (below it: per-KD routing); min_cluster_share: same − cross mean C_jac^spec (the share of the KD-specific
     energy shared within clusters) needed for Model B besides its SD — a structure of a few 1/K, which the common
     direction's estimate leaves when the noise level follows the modules, is significant but not a circuit;
-    substitution_margin: the smallest gain of centroid substitution over random groups worth calling use of the
-    geometry (cosine units): "used" above it (p < α), "not used" when the gain's upper bound is below it;
+    substitution_margin: the smallest effect of centroid substitution worth a claim, in cosine units, for both of
+    its rows: the gain over random groups ("used" needs it, p < α; "not used" when the gain's upper bound is below
+    it) and the distance control's excess cost over a same-size random move ("used" needs its upper bound below it;
+    "partly used" when it is at least this, lower bound above 0);
     min_reliability: the split-half (Spearman–Brown) reliability of C_jac^spec across control-cell draws below which
     KD-specific routing structure is called unreliable (below 0.5, most of its variance is draw-to-draw noise).
     """
@@ -110,7 +112,9 @@ class AnalysisConfig:
     min_response_share: float = 0.2  # median share of the response the KD-specific routing must produce to be read
     global_share: float = 0.5  # common share at or above which unstructured KD-specific routing is a global readout
     min_cluster_share: float = 0.1  # same − cross mean C_jac^spec (share of KD-specific energy) needed for Model B
-    random_groups: int = 8  # random-group centroids per KD, the reference of centroid substitution
+    random_groups: int = 39  # joint cluster-label permutations: the random groups of centroid substitution (p ≥ 1/40)
+    matched_moves: int = 4  # random moves per KD of the centroid move's size: the distance control's reference
+    probe_ratio: float = 0.5  # distance ratio below which a KD's specific part is amplified before the comparison
     substitution_margin: float = 0.1  # smallest substitution gain (cosine) of interest: "used" / "not used"
     min_reliability: float = 0.5  # split-half reliability of C_jac^spec below which KD-specific routing is unreliable
     fdr: float = 0.05
@@ -179,7 +183,7 @@ _SECTIONS = {
     "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
                    "normal_reference_kds", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share",
                    "min_response_share", "global_share", "min_cluster_share", "min_reliability", "n_axes"},
-    "interventions": {"random_groups", "substitution_margin"},
+    "interventions": {"random_groups", "substitution_margin", "matched_moves", "probe_ratio"},
     "enrichment": {"gene_sets", "prerank_permutations", "fdr"},
     "quality": {"held_out_kds", "min_observed_cells", "de_metrics"},
     "runtime": {"device", "cache_dir", "executor", "ray_address"},
@@ -222,6 +226,8 @@ _RANGES = {
     "min_reliability": (lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "n_axes": (lambda v: v >= 1, "an integer >= 1"),
     "random_groups": (lambda v: v >= 1, "an integer >= 1"),
+    "matched_moves": (lambda v: v >= 1, "an integer >= 1"),
+    "probe_ratio": (lambda v: v > 0, "a number > 0 (a distance ratio)"),
     "substitution_margin": (lambda v: 0 < v <= 1, "a number in (0, 1] (cosine)"),
     "cell_lines": (lambda v: len(set(v)) == len(v) and all(v), "distinct, non-empty cell-line names"),
     "prerank_permutations": (lambda v: v >= 1, "an integer >= 1"),

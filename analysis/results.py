@@ -19,7 +19,7 @@ from .config import AnalysisConfig
 
 CALLS = ("cluster circuits", "per-KD", "global readout", "mixed", "inconclusive", "degenerate",
          "unreliable")  # what a `Verdict` can call
-USES = ("used", "not used", "inconclusive")  # what the interventions say of the encoder geometry (`Verdict.use`)
+USES = ("used", "partly used", "not used", "inconclusive")  # what the interventions say of the encoder geometry (`Verdict.use`)
 Z_ONE_SIDED_95 = 1.6448536269514722  # Φ⁻¹(0.95): one-sided 95 % bounds (equivalence at α = 0.05)
 
 
@@ -133,32 +133,67 @@ class RoutingResult:
 
 @dataclass(frozen=True)
 class ClusterInference:
-    """Inference for the mean of a per-KD quantity with the output clusters as units (`stats.interventions`).
+    """Inference for the mean of a per-KD quantity over KDs in output clusters (`stats.interventions`).
 
-    estimate: the mean over KDs; standard_error: delete-one-cluster jackknife; lower / bound: one-sided 95 % bounds
-    (t, C − 1 df); p_value: one-sided (estimate > 0) sign-flip p of the cluster sums, over n_sign_patterns patterns
-    (exact: all enumerated); n_clusters: C.
+    estimate: the mean over KDs; lower / bound: one-sided 95 % lower and upper bounds, the percentile interval of a
+    cluster bootstrap over n_bootstrap resamples (each within the range of the cluster means, so within the
+    statistic's); p_value: one-sided (estimate > 0), referred to `p_reference` — "label permutation" (n_null joint
+    permutations of the cluster labels, floor 1/(n_null + 1)), "cluster sign flip" (n_null sign patterns of the
+    cluster sums, all of them when exact: floor 2^−C) or "none" (NaN: the row decides by its bounds); n_clusters: C.
     """
 
     estimate: float
-    standard_error: float
     lower: float
     bound: float
     p_value: float
-    n_sign_patterns: int
+    n_null: int
     exact: bool
     n_clusters: int
+    p_reference: str
+    n_bootstrap: int
+
+    @property
+    def p_floor(self) -> float:
+        """The smallest p the reference can give: 1/n_null for an exact sign flip, else 1/(n_null + 1)."""
+        if self.n_null == 0:
+            return float("nan")
+        return 1.0 / self.n_null if self.exact else 1.0 / (self.n_null + 1)
+
+
+@dataclass(frozen=True)
+class DistanceControl:
+    """The centroid move against random moves of the same size (`stats.interventions`, distance control).
+
+    probe_ratio, matched_moves: the settings (the smallest distance ratio the comparison is read at; random moves
+    per KD); ratio_low / ratio_median / ratio_high: the 10th, 50th and 90th percentiles over KDs of the distance
+    ratio ‖c₋ₖ − p_k‖ / ‖p_k − p_ctrl‖; amplified: share of KDs whose KD-specific part was amplified to probe_ratio;
+    amplification: median λ; probe_cosine / matched_cosine: mean cos with ΔY at the probe point of the centroid's
+    response / of the matched moves'; excess: the mean excess cost matched − centroid cosine (cosine units), with
+    cluster-bootstrap bounds (p_reference "none").
+    """
+
+    probe_ratio: float
+    matched_moves: int
+    ratio_low: float
+    ratio_median: float
+    ratio_high: float
+    amplified: float
+    amplification: float
+    probe_cosine: float
+    matched_cosine: float
+    excess: ClusterInference
 
 
 @dataclass(frozen=True)
 class SubstitutionTest:
     """Centroid substitution (`stats.interventions`): is a KD's response carried by what its cluster's embeddings share?
 
-    n_kds substituted KDs (in clusters of ≥ 3), random_groups random-group centroids per cluster. cosine /
-    random_cosine: mean cos(ΔY(c), ΔY_k) with c the cluster's leave-one-out centroid / a random group's (0 where the
-    model gives no response); share / random_share: mean share of ΔY_k reproduced, 1 − ‖ΔY(c) − ΔY_k‖²/‖ΔY_k‖²;
-    size_ratio: median ‖ΔY(c)‖/‖ΔY_k‖; no_response: share of KDs whose centroid gave exactly no response;
-    gain: the mean of d_k = cosine − random cosine (cosine units), with its cluster-level inference.
+    n_kds substituted KDs (in clusters of ≥ 3), random_groups joint label permutations (each KD's group under each:
+    the random groups). cosine / random_cosine: mean cos(ΔY(c), ΔY_k) with c the cluster's leave-one-out centroid /
+    a random group's (0 where the model gives no response); share / random_share: *median* over KDs of the share of
+    ΔY_k reproduced, 1 − ‖ΔY(c) − ΔY_k‖²/‖ΔY_k‖²; size_ratio: median ‖ΔY(c)‖/‖ΔY_k‖; no_response: share of KDs
+    whose centroid gave exactly no response; gain: the mean of d_k = cosine − random cosine (cosine units), p from
+    the label permutations; distance: the distance control.
     """
 
     n_kds: int
@@ -170,6 +205,7 @@ class SubstitutionTest:
     size_ratio: float
     no_response: float
     gain: ClusterInference
+    distance: DistanceControl
 
 
 @dataclass(frozen=True)
@@ -193,7 +229,7 @@ class InterventionsResult:
     """The interventions stage: the model's responses to substituted pert_repr, scored.
 
     table: per substituted KD — kd, cluster, cosine, share, size_ratio, random_cosine, random_share, gain (centroid
-    substitution) and target, interchange_success, interchange_null_success; substitution / interchange: the tests
+    substitution), distance_ratio, amplification, probe_cosine, matched_cosine, excess_cost (distance control) and target, interchange_success, interchange_null_success; substitution / interchange: the tests
     (interchange None with fewer than 2 clusters); n_sets: forward-pass sets evaluated (points × R draws);
     seconds: wall time of the stage.
     """

@@ -78,13 +78,22 @@ def test_interventions_give_the_planted_use(known, kind):
     cluster's leave-one-out centroid against random groups), and the words say what the intervention showed."""
     results, _, planted = known(kind)
     test, verdict = results.interventions.substitution, results.routing.verdict
+    d = test.distance
     print(f"{kind}: {verdict.call} / {verdict.use}; cos {test.cosine:.3f} vs random {test.random_cosine:.3f}, gain "
-          f"{test.gain.estimate:.3f} (bound {test.gain.bound:.3f}, {test.gain.p_value:.3g}); share {test.share:.3f}, size ratio "
-          f"{test.size_ratio:.2f}; {results.interventions.n_sets} sets in {results.interventions.seconds:.1f} s")
+          f"{test.gain.estimate:.3f} [{test.gain.lower:.3f}, {test.gain.bound:.3f}], p {test.gain.p_value:.3g}; median "
+          f"share {test.share:.3f}, size ratio {test.size_ratio:.2f}; distance ratio {d.ratio_median:.2f} "
+          f"({d.ratio_low:.2f}–{d.ratio_high:.2f}), centroid {d.probe_cosine:.3f} vs matched move "
+          f"{d.matched_cosine:.3f}, excess {d.excess.estimate:.3f} [{d.excess.lower:.3f}, {d.excess.bound:.3f}]; "
+          f"{results.interventions.n_sets} sets in {results.interventions.seconds:.1f} s")
     assert verdict.use == planted.expected_use
     assert verdict.call in planted.expected_calls
     assert prose.use_meaning(results.routing) == prose.USE_MEANINGS[verdict.use]
-    assert f"gain of {test.gain.estimate:.3f}" in prose.use_reason(results.interventions)
+    reason = prose.use_reason(results.interventions, verdict.use)
+    assert f"gain of {test.gain.estimate:.3f}" in reason and f"median {d.ratio_median:.2f}" in reason
+    # The claim quotes the bound that supports it: the lower one where use is shown, the upper one where it is denied.
+    assert ("lower bound" in reason.split("The centroid")[0]) == (verdict.use == "used")
+    table = results.interventions.table  # the bounds stay within the range the per-KD gains span
+    assert table["gain"].min() - 1e-12 <= test.gain.lower <= test.gain.bound <= table["gain"].max() + 1e-12
 
 
 def why(results) -> str:

@@ -56,15 +56,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import AnalysisConfig
 from ..results import CALLS, USES, RoutingEvidence
 from ..stats.clustering import cluster_kds, cosine_similarity
-from ..stats.interventions import centroids, substitution_plan, substitution_test
+from ..stats.interventions import centroids, distance_plan, substitution_plan, substitution_test
 from ..stats.reliability import with_noise_floor
 from ..stats.evidence import core_evidence
 from ..stats.mantel import partial_mantel
 from ..stats.verdict import decide, use_answer, use_criteria
 from ..store.cache import read_json
-from .known_answers import N_DRAWS, SET_SIZE, planted_model
+from .known_answers import MODULES, N_DRAWS, SET_SIZE, planted_model
 
 NULL_WORLDS = ("independent", "lookup-tight", "lookup-singletons", "lookup-hetero", "lookup-K20", "lookup-K120",
                "shared-cause")
@@ -391,28 +392,42 @@ def stored_table(path: str | Path, rule) -> dict | None:
 # Worlds at the model level: a planted known-answer model's p-space function (`PlantedModel.respond`) answers every
 # substituted pert_repr, with draw noise — a part shared by every response of a replicate (the control draws' own
 # offset) and an independent part — of USE_NOISE × the median ‖ΔY_k‖ each. Clusters come from `cluster_kds` on the
-# noisy ΔY, as in the pipeline. Each world: (known-answer kind, planted answer, variant).
+# noisy ΔY, as in the pipeline. Each world: (known-answer kind, planted answer); a replicate may keep the KDs of the
+# first `n_modules` planted modules only (the power at few clusters: C = 2, 3, 4 output clusters).
 # - "lookup", "keyed", "random": per-KD lookups (gated on KD-specific directions; keyed on each KD's own embedding,
-#   whose geometry clusters by output; random embeddings): "not used"; wrong: "used".
+#   whose geometry clusters by output; random embeddings): "not used"; wrong: "used", "partly used".
 # - "keyed-common": the keyed lookup plus a unit every KD opens, reading the embeddings' mean direction and writing
 #   one programme (half of the response's size): any centroid reproduces that common part, cluster or random —
 #   built to fool a test that reads the share reproduced rather than the gain over random groups. "not used".
 # - "positive", "keyed-smooth", "degenerate": module units, a lookup wide enough to interpolate over the module, one
 #   linear map: "used"; wrong: "not used".
 # - "partial-use": the positive model with its module units writing a quarter of their programme (the KD-specific
-#   units unchanged): the shared part carries a minority of the response. "used".
+#   units unchanged): the shared part carries a minority of the response and the model reads each KD's specific
+#   part beyond it. "partly used"; wrong: "not used".
 USE_WORLDS = {"lookup": ("negative", "not used"), "keyed": ("keyed", "not used"), "random": ("random", "not used"),
               "keyed-common": ("keyed", "not used"), "positive": ("positive", "used"),
               "keyed-smooth": ("keyed-smooth", "used"), "degenerate": ("degenerate", "used"),
-              "partial-use": ("positive", "used")}
+              "partial-use": ("positive", "partly used")}
+WRONG_USES = {"not used": ("used", "partly used"), "used": ("not used",), "partly used": ("not used",)}
 USE_NOISE = 0.2
 PARTIAL_USE = 0.25  # the module units' share of their planted programme in "partial-use"
+# The interventions' settings of a config that sets none (the calibration runs the pipeline's defaults).
+_INTERVENTION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(AnalysisConfig)
+                          if f.name in ("random_groups", "matched_moves", "probe_ratio", "n_bootstrap")}
 
 
-def use_world(world: str, seed: int):
-    """One replicate: (ΔY [K, G] as observed, pert_repr [K, H], respond(p [B, H]) -> noisy ΔY(p) [B, G], labels [K])."""
+def use_world(world: str, seed: int, n_modules: int | None = None):
+    """One replicate: (ΔY [K, G] as observed, pert_repr [K, H], respond(p [B, H]) -> noisy ΔY(p) [B, G], labels [K]),
+    with the KDs of the first `n_modules` planted modules only (None: every KD)."""
     kind, _ = USE_WORLDS[world]
     planted = planted_model(kind, seed)
+    if n_modules is not None:
+        if not 1 <= n_modules <= len(MODULES):
+            raise ValueError(f"n_modules must be in 1..{len(MODULES)}, got {n_modules}")
+        kept = np.isin(planted.kd_module, MODULES[:n_modules])
+        planted = dataclasses.replace(planted, pert_repr=planted.pert_repr[kept],
+                                      kd_names=tuple(np.asarray(planted.kd_names)[kept]),
+                                      kd_module=tuple(np.asarray(planted.kd_module)[kept]))
     if world == "partial-use":
         w2 = planted.w2.copy()
         modules = [u for u, name in enumerate(planted.unit_kind) if name.startswith("module:")]
@@ -439,42 +454,61 @@ def use_world(world: str, seed: int):
 
 @dataclass(frozen=True)
 class UseRates:
-    """The substitution test and the use answer over `n_replicates` replicates of one world: rejection (p < α),
-    uses {answer: share}, false_rate (the wrong answer's share) with its binomial SE, mean_gain."""
+    """The substitution test and the use answer over `n_replicates` replicates of one world (the KDs of its first
+    `n_modules` modules; None: all): rejection (the gain's permutation p < α), uses {answer: share}, false_rate (the wrong answers'
+    share, `WRONG_USES`) with its binomial SE, mean_gain, mean_excess (the distance control's excess cost),
+    median_ratio (median over replicates of the median distance ratio), mean_clusters (substituted clusters)."""
 
     world: str
     expected: str
     n_replicates: int
     alpha: float
+    n_modules: int | None
     rejection: float
     uses: dict
     false_rate: float
     false_se: float
     mean_gain: float
+    mean_excess: float
+    median_ratio: float
+    mean_clusters: float
 
     def summary(self) -> str:
         uses = ", ".join(f"{k} {v:.1%}" for k, v in self.uses.items() if v > 0)
-        return (f"{self.world} (planted: {self.expected}): {self.n_replicates} replicates, mean gain "
-                f"{self.mean_gain:.3f}; substitution rejects {self.rejection:.1%} ± "
-                f"{Rates.se(self.rejection, self.n_replicates):.1%}; answers: {uses} — wrong: {self.false_rate:.1%} ± "
-                f"{self.false_se:.1%}")
+        modules = "every module" if self.n_modules is None else f"{self.n_modules} modules"
+        return (f"{self.world} (planted: {self.expected}; {modules}, mean {self.mean_clusters:.1f} clusters "
+                f"substituted): {self.n_replicates} replicates, mean gain "
+                f"{self.mean_gain:.3f}, excess cost {self.mean_excess:.3f}, distance ratio {self.median_ratio:.2f}; "
+                f"substitution rejects {self.rejection:.1%} ± {Rates.se(self.rejection, self.n_replicates):.1%}; "
+                f"answers: {uses} — wrong: {self.false_rate:.1%} ± {self.false_se:.1%}")
 
 
-def use_rates(world: str, n_replicates: int, rule, random_groups: int = 8, seed: int = 0) -> UseRates:
-    """The interventions' answer (`verdict.use_criteria`, as the pipeline decides it) over seeded replicates."""
+def _nanmean(values: list) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def use_rates(world: str, n_replicates: int, rule, seed: int = 0, n_modules: int | None = None) -> UseRates:
+    """The interventions' answer (`verdict.use_criteria` and `use_answer`, as the pipeline decides it, with the
+    pipeline's default intervention settings) over seeded replicates."""
     _, expected = USE_WORLDS[world]
-    wrong = "used" if expected == "not used" else "not used"
+    settings = _INTERVENTION_DEFAULTS
     uses = dict.fromkeys(USES, 0)
-    rejections, gains = 0, []
+    rejections, gains, excess, ratios, clusters = 0, [], [], [], []
     for replicate in range(n_replicates):
-        delta_y, pert_repr, respond, labels = use_world(world, seed + replicate)
-        plan = substitution_plan(labels, random_groups, replicate)
-        test, _ = substitution_test(delta_y, respond(centroids(pert_repr, plan)), plan, range(len(labels)), 999,
-                                    replicate)
-        uses[use_answer(use_criteria(test, None, rule)[0].supports)] += 1
+        delta_y, pert_repr, respond, labels = use_world(world, seed + replicate, n_modules)
+        plan = substitution_plan(labels, settings["random_groups"], replicate)
+        distance = distance_plan(pert_repr, np.zeros(pert_repr.shape[1]), plan, settings["probe_ratio"],
+                                 settings["matched_moves"], replicate)
+        test, _ = substitution_test(delta_y, respond(centroids(pert_repr, plan)), respond(distance.points), plan,
+                                    distance, range(len(labels)), settings["n_bootstrap"], replicate)
+        uses[use_answer(use_criteria(test, None, rule))] += 1
         rejections += bool(test.gain.p_value < rule.alpha)
         gains.append(test.gain.estimate)
-    false_rate = uses[wrong] / n_replicates
-    return UseRates(world, expected, n_replicates, rule.alpha, rejections / n_replicates,
+        excess.append(test.distance.excess.estimate)
+        ratios.append(test.distance.ratio_median)
+        clusters.append(test.gain.n_clusters)
+    false_rate = sum(uses[w] for w in WRONG_USES[expected]) / n_replicates
+    return UseRates(world, expected, n_replicates, rule.alpha, n_modules, rejections / n_replicates,
                     {k: v / n_replicates for k, v in uses.items()}, false_rate, Rates.se(false_rate, n_replicates),
-                    float(np.nanmean(gains)) if np.isfinite(gains).any() else float("nan"))
+                    _nanmean(gains), _nanmean(excess), float(np.nanmedian(ratios)) if np.isfinite(ratios).any()
+                    else float("nan"), float(np.mean(clusters)))

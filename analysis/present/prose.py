@@ -4,10 +4,12 @@ wording re-renders; it does not recompute)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from ..results import (
     AcrossResult,
+    ClusterInference,
     Criterion,
     InterchangeTest,
     InterventionsResult,
@@ -39,17 +41,24 @@ CAVEAT = ("A per-KD lookup that switches on when it reads each KD's own embeddin
           "the same cluster-circuits call: local Jacobians cannot distinguish it from shared routing.")
 USE_MEANINGS = {
     "used": "a KD's response is carried by what its output cluster's embeddings share: the cluster's centroid "
-            "reproduces it, an arbitrary group's does not",
+            "reproduces it, an arbitrary group's does not, and dropping the KD's own part of the embedding costs no "
+            "more than a random move of the same size",
+    "partly used": "the cluster's shared embedding carries part of each KD's response (its centroid reproduces it "
+                   "better than an arbitrary group's), and the model also reads each KD's own part of the embedding: "
+                   "dropping it costs more than a random move of the same size",
     "not used": "replacing a KD's embedding by its cluster's shared part reproduces its response no better "
                 "than a random group's (by less than the smallest gain of interest): the model reads KD-specific "
                 "components",
-    "inconclusive": "the substitution gain is neither shown nor bounded below the smallest gain of "
-                    "interest",
+    "inconclusive": "the substitution gain and its distance control do not together show use, partial use or its "
+                    "absence (a bound on the wrong side of the smallest effect of interest)",
 }
 # The routing call and the interventions' answer, read together (the call alone is the Jacobians' answer).
 SYNTHESES = {
     ("cluster circuits", "used"): "Model B: routing is shared within output clusters, and the model uses the "
                                   "cluster-shared part of the encoder geometry to produce the responses",
+    ("cluster circuits", "partly used"): "routing is shared within output clusters and the cluster-shared geometry "
+                                         "carries part of each response; the model reads each KD's own embedding "
+                                         "beyond it",
     ("cluster circuits", "not used"): "a keyed lookup: routing similarity follows the clusters only because each "
                                       "KD's gate reads its own embedding; the cluster-shared geometry carries none of "
                                       "the response",
@@ -191,35 +200,85 @@ def caveat(routing: RoutingResult, intervened: InterventionsResult | None = None
     r = routing.evidence.keyed_lookup_r
     here = f" (here r(C_jac, C_out ⊙ C_rep) = {r:.2f})" if r is not None else ""
     use = routing.verdict.use
+    shown = substitution_phrase(intervened.substitution, use) if use else ""
     if use == "used":
         return (f"A per-KD lookup keyed on each KD's own embedding would give C_jac = C_out ⊙ C_rep{here} and the same "
-                f"routing statistics; the intervention rules it out: {substitution_phrase(intervened.substitution)}.")
+                f"routing statistics; the intervention rules it out: {shown}.")
     if use == "not used":
         return (f"Keyed lookup detected: routing similarity follows the clusters as C_jac = C_out ⊙ C_rep predicts for "
-                f"a lookup keyed on each KD's own embedding{here}, and the intervention shows the lookup: "
-                f"{substitution_phrase(intervened.substitution)}.")
-    undecided = (f" The intervention did not decide: {substitution_phrase(intervened.substitution)}."
-                 if use == "inconclusive" else "")
+                f"a lookup keyed on each KD's own embedding{here}, and the intervention shows the lookup: {shown}.")
+    if use == "partly used":
+        return (f"A per-KD lookup keyed on each KD's own embedding would give C_jac = C_out ⊙ C_rep{here}; the "
+                f"intervention shows the cluster-shared part carrying part of the responses and the KD's own part "
+                f"read beyond it: {shown}.")
+    undecided = f" The intervention did not decide: {shown}." if use == "inconclusive" else ""
     return CAVEAT + (f" Here r(C_jac, C_out ⊙ C_rep) = {r:.2f}." if r is not None else "") + undecided
 
 
-def substitution_phrase(test: SubstitutionTest) -> str:
-    """What centroid substitution showed: cosines, share and size, then the gain with its bound and p."""
-    g = test.gain
+def inference_p(inference: ClusterInference) -> str:
+    """A cluster inference's p with its reference, and its floor where p sits on it: 'p ≤ 0.025, the floor of 39
+    label permutations'; 'p = 0.016, the smallest a sign flip over 6 clusters can give'."""
+    if not inference.p_value == inference.p_value:
+        return "p undefined"
+    at_floor = np.isclose(inference.p_value, inference.p_floor, rtol=1e-9)
+    if inference.p_reference == "label permutation":
+        text = p_phrase(inference.p_value, inference.n_null)
+        return text + (f", the floor of {inference.n_null} label permutations" if at_floor
+                       else f" ({inference.n_null} label permutations)")
+    if inference.exact:
+        text = p_phrase(inference.p_value)
+        return text + (f", the smallest a sign flip over {inference.n_clusters} clusters can give" if at_floor
+                       else f" (sign flip over {inference.n_clusters} clusters)")
+    return f"{p_phrase(inference.p_value, inference.n_null)} ({inference.n_null:,} sampled sign patterns)"
+
+
+def _bounds(inference: ClusterInference, claim: str) -> str:
+    """The bound a claim quotes: 'lower bound x' for an effect claimed ("present"), 'upper bound x' for one denied
+    ("absent"), both otherwise (one-sided 95 %, cluster bootstrap)."""
+    if claim == "present":
+        return f"one-sided 95 % lower bound {inference.lower:.3g}"
+    if claim == "absent":
+        return f"one-sided 95 % upper bound {inference.bound:.3g}"
+    return f"one-sided 95 % bounds {inference.lower:.3g} to {inference.bound:.3g}"
+
+
+# For each answer, what it claims of the gain and of the excess cost ("present", "absent" or "" for neither).
+_CLAIMS = {"used": ("present", "absent"), "partly used": ("present", "present"), "not used": ("absent", ""),
+           "inconclusive": ("", "")}
+
+
+def claim_bounds(test: SubstitutionTest, use: str) -> tuple[str, str]:
+    """The bounds the answer `use` quotes, for the gain and for the distance control's excess cost: a claim that an
+    effect is there quotes its lower bound, a claim that it is not its upper bound (`_bounds`)."""
+    gain_claim, excess_claim = _CLAIMS[use]
+    return _bounds(test.gain, gain_claim), _bounds(test.distance.excess, excess_claim)
+
+
+def substitution_phrase(test: SubstitutionTest, use: str) -> str:
+    """What centroid substitution and its distance control showed, with the bounds the answer `use` (`USES`) rests
+    on: cosines, median share and size, the gain with its bound and p, then the distance ratio and the excess cost
+    of the centroid move over same-size random moves."""
+    g, d = test.gain, test.distance
     if g.n_clusters < 2:
         return (f"fewer than two output clusters of at least three KDs ({g.n_clusters}), so no cluster's centroid "
                 "could be tested against random groups")
-    p = p_phrase(g.p_value, None if g.exact else g.n_sign_patterns)
+    gain_bounds, excess_bounds = claim_bounds(test, use)
+    amplified = (f"; {d.amplified:.0%} of KDs sit closer than {d.probe_ratio:g} of their offset to their centroid, so "
+                 f"their own part was first amplified (median λ {d.amplification:.2f}) to that distance"
+                 if d.amplified > 0 else "")
     return (f"a KD's cluster's leave-one-out centroid, put in place of its embedding, reproduces its response with "
-            f"cosine {test.cosine:.2f} (random groups of the same size {test.random_cosine:.2f}; share reproduced "
-            f"{test.share:.2f}, median size ratio {test.size_ratio:.2f}; {test.n_kds} KDs in {g.n_clusters} "
-            f"clusters) — a gain of {g.estimate:.3f} in cosine (one-sided 95 % upper bound {g.bound:.3g}; cluster "
-            f"sign-flip {p})")
+            f"cosine {test.cosine:.2f} (random groups of {g.n_null} label permutations {test.random_cosine:.2f}; "
+            f"median share reproduced {test.share:.2f}, median size ratio {test.size_ratio:.2f}; {test.n_kds} KDs in "
+            f"{g.n_clusters} clusters) — a gain of {g.estimate:.3f} in cosine ({gain_bounds}; "
+            f"{inference_p(g)}). The centroid lies a median {d.ratio_median:.2f} (10–90 %: {d.ratio_low:.2f}–"
+            f"{d.ratio_high:.2f}) of a KD's offset from its embedding{amplified}; there, random moves of the same size "
+            f"keep cosine {d.matched_cosine:.3f} against {d.probe_cosine:.3f} for the centroid — an excess cost of "
+            f"{d.excess.estimate:.3f} ({excess_bounds})")
 
 
 def interchange_phrase(test: InterchangeTest) -> str:
     """What swapping the cluster-shared component showed."""
-    p = p_phrase(test.gain.p_value, None if test.gain.exact else test.gain.n_sign_patterns)
+    p = inference_p(test.gain)
     return (f"swapping a KD's cluster-shared component (its projection on the span of the {test.rank} cluster "
             f"centroids) for another cluster's moves its response to that cluster in {test.accuracy:.0%} of "
             f"{test.n_kds} KDs ({test.null_accuracy:.0%} for the same swap along random directions; {p})")
@@ -230,12 +289,13 @@ def use_meaning(routing: RoutingResult) -> str:
     return USE_MEANINGS[routing.verdict.use] if routing.verdict.use else ""
 
 
-def use_reason(intervened: InterventionsResult | None) -> str:
-    """Why the interventions answered as they did: the substitution, then the interchange ("" when not run)."""
+def use_reason(intervened: InterventionsResult | None, use: str) -> str:
+    """Why the interventions answered `use` (`Verdict.use`): the substitution, then the interchange ("" when not
+    run)."""
     if intervened is None:
         return ""
     swap = f"; {interchange_phrase(intervened.interchange)}" if intervened.interchange is not None else ""
-    return f"{substitution_phrase(intervened.substitution)}{swap}."
+    return f"{substitution_phrase(intervened.substitution, use)}{swap}."
 
 
 def synthesis(routing: RoutingResult) -> str:

@@ -68,7 +68,9 @@ def abstract(results: Results) -> Md:
     if results.routing.verdict.use:
         verdict += (f" Asked directly, by substituting each KD's representation with its cluster's shared part, the "
                     f"encoder geometry is **{results.routing.verdict.use}** (cosine gain over random groups "
-                    f"{sub.sub_gain}, upper bound {sub.sub_bound}, {sub.sub_p})"
+                    f"{sub.sub_gain}, {sub.sub_gain_claim}, {sub.sub_p}; at a median distance ratio {sub.sub_ratio}, "
+                    f"the centroid costs {sub.sub_excess} more in cosine than a random move of its size, "
+                    f"{sub.sub_excess_claim})"
                     + (f": {prose.synthesis(results.routing)}." if prose.synthesis(results.routing) else "."))
     caveat = " ".join(text for text in (prose.caveat(results.routing, results.interventions), not_learned(results))
                       if text)
@@ -111,5 +113,6 @@ def discussion(results: Results) -> Md:
         reading = prose.synthesis(results.routing)
         opening += (f" Asked of the model directly, the encoder geometry is {use}: substituting each KD's "
                     f"representation with its cluster's shared part gains {sub.sub_gain} in cosine over random "
-                    f"groups (bound {sub.sub_bound}, {sub.sub_p})" + (f" — {reading}." if reading else "."))
+                    f"groups ({sub.sub_gain_claim}, {sub.sub_p}) and costs {sub.sub_excess} more than a random move of "
+                    f"the same size (distance ratio {sub.sub_ratio}; {sub.sub_excess_claim})" + (f" — {reading}." if reading else "."))
     return Md(typeset(opening))

@@ -49,7 +49,7 @@ def summary_lines(results: Results) -> list[str]:
         lines.append(f"  Model: {not_learned(results)}")
     if routing.verdict.use:
         lines += [f"Geometry: {routing.verdict.use.upper()} — {prose.use_meaning(routing)}",
-                  f"  Why: {prose.use_reason(intervened)}"]
+                  f"  Why: {prose.use_reason(intervened, routing.verdict.use)}"]
     if prose.synthesis(routing):
         lines.append(f"Together: {prose.synthesis(routing)}.")
     if prose.caveat(routing, intervened):

@@ -144,11 +144,29 @@ def _substitution(c: Criterion, q: dict) -> CriterionWords:
     return CriterionWords(
         "A cluster's shared embedding reproduces its KDs' responses",
         "mean cos(ΔY(cluster centroid), ΔY_k) − mean cos(ΔY(random-group centroid), ΔY_k)",
-        f"leave-one-out centroid substitution through the model's forward, {q['random_groups']} random groups per "
-        f"KD; one-sided cluster sign-flip over {q['n_clusters']} clusters; delete-one-cluster jackknife bound (t)",
-        f"used: gain ≥ {m:g}, p < {q['alpha']}; not used: bound < {m:g}",
-        f"{q['n_kds']} KDs; cos {q['cosine']:.3f} (random groups {q['random_cosine']:.3f}); share reproduced "
-        f"{q['share']:.3f} (random {q['random_share']:.3f}); median size ratio {q['size_ratio']:.2f}")
+        f"leave-one-out centroid substitution through the model's forward; random groups from {q['random_groups']} "
+        f"joint label permutations, which also refer p ({q['n_clusters']} clusters; floor {q['p_floor']:.2g}); "
+        f"one-sided 95 % cluster-bootstrap bounds ({q['n_bootstrap']} resamples)",
+        f"used: gain ≥ {m:g}, p < {q['alpha']}; not used: upper bound < {m:g}",
+        f"{q['n_kds']} KDs; bounds {q['lower']:.3f} to {q['upper']:.3f}; cos {q['cosine']:.3f} (random groups "
+        f"{q['random_cosine']:.3f}); median share reproduced {q['share']:.3f} (random {q['random_share']:.3f}); "
+        f"median size ratio {q['size_ratio']:.2f}; median distance ratio {q['distance_ratio']:.2f}")
+
+
+def _distance_control(c: Criterion, q: dict) -> CriterionWords:
+    m = c.margin
+    amplified = (f"; {q['amplified']:.0%} of KDs amplified to distance ratio {q['probe_ratio']:g} (median λ "
+                 f"{q['amplification']:.2f})" if q["amplified"] else "")
+    return CriterionWords(
+        "Dropping a KD's own part of the embedding costs no more than a random move of its size",
+        "mean cos(ΔY(same-size random move), ΔY(p̃_k)) − cos(ΔY(cluster centroid), ΔY(p̃_k))",
+        f"{q['matched_moves']} random moves per KD in the span of the KDs' offsets, as far from p̃_k as the "
+        f"centroid (p̃_k: the KD's embedding, its own part amplified where the distance ratio is below "
+        f"{q['probe_ratio']:g}); one-sided 95 % cluster-bootstrap bounds ({q['n_bootstrap']} resamples)",
+        f"used: upper bound < {m:g}; read beyond the shared part (partly used): excess ≥ {m:g}, lower bound > 0",
+        f"bounds {q['lower']:.3f} to {q['upper']:.3f}; random moves {q['matched_cosine']:.3f} vs centroid "
+        f"{q['probe_cosine']:.3f}; distance ratio median {q['ratio_median']:.2f} (10–90 %: {q['ratio_low']:.2f}–"
+        f"{q['ratio_high']:.2f}){amplified}")
 
 
 def _interchange(c: Criterion, q: dict) -> CriterionWords:
@@ -212,7 +230,7 @@ def _svd_beyond_output(c: Criterion, q: dict) -> CriterionWords:
 CATALOGUE = {"mantel_specific": _mantel_specific, "contrast_specific": _contrast_specific,
              "response_share": _response_share, "common_share": _common_share, "within_mantel": _within_mantel, "cluster_level": _cluster_level,
              "noise_floor": _noise_floor, "mantel_raw": _mantel_raw, "contrast_raw": _contrast_raw,
-             "substitution": _substitution, "interchange": _interchange, "seed_contrast": _seed_contrast,
+             "substitution": _substitution, "distance_control": _distance_control, "interchange": _interchange, "seed_contrast": _seed_contrast,
              "seed_mantel": _seed_mantel, "partial_mantel": _partial_mantel, "svd_seed": _svd_seed,
              "svd_both_sides": _svd_both_sides, "svd_beyond_output": _svd_beyond_output}
 

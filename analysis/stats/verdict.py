@@ -50,10 +50,14 @@ Two more rows are shown and never decide: the noise floor (reliabilities, the Ma
 and the cluster-level r over between-cluster means, which the two deciding rows (both reading same-cluster blocks)
 do not see.
 
-Is the geometry used? (a second question, asked of the model by intervention, `stats.interventions`): the
-centroid-substitution gain decides — "used" when p < α and the gain is at least `substitution_margin`, "not used" when
-its one-sided 95 % upper bound is below that margin, "inconclusive" otherwise (also with fewer than 2 substitutable
-clusters); the interchange row is reported beside it. `Verdict.use` holds the answer; the routing call is unchanged
+Is the geometry used? (a second question, asked of the model by intervention, `stats.interventions`): two rows on
+one margin (`substitution_margin`, cosine) — the centroid-substitution gain over random groups (shown: p < α and at
+least the margin; ruled out: one-sided 95 % upper bound below it) and its distance control, the excess cost of the
+centroid move over random moves of the same size (ruled out: upper bound below the margin; shown: at least the
+margin, lower bound above 0). "not used" when the gain is ruled out; "used" when the gain is shown and the excess
+ruled out; "partly used" when both are shown (the model reads the KD-specific part beyond the shared one);
+"inconclusive" otherwise (also with fewer than 2 substitutable clusters); the interchange row is reported beside
+them. `Verdict.use` holds the answer; the routing call is unchanged
 by it, and the words combine the two (`present.prose`).
 
 The SVD, the partial Mantel and the seed's pair-level tests are reported beside the deciding rows, labelled; they
@@ -92,8 +96,9 @@ FIRST_ORDER_EXPLAINED = 0.5
 # Every criterion a verdict can hold (`Criterion.id`, in the order rows are made) and the roles they play
 # (`Criterion.family`): "decides" rows make the call, "decides_share" and "noise_floor" refine it, "decides_use"
 # answers the interventions' question, the others are reported beside them. `present.wording` words each.
-CRITERIA = ("mantel_specific", "contrast_specific", "response_share", "common_share", "within_mantel", "cluster_level", "noise_floor",
-            "mantel_raw", "contrast_raw", "substitution", "interchange", "seed_contrast", "seed_mantel",
+CRITERIA = ("mantel_specific", "contrast_specific", "response_share", "common_share", "within_mantel", "cluster_level",
+            "noise_floor", "mantel_raw", "contrast_raw", "substitution", "distance_control", "interchange",
+            "seed_contrast", "seed_mantel",
             "partial_mantel", "svd_seed", "svd_both_sides", "svd_beyond_output")
 FAMILIES = ("decides", "decides_share", "separates", "noise_floor", "raw", "decides_use", "interventions", "seed",
             "reported", "svd")
@@ -239,26 +244,43 @@ def reported_criteria(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvi
     return tuple(rows)
 
 
-def _sign_flip_floor(gain) -> dict:
-    """A cluster sign-flip p's floor: none when every pattern was enumerated, else the sampled patterns."""
-    return {"n_permutations": 0 if gain.exact else gain.n_sign_patterns}
+def _sign_flip_floor(inference) -> dict:
+    """How a cluster inference's p was referred: its reference, the null draws behind it and the smallest p it can
+    give (an exact sign flip over C clusters: 2^−C)."""
+    return {"n_permutations": 0 if inference.exact else inference.n_null, "p_reference": inference.p_reference,
+            "p_floor": inference.p_floor}
 
 
 def use_criteria(substitution: SubstitutionTest, interchange: InterchangeTest | None,
                  rule: DecisionRule) -> tuple[Criterion, ...]:
-    """The interventions' rows: centroid substitution (decides whether the geometry is used) and interchange
-    (reported)."""
+    """The interventions' rows: centroid substitution's gain over random groups and its distance control (together
+    they answer whether the geometry is used: `use_answer`), and interchange (reported). `bound` is the upper bound
+    as on every row; params["lower"] the lower one, which a claim that an effect is there quotes."""
     s, a, m = substitution, rule.alpha, rule.substitution_margin
-    g = s.gain
-    if g.n_clusters >= 2:
-        support = ("used" if g.p_value < a and g.estimate >= m else "not used" if g.bound < m else "neither")
-    else:
-        support = "neither"
-    rows = [Criterion("substitution", "decides_use", g.estimate, _p(g.p_value), support == "used", support,
+    g, d = s.gain, s.distance
+    e = d.excess
+    decided = g.n_clusters >= 2
+    gain_support = ("used" if decided and g.p_value < a and g.estimate >= m else
+                    "not used" if decided and g.bound < m else "neither")
+    # The excess cost: ruled out (the KD-specific part costs no more than a random move of its size) supports "used";
+    # shown (at least the margin, lower bound above 0) says the model reads the KD-specific part beyond it.
+    excess_support = ("used" if decided and e.bound < m else
+                      "not used" if decided and e.lower > 0 and e.estimate >= m else "neither")
+    rows = [Criterion("substitution", "decides_use", g.estimate, _p(g.p_value), gain_support == "used", gain_support,
                       _finite(g.bound), m,
                       {"alpha": a, **_sign_flip_floor(g), "random_groups": s.random_groups, "n_clusters": g.n_clusters,
                        "n_kds": s.n_kds, "cosine": s.cosine, "random_cosine": s.random_cosine, "share": s.share,
-                       "random_share": s.random_share, "size_ratio": s.size_ratio})]
+                       "random_share": s.random_share, "size_ratio": s.size_ratio, "lower": _finite(g.lower),
+                       "upper": _finite(g.bound), "n_bootstrap": g.n_bootstrap,
+                       "distance_ratio": _finite(d.ratio_median)}),
+            Criterion("distance_control", "decides_use", e.estimate, None, excess_support == "used", excess_support,
+                      _finite(e.bound), m,
+                      {"matched_moves": d.matched_moves, "probe_ratio": d.probe_ratio,
+                       "ratio_low": _finite(d.ratio_low), "ratio_median": _finite(d.ratio_median),
+                       "ratio_high": _finite(d.ratio_high), "amplified": _finite(d.amplified),
+                       "amplification": _finite(d.amplification), "probe_cosine": _finite(d.probe_cosine),
+                       "matched_cosine": _finite(d.matched_cosine), "lower": _finite(e.lower),
+                       "upper": _finite(e.bound), "n_bootstrap": e.n_bootstrap, "n_clusters": e.n_clusters})]
     if interchange is not None:
         i = interchange
         rows.append(Criterion("interchange", "interventions", i.gain.estimate, _p(i.gain.p_value),
@@ -289,9 +311,16 @@ def response_criterion(evidence: RoutingEvidence, rule: DecisionRule) -> Criteri
                              "read": readable_response(evidence) is not None})
 
 
-def use_answer(support: str) -> str:
-    """`Verdict.use` from the substitution row's support ("neither" is "inconclusive")."""
-    return support if support in ("used", "not used") else "inconclusive"
+def use_answer(rows: tuple[Criterion, ...]) -> str:
+    """`Verdict.use` from the substitution and distance-control rows (`use_criteria`; see `stats.interventions`):
+    "not used" when the gain is ruled out; "used" when the gain is shown and the excess cost ruled out; "partly
+    used" when both are shown; "inconclusive" otherwise."""
+    gain, excess = (row.supports for row in rows[:2])
+    if gain == "not used":
+        return "not used"
+    if gain == "used" and excess != "neither":
+        return "used" if excess == "used" else "partly used"
+    return "inconclusive"
 
 
 def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | None = None,
@@ -304,7 +333,7 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
     if substitution is not None:
         use_rows = use_criteria(substitution, interchange, rule)
         criteria += use_rows
-        use = use_answer(use_rows[0].supports)
+        use = use_answer(use_rows)
     criteria += reported_criteria(evidence, rule, svd)
     d, s = evidence.decomposition, evidence.spread
     n = evidence.n_kds

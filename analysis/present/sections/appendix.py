@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...config import GENESETS_DIR
-from ...results import Results
+from ...results import USES, Results
 from .. import prose
 from ..formatting import Md, breakable, fmt, markdown_table
 from .methods import SINGLE_LINE, config_file, config_relative
@@ -48,13 +48,14 @@ def intervention_calibration_table(stored: dict | None) -> Md:
         return Md("The interventions' calibration is written by `python benchmarks/calibration.py`; it was not "
                   "found here.")
     pct = (lambda v: f"{100 * v:.1f}%")
-    rows = [{"World (replicates)": f"{breakable(r['world'])} ({r['n_replicates']:,})",
+    rows = [{"World (replicates)": f"{breakable(r['world'])} ({r['n_replicates']:,}"
+                                   + (f", {r['n_modules']} modules)" if r.get("n_modules") else ")"),
              "Planted": r["expected"], "Rejects": pct(r["rejection"]),
-             "Used / not used / undecided": " / ".join(pct(r["uses"].get(u, 0.0)) for u in ("used", "not used",
-                                                                                               "inconclusive")),
-             "Wrong answer": f"{pct(r['false_rate'])} ± {pct(r['false_se'])}", "Mean gain": fmt(r["mean_gain"], 3)}
+             "Used / partly / not / undecided": " / ".join(pct(r["uses"].get(u, 0.0)) for u in USES),
+             "Wrong answer": f"{pct(r['false_rate'])} ± {pct(r['false_se'])}", "Mean gain": fmt(r["mean_gain"], 3),
+             "Mean excess": fmt(r.get("mean_excess", float("nan")), 3)}
             for r in stored["rates"]]
-    return markdown_table(pd.DataFrame(rows), [26, 10, 9, 22, 15, 9], "llrrrr")
+    return markdown_table(pd.DataFrame(rows), [26, 10, 9, 26, 15, 9, 9], "llrrrrr")
 
 
 def calibration_table(stored: dict | None) -> Md:

@@ -8,14 +8,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...results import Results
-from ..formatting import Md, fmt, fmt_p, p_phrase, typeset, typeset_record
+from .. import prose
+from ..formatting import Md, fmt, typeset, typeset_record
 from ..wording import criterion
 
 
 @dataclass(frozen=True)
 class InterventionNumbers:
-    """Centroid substitution (`sub_*`: KDs, clusters, cosines, share, size, the gain with its SE, bounds, p and the
-    sign flip's floor; random_groups per KD; the margin the answer used), interchange (`swap_*`, "—" when not run),
+    """Centroid substitution (`sub_*`: KDs, clusters, cosines, median share, size, the gain with its bounds and the
+    bound the answer quotes, p with its reference and floor; the distance control: distance ratio, the random moves'
+    and the centroid's cosines, the excess cost with the bound the answer quotes; random_groups: label permutations;
+    the margin the answer used), interchange (`swap_*`, "—" when not run),
     steering (steps, tolerance) and the cost (sets, seconds, share of the Jacobian stage's time)."""
 
     random_groups: Md
@@ -28,11 +31,16 @@ class InterventionNumbers:
     sub_random_share: Md
     sub_size: Md
     sub_gain: Md
-    sub_se: Md
     sub_bound: Md
     sub_lower: Md
+    sub_gain_claim: Md
     sub_p: Md
-    sub_floor: Md
+    sub_ratio: Md
+    sub_ratio_range: Md
+    sub_matched_cosine: Md
+    sub_probe_cosine: Md
+    sub_excess: Md
+    sub_excess_claim: Md
     intervention_sets: Md
     intervention_seconds: Md
     intervention_share: Md
@@ -47,16 +55,18 @@ class InterventionNumbers:
 def intervention_numbers(results: Results) -> InterventionNumbers:
     intervened = results.interventions
     s, i = intervened.substitution, intervened.interchange
-    g = s.gain
+    g, d = s.gain, s.distance
+    gain_claim, excess_claim = prose.claim_bounds(s, results.routing.verdict.use)
     values = dict(
         random_groups=f"{s.random_groups}",
         substitution_margin=f"{criterion(results.routing.verdict, 'substitution').margin:g}",
         sub_n_kds=f"{s.n_kds}", sub_n_clusters=f"{g.n_clusters}", sub_cosine=fmt(s.cosine),
         sub_random_cosine=fmt(s.random_cosine), sub_share=fmt(s.share), sub_random_share=fmt(s.random_share),
-        sub_size=fmt(s.size_ratio), sub_gain=fmt(g.estimate, 3), sub_se=fmt(g.standard_error, 3),
-        sub_bound=fmt(g.bound, 3), sub_lower=fmt(g.lower, 3),
-        sub_p=p_phrase(g.p_value, None if g.exact else g.n_sign_patterns) if g.n_clusters >= 2 else "p undefined",
-        sub_floor=fmt_p(2.0 ** -g.n_clusters) if g.n_clusters else "—",
+        sub_size=fmt(s.size_ratio), sub_gain=fmt(g.estimate, 3), sub_bound=fmt(g.bound, 3), sub_lower=fmt(g.lower, 3),
+        sub_gain_claim=gain_claim, sub_p=prose.inference_p(g) if g.n_clusters >= 2 else "p undefined",
+        sub_ratio=fmt(d.ratio_median), sub_ratio_range=f"{fmt(d.ratio_low)}–{fmt(d.ratio_high)}",
+        sub_matched_cosine=fmt(d.matched_cosine, 3), sub_probe_cosine=fmt(d.probe_cosine, 3),
+        sub_excess=fmt(d.excess.estimate, 3), sub_excess_claim=excess_claim,
         intervention_sets=f"{intervened.n_sets:,}", intervention_seconds=f"{intervened.seconds:.0f}",
         intervention_share=f"{100 * intervened.seconds / max(results.routing.seconds['jacobians'], 1e-9):.0f}%",
     )
@@ -66,7 +76,7 @@ def intervention_numbers(results: Results) -> InterventionNumbers:
     if i is not None:
         values |= dict(swap_rank=f"{i.rank}", swap_accuracy=f"{100 * i.accuracy:.0f}%",
                        swap_null=f"{100 * i.null_accuracy:.0f}%",
-                       swap_p=p_phrase(i.gain.p_value, None if i.gain.exact else i.gain.n_sign_patterns))
+                       swap_p=prose.inference_p(i.gain))
     else:
         values |= dict.fromkeys(("swap_rank", "swap_accuracy", "swap_null", "swap_p"), "—")
     return typeset_record(InterventionNumbers, **values)
@@ -81,11 +91,14 @@ def interventions_text(results: Results) -> Md:
     return Md(typeset(
         f"{n.sub_n_kds} KDs in {n.sub_n_clusters} output clusters were substituted. At its "
         f"cluster's leave-one-out centroid, a KD's response pointed along its own ΔY with mean cosine {n.sub_cosine}, "
-        f"against {n.sub_random_cosine} at random groups' centroids; the centroid reproduced a mean share "
-        f"{n.sub_share} of ΔY (random groups {n.sub_random_share}), at a median size ratio of {n.sub_size}. The gain, "
-        f"{n.sub_gain} in cosine (delete-one-cluster SE {n.sub_se}; one-sided 95% bounds {n.sub_lower} to "
-        f"{n.sub_bound}; cluster sign-flip {n.sub_p}, whose floor with {n.sub_n_clusters} clusters is {n.sub_floor}), "
-        f"answers the question: the geometry is **{results.routing.verdict.use}**.{swap} The interventions took {n.intervention_seconds} s "
+        f"against {n.sub_random_cosine} at random groups' centroids; the centroid reproduced a median share "
+        f"{n.sub_share} of ΔY (random groups {n.sub_random_share}), at a median size ratio of {n.sub_size}. The gain "
+        f"was {n.sub_gain} in cosine (cluster-bootstrap bounds {n.sub_lower} to {n.sub_bound}; {n.sub_p}). The "
+        f"centroid lay a median {n.sub_ratio} (10–90%: {n.sub_ratio_range}) of a KD's offset from its embedding; random "
+        f"moves of that size kept cosine {n.sub_matched_cosine} against {n.sub_probe_cosine} for the centroid, an "
+        f"excess cost of {n.sub_excess}. With the gain's {n.sub_gain_claim} and the excess cost's "
+        f"{n.sub_excess_claim}, the geometry is **{results.routing.verdict.use}**.{swap} The interventions took "
+        f"{n.intervention_seconds} s "
         f"for {n.intervention_sets} sets, {n.intervention_share} of the Jacobian stage's time."))
 
 

@@ -49,7 +49,7 @@ def verdict_numbers(results: Results) -> VerdictNumbers:
     return typeset_record(
         VerdictNumbers,
         call=verdict.call, call_phrase=call_phrase(results), reason=prose.reason(routing), use=verdict.use,
-        use_meaning=prose.use_meaning(routing), use_reason=prose.use_reason(results.interventions),
+        use_meaning=prose.use_meaning(routing), use_reason=prose.use_reason(results.interventions, verdict.use),
         synthesis=prose.synthesis(routing) or "the routing call and the interventions' answer are read side by side",
         alpha=f"{mantel.params['alpha']:g}", r_threshold=f"{mantel.params['min_r']:g}",
         equivalence_r=f"{mantel.margin:g}",
