@@ -164,3 +164,15 @@ def test_every_call_is_worded_by_what_its_rows_show(world):
             assert "does not reproduce across control draws" in text and "reliability" in text, text
         if evidence.noise_floor is None:
             assert "Noise floor not measured" in text, text
+
+
+# The readout worlds of issue 29, N_COMMON replicates each (bound as above): what produces the responses decides
+# whether the KD-specific structure is read. Both deciding rows show cluster sharing in every replicate of every one
+# of these worlds; the call follows the share of the response that sharing produces.
+@pytest.mark.parametrize("world", list(calibration.READOUT_WORLDS))
+def test_readout_worlds_are_called_by_what_produces_the_responses(world):
+    rates = calibration.rates(world, N_COMMON, 99, RULE, seed=0)
+    print(rates.summary())
+    assert rates.false_rate <= 0.08, rates.summary()
+    expected = "global readout" if calibration.READOUT_WORLDS[world] < RULE.min_response_share else "cluster circuits"
+    assert rates.calls[expected] >= 0.9, rates.summary()

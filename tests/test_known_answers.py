@@ -72,6 +72,22 @@ def test_pipeline_sees_the_planted_function(known, kind):
     assert all(d.decomposition.common_share > 1 - 1e-6 for d in results.routing.depth)
 
 
+@pytest.mark.parametrize("kind", ["positive", "keyed", "degenerate"])
+def test_the_response_split_matches_the_planted_weights(known, kind):
+    """What produces the responses, through the real model's path-averaged Jacobians (the pipeline), against the same
+    split computed from the planted weights alone (`calibration.known_answer_world`: ReLU gates opened along the
+    path, no forward): medians within 0.02, and the path reproduces ΔY_k (a gate opens along it)."""
+    from analysis.datasets import calibration
+
+    results, _, _ = known(kind)
+    measured, planted = results.routing.evidence.response, calibration.known_answer_world(kind, SEED).response
+    print(kind, measured, planted)
+    assert measured.path_points == planted.path_points > 0
+    for field in ("common_median", "specific_median", "explained_median"):
+        assert abs(getattr(measured, field) - getattr(planted, field)) < 0.02, (field, measured, planted)
+    assert measured.explained_median > 0.9
+
+
 @pytest.mark.parametrize("kind", known_answers.KINDS)
 def test_interventions_give_the_planted_use(known, kind):
     """Through the real forward: each kind's encoder geometry is used or not, as it was built (substitution of the

@@ -46,6 +46,16 @@ twentieth of the modules' scale (group 0 of `cluster_kds`): the Mantel statistic
 - "weak-tail-lookup": Model A's lookup for every KD. A null; false: "cluster circuits".
 - "weak-tail-cluster": the strong KDs route as in "common-cluster", the tail through the common direction alone.
   Expected: "cluster circuits"; false: "global readout", "per-KD", "mixed".
+
+Worlds with a model to split the responses (issue 29), K = 60, linear: one common readout produces most of each
+response, routing shared within output modules a planted minority (`_readout_world`; the share planted as
+‖B_m·Δp_k‖ / ‖A·Δp_k‖, measured by the pipeline's `response_shares` smaller, as ĝ takes in the modules' mean):
+- "readout-minority-0.05", "readout-minority-0.1": the KD-specific routing produces a twentieth or a tenth of each
+  response — it follows the modules, and both deciding rows show it, yet the responses are one readout's.
+  Expected: "global readout"; false: "cluster circuits", "per-KD", "mixed".
+- "readout-minority-0.8": it produces a material share (measured ≈ 0.45). Expected: "cluster circuits"; false:
+  "global readout", "per-KD", "mixed".
+The known-answer worlds (`known_answer_world`) carry the same split, exactly, from the planted weights.
 """
 
 from __future__ import annotations
@@ -57,11 +67,15 @@ from pathlib import Path
 import numpy as np
 
 from ..config import AnalysisConfig
-from ..results import CALLS, USES, RoutingEvidence
+from ..config import AnalysisConfig
+from ..model.jacobians import path_fractions
+from ..results import CALLS, USES, ResponseShares, RoutingEvidence
 from ..stats.clustering import cluster_kds, cosine_similarity
 from ..stats.interventions import centroids, distance_plan, substitution_plan, substitution_test
 from ..stats.reliability import with_noise_floor
+from ..stats.decomposition import common_loadings, response_shares
 from ..stats.evidence import core_evidence
+from ..stats.gram import cosine_from_gram
 from ..stats.mantel import partial_mantel
 from ..stats.verdict import decide, use_answer, use_criteria
 from ..store.cache import read_json
@@ -76,7 +90,9 @@ ALTERNATIVES = {"sharing-r0.1": 0.025, "sharing-r0.2": 0.04}
 COMMON_WORLDS = ("common-cluster", "identical-noise", "identical-noise-K116", "identical-noise-modules")
 DRAW_WORLDS = ("draw-noise", "draw-cluster", "draw-per-KD")
 WEAK_TAIL_WORLDS = ("weak-tail-lookup", "weak-tail-cluster")
-WORLDS = NULL_WORLDS + tuple(ALTERNATIVES) + COMMON_WORLDS + DRAW_WORLDS + WEAK_TAIL_WORLDS
+# planted share of each response produced by cluster-shared routing on top of one common readout (issue 29)
+READOUT_WORLDS = {"readout-minority-0.05": 0.05, "readout-minority-0.1": 0.1, "readout-minority-0.8": 0.8}
+WORLDS = NULL_WORLDS + tuple(ALTERNATIVES) + COMMON_WORLDS + DRAW_WORLDS + WEAK_TAIL_WORLDS + tuple(READOUT_WORLDS)
 # The calls that would be wrong in each world (the rest are right or, for "inconclusive", not a claim).
 FALSE_CALLS = {**{w: ("cluster circuits",) for w in NULL_WORLDS if w != "shared-cause"},
                **{w: ("per-KD", "global readout") for w in ALTERNATIVES},
@@ -86,7 +102,10 @@ FALSE_CALLS = {**{w: ("cluster circuits",) for w in NULL_WORLDS if w != "shared-
                "draw-cluster": ("unreliable", "per-KD", "global readout", "mixed"),
                "draw-per-KD": ("unreliable", "cluster circuits", "mixed"),
                "weak-tail-lookup": ("cluster circuits",),
-               "weak-tail-cluster": ("global readout", "per-KD", "mixed")}
+               "weak-tail-cluster": ("global readout", "per-KD", "mixed"),
+               **{w: ("cluster circuits", "per-KD", "mixed") for w, share in READOUT_WORLDS.items()
+                  if share < 0.2},
+               **{w: ("global readout", "per-KD", "mixed") for w, share in READOUT_WORLDS.items() if share > 0.2}}
 WEAK_TAIL_SHARE = 0.4  # share of weak-effect KDs in the weak-tail worlds (the genome-scale screen's tail: 41 %)
 WEAK_TAIL_EFFECT = 0.05  # their ΔY scale against the modules' ≈ 1: well below `cluster_kds`' 0.25 × median
 DRAW_NOISE_COMMON = 0.3  # common share c of the draw worlds' routing (below global_share: per-KD without a floor)
@@ -95,6 +114,7 @@ ROUTING_WORLD_DIM = 2000  # dimensions of the unit-norm Jacobians of the common-
 NOISE_SIGMA = float(np.sqrt(1 / 0.98 - 1))  # ‖σ·e‖² / ‖g‖² with cos ≈ 1 / (1 + σ²) = 0.98
 ROUTING_DIM = 24  # input directions u_k of a lookup
 OUTPUT_DIM = 50
+PATH_POINTS = next(f.default for f in dataclasses.fields(AnalysisConfig) if f.name == "path_points")  # as the pipeline
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -105,7 +125,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 class World:
     """One replicate: delta_y [K, D]; c_out, c_jac, c_rep [K, K]; labels [K] from `cluster_kds` on delta_y;
     halves: (C_out of each half [K, K] × 2, Gram of each half's Jacobians [K, K] × 2, draws per half) in the draw
-    worlds, the arguments of `reliability.with_noise_floor` (None elsewhere: no noise floor)."""
+    worlds, the arguments of `reliability.with_noise_floor` (None elsewhere: no noise floor); response: the response
+    split (`decomposition.response_shares`) in worlds built from a model (None: Gram-level worlds, whose call reads the
+    Jacobian-energy shares)."""
 
     delta_y: np.ndarray
     c_out: np.ndarray
@@ -113,6 +135,7 @@ class World:
     c_rep: np.ndarray
     labels: np.ndarray
     halves: tuple | None = None
+    response: ResponseShares | None = None  # what produces the responses, where the world has a model to split
 
 
 def _modules(rng, n_kds: int, n_modules: int, noise: float, singletons: float = 0.0):
@@ -145,6 +168,8 @@ def draw_world(rng, world: str, n_kds: int | None = None) -> World:
         return _draw_world(rng, world, n_kds or 60)
     if world in WEAK_TAIL_WORLDS:
         return _weak_tail_world(rng, world, n_kds or 80)
+    if world in READOUT_WORLDS:
+        return _readout_world(rng, READOUT_WORLDS[world], n_kds or 60)
     n_kds = n_kds or {"lookup-K20": 20, "lookup-K120": 120, "common-cluster": 60, "identical-noise-K116": 116}.get(world, 40)
     tight = world == "lookup-tight"
     module, delta_y = _modules(rng, n_kds, 5, 0.3 if tight else 0.8, 0.5 if world == "lookup-singletons" else 0.0)
@@ -247,6 +272,32 @@ def _weak_tail_world(rng, world: str, n_kds: int = 80) -> World:
     return World(delta_y, cosine_similarity(delta_y), c_jac, cosine_similarity(rep), cluster_kds(delta_y, 8, 0, 0).labels)
 
 
+def _readout_world(rng, share: float, n_kds: int = 60) -> World:
+    """One common readout produces most of each response, routing shared within output modules a planted minority:
+    J_k = A + b·B_m(k) + E_k [OUTPUT_DIM, ROUTING_DIM], Δp_k = m_module + 0.5·noise, ΔY_k = J_k·Δp_k exactly (a
+    linear model, so the split is exact). b is set so that ‖B_m·Δp_k‖ / ‖A·Δp_k‖ = `share` on average; E_k
+    (KD-specific, a fiftieth of A's entries) keeps C_jac^spec from being the modules alone. The response split is the
+    pipeline's (`response_shares` on the local Jacobians); the cluster structure of C_jac^spec is B's."""
+    module, _ = _modules(rng, n_kds, 5, 0.0)
+    centres = rng.normal(size=(5, ROUTING_DIM))
+    delta_p = centres[module] + 0.5 * rng.normal(size=(n_kds, ROUTING_DIM))
+    readout = rng.normal(size=(OUTPUT_DIM, ROUTING_DIM))
+    shared = rng.normal(size=(5, OUTPUT_DIM, ROUTING_DIM))
+    common_part = delta_p @ readout.T  # [K, G]
+    cluster_part = np.einsum("kgh,kh->kg", shared[module], delta_p)
+    scale = share * np.linalg.norm(common_part, axis=1).mean() / np.linalg.norm(cluster_part, axis=1).mean()
+    jac = readout + scale * shared[module] + 0.02 * rng.normal(size=(n_kds, OUTPUT_DIM, ROUTING_DIM))
+    delta_y = np.einsum("kgh,kh->kg", jac, delta_p)
+    flat = jac.reshape(n_kds, -1)
+    gram = flat @ flat.T
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    direction = (unit.sum(axis=0) / np.linalg.norm(unit.sum(axis=0))).reshape(OUTPUT_DIM, ROUTING_DIM)
+    labels = cluster_kds(delta_y, 8, 0, 0).labels
+    response = response_shares(common_loadings(gram), direction, delta_p, delta_y, delta_y, labels)[0]
+    return World(delta_y, cosine_similarity(delta_y), cosine_from_gram(gram), cosine_similarity(delta_p), labels,
+                 None, response)
+
+
 @dataclass(frozen=True)
 class Rates:
     """Shares of `n_replicates` replicates (with their binomial standard errors) at level α.
@@ -263,6 +314,7 @@ class Rates:
     mean_r: float
     mean_common: float = float("nan")  # mean common share of routing (`decomposition.decompose`)
     mean_reliability: float = float("nan")  # mean split-half reliability of C_jac^spec (draw worlds only)
+    mean_response: float = float("nan")  # mean median KD-specific share of the responses (worlds with a model only)
 
     @property
     def false_calls(self) -> tuple:
@@ -286,13 +338,16 @@ class Rates:
         return (f"{self.world}: {n} replicates × {self.n_permutations} permutations, α = {self.alpha}, mean r "
                 f"{self.mean_r:.3f}, mean common share {self.mean_common:.4f}"
                 + (f", mean reliability of C_jac^spec {self.mean_reliability:.3f}" if self.mean_reliability == self.mean_reliability else "")
+                + (f", mean KD-specific share of the responses {self.mean_response:.3f}"
+                   if self.mean_response == self.mean_response else "")
                 + f" — rejections: {tests} — calls: "
                 f"{calls}{false}")
 
 
 def world_evidence(w: World, n_permutations: int, seed: int) -> RoutingEvidence:
     """The statistics the call reads (`core_evidence`, no bootstrap), with the noise floor where `w` has halves."""
-    evidence = core_evidence(w.c_out, w.c_jac, w.labels, n_permutations, 0, seed)
+    evidence = dataclasses.replace(core_evidence(w.c_out, w.c_jac, w.labels, n_permutations, 0, seed),
+                                   response=w.response)
     return evidence if w.halves is None else with_noise_floor(evidence, *w.halves)
 
 
@@ -319,7 +374,7 @@ def _tally(name: str, replicates, n_replicates: int, n_permutations: int, rule) 
     """Rates over `replicates`, an iterable of (evidence, {extra test: rejected}) — one decision per replicate."""
     counts: dict = {}
     calls = dict.fromkeys(CALLS, 0)
-    r_values, common, reliability = [], [], []
+    r_values, common, reliability, response = [], [], [], []
     for evidence, extra in replicates:
         for test, rejected in {**replicate_rejections(evidence, rule.alpha), **extra}.items():
             counts[test] = counts.get(test, 0) + bool(rejected)
@@ -328,9 +383,12 @@ def _tally(name: str, replicates, n_replicates: int, n_permutations: int, rule) 
         common.append(evidence.decomposition.common_share)
         if evidence.noise_floor is not None:
             reliability.append(evidence.noise_floor.reliability_jac)
+        if evidence.response is not None:
+            response.append(evidence.response.specific_median)
     return Rates(name, n_replicates, n_permutations, rule.alpha, {k: v / n_replicates for k, v in counts.items()},
                  {k: v / n_replicates for k, v in calls.items()}, float(np.mean(r_values)), float(np.mean(common)),
-                 float(np.mean(reliability)) if reliability else float("nan"))
+                 float(np.mean(reliability)) if reliability else float("nan"),
+                 float(np.mean(response)) if response else float("nan"))
 
 
 def replicate_rejections(evidence: RoutingEvidence, alpha: float) -> dict:
@@ -349,23 +407,42 @@ def known_answer_world(kind: str, seed: int, max_clusters: int = 8) -> World:
     the control cells is evaluated on seeded draws of them as its config sets (`known_answers.N_DRAWS` draws of
     SET_SIZE cells), with the noise floor's halves."""
     planted = planted_model(kind, seed)
-    n_kds = len(planted.kd_names)
+    products = planted.unit_products()
     halves = None
     if planted.cell_values is None:
-        delta_y, jac = planted.delta_y(), planted.jacobians().reshape(n_kds, -1)
+        cells = None
+        delta_y, on = planted.delta_y(), planted.open_shares()
     else:
         rng = np.random.default_rng([seed, 17])
         draws = np.stack([rng.choice(len(planted.cell_values), SET_SIZE, replace=False)
                           for _ in range(N_DRAWS[kind])])
         half = len(draws) // 2
+        cells = draws
         half_delta = [planted.delta_y(d) for d in (draws[:half], draws[half:])]
-        half_jac = [planted.jacobians(d).reshape(n_kds, -1) for d in (draws[:half], draws[half:])]
-        delta_y, jac = (half_delta[0] + half_delta[1]) / 2, (half_jac[0] + half_jac[1]) / 2
-        halves = (tuple(cosine_similarity(d) for d in half_delta), tuple(j @ j.T for j in half_jac),
+        half_on = [planted.open_shares(d) for d in (draws[:half], draws[half:])]
+        delta_y, on = (half_delta[0] + half_delta[1]) / 2, (half_on[0] + half_on[1]) / 2
+        halves = (tuple(cosine_similarity(d) for d in half_delta), tuple(o @ products @ o.T for o in half_on),
                   (half, len(draws) - half))
+    gram = on @ products @ on.T  # of J_k = W2 diag(on_k) W1
     labels = cluster_kds(delta_y, max_clusters, 0, 0).labels
-    return World(delta_y, cosine_similarity(delta_y), cosine_similarity(jac), cosine_similarity(planted.pert_repr),
-                 labels, halves)
+    response = _planted_response(planted, products, gram, on, delta_y, labels, cells)
+    return World(delta_y, cosine_similarity(delta_y), cosine_from_gram(gram), cosine_similarity(planted.pert_repr),
+                 labels, halves, response)
+
+
+def _planted_response(planted, products: np.ndarray, gram: np.ndarray, on: np.ndarray, delta_y: np.ndarray,
+                      labels: np.ndarray, cells) -> ResponseShares:
+    """The pipeline's response split (`response_shares`) of a planted model, exactly: ĝ = W2 diag(a) W1 / ‖·‖ with
+    a = Σ_l on_l / ‖J_l‖, the path-averaged Ĵ_k = W2 diag(f_k) W1 over the pipeline's default path points, so
+    Ĵ_k·ĝ = f_kᵀ M a / √(aᵀ M a) (`PlantedModel.unit_products`)."""
+    norms = np.sqrt(np.clip(np.diag(gram), 0, None))
+    weights = (on / np.where(norms > 0, norms, 1.0)[:, None]).sum(axis=0)  # a [U]
+    size = np.sqrt(weights @ products @ weights)
+    direction = (planted.w2 * weights) @ planted.w1 / size  # ĝ [G, H]
+    path = planted.open_shares(cells, path_fractions(PATH_POINTS))  # f [K, U]
+    produced = (path * (planted.pert_repr @ planted.w1.T)) @ planted.w2.T  # Ĵ_k·p_k [K, G]
+    along = path @ products @ weights / size
+    return response_shares(along, direction, planted.pert_repr, produced, delta_y, labels, PATH_POINTS)[0]
 
 
 def known_answer_calls(kind: str, n_seeds: int, n_permutations: int, rule) -> Rates:

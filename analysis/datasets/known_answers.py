@@ -175,11 +175,23 @@ class PlantedModel:
         cells `cells` (indices, any shape; None: all)."""
         return self.respond(self.pert_repr, cells)
 
+    def open_shares(self, cells=None, path: np.ndarray | None = None) -> np.ndarray:
+        """[K, U] the share of the control cells `cells` on which unit u is on for KD k, at p_k; with `path` (the
+        fractions t_q of p_ctrl → p_k, [Q]) the mean of that share over the points t_q·p_k (p_ctrl = 0 here)."""
+        if path is None:
+            return (self._pre(self.pert_repr, cells) > 0).mean(axis=0)
+        return np.mean([(self._pre(t * self.pert_repr, cells) > 0).mean(axis=0) for t in path], axis=0)
+
     def jacobians(self, cells=None) -> np.ndarray:
         """Planted J_k [K, G, H] = W2 diag(share of the cells on which unit u is on for KD k) W1 in the
         linear-LayerNorm approximation."""
-        on = (self._pre(self.pert_repr, cells) > 0).mean(axis=0)  # [K, U]
-        return np.einsum("gu,ku,uh->kgh", self.w2, on, self.w1)
+        on = self.open_shares(cells)
+        return (self.w2[None] * on[:, None, :]) @ self.w1
+
+    def unit_products(self) -> np.ndarray:
+        """[U, U] (W2ᵀW2) ∘ (W1W1ᵀ): for J_a = W2 diag(a) W1 and J_b likewise, the Frobenius ⟨J_a, J_b⟩ = aᵀ M b, so
+        Grams of such Jacobians need no [K, G, H] array."""
+        return (self.w2.T @ self.w2) * (self.w1 @ self.w1.T)
 
 
 # ---------------------------------------------------------------- the planted world
