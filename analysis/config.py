@@ -109,6 +109,7 @@ class AnalysisConfig:
     equivalence_r: float = 0.1  # smallest effect of interest (r scale, both criteria): a bound below it rules out
     min_contrast: float = 0.5  # same − cross C_jac^spec, in SDs of C_jac^spec, needed for Model B
     min_specific_share: float = 1e-4  # KD-specific share of the Jacobian energy below which routing is one readout
+    cluster_null_draws: int = 39  # Gaussian draws the test that outputs cluster at all compares with (p floor 1/40)
     min_response_share: float = 0.2  # median share of the response the KD-specific routing must produce to be read
     global_share: float = 0.5  # common share at or above which unstructured KD-specific routing is a global readout
     min_cluster_share: float = 0.1  # same − cross mean C_jac^spec (share of KD-specific energy) needed for Model B
@@ -180,7 +181,8 @@ _SECTIONS = {
     "data": {"h5ad", "feature_key", "perturbation_column", "cell_type_column", "control_label", "cell_line", "kds"},
     "effects": {"set_size", "n_draws", "seed"},
     "jacobian": {"kds_per_call", "tangents_per_call", "compile_jacobian", "shard_kds", "dtype", "path_points"},
-    "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "n_permutations", "n_bootstrap", "alpha",
+    "statistics": {"max_clusters", "weak_fraction", "cluster_bootstrap", "cluster_null_draws", "n_permutations",
+                   "n_bootstrap", "alpha",
                    "normal_reference_kds", "seed_r_threshold", "equivalence_r", "min_contrast", "min_specific_share",
                    "min_response_share", "global_share", "min_cluster_share", "min_reliability", "n_axes"},
     "interventions": {"random_groups", "substitution_margin", "matched_moves", "probe_ratio"},
@@ -207,6 +209,7 @@ _RANGES = {
     "kds_per_call": (lambda v: v >= 1, "an integer >= 1"),
     "tangents_per_call": (lambda v: v >= 0, "0 (automatic) or a positive integer"),
     "path_points": (lambda v: v >= 0, "0 (first order only) or a positive integer"),
+    "cluster_null_draws": (lambda v: v >= 19, "an integer >= 19 (a p below 0.05 needs at least 19 draws)"),
     "shard_kds": (lambda v: v >= 1, "an integer >= 1"),
     "max_clusters": (lambda v: v >= 2, "an integer >= 2"),
     "weak_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .config import AnalysisConfig
 
-CALLS = ("cluster circuits", "per-KD", "global readout", "mixed", "inconclusive", "degenerate",
+CALLS = ("cluster circuits", "graded routing", "per-KD", "global readout", "mixed", "inconclusive", "degenerate",
          "unreliable")  # what a `Verdict` can call
 USES = ("used", "partly used", "not used", "inconclusive")  # what the interventions say of the encoder geometry (`Verdict.use`)
 Z_ONE_SIDED_95 = 1.6448536269514722  # Φ⁻¹(0.95): one-sided 95 % bounds (equivalence at α = 0.05)
@@ -41,12 +41,30 @@ class Responses:
 
 
 @dataclass(frozen=True)
+class ClusterExistence:
+    """Do the outputs cluster at all (`stats.clustering.cluster_existence`)? silhouette: the best mean silhouette of
+    the strong KDs' clustering (over 2..max_clusters, as chosen); null_median / null_q95: the same for n_draws draws
+    of as many points from a Gaussian with their ΔY's mean and covariance (no clusters, the same spread); p_value:
+    one-sided, (1 + #{null ≥ observed}) / (1 + n_draws); n_kds: the KDs it read (a seeded subsample beyond
+    `MAX_EXISTENCE_KDS`); stability: the clustering's median bootstrap ARI, reported beside."""
+
+    silhouette: float
+    null_median: float
+    null_q95: float
+    p_value: float
+    n_draws: int
+    n_kds: int
+    stability: float
+
+
+@dataclass(frozen=True)
 class EffectsResult:
     """The effects stage: responses, clusters, enrichment.
 
     kd_table: kd, cluster, draw_cosine, split_half_r, effect_norm; c_out [K, K]: cosine of ΔY; silhouette: per
     candidate number of clusters; bootstrap_ari [cluster_bootstrap]; order [K]: the dendrogram's leaf order;
-    ora / gsea: enrichment tables (query = 'cluster c'); seconds: wall time of the stage.
+    ora / gsea: enrichment tables (query = 'cluster c'); seconds: wall time of the stage; existence: whether the
+    outputs cluster beyond a Gaussian with their covariance.
     """
 
     key: str
@@ -59,6 +77,7 @@ class EffectsResult:
     ora: pd.DataFrame
     gsea: pd.DataFrame
     seconds: Annotated[float, Measured]
+    existence: ClusterExistence | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -569,6 +588,7 @@ class RoutingEvidence:
     borderline: tuple[float, float] | None = None
     borderline_permutations: int = 0
     response: ResponseShares | None = None  # what produces the responses (None: no Jacobians' responses, e.g. worlds)
+    output_clusters: ClusterExistence | None = None  # do the outputs cluster at all (None: not tested)
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,35 @@ def test_clustering_criterion_on_planted_blobs():
     assert result.stability == 1.0
 
 
+def test_outputs_that_do_not_cluster_are_told_from_outputs_that_do():
+    """`cluster_existence` on planted truth and under null worlds built to fool it. Planted modules (4 blobs): p at
+    its floor. Two nulls, 40 replicates each, 19 Gaussian draws per test: points from a Gaussian with a common mean
+    (what the reference draws, so p is uniform: rejections at α = 0.05 should be ≈ 5 %, SE 3.4 %) and a smooth
+    readout of unclustered embeddings (tanh of a random map of Gaussian p: graded, not blocked — the issue's world
+    without modules). Each must reject at most 6 of 40 (15 %, 5 % + 2.9 SE)."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 50))
+    rows = np.concatenate([centres[i] + 0.3 * rng.normal(size=(10, 50)) for i in range(4)])
+    found = clustering.cluster_existence(rows, clustering.cluster_kds(rows, 8, 5, 0), 8, 19, 0)
+    assert found.p_value == 1 / 20 and found.silhouette > found.null_q95 and found.stability == 1.0
+
+    def gaussian(rng):
+        return rng.normal(size=50) + rng.normal(size=(40, 50)) * rng.uniform(0.2, 1.0, size=50)
+
+    def smooth_readout(rng):
+        embedding, weights = rng.normal(size=(40, 8)), rng.normal(size=(8, 50))
+        return np.tanh(embedding @ weights / 3) + 0.5 + 0.1 * rng.normal(size=(40, 50))
+
+    for world in (gaussian, smooth_readout):
+        rejected = 0
+        for replicate in range(40):
+            rows = world(rng)
+            test = clustering.cluster_existence(rows, clustering.cluster_kds(rows, 8, 0, 0), 8, 19, replicate)
+            rejected += test.p_value < 0.05
+        print(world.__name__, f"{rejected}/40 rejected")
+        assert rejected <= 6, (world.__name__, rejected)
+
+
 def test_ribosomal_cluster_top_kd_target_term_is_translation(demo_results):
     table, ora = demo_results.effects.kd_table, demo_results.effects.ora
     ribosomal = table[table.kd.str.match(r"^RP[LS]\d")]

@@ -401,6 +401,25 @@ def test_the_response_shares_decide_whether_kd_specific_structure_is_read():
     assert verdict.decide(with_(ruled_out, response=shares(0.1)), RULE).call == "global readout"
 
 
+def test_cluster_circuits_need_outputs_that_cluster_at_all():
+    """Both rows showing cluster sharing is cluster circuits only where the outputs cluster beyond a Gaussian with
+    their covariance; else graded routing (routing tracks output similarity, with no clusters to share it within)."""
+    from dataclasses import replace as with_
+
+    from analysis.results import ClusterExistence
+
+    base = with_(evidence(MANTEL_B, CONTRAST_B), response=shares(0.36))
+    clustered = ClusterExistence(0.6, 0.3, 0.35, 0.025, 39, 20, 0.95)
+    unclustered = ClusterExistence(0.25, 0.24, 0.3, 0.4, 39, 20, 0.70)
+    assert verdict.decide(with_(base, output_clusters=clustered), RULE).call == "cluster circuits"
+    result = verdict.decide(with_(base, output_clusters=unclustered), RULE)
+    assert result.call == "graded routing"
+    row = next(c for c in result.criteria if c.id == "output_clusters")
+    assert row.family == "decides_clusters" and not row.held and row.p_value == 0.4
+    ruled_out = with_(evidence(MANTEL_A, CONTRAST_A), response=shares(0.4), output_clusters=unclustered)
+    assert verdict.decide(ruled_out, RULE).call == "per-KD"  # only a cluster-circuits call needs clusters
+
+
 def test_responses_all_alike_are_degenerate_on_c_out_whatever_the_rows_support():
     """The KD-specific share of unit-norm ΔY, (K − 1)/K · (1 − mean C_out) = 0.95 · 1e-5 < 1e-4: every KD responds the
     same way; the rows (here cluster circuits) are not read. Well above the floor (mean C_out 0.98) the rows decide

@@ -156,6 +156,19 @@ class JacobianInputs:
     tangents_per_call: int = 0
     compile: bool = False
     path_points: int = 0  # Q: midpoints of the path p_ctrl → p_k the path-averaged Jacobian is taken at (0: none)
+    delta_y: np.ndarray | None = None  # [K, G] ΔY, which decides the KDs whose response needs the path (`path_kds`)
+
+
+# The share of ΔY_k the first order J_k·Δp_k must explain for the local J_k to stand in for the path average: a
+# response that linear along the path has ∫ J dt·Δp_k ≈ J_k·Δp_k, and the path's Q Jacobians would cost Q× for nothing.
+LINEAR_ENOUGH = 0.9
+
+
+def path_kds(delta_y: np.ndarray, first_order: np.ndarray) -> np.ndarray:
+    """Positions [n] (into the rows of `delta_y` [b, G]) of the KDs whose first order `first_order` [b, G] explains
+    less than LINEAR_ENOUGH of ΔY_k: the ones that get path-averaged Jacobians."""
+    explained = 1 - ((delta_y - first_order) ** 2).sum(axis=1) / np.maximum((delta_y**2).sum(axis=1), 1e-300)
+    return np.flatnonzero(explained < LINEAR_ENOUGH)
 
 
 def path_fractions(path_points: int) -> np.ndarray:
@@ -175,9 +188,11 @@ def jacobian_shard(run: PerturbationModel, task: ShardTask, inputs: JacobianInpu
     float32 (each block's set-mean hidden state, the model's `expected_states`), `kd_index` [b] and
     `linear_prediction` [b, G] = J_k·(p_k − p_ctrl), for the b KDs of `task`; with R ≥ 2 also `half_draws` [2]
     (the draws in each half, `draw_halves`) and `jacobian_split` [b, G, H] float32 = J^(1) − J^(2), the difference
-    of the two halves' Jacobians; with `path_points` Q ≥ 1 also `path_jacobian` [b, G, H] float32 (`path_jacobian`,
-    Q more Jacobians per KD) and `path_prediction` [b, G] = Ĵ_k·(p_k − p_ctrl). Pure: writes nothing. Peak memory is
-    one shard (two with halves or a path).
+    of the two halves' Jacobians; with `path_points` Q ≥ 1 also `path_index` [n] (positions of the KDs whose first
+    order explains less than LINEAR_ENOUGH of ΔY_k, `path_kds`), their `path_jacobian` [n, G, H] float32
+    (`path_jacobian`: Q more Jacobians per such KD) and `path_prediction` [b, G] = Ĵ_k·(p_k − p_ctrl) (the local
+    J_k·Δp_k for the others, which stands in for the path). Pure: writes nothing. Peak memory is one shard (two
+    with halves or a path).
 
     E[Y] is a mean over draws, so J = (n₁·J^(1) + n₂·J^(2)) / R exactly: each half's JVP runs over its own draw sets,
     the same forward work as one JVP over all of them. Stored as J and the difference (J^(1) = J + (n₂/R)·D,
@@ -208,28 +223,32 @@ def jacobian_shard(run: PerturbationModel, task: ShardTask, inputs: JacobianInpu
     if len(halves) == 2:
         arrays |= {"half_draws": sizes, "jacobian_split": (half_jacobians[0] - half_jacobians[1]).astype(np.float32)}
     if inputs.path_points:
-        path = path_jacobian(run, inputs, task.kds, draw_sets)
-        arrays |= {"path_jacobian": path.astype(np.float32), "path_prediction": np.einsum("kgh,kh->kg", path, step)}
+        bent = path_kds(inputs.delta_y[task.kds.start:task.kds.stop], arrays["linear_prediction"])
+        path = path_jacobian(run, inputs, [task.kds.start + int(i) for i in bent], draw_sets)
+        prediction = arrays["linear_prediction"].copy()
+        prediction[bent] = np.einsum("kgh,kh->kg", path, step[bent])
+        arrays |= {"path_index": bent, "path_jacobian": path.astype(np.float32), "path_prediction": prediction}
     return arrays
 
 
-def path_jacobian(run: PerturbationModel, inputs: JacobianInputs, kds: range, draw_sets: torch.Tensor) -> np.ndarray:
-    """Ĵ_k = (1/Q) Σ_q J(p_ctrl + t_q Δp_k) [b, G, H] float64 over all draws (`path_fractions`): the path-averaged
+def path_jacobian(run: PerturbationModel, inputs: JacobianInputs, kds: list[int], draw_sets: torch.Tensor) -> np.ndarray:
+    """Ĵ_k = (1/Q) Σ_q J(p_ctrl + t_q Δp_k) [n, G, H] float64 over all draws for the KDs `kds` (indices into the
+    run's KDs; `path_fractions`): the path-averaged
     Jacobian, whose Ĵ_k·Δp_k reproduces ΔY_k up to the quadrature's error (the completeness of integrated gradients:
     ΔY_k = ∫₀¹ J(p_ctrl + tΔp_k) dt · Δp_k exactly), so the response it splits is ΔY_k itself, not its first order —
     where a gate opens along the path the local J_k at p_k extrapolates badly. The error is measured, not assumed:
     the routing stage compares Ĵ_k·Δp_k with ΔY_k."""
-    total = None
+    total = np.zeros((len(kds),) + tuple(inputs.delta_y.shape[1:]) + (inputs.pert_repr.shape[1],))
     for t in path_fractions(inputs.path_points):
         parts = []
-        for start in range(kds.start, kds.stop, inputs.kds_per_call):
-            kd_slice = slice(start, min(start + inputs.kds_per_call, kds.stop))
-            point = inputs.control_repr + t * (inputs.pert_repr[kd_slice] - inputs.control_repr)
+        for start in range(0, len(kds), inputs.kds_per_call):
+            batch = kds[start:start + inputs.kds_per_call]
+            point = inputs.control_repr + t * (inputs.pert_repr[batch] - inputs.control_repr)
             p = torch.as_tensor(point, device=run.device, dtype=run.dtype)
             parts.append(forward_mode_jacobian(run, p, draw_sets, inputs.tangents_per_call,
                                                compile=inputs.compile).double().cpu().numpy())
-        found = np.concatenate(parts)
-        total = found if total is None else total + found
+        if parts:
+            total += np.concatenate(parts)
     return total / inputs.path_points
 
 

@@ -24,6 +24,9 @@ from .wording import criterion, p_floor, words
 CALL_MEANINGS = {
     "cluster circuits": "cluster circuits (Model B) — beyond what every KD shares, KDs of one output cluster share "
                         "routing that KDs of other clusters do not",
+    "graded routing": "graded routing — KD-specific routing similarity tracks output similarity, but the outputs form "
+                      "no clusters beyond what points without clusters give: what any smooth readout of the "
+                      "embedding produces, not routing shared within clusters",
     "per-KD": "per-KD routing (evidence for Model A) — most of the routing is KD-specific and its sharing within "
               "output clusters is smaller than the smallest effect of interest",
     "global readout": "global readout — one routing produces most of every KD's response, and what is KD-specific "
@@ -114,6 +117,13 @@ def reason(routing: RoutingResult) -> str:
         tail = "; the KD-specific routing produces a material share of the responses and follows no output cluster"
     elif verdict.call == "per-KD":
         tail = f"; the common share is below {shares['global_share']:g}, so most routing is KD-specific"
+    elif verdict.call == "graded routing":
+        x = evidence.output_clusters
+        tail = (f"; but the outputs form no reproducible clusters (best silhouette {x.silhouette:.3f} against "
+                f"{x.null_q95:.3f}, the 95th percentile of {x.n_draws} Gaussian draws with ΔY's covariance, "
+                f"{p_phrase(x.p_value, x.n_draws)}; bootstrap ARI {x.stability:.2f}), so routing tracks output "
+                f"similarity graded (r = {evidence.mantel_pearson.statistic:.2f}) — as any smooth readout of the "
+                "embedding makes it — with no clusters to share routing within")
     elif verdict.call == "cluster circuits" and read_response:
         tail = (f"; so routing shared within output clusters adds a median "
                 f"{evidence.response.specific_median:.0%} to each response the common readout produces")

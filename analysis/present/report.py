@@ -89,6 +89,9 @@ def discussion(results: Results) -> Md:
                              f"{stats.mantel_p}; {stats.contrast_sd} SD, {stats.contrast_p}). The two statistics read "
                              f"the same cluster blocks; within clusters r = {stats.within_r} ({stats.within_p}) says "
                              f"whether routing also follows outputs beyond them."),
+        "graded routing": (f"KD-specific routing similarity tracks output similarity (r = {stats.pearson_r}, "
+                           f"{stats.mantel_p}), but the outputs form no clusters beyond what points without clusters "
+                           f"give. {prose.reason(results.routing)}"),
         "per-KD": (f"Most routing is KD-specific (common share {stats.common_share}), and its sharing within output "
                    f"clusters is smaller than the smallest effect of interest: bounds {stats.r_bound} and "
                    f"{stats.contrast_r_bound} below {rule.equivalence_r} (both on the r scale). This is evidence for "

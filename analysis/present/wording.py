@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..results import Criterion, StudentizedTest, Verdict
 
 # Criterion.family -> the label the verdict table and the CLI show.
-FAMILY_LABELS = {"decides": "decides", "decides_share": "decides (share)", "decides_use": "decides (use)",
+FAMILY_LABELS = {"decides": "decides", "decides_share": "decides (share)", "decides_clusters": "decides (clusters)", "decides_use": "decides (use)",
                  "separates": "separates", "noise_floor": "noise floor", "raw": "raw (reported)",
                  "interventions": "interventions (reported)", "seed": "seed (reported)", "reported": "reported",
                  "svd": "SVD (reported)"}
@@ -98,6 +98,15 @@ def _response_share(c: Criterion, q: dict) -> CriterionWords:
         f"{'' if q['read'] else ': not read'})",
         f"the common routing produces a median {q['common_median']:.2f}; KD-specific 90th percentile "
         f"{q['specific_q90']:.2f}; {q['n_kds']} KDs")
+
+
+def _output_clusters(c: Criterion, q: dict) -> CriterionWords:
+    return CriterionWords(
+        "The outputs cluster at all", "best mean silhouette of the output clustering (cosine of ΔY)",
+        f"against {q['n_draws']} draws from a Gaussian with ΔY's mean and covariance, clustered alike; one-sided",
+        f"clusters exist: p < {q['alpha']} (else graded routing, not cluster circuits)",
+        f"reference median {q['null_median']:.3f}, 95th percentile {q['null_q95']:.3f}; {q['n_kds']} KDs; bootstrap "
+        f"ARI median {q['stability']:.2f}")
 
 
 def _within_mantel(c: Criterion, q: dict) -> CriterionWords:
@@ -228,7 +237,8 @@ def _svd_beyond_output(c: Criterion, q: dict) -> CriterionWords:
 
 
 CATALOGUE = {"mantel_specific": _mantel_specific, "contrast_specific": _contrast_specific,
-             "response_share": _response_share, "common_share": _common_share, "within_mantel": _within_mantel, "cluster_level": _cluster_level,
+             "response_share": _response_share, "common_share": _common_share,
+             "output_clusters": _output_clusters, "within_mantel": _within_mantel, "cluster_level": _cluster_level,
              "noise_floor": _noise_floor, "mantel_raw": _mantel_raw, "contrast_raw": _contrast_raw,
              "substitution": _substitution, "distance_control": _distance_control, "interchange": _interchange, "seed_contrast": _seed_contrast,
              "seed_mantel": _seed_mantel, "partial_mantel": _partial_mantel, "svd_seed": _svd_seed,

@@ -19,6 +19,10 @@ from scipy.spatial.distance import squareform
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.metrics.pairwise import cosine_similarity as _pairwise_cosine
 
+from ..results import ClusterExistence
+
+MAX_EXISTENCE_KDS = 1_000  # strong KDs the existence test reads at most (a seeded subsample beyond: K² silhouettes)
+
 
 class TooFewStrongEffects(ValueError):
     """Fewer than 3 KDs with a strong effect: nothing to cluster (the pipeline names the config field to change)."""
@@ -73,8 +77,7 @@ def cluster_kds(delta_y: np.ndarray, max_clusters: int, n_bootstrap: int, seed: 
     effects = delta_y[strong]
     tree, distance = _tree(cosine_similarity(effects))
     candidates = range(2, min(max_clusters, len(effects) - 1) + 1)
-    scores = [silhouette_score(distance, _cut(tree, k), metric="precomputed") for k in candidates]
-    silhouette = pd.DataFrame({"n_clusters": list(candidates), "silhouette": scores})
+    silhouette = pd.DataFrame({"n_clusters": list(candidates), "silhouette": _silhouettes(tree, distance, candidates)})
     best = int(silhouette.loc[silhouette["silhouette"].idxmax(), "n_clusters"])
     strong_labels = _cut(tree, best)
 
@@ -90,6 +93,43 @@ def cluster_kds(delta_y: np.ndarray, max_clusters: int, n_bootstrap: int, seed: 
     # Heatmap order: weak-effect KDs first, then the dendrogram's leaf order of the others.
     order = np.concatenate([np.flatnonzero(~strong), np.flatnonzero(strong)[leaves_list(tree)]])
     return Clusters(labels, best, silhouette, np.asarray(aris), order)
+
+
+def _silhouettes(tree, distance: np.ndarray, candidates: range) -> list[float]:
+    return [silhouette_score(distance, _cut(tree, k), metric="precomputed") for k in candidates]
+
+
+def _best_silhouette(effects: np.ndarray, max_clusters: int) -> float:
+    """The best mean silhouette over 2..max_clusters of `cluster_kds`' procedure on rows `effects` [n, G]."""
+    tree, distance = _tree(cosine_similarity(effects))
+    return float(max(_silhouettes(tree, distance, range(2, min(max_clusters, len(effects) - 1) + 1))))
+
+
+def cluster_existence(delta_y: np.ndarray, clusters: Clusters, max_clusters: int, n_draws: int,
+                      seed: int) -> ClusterExistence:
+    """Do the strong KDs' outputs ΔY [K, G] cluster beyond what points without clusters give?
+
+    The reference: `n_draws` draws of as many points from a Gaussian with the strong KDs' ΔY mean and covariance
+    (exactly the sample covariance: μ + Z·S·Vᵀ/√(n − 1) from the SVD of the centred rows, Z iid N(0, 1)), clustered
+    by the same procedure; its best silhouette against the observed one. Hierarchical clustering always returns
+    clusters, and a smooth readout of unclustered embeddings gives outputs whose similarity is graded, not blocked —
+    the best silhouette of such outputs is what this reference draws. Beyond MAX_EXISTENCE_KDS strong KDs both sides
+    read a seeded subsample of that many (K² silhouettes). p = (1 + #{null ≥ observed}) / (1 + n_draws).
+    """
+    rng = np.random.default_rng([seed, 29])
+    effects = delta_y[clusters.labels > 0]
+    if len(effects) > MAX_EXISTENCE_KDS:
+        effects = effects[np.sort(rng.choice(len(effects), MAX_EXISTENCE_KDS, replace=False))]
+    observed = _best_silhouette(effects, max_clusters) if len(effects) >= 4 else float("nan")
+    mean = effects.mean(axis=0)
+    _, spread, basis = np.linalg.svd(effects - mean, full_matrices=False)
+    scale = spread / np.sqrt(max(len(effects) - 1, 1))
+    null = np.array([_best_silhouette(mean + (rng.normal(size=(len(effects), len(scale))) * scale) @ basis,
+                                      max_clusters) for _ in range(n_draws)]) if observed == observed else np.array([])
+    p = float((1 + np.sum(null >= observed)) / (1 + n_draws)) if len(null) else float("nan")
+    return ClusterExistence(observed, float(np.median(null)) if len(null) else float("nan"),
+                            float(np.quantile(null, 0.95)) if len(null) else float("nan"), p, n_draws, len(effects),
+                            clusters.stability)
 
 
 def cluster_table(kd_names, clusters: Clusters, reproducibility: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -34,8 +34,12 @@ Calls:
   produces a median share of the first-order response below `min_response_share` (read where the first order
   explains at least FIRST_ORDER_EXPLAINED of ΔY_k); or, where the response shares are not read, cluster sharing is
   ruled out by both criteria and the common component carries at least `global_share` of the energy.
-- cluster circuits (Model B): the KD-specific routing produces a material share of the responses, and both
-  criteria show it shared within output clusters.
+- cluster circuits (Model B): the KD-specific routing produces a material share of the responses, both criteria
+  show it shared within output clusters, and the outputs cluster at all (`clustering.cluster_existence`: a best
+  silhouette beyond that of a Gaussian with ΔY's covariance, p < α).
+- graded routing: as cluster circuits, but the outputs form no clusters beyond that reference — routing similarity
+  tracks output similarity as any smooth readout of the embedding makes it, with no clusters to share routing within
+  (a positive Mantel alone is what such a readout produces; Model B needs the clusters).
 - per-KD (Model A evidence): both criteria rule cluster sharing out and the KD-specific routing produces a material
   share of the responses (where the response shares are not read: carries more than 1 − global_share of the energy).
 - mixed: one criterion shows cluster sharing, the other rules it out.
@@ -96,11 +100,11 @@ FIRST_ORDER_EXPLAINED = 0.5
 # Every criterion a verdict can hold (`Criterion.id`, in the order rows are made) and the roles they play
 # (`Criterion.family`): "decides" rows make the call, "decides_share" and "noise_floor" refine it, "decides_use"
 # answers the interventions' question, the others are reported beside them. `present.wording` words each.
-CRITERIA = ("mantel_specific", "contrast_specific", "response_share", "common_share", "within_mantel", "cluster_level",
+CRITERIA = ("mantel_specific", "contrast_specific", "response_share", "common_share", "output_clusters", "within_mantel", "cluster_level",
             "noise_floor", "mantel_raw", "contrast_raw", "substitution", "distance_control", "interchange",
             "seed_contrast", "seed_mantel",
             "partial_mantel", "svd_seed", "svd_both_sides", "svd_beyond_output")
-FAMILIES = ("decides", "decides_share", "separates", "noise_floor", "raw", "decides_use", "interventions", "seed",
+FAMILIES = ("decides", "decides_share", "decides_clusters", "separates", "noise_floor", "raw", "decides_use", "interventions", "seed",
             "reported", "svd")
 
 
@@ -174,6 +178,13 @@ def structure_criteria(evidence: RoutingEvidence, rule: DecisionRule) -> tuple:
     graded tracking and show the raw matrix."""
     d, a = evidence.decomposition, rule.alpha
     rows = [response_criterion(evidence, rule)] if evidence.response is not None else []
+    if evidence.output_clusters is not None:
+        x = evidence.output_clusters
+        rows.append(Criterion("output_clusters", "decides_clusters", x.silhouette, _p(x.p_value),
+                              bool(x.p_value < rule.alpha),
+                              params={"alpha": rule.alpha, "n_permutations": x.n_draws, "null_median": x.null_median,
+                                      "null_q95": x.null_q95,
+                                      "n_draws": x.n_draws, "n_kds": x.n_kds, "stability": x.stability}))
     rows += [Criterion("common_share", "decides_share", d.common_share, None, d.common_share >= rule.global_share,
                       params={"specific_share": d.specific_share, "spec_mean": d.spec_mean, "spec_sd": d.spec_sd,
                               # the call's floors (`decide`): the share row carries them whether or not they bit
@@ -346,7 +357,10 @@ def decide(evidence: RoutingEvidence, rule: DecisionRule, svd: SvdEvidence | Non
     if response is not None and response.specific_median < rule.min_response_share:
         return Verdict("global readout", criteria, "response", use)
     supports = (mantel_row.supports, contrast_row.supports)
-    if supports == ("Model B", "Model B"):
+    clusters = evidence.output_clusters
+    if supports == ("Model B", "Model B") and clusters is not None and not clusters.p_value < rule.alpha:
+        call = "graded routing"  # routing tracks outputs, but the outputs form no clusters to share routing within
+    elif supports == ("Model B", "Model B"):
         call = "cluster circuits"
     elif supports == ("Model A", "Model A"):
         if response is not None:  # the KD-specific routing produces a material share, following no cluster

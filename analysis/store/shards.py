@@ -46,15 +46,19 @@ class JacobianShards:
 
     @property
     def has_path(self) -> bool:
-        """Whether the shards hold path-averaged Jacobians (`model.jacobians.path_jacobian`)."""
-        return "path_jacobian" in npz_shapes(self.paths[0])
+        """Whether the shards hold the path's responses (`model.jacobians.jacobian_shard` with path_points ≥ 1)."""
+        return "path_prediction" in npz_shapes(self.paths[0])
 
     def path_loadings(self, direction: np.ndarray) -> np.ndarray:
-        """[K] Ĵ_k·`direction` (Frobenius, `direction` [G, H]) of the path-averaged Jacobians, one shard at a time."""
+        """[K] Ĵ_k·`direction` (Frobenius, `direction` [G, H]): the path-averaged Jacobian where the shard holds one
+        (`path_index`), the local J_k that stands in for it elsewhere; one shard at a time."""
         out = np.zeros(self.n_kds)
         for path in self.paths:
             with np.load(path) as shard:
-                out[shard["kd_index"]] = np.einsum("kgh,gh->k", shard["path_jacobian"].astype(np.float64), direction)
+                loadings = np.einsum("kgh,gh->k", shard["jacobian"].astype(np.float64), direction)
+                loadings[shard["path_index"]] = np.einsum("kgh,gh->k", shard["path_jacobian"].astype(np.float64),
+                                                          direction)
+                out[shard["kd_index"]] = loadings
         return out
 
     @property

@@ -16,8 +16,8 @@ from ...store.gmt import read_libraries
 from ..context import StageContext
 
 NEEDS = ("inputs",)
-FIELDS = ("n_draws", "seed", "kds_per_call", "max_clusters", "cluster_bootstrap", "weak_fraction",
-          "prerank_permutations", "gene_sets")
+FIELDS = ("n_draws", "seed", "kds_per_call", "max_clusters", "cluster_bootstrap", "cluster_null_draws",
+          "weak_fraction", "prerank_permutations", "gene_sets")
 FACTS = ("kd_names", "set_size", "gene_set_digests")
 
 
@@ -30,6 +30,8 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
                                           config.seed, config.weak_fraction)
     except clustering.TooFewStrongEffects as exc:
         raise InputError(f"{config.source} [data].kds", f"{exc}; analyse more KDs") from None
+    existence = clustering.cluster_existence(responses.delta_y, clusters, config.max_clusters,
+                                             config.cluster_null_draws, config.seed)
     libraries = read_libraries(config.gene_sets)
     ora, gsea = enrichment.cluster_enrichment(responses.kd_names, clusters.labels, responses.delta_y,
                                               responses.gene_names, libraries, config.prerank_permutations,
@@ -38,4 +40,4 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
                                         reproducibility(responses.kd_names, responses.delta_y_draws))
     return EffectsResult(ctx.key, responses, kd_table, clustering.cosine_similarity(responses.delta_y),
                          clusters.silhouette, clusters.bootstrap_ari, clusters.order, ora, gsea,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, existence)

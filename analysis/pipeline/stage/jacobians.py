@@ -30,7 +30,7 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
     todo = [task for task in tasks if not store.valid(task.index, task.kds)]
     shard_inputs = jacobians.JacobianInputs(responses.pert_repr, responses.control_repr, responses.draw_cells,
                                             config.kds_per_call, config.tangents_per_call, config.compile_jacobian,
-                                            config.path_points)
+                                            config.path_points, responses.delta_y)
     bar = StageProgress(len(inputs.kd_names), "Jacobians ∂E[Y]/∂pert_repr", "KD", ctx.progress,
                         initial=len(inputs.kd_names) - sum(len(t.kds) for t in todo))
     last = time.perf_counter()

@@ -45,7 +45,7 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
                                             effects.labels, jacobians.path_points)
     evidence = routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
                                 config.n_bootstrap, config.seed, gram, config.normal_reference_kds)
-    evidence = replace(evidence, response=response)
+    evidence = replace(evidence, response=response, output_clusters=effects.existence)
     evidence = reliability.with_noise_floor(evidence, *reliability.halves(shards, responses.delta_y_draws))
     depth = verdict.read_depth(routing_by_depth(
         [shards.block(b) for b in range(shards.n_blocks)], effects.c_out, effects.labels, config.n_permutations,
