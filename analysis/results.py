@@ -484,7 +484,9 @@ class ResponseShares:
     median of ‖c_k‖ / ‖y_k‖ (common routing, `common_median`) and of ‖s_k‖ / ‖y_k‖ (KD-specific routing,
     `specific_median`; its 90th percentile `specific_q90`), y_k = Ĵ_k·Δp_k with Ĵ_k the Jacobian averaged over
     `path_points` points of the path p_ctrl → p_k (0: the local J_k, the first order); and the median share of ΔY_k
-    that y_k explains (`explained_median`: the shares describe ΔY_k as far as it does)."""
+    that y_k explains (`explained_median`: the shares describe ΔY_k as far as it does); specific_low / specific_high:
+    95 % percentile interval of the KD-specific median over n_bootstrap resamples of whole output clusters (NaN
+    without)."""
 
     n_kds: int
     common_median: float
@@ -492,6 +494,9 @@ class ResponseShares:
     specific_q90: float
     explained_median: float
     path_points: int = 0
+    specific_low: float = float("nan")
+    specific_high: float = float("nan")
+    n_bootstrap: int = 0
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,8 @@ def common_loadings(gram: np.ndarray) -> np.ndarray:
 
 
 def response_shares(along: np.ndarray, common_direction: np.ndarray, delta_p: np.ndarray, produced: np.ndarray,
-                    delta_y: np.ndarray, labels: np.ndarray, path_points: int = 0) -> tuple[ResponseShares, pd.DataFrame]:
+                    delta_y: np.ndarray, labels: np.ndarray, path_points: int = 0, n_bootstrap: int = 0,
+                    seed: int = 0) -> tuple[ResponseShares, pd.DataFrame]:
     """What produces each KD's response: the common routing or the KD-specific routing.
 
     ΔY_k ≈ y_k = J_k·Δp_k (Δp_k = p_k − p_ctrl; to first order with the local J_k, exactly with the path-averaged
@@ -91,7 +92,8 @@ def response_shares(along: np.ndarray, common_direction: np.ndarray, delta_p: np
 
     along [K]: J_k·ĝ (`common_loadings` for the local Jacobians); common_direction ĝ [G, H] (`gram.jacobian_svd`);
     delta_p [K, H]; produced [K, G] the y_k; delta_y [K, G]; labels [K] output clusters (0: weak effect);
-    path_points: the Q of the path-averaged Jacobians behind `along` and `produced` (0: the local ones). Returns
+    path_points: the Q of the path-averaged Jacobians behind `along` and `produced` (0: the local ones);
+    n_bootstrap, seed: the cluster bootstrap of the KD-specific median's 95 % interval (0: none). Returns
     the summary over the strong-effect KDs (medians) and the per-KD frame (kd index order): cluster, explained
     (1 − ‖ΔY_k − y_k‖² / ‖ΔY_k‖², the share of ΔY_k that y_k explains), common_share, specific_share. Where y_k
     explains little of ΔY_k (a sharply gated response's local Jacobian) the shares describe y_k, not ΔY_k; the
@@ -107,6 +109,19 @@ def response_shares(along: np.ndarray, common_direction: np.ndarray, delta_p: np
     frame = pd.DataFrame({"cluster": labels, "explained": explained, "common_share": common_share,
                           "specific_share": specific_share})
     strong = frame[frame["cluster"] > 0] if (labels > 0).any() else frame
+    low, high = _median_interval(strong["specific_share"].to_numpy(), strong["cluster"].to_numpy(), n_bootstrap, seed)
     return ResponseShares(len(strong), float(strong["common_share"].median()),
                           float(strong["specific_share"].median()), float(strong["specific_share"].quantile(0.9)),
-                          float(strong["explained"].median()), path_points), frame
+                          float(strong["explained"].median()), path_points, low, high, n_bootstrap), frame
+
+
+def _median_interval(values: np.ndarray, clusters: np.ndarray, n_bootstrap: int, seed: int) -> tuple[float, float]:
+    """95 % percentile interval of the median of `values` [n] resampling whole clusters (`clusters` [n]: KDs of one
+    output cluster share their routing, so they are not independent); NaN without resamples."""
+    if n_bootstrap < 1 or len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng([seed, 31])
+    groups = [values[clusters == c] for c in np.unique(clusters)]
+    medians = [np.nanmedian(np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))]))
+               for _ in range(n_bootstrap)]
+    return float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))

@@ -58,6 +58,37 @@ def intervention_calibration_table(stored: dict | None) -> Md:
     return markdown_table(pd.DataFrame(rows), [26, 10, 9, 26, 15, 9, 9], "llrrrrr")
 
 
+def over_size(stored: dict | None) -> Md:
+    """The worlds where a deciding test rejects more often than its level allows (above α + 2 binomial SE in a
+    world where routing does not follow the clusters), each with its rate and the false-call rate that shows what
+    protects the call; or that none does."""
+    if stored is None:
+        return Md("")
+    deciding = ("Mantel (studentized)", "cluster contrast (studentized)")
+    said = []
+    for rates in stored["rates"]:
+        false = rates.get("false_calls") or ()
+        if "cluster circuits" not in false:  # a world with planted cluster sharing: a rejection is power, not size
+            continue
+        n, alpha = rates["n_replicates"], rates["alpha"]
+        over = [(name, rates["rejections"][name]) for name in deciding
+                if rates["rejections"][name] > alpha + 2 * (alpha * (1 - alpha) / n) ** 0.5]
+        if over:
+            tests = " and ".join(f"the {name.split(' (')[0]} rejects {100 * rate:.1f} % ± "
+                                 f"{100 * (rate * (1 - rate) / n) ** 0.5:.1f} %" for name, rate in over)
+            said.append(f"in the {rates['world']} world ({n:,} replicates) {tests}, yet it is called cluster circuits "
+                        f"in {100 * rates['calls'].get('cluster circuits', 0.0):.1f} % (false calls "
+                        f"{100 * rates['false_rate']:.1f} %)")
+    if not said:
+        return Md("No deciding test rejects more often than its level allows (α + 2 SE) in a world without cluster "
+                  "sharing.")
+    return Md("A deciding test is over its size " + "; ".join(said) + ". What protects the call there is what it "
+              "needs besides a rejection: both deciding rows, a same − cross share of the KD-specific energy of at "
+              "least the minimum (a structure of a few 1/K, which the estimated common direction leaves when the "
+              "noise's size follows the modules, is significant but smaller), and, where the responses are split, "
+              "a material share of each response produced by the KD-specific routing.")
+
+
 def calibration_table(stored: dict | None) -> Md:
     frame = calibration_frame(stored)
     if frame is None:

@@ -21,7 +21,8 @@ class VerdictNumbers:
     """The call (its name, the phrase with its meaning, why), the interventions' answer (use, what it means, why,
     the two read together), and every threshold the rule used: α, the original plan's r, the smallest effect of
     interest (on the r scale and, for the contrast, in SD), the contrast's minimum in SD and as a share, the common
-    share of a global readout, the KD-specific floor and the minimum reliability."""
+    share of a global readout, the KD-specific floor, the minimum reliability and the KD-specific share of the
+    responses below which routing is one readout."""
 
     call: Md
     call_phrase: Md
@@ -39,6 +40,7 @@ class VerdictNumbers:
     global_share: Md
     min_specific_share: Md
     min_reliability: Md
+    min_response_share: Md
 
 
 def verdict_numbers(results: Results) -> VerdictNumbers:
@@ -57,7 +59,9 @@ def verdict_numbers(results: Results) -> VerdictNumbers:
         min_contrast=f"{contrast.params['min_contrast']:g}",
         min_cluster_share=f"{contrast.params['min_cluster_share']:g}", global_share=f"{shares['global_share']:g}",
         min_specific_share=f"{shares['min_specific_share']:g}",
-        min_reliability=f"{shares['min_reliability']:g}")
+        min_reliability=f"{shares['min_reliability']:g}",
+        min_response_share=(f"{criterion(verdict, 'response_share').params['min_response_share']:g}"
+                            if routing.evidence.response is not None else "not measured"))
 
 
 def call_phrase(results: Results) -> Md:
@@ -134,4 +138,13 @@ def verdict_estimates(results: Results) -> pd.DataFrame:
             rows.append({"criterion": name, "line": line.cell_line or SINGLE_LINE, "statistic": test.statistic,
                          "lower": test.lower_bound, "upper": test.upper_bound, "model_b": model_b, "model_a": model_a,
                          "label": f"{studentized_p(test)}: {row.supports}", "unit": unit})
+        r = ev.response
+        if r is not None:  # what produces the responses: below the share of interest, one readout's
+            minimum = criterion(line.routing.verdict, "response_share").params["min_response_share"]
+            rows.append({"criterion": "KD-specific routing produces", "line": line.cell_line or SINGLE_LINE,
+                         "statistic": r.specific_median, "lower": r.specific_low, "upper": r.specific_high,
+                         "model_b": minimum, "model_a": minimum,
+                         "label": f"{r.specific_median:.0%} of each response: "
+                                  f"{'read' if r.specific_median >= minimum else 'global readout'}",
+                         "unit": "median share of the response (95% cluster bootstrap)"})
     return pd.DataFrame(rows)
