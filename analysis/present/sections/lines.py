@@ -18,7 +18,7 @@ def across_sentence(results: Results) -> str:
     for a, b in results.across.pairs:
         specific, raw = results.across.pair_tests(a, b)
         parts.append(f"Between {a} and {b} ({specific.n_kds} KDs), a KD's own routing was "
-                     f"{prose.DIRECTIONS[specific.direction]} ({_paired(specific)}; on raw cosines {_paired(raw)}).")
+                     f"{prose.DIRECTIONS[specific.direction]} ({_paired(specific)}; {_paired(raw)}).")
     return " ".join(parts)
 
 
