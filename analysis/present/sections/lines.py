@@ -102,13 +102,14 @@ def planted_sharing_table(results: Results, planted: pd.DataFrame | None = None)
         note = "one cell line analysed" if results.across is None else "not a demo run: no planted truth"
         return markdown_table(pd.DataFrame({"Planted sharing": ["—"], "Note": [note]}), [10, 40])
     table = results.across.table.merge(planted.dropna(subset=["sharing"]), on="kd")
+    specific = prose.MEASURES["specific"]
     rows = []
-    for sharing, group in table.groupby("sharing", sort=False):
-        rows.append({"Planted sharing": f"{100 * sharing:.0f}%", "Modules": ", ".join(sorted(group["module"].unique())),
+    for sharing, group in sorted(table.groupby("sharing"), key=lambda item: -item[0]):
+        rows.append({"Planted sharing (modules)": f"{100 * sharing:.0f}% ({', '.join(sorted(group['module'].unique()))})",
                      "KDs": f"{len(group)}", "Planted cos ΔY": fmt(group["true_cosine"].median()),
-                     "Model cos ΔY": fmt(group["cos_output"].median()), "Model cos J": fmt(group["cos_jacobian"].median()),
-                     "KD-specific cos ΔY": fmt(group["specific_output"].median()),
-                     "KD-specific cos J": fmt(group["specific_jacobian"].median()),
-                     f"{prose.MEASURES['specific']} cos J − cos ΔY": fmt(group["difference"].mean())})
-    frame = pd.DataFrame(rows).sort_values("Planted sharing", key=lambda c: -c.str.rstrip("%").astype(float))
-    return markdown_table(frame, [10, 30, 6, 10, 10, 10, 10, 10, 12], "llrrrrrrr")
+                     f"Model cos ΔY, raw / {specific}": f"{fmt(group['cos_output'].median())} / "
+                                                        f"{fmt(group['specific_output'].median())}",
+                     f"Model cos J, raw / {specific}": f"{fmt(group['cos_jacobian'].median())} / "
+                                                       f"{fmt(group['specific_jacobian'].median())}",
+                     f"{specific} cos J − cos ΔY (mean)": fmt(group["difference"].mean())})
+    return markdown_table(pd.DataFrame(rows), [30, 6, 10, 14, 14, 14], "lrrrrr")
