@@ -333,8 +333,8 @@ class LineResults:
 class AcrossResult:
     """Routing across cell lines: per-KD cosines between the primary line and each other line, and the paired
     comparisons (`stats.consistency`). table: line_a, line_b, kd, cluster (primary line's), cos_output, cos_jacobian,
-    their baselines and KD-specific values, difference (specific) and raw_difference; tests: per pair of lines its
-    `PairedDifference`s (KD-specific, raw)."""
+    their baselines, KD-specific cosines (each line's common direction projected off), difference (specific) and
+    raw_difference; tests: per pair of lines its `PairedDifference`s (KD-specific, raw)."""
 
     key: str
     table: pd.DataFrame
@@ -699,13 +699,14 @@ class PairedDifference:
     """Mean over KDs of d_k = cos J_k − cos ΔY_k between two lines (`measure`: KD-specific or raw cosines), with
     cluster-level inference.
 
-    estimate: mean d over the KDs; ci_low/ci_high: cluster-bootstrap percentile interval (level `confidence`);
+    estimate: mean d over the KDs (unitless, in [−2, 2]; 0 for a model whose routing and outputs are identical in both
+    lines when `measure` is "specific"); ci_low/ci_high: cluster-bootstrap percentile interval (level `confidence`);
     p_value: two-sided sign-flip p over the `n_units` clusters; exact: every sign pattern enumerated.
     """
 
     line_a: str
     line_b: str
-    measure: str  # "specific" (each cosine minus the KD's mean cosine with the other KDs) or "raw"
+    measure: str  # "specific" (cosines of the parts off each line's common direction, `stats.consistency`) or "raw"
     n_kds: int
     n_units: int
     estimate: float
@@ -716,6 +717,18 @@ class PairedDifference:
     exact: bool
     confidence: float
     alpha: float
+
+    @property
+    def floor(self) -> float:
+        """The smallest p the sign flip can give: 2 / 2^C when exact (the observed pattern and its mirror are always
+        as extreme), 1 / (n + 1) over n sampled patterns."""
+        return 2 / self.n_sign_patterns if self.exact else 1 / (self.n_sign_patterns + 1)
+
+    @property
+    def at_floor(self) -> bool:
+        """p is the floor: no sign pattern but the observed one (and its mirror) was as extreme, and fewer clusters
+        could not have said more."""
+        return self.p_value <= self.floor * (1 + 1e-9)
 
     @property
     def direction(self) -> str:

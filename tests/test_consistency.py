@@ -57,21 +57,104 @@ def test_cross_gram_and_norms_from_shards_of_different_orders_and_shardings(tmp_
     assert np.allclose(np.sqrt(np.diag(stream_gram(shards_b))), np.linalg.norm(flat_b, axis=1), atol=1e-9)
 
 
+def test_specific_cosines_are_those_of_the_parts_off_each_lines_common_direction():
+    """Against the projection written out: unit rows, each line's own mean direction ĝ, u − (u·ĝ)ĝ, cosines; lines of
+    different sizes and common directions, a zero row (no KD-specific part: cosine 0)."""
+    rng = np.random.default_rng(7)
+    x_a = rng.normal(size=(12, 30)) + 3 * rng.normal(size=30)
+    x_b = rng.normal(size=(9, 30)) + 2 * rng.normal(size=30)
+    x_b[4] = 0.0
+
+    def specific(x):
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        u = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+        g = u.mean(axis=0) / np.linalg.norm(u.mean(axis=0))
+        rest = u - np.outer(u @ g, g)
+        rest_norms = np.linalg.norm(rest, axis=1, keepdims=True)
+        return np.divide(rest, rest_norms, out=np.zeros_like(rest), where=rest_norms > 0)
+
+    expected = specific(x_a) @ specific(x_b).T
+    got = consistency.specific_cosines(x_a @ x_b.T, x_a @ x_a.T, x_b @ x_b.T)
+    assert got.shape == (12, 9) and np.allclose(got, expected, atol=1e-12)
+    assert np.all(got[:, 4] == 0)
+
+
+def two_lines(tmp_path, jac, delta, labels):
+    """LineData of lines "a" and "b" from arrays {line: J [K, G, H]} and {line: ΔY [K, G]} over the same KDs; line b
+    holds them in reverse order with another sharding (what the comparison must match by name)."""
+    names = tuple(f"K{i}" for i in range(len(labels)))
+    order = {"a": np.arange(len(names)), "b": np.arange(len(names))[::-1]}
+    data = {}
+    for line, shard_kds in (("a", 16), ("b", 7)):
+        j, index = jac[line][order[line]], order[line]
+        flat = j.astype(np.float32).reshape(len(j), -1).astype(np.float64)
+        data[line] = consistency.LineData(line, tuple(np.asarray(names)[index]), delta[line][index],
+                                          write_shards(tmp_path / line, tuple(np.asarray(names)[index]), j, shard_kds),
+                                          flat @ flat.T, np.asarray(labels)[index])
+    return data["a"], data["b"]
+
+
+def planted_world(rng, shared=None, n_kds=40):
+    """Jacobians [K, 6, 5] = 3 × a component every KD shares + the KD's own part, and ΔY [K, 30] = the KD's own
+    response + a small response every KD shares: the Jacobians' mean cosine with the other KDs is high (about 0.9),
+    ΔY's low, as in real runs — what made "cosine minus that baseline" unequal between the sides. `shared`: the
+    shared components (J [6, 5], ΔY [30]) of another world, to draw a second line with the same ones. Returns
+    (J, ΔY, output clusters [K], shared)."""
+    shared_j, shared_y = shared if shared is not None else (rng.normal(size=(6, 5)), rng.normal(size=30))
+    own_j, own_y = rng.normal(size=(n_kds, 6, 5)), rng.normal(size=(n_kds, 30))
+    return 3 * shared_j + own_j, 0.3 * shared_y + own_y, np.repeat(np.arange(1, 9), n_kds // 8), (shared_j, shared_y)
+
+
+def test_identical_routing_and_output_in_both_lines_reads_no_difference(tmp_path):
+    """The fair-scale requirement: a model whose routing and outputs are the same in both lines scores 0 on the
+    KD-specific difference (both cosines 1) however unequal the sides' shared components are; cosine minus the
+    mean cosine with the other KDs scored such a model far below 0."""
+    jac, delta, labels, _ = planted_world(np.random.default_rng(8))
+    table, (specific, raw) = consistency.compare_lines(*two_lines(tmp_path, {"a": jac, "b": jac},
+                                                                  {"a": delta, "b": delta}, labels), 999, 500, 0, 0.05)
+    assert np.allclose(table[["specific_output", "specific_jacobian"]], 1.0, atol=1e-6)
+    assert (table["baseline_jacobian"] - table["baseline_output"]).median() > 0.5  # the old measure's built-in gap
+    assert abs(specific.estimate) < 1e-9 and specific.ci_low <= 1e-9 and specific.ci_high >= -1e-9  # 0 up to rounding
+    assert specific.direction == "no difference"
+
+
+def test_equally_noisy_copies_in_both_lines_read_no_difference(tmp_path):
+    """Both lines the same model up to estimation noise of the same relative size on each side's KD-specific part:
+    the KD-specific cosines agree (about 1 / (1 + 0.3²)) and the interval covers 0."""
+    rng = np.random.default_rng(9)
+    jac, delta, labels, _ = planted_world(rng)
+    own_j = jac - jac.mean(axis=0)  # the part each KD has of its own, what the noise is sized against
+    noisy = {line: (jac + 0.3 * rng.normal(size=jac.shape) * np.linalg.norm(own_j, axis=(1, 2))[:, None, None]
+                    / np.sqrt(30), delta + 0.3 * rng.normal(size=delta.shape)) for line in "ab"}
+    table, (specific, raw) = consistency.compare_lines(
+        *two_lines(tmp_path, {k: v[0] for k, v in noisy.items()}, {k: v[1] for k, v in noisy.items()}, labels),
+        999, 500, 0, 0.05)
+    assert table["specific_jacobian"].median() == pytest.approx(table["specific_output"].median(), abs=0.05)
+    assert abs(specific.estimate) < 0.05 and specific.ci_low <= 0 <= specific.ci_high
+    assert specific.direction == "no difference"
+    assert raw.estimate > 0.05  # the raw cosines, lifted by the Jacobians' shared component, would say "more"
+
+
+def test_routing_kept_and_outputs_not_reads_more_consistent_routing(tmp_path):
+    rng = np.random.default_rng(10)
+    jac, delta, labels, shared = planted_world(rng)
+    other_delta = planted_world(rng, shared)[1]  # the same shared response, every KD's own response redrawn
+    table, (specific, raw) = consistency.compare_lines(*two_lines(tmp_path, {"a": jac, "b": jac},
+                                                                  {"a": delta, "b": other_delta}, labels), 999, 500, 0, 0.05)
+    assert table["specific_jacobian"].min() > 0.99 and abs(table["specific_output"].median()) < 0.2
+    assert specific.estimate > 0.8 and specific.direction == "more"
+
+
 def test_a_component_common_to_all_jacobians_does_not_pass_for_consistent_routing(tmp_path):
     """A world built to fool raw cosines: every J_k = C + a KD part that is independent between the lines, so J_k
     resembles every KD's J in the other line alike, while each KD's ΔY is its own and kept across lines. Raw cos J
     is high; the KD-specific comparison must not call routing more consistent than output."""
     rng = np.random.default_rng(6)
-    names = tuple(f"K{i}" for i in range(40))
-    labels = np.repeat(np.arange(1, 9), 5)
-    common = rng.normal(size=(6, 5))
-    jac = {line: np.stack([3 * common + rng.normal(size=(6, 5)) for _ in names]) for line in "ab"}
-    own = rng.normal(size=(40, 30))
-    delta = {line: own + 0.3 * rng.normal(size=(40, 30)) for line in "ab"}
-    data = {line: consistency.LineData(line, names, delta[line], write_shards(tmp_path / line, names, jac[line], 16),
-                                       np.linalg.norm(jac[line].astype(np.float32).reshape(40, -1), axis=1), labels)
-            for line in "ab"}
-    table, (specific, raw) = consistency.compare_lines(data["a"], data["b"], 999, 500, 0, 0.05)
+    jac_a, delta, labels, shared = planted_world(rng)
+    jac_b = planted_world(rng, shared)[0]  # the same shared component, every KD's own part redrawn
+    table, (specific, raw) = consistency.compare_lines(*two_lines(tmp_path, {"a": jac_a, "b": jac_b},
+                                                                  {"a": delta, "b": delta + 0.3 * rng.normal(size=delta.shape)},
+                                                                  labels), 999, 500, 0, 0.05)
     assert table["cos_jacobian"].median() > 0.8 and table["baseline_jacobian"].median() > 0.8
     assert abs(table["specific_jacobian"].median()) < 0.1 and table["specific_output"].median() > 0.8
     assert specific.measure == "specific" and specific.direction == "less"
@@ -93,6 +176,21 @@ def test_sign_flip_p_equals_an_explicit_enumeration():
 def test_sign_flip_p_is_sampled_beyond_the_enumeration_limit():
     p, n, exact = consistency.sign_flip_p(np.ones(20), 999, 0)
     assert not exact and n == 999 and p == pytest.approx(1 / 1000)
+
+
+def test_a_p_on_the_sign_flip_floor_is_said_to_be_there():
+    """Five clusters all one way: the exact two-sided p is 2/2^5, the smallest it can be, and the words say so; a p
+    above the floor is just a p."""
+    units = np.repeat(np.arange(5), 3)
+    at_floor = consistency.paired_difference(np.linspace(0.1, 0.5, 15), units, "A", "B", "specific", 999, 200, 0, 0.05)
+    assert at_floor.exact and at_floor.floor == pytest.approx(2 / 32) and at_floor.p_value == pytest.approx(2 / 32)
+    assert at_floor.at_floor and at_floor.direction == "no difference"  # 0.0625 > α: five clusters cannot reject
+    assert prose.paired_p(at_floor) == "p = 0.062, the floor of an exact sign flip over 5 clusters"
+    mixed = consistency.paired_difference(np.r_[np.full(12, 0.3), np.full(3, -0.2)], units, "A", "B", "specific",
+                                          999, 200, 0, 0.05)
+    assert not mixed.at_floor and "floor" not in prose.paired_p(mixed)
+    sampled = consistency.paired_difference(np.ones(20), np.arange(20), "A", "B", "specific", 999, 200, 0, 0.05)
+    assert not sampled.exact and sampled.at_floor and prose.paired_p(sampled) == "p ≤ 0.001"
 
 
 SIZES = np.array([3, 5, 8, 12, 20, 30, 6, 40])  # unequal clusters, as output clusters are
@@ -197,7 +295,8 @@ def test_bad_cell_line_lists_are_config_errors(tmp_path, value, message):
 
 def test_demo_recovers_the_planted_sharing_between_lines(demo_config, demo_results):
     """The demo plants module-level sharing (1, 0.5 or 0) between HepG2 and K562; the model's cross-line cosine of
-    ΔY must follow it."""
+    ΔY must follow it, and the modules planted 100 % shared must read consistent on both sides of the comparison:
+    near the diagonal, not far below it as cosine minus the other KDs' mean put them (−0.55)."""
     from scipy.stats import spearmanr
 
     truth = demo.load_line_truth(demo_config).dropna(subset=["sharing"]).set_index("kd")
@@ -206,3 +305,6 @@ def test_demo_recovers_the_planted_sharing_between_lines(demo_config, demo_resul
     assert rho > 0.5, f"cross-line cos ΔY does not follow the planted sharing (Spearman {rho:.2f})"
     by_sharing = table.groupby(truth["sharing"])["cos_output"].mean()
     assert by_sharing.loc[1.0] > by_sharing.loc[0.5] > by_sharing.loc[0.0]
+    shared = table[truth["sharing"] == 1.0]
+    assert shared[["specific_output", "specific_jacobian"]].median().min() > 0.7
+    assert shared["difference"].mean() > -0.25, f"planted-shared modules read {shared['difference'].mean():+.2f}"

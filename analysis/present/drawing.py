@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..config import KD_FAMILIES
 from .formatting import library_short, p_phrase
-from .prose import paired_p
+from .prose import MEASURES, paired_p
 from .rendering import MIN_FONT_PX
 
 # Heatmaps above this many KDs a side are drawn as block means: K = 1,035 would otherwise be
@@ -456,9 +456,10 @@ def verdict_forest(estimates: pd.DataFrame) -> alt.HConcatChart:
 # ---------------------------------------------------------------- across cell lines
 def cross_line_consistency(across) -> alt.Chart:
     """Per KD, consistency of ΔY (x) against consistency of J (y) between two lines, coloured by the primary line's
-    output cluster: raw cosines (left) and KD-specific ones, each minus the KD's mean cosine with the other KDs
-    (right); above the diagonal a KD's routing agrees across the lines more than its output. One row per pair of
-    lines (`across`: `results.AcrossResult`, or None when one line was analysed), each panel's comparison in its title."""
+    output cluster: KD-specific cosines, each line's common direction projected off (left; 1 on both axes for a KD kept
+    identical in both lines), and raw ones (right); above the diagonal a KD's routing agrees across the lines more
+    than its output. One row per pair of lines (`across`: `results.AcrossResult`, or None when one line was
+    analysed), each panel's comparison in its title."""
     if across is None:  # one line analysed: say so where the figure would be
         return alt.Chart(pd.DataFrame({"text": ["one cell line analysed: list two or more in [data] cell_line"]})).mark_text(
             fontSize=13, color="#666").encode(text="text:N").properties(width=420, height=60)
@@ -468,19 +469,18 @@ def cross_line_consistency(across) -> alt.Chart:
         panels = []
         for test in across.pair_tests(a, b):
             x, y = ("cos_output", "cos_jacobian") if test.measure == "raw" else ("specific_output", "specific_jacobian")
-            words = "cos" if test.measure == "raw" else "KD-specific cos"
             shown = frame.assign(x=frame[x].round(4), y=frame[y].round(4))
             low = float(min(shown["x"].min(), shown["y"].min(), 0.0))
             scale = alt.Scale(domain=[low, 1.0])
             points = alt.Chart(shown).mark_circle(size=22, opacity=0.7).encode(
-                x=alt.X("x:Q", title=f"{words} ΔY, {a} vs {b}", scale=scale),
-                y=alt.Y("y:Q", title=f"{words} J, {a} vs {b}", scale=scale),
+                x=alt.X("x:Q", title=f"{MEASURES[test.measure]} cos ΔY, {a} vs {b}", scale=scale),
+                y=alt.Y("y:Q", title=f"{MEASURES[test.measure]} cos J, {a} vs {b}", scale=scale),
                 color=alt.Color("cluster:N", title=f"{a} cluster", scale=cluster_scale(shown["cluster"]),
                                 legend=alt.Legend(orient="bottom", columns=8)),
                 tooltip=["kd", "cluster", alt.Tooltip("x:Q", format=".3f"), alt.Tooltip("y:Q", format=".3f")])
             diagonal = alt.Chart(pd.DataFrame({"x": [low, 1.0], "y": [low, 1.0]})).mark_line(
                 strokeDash=[4, 3], color="#888").encode(x="x:Q", y="y:Q")
-            title = alt.Title(f"{'raw' if test.measure == 'raw' else 'KD-specific'}: mean difference {test.estimate:+.2f}",
+            title = alt.Title(f"{MEASURES[test.measure]} cos J − cos ΔY: mean {test.estimate:+.2f}",
                               subtitle=f"95% CI {test.ci_low:+.2f} to {test.ci_high:+.2f}; sign-flip over "
                                        f"{test.n_units} clusters, {paired_p(test)}")
             panels.append((points + diagonal).properties(width=250, height=220, title=title))

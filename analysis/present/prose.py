@@ -78,6 +78,9 @@ SYNTHESES = {
 DIRECTIONS = {"more": "more consistent between the lines than output",
               "less": "less consistent between the lines than output",
               "no difference": "neither more nor less consistent between the lines than output"}
+# What a PairedDifference's cosines are called, by its measure: the KD-specific cosines (each line's common direction
+# projected off, `stats.consistency`) answer; raw ones are shown beside them.
+MEASURES = {"specific": "KD-specific", "raw": "raw"}
 
 
 # ---------------------------------------------------------------- the verdict
@@ -360,22 +363,28 @@ def depth_text(routing: RoutingResult) -> str:
 
 
 def paired_p(test: PairedDifference) -> str:
-    """'p = 0.016' (exact sign-flip) or 'p ≤ 1e-4' (sampled patterns at their floor)."""
-    return p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
+    """'p = 0.016' (exact sign flip), 'p = 0.062, the floor of an exact sign flip over 5 clusters' (where no pattern
+    but the observed one and its mirror is as extreme: fewer units could not say more) or 'p ≤ 1e-4' (sampled
+    patterns at their floor)."""
+    text = p_phrase(test.p_value, None if test.exact else test.n_sign_patterns)
+    return f"{text}, the floor of an exact sign flip over {test.n_units} clusters" if test.exact and test.at_floor else text
 
 
 def describe_pair(table: pd.DataFrame, tests: tuple) -> str:
-    """One sentence on one pair of lines: median cosines with their baselines, and each paired comparison."""
+    """One sentence on one pair of lines: median raw cosines with their baselines, the KD-specific ones, and each
+    paired comparison."""
     parts = []
     for test in tests:
         kind = "exact" if test.exact else f"{test.n_sign_patterns:,} sampled patterns"
-        parts.append(f"{test.measure} cos J − cos ΔY = {test.estimate:+.2f} ({test.confidence:.0%} cluster-bootstrap CI "
+        parts.append(f"{MEASURES[test.measure]} cos J − cos ΔY = {test.estimate:+.2f} ({test.confidence:.0%} cluster-bootstrap CI "
                      f"{test.ci_low:+.2f} to {test.ci_high:+.2f}; sign-flip over {test.n_units} clusters, {kind}, "
                      f"{paired_p(test)}): routing {DIRECTIONS[test.direction]}")
     first = tests[0]
     return (f"{first.line_a} vs {first.line_b} ({first.n_kds} KDs): median cos ΔY {table['cos_output'].median():.2f} "
             f"(other KDs {table['baseline_output'].median():.2f}), median cos J {table['cos_jacobian'].median():.2f} "
-            f"(other KDs {table['baseline_jacobian'].median():.2f}); " + "; ".join(parts))
+            f"(other KDs {table['baseline_jacobian'].median():.2f}); KD-specific (off each line's common direction): "
+            f"median cos ΔY {table['specific_output'].median():.2f}, cos J {table['specific_jacobian'].median():.2f}; "
+            + "; ".join(parts))
 
 
 def describe_across(across: AcrossResult) -> str:

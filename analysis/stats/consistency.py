@@ -7,10 +7,24 @@ cells) this stage measures the cosine of its ΔY_k between the lines and the cos
 
 Raw cosines mislead when one quantity has a large component common to all KDs: Jacobians typically do (the mean
 C_jac within a line is often above 0.5), so J_k in one line resembles *every* KD's J in the other, and a high cos J
-says little about KD k. Each cosine is therefore also read against its baseline, the KD's mean cosine with the
-other KDs across the lines: specific = matched − baseline. The comparison that answers the question is
-d_k = specific cos J − specific cos ΔY (positive: the model keeps a KD's own routing across lines more than its
-own response); the raw difference cos J − cos ΔY is reported beside it.
+says little about KD k. Each side is therefore read on its KD-specific part, the same split the routing call reads
+(`decomposition.decompose`): within each line, the unit-norm rows u_k = X_k / ‖X_k‖ (X = J or ΔY) less their
+projection on that line's common direction ĝ = ū / ‖ū‖, u_k^⊥ = u_k − (u_k·ĝ) ĝ; the KD-specific cosine is
+cos(u_k^⊥ in one line, u_k^⊥ in the other). d_k = specific cos J_k − specific cos ΔY_k is the comparison that
+answers (positive: the model keeps a KD's own routing across lines more than its own response); the raw difference
+cos J − cos ΔY is reported beside it.
+
+Why this scale and not a baseline subtracted: cosine minus the KD's mean cosine b_k with the other KDs tops out at
+1 − b_k, and b_k differs between the sides (demo medians 0.51 for J, 0.09 for ΔY), so a KD identical in both lines
+would score about −0.42 — "less consistent" built in (the demo's planted 100 %-shared modules read −0.55 on it).
+Dividing by 1 − b_k (a chance correction) fixes the top but not the bottom, which falls to (−1 − b)/(1 − b) (−3 at
+b = 0.5), and it under-reads a KD whose own part is identical while the lines' common parts differ. The projected
+cosine lies in [−1, 1] on both sides, is exactly 1 on both for a model whose routing and outputs are identical in
+the two lines (d = 0: the diagonal of the figure), about 0 where the KD-specific parts are unrelated, and reads the
+same KD-specific routing the call is about. Each line keeps its own ĝ, from all its KDs as the routing stage takes
+it, so a common direction that differs between lines does not count against a KD's own routing. Within a line the
+KD-specific parts reproduce across control-draw halves (demo: split-half cosine ≥ 0.999 on both sides), so a
+cross-line cosine below 1 is the model's, not estimation noise.
 
 Inference on the mean of d: KDs of one output cluster share their responses, so their d's are dependent and a
 KD-level test would count each cluster many times. The units are the primary line's output clusters (the
@@ -26,7 +40,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics.pairwise import cosine_similarity
 
 from ..results import PairedDifference
 from .gram import stream_gram
@@ -52,6 +65,31 @@ def matched_and_baseline(cosines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = len(cosines)
     off = cosines.sum(axis=1) + cosines.sum(axis=0) - 2 * np.diag(cosines)
     return np.diag(cosines).copy(), off / (2 * (n - 1))
+
+
+def specific_cosines(cross: np.ndarray, gram_a: np.ndarray, gram_b: np.ndarray) -> np.ndarray:
+    """Cosines [K_a, K_b] between two lines of the KD-specific parts u_k^⊥ = u_k − (u_k·ĝ) ĝ (module docstring), from
+    Grams alone: `cross` [K_a, K_b] ⟨X^a_k, X^b_l⟩ and each line's own Gram [K, K] ⟨X_k, X_l⟩, every KD of each line
+    (its ĝ is taken over all of them, as `decomposition.decompose` takes it). X is J flattened or ΔY, any unit.
+
+    With c the cosines, u_k·ĝ_a = (C_aa 1)_k / √(1ᵀC_aa 1), and ⟨u^a⊥_k, u^b⊥_l⟩ = c_kl − (u^a_k·ĝ_b)(u^b_l·ĝ_b)
+    − (u^a_k·ĝ_a)(ĝ_a·u^b_l) + (u^a_k·ĝ_a)(u^b_l·ĝ_b)(ĝ_a·ĝ_b); ‖u^a⊥_k‖² = 1 − (u^a_k·ĝ_a)². A KD with X = 0, or one
+    lying along ĝ, has no KD-specific part and cosine 0.
+    """
+    norms_a, norms_b = (np.sqrt(np.clip(np.diag(g), 0, None)) for g in (gram_a, gram_b))
+    c = cosines_from_products(cross, norms_a, norms_b)
+    within_a, within_b = cosines_from_products(gram_a, norms_a, norms_a), cosines_from_products(gram_b, norms_b, norms_b)
+    mass_a, mass_b = within_a.sum(), within_b.sum()  # 1ᵀC1 = K² ‖ū‖²
+    if mass_a <= 0 or mass_b <= 0:  # no common direction (every X zero, or the mean of the u_k is 0): nothing to project off
+        return c
+    along_a, along_b = within_a.sum(axis=1) / np.sqrt(mass_a), within_b.sum(axis=1) / np.sqrt(mass_b)  # u_k·ĝ, own line
+    a_on_b, b_on_a = c.sum(axis=1) / np.sqrt(mass_b), c.sum(axis=0) / np.sqrt(mass_a)  # u^a_k·ĝ_b [K_a], ĝ_a·u^b_l [K_b]
+    common = c.sum() / np.sqrt(mass_a * mass_b)  # ĝ_a·ĝ_b
+    products = c - np.outer(a_on_b, along_b) - np.outer(along_a, b_on_a) + common * np.outer(along_a, along_b)
+    # ‖u⊥‖ of a KD along ĝ is rounding (cancellation of two numbers near 1): below 1e-6, taken as no specific part
+    rest_a, rest_b = (np.sqrt(np.where((n > 0) - along**2 > 1e-12, (n > 0) - along**2, 0.0))
+                      for n, along in ((norms_a, along_a), (norms_b, along_b)))
+    return np.clip(cosines_from_products(products, rest_a, rest_b), -1.0, 1.0)
 
 
 def sign_flip_p(unit_sums: np.ndarray, n_permutations: int, seed: int,
@@ -101,25 +139,28 @@ def compare_lines(primary: LineData, other: LineData, n_permutations: int, n_boo
                   alpha: float) -> tuple[pd.DataFrame, tuple]:
     """Per-KD cosines between two lines and the paired comparisons of routing against output consistency.
 
-    The cross-line Gram of the Jacobians is streamed from both lines' shards (`gram.stream_gram`); the primary
-    line's output clusters are the units of inference. Returns the per-KD table (line_a, line_b, kd, cluster,
-    cos_output, cos_jacobian, their baselines and KD-specific values, difference (specific), raw_difference) and the
+    The cross-line Gram of the Jacobians is streamed from both lines' shards (`gram.stream_gram`); each line's own
+    Gram is its routing stage's; the primary line's output clusters are the units of inference. Returns the per-KD
+    table, one row per KD analysed in both lines (line_a, line_b, kd, cluster; cos_output, cos_jacobian: raw cosines;
+    baseline_output, baseline_jacobian: the KD's mean raw cosine with the other KDs, what a shared component lifts;
+    specific_output, specific_jacobian: KD-specific cosines, `specific_cosines`; difference: specific J − specific ΔY;
+    raw_difference: cos J − cos ΔY; all unitless, in [−1, 1] or [−2, 2] for the differences) and the
     `PairedDifference`s (KD-specific first, then raw).
     """
     kds = common_kds(primary.kd_names, other.kd_names)
     if len(kds) < 3:
         raise ValueError(f"cell lines {primary.name} and {other.name} share {len(kds)} KD(s); at least 3 are needed")
-    rows_a = np.array([primary.kd_names.index(k) for k in kds])
-    rows_b = np.array([other.kd_names.index(k) for k in kds])
-    output = cosine_similarity(primary.delta_y[rows_a].astype(np.float64), other.delta_y[rows_b].astype(np.float64))
-    gram = stream_gram(primary.shards, other=other.shards)[np.ix_(rows_a, rows_b)]
-    routing = cosines_from_products(gram, primary.jacobian_norms[rows_a], other.jacobian_norms[rows_b])
-    (cos_output, base_output), (cos_jacobian, base_jacobian) = matched_and_baseline(output), matched_and_baseline(routing)
-    clusters = np.asarray(primary.labels)[rows_a]
-    table = pd.DataFrame({"line_a": primary.name, "line_b": other.name, "kd": kds, "cluster": clusters,
-                          "cos_output": cos_output, "cos_jacobian": cos_jacobian,
-                          "baseline_output": base_output, "baseline_jacobian": base_jacobian,
-                          "specific_output": cos_output - base_output, "specific_jacobian": cos_jacobian - base_jacobian})
+    matched = np.ix_([primary.kd_names.index(k) for k in kds], [other.kd_names.index(k) for k in kds])
+    delta_a, delta_b = primary.delta_y.astype(np.float64), other.delta_y.astype(np.float64)
+    sides = {"output": (delta_a @ delta_b.T, delta_a @ delta_a.T, delta_b @ delta_b.T),
+             "jacobian": (stream_gram(primary.shards, other=other.shards), primary.jacobian_gram, other.jacobian_gram)}
+    clusters = np.asarray(primary.labels)[matched[0].ravel()]
+    table = pd.DataFrame({"line_a": primary.name, "line_b": other.name, "kd": kds, "cluster": clusters})
+    for side, (cross, gram_a, gram_b) in sides.items():
+        norms_a, norms_b = (np.sqrt(np.clip(np.diag(g), 0, None)) for g in (gram_a, gram_b))
+        table[f"cos_{side}"], table[f"baseline_{side}"] = matched_and_baseline(
+            cosines_from_products(cross, norms_a, norms_b)[matched])
+        table[f"specific_{side}"] = np.diag(specific_cosines(cross, gram_a, gram_b)[matched])
     table["difference"] = table["specific_jacobian"] - table["specific_output"]
     table["raw_difference"] = table["cos_jacobian"] - table["cos_output"]
     tests = tuple(paired_difference(table[column].to_numpy(), clusters, primary.name, other.name, measure,
@@ -128,18 +169,15 @@ def compare_lines(primary: LineData, other: LineData, n_permutations: int, n_boo
     return table, tests
 
 
-
-
 @dataclass(frozen=True)
 class LineData:
     """What one cell line contributes to the comparison: its KDs in its own order, ΔY [K, G] in that order, its
-    Jacobian shards, the Frobenius norm of each J_k [K] (the routing stage's, from the Gram's diagonal) and its output
+    Jacobian shards, the Gram of its flattened Jacobians [K, K] (the routing stage's, ⟨J_k, J_l⟩) and its output
     clusters [K] (the primary line's are the units of inference)."""
 
     name: str
     kd_names: tuple
     delta_y: np.ndarray
     shards: object  # store.shards.JacobianShards
-    jacobian_norms: np.ndarray
+    jacobian_gram: np.ndarray
     labels: np.ndarray
-

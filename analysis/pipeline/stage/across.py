@@ -22,7 +22,7 @@ SCOPE = "run"  # computed once from every line's records, not per line
 def line_data(line: LineResults) -> consistency.LineData:
     responses = line.effects.responses
     return consistency.LineData(line.cell_line, responses.kd_names, responses.delta_y, line.jacobians.shards,
-                                line.routing.first_order["jacobian_norm"].to_numpy(), line.effects.labels)
+                                line.routing.gram, line.effects.labels)
 
 
 def compute(ctx: StageContext, config: AnalysisConfig, lines: tuple[LineResults, ...]) -> AcrossResult:

@@ -18,12 +18,12 @@ def across_sentence(results: Results) -> str:
     for a, b in results.across.pairs:
         specific, raw = results.across.pair_tests(a, b)
         parts.append(f"Between {a} and {b} ({specific.n_kds} KDs), a KD's own routing was "
-                     f"{prose.DIRECTIONS[specific.direction]} ({_paired(specific)}; on raw cosines {_paired(raw)}).")
+                     f"{prose.DIRECTIONS[specific.direction]} ({_paired(specific)}; {_paired(raw)}).")
     return " ".join(parts)
 
 
 def _paired(test: PairedDifference) -> str:
-    return (f"{'KD-specific ' if test.measure == 'specific' else ''}cos J − cos ΔY = {fmt(test.estimate)}, 95% CI "
+    return (f"{prose.MEASURES[test.measure]} cos J − cos ΔY = {fmt(test.estimate)}, 95% CI "
             f"{fmt(test.ci_low)} to {fmt(test.ci_high)}, cluster sign-flip {prose.paired_p(test)}")
 
 
@@ -40,25 +40,29 @@ def across_text(results: Results) -> Md:
     medians = "; ".join(
         f"{a} vs {b}: median cos ΔY {fmt(frame['cos_output'].median())} against {fmt(frame['baseline_output'].median())} "
         f"with the other KDs, median cos J {fmt(frame['cos_jacobian'].median())} against "
-        f"{fmt(frame['baseline_jacobian'].median())}"
+        f"{fmt(frame['baseline_jacobian'].median())}; KD-specific, median cos ΔY {fmt(frame['specific_output'].median())}, "
+        f"cos J {fmt(frame['specific_jacobian'].median())}"
         for (a, b), frame in table.groupby(["line_a", "line_b"], sort=False))
     return Md(typeset(f"The same model was analysed on each line's own control cells (every stage per line; the sections above "
               f"show {results.lines[0].cell_line}, the primary line). Per line, the call and its two deciding statistics: "
               f"{calls}. For every KD analysed in both lines, the cosine of its ΔY between the lines measures whether "
               f"the model predicts the same response there, and the cosine of its flattened Jacobian whether it routes "
-              f"the KD through the same directions. Each is read against its baseline, the KD's mean cosine with the "
-              f"other KDs across the lines, because a component shared by all KDs (large for Jacobians: mean C_jac "
-              f"{fmt(results.routing.evidence.spread.jac_mean)} within {results.lines[0].cell_line}) makes every raw "
-              f"cosine high ({medians}). {across_sentence(results)} KDs of one output cluster are not independent, "
+              f"the KD through the same directions. A component shared by all KDs (large for Jacobians: mean C_jac "
+              f"{fmt(results.routing.evidence.spread.jac_mean)} within {results.lines[0].cell_line}) makes a KD's raw "
+              f"cosine high with every KD of the other line, so each side is read on its KD-specific part — each unit-norm "
+              f"ΔY or J less its projection on its own line's common direction, the split the routing call reads — "
+              f"whose cosine between the lines is 1 for a KD identical in both, about 0 for unrelated ones, and the same "
+              f"scale for ΔY and J: a model whose routing and outputs are both kept across lines shows no difference "
+              f"({medians}). {across_sentence(results)} KDs of one output cluster are not independent, "
               f"so the units of the sign-flip test and of the bootstrap interval are the primary line's output "
               f"clusters (@tbl-tests){sign_flip_floor(results)}."))
 
 
 def sign_flip_floor(results: Results) -> str:
     """With few clusters an exact sign flip has a floor: 2 of the 2^n patterns are at least as extreme (two-sided)."""
-    floors = {test.n_units for a, b in results.across.pairs for test in results.across.pair_tests(a, b) if test.exact}
+    floors = {(test.n_units, test.floor) for test in results.across.tests if test.exact}
     return "".join(f"; with {n} clusters the smallest p an exact two-sided sign flip can give is 2/2^{n} = "
-                   f"{fmt_p(2 / 2 ** n)}" for n in sorted(floors))
+                   f"{fmt_p(floor)}" for n, floor in sorted(floors))
 
 
 def _ari(a: pd.Series, b: pd.Series) -> str:
@@ -90,16 +94,22 @@ def lines_table(results: Results, planted: pd.DataFrame | None = None) -> Md:
 
 def planted_sharing_table(results: Results, planted: pd.DataFrame | None = None) -> Md:
     """The demo's planted sharing of each module's response between the lines against what the model shows: per
-    sharing level, the planted cosine of ΔY between the lines and the model's cosines of ΔY and J (medians).
+    sharing level, the planted cosine of ΔY between the lines, the model's raw and KD-specific cosines of ΔY and J
+    (medians) and the mean KD-specific difference (0 where routing and output are kept alike: a module planted 100 %
+    shared reads consistent when it is near 0 or above).
     planted: kd, module, sharing, true_cosine, as `datasets.demo.load_line_truth` gives them (None: not a demo)."""
     if results.across is None or planted is None:
         note = "one cell line analysed" if results.across is None else "not a demo run: no planted truth"
         return markdown_table(pd.DataFrame({"Planted sharing": ["—"], "Note": [note]}), [10, 40])
     table = results.across.table.merge(planted.dropna(subset=["sharing"]), on="kd")
+    specific = prose.MEASURES["specific"]
     rows = []
-    for sharing, group in table.groupby("sharing", sort=False):
-        rows.append({"Planted sharing": f"{100 * sharing:.0f}%", "Modules": ", ".join(sorted(group["module"].unique())),
+    for sharing, group in sorted(table.groupby("sharing"), key=lambda item: -item[0]):
+        rows.append({"Planted sharing (modules)": f"{100 * sharing:.0f}% ({', '.join(sorted(group['module'].unique()))})",
                      "KDs": f"{len(group)}", "Planted cos ΔY": fmt(group["true_cosine"].median()),
-                     "Model cos ΔY": fmt(group["cos_output"].median()), "Model cos J": fmt(group["cos_jacobian"].median())})
-    frame = pd.DataFrame(rows).sort_values("Planted sharing", key=lambda c: -c.str.rstrip("%").astype(float))
-    return markdown_table(frame, [10, 30, 6, 12, 12, 12], "llrrrr")
+                     f"Model cos ΔY, raw / {specific}": f"{fmt(group['cos_output'].median())} / "
+                                                        f"{fmt(group['specific_output'].median())}",
+                     f"Model cos J, raw / {specific}": f"{fmt(group['cos_jacobian'].median())} / "
+                                                       f"{fmt(group['specific_jacobian'].median())}",
+                     f"{specific} cos J − cos ΔY (mean)": fmt(group["difference"].mean())})
+    return markdown_table(pd.DataFrame(rows), [30, 6, 10, 14, 14, 14], "lrrrrr")

@@ -174,8 +174,8 @@ def tests_table(results: Results) -> Md:
         ("SVD axes", "gene loadings over output genes; KD scores over KDs",
          f"prerank GSEA ({cfg.prerank_permutations:,}), BH-FDR per axis and ranking", "same as above"),
         ("Routing vs output consistency across cell lines",
-         "mean over KDs of cos J − cos ΔY between two lines, each minus the KD's mean cosine with the other KDs "
-         "(KD-specific; raw also reported)",
+         "mean over KDs of cos J − cos ΔY between two lines, each of the KD-specific part (unit-norm J or ΔY less its "
+         "projection on its line's common direction: 1 on both sides for a KD kept identical; raw also reported)",
          f"sign flips of the primary line's output-cluster sums (every pattern up to 2^16, else "
          f"{cfg.n_permutations:,}), two-sided; "
          f"95% interval by resampling clusters ({boot})",
