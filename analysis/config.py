@@ -94,7 +94,7 @@ class AnalysisConfig:
     kds_per_call: int = 4  # KDs batched into one forward-mode call
     tangents_per_call: int = 0  # 0: chosen for the device and set size (jacobians.tangent_chunk)
     compile_jacobian: bool = True  # Inductor-compile the JVP's tangent graph: ~2× per KD, a one-off compile of minutes
-    path_points: int = 4  # Q midpoints of p_ctrl → p_k for the path-averaged Jacobian (0: first order only; Q× cost)
+    path_points: int = 2  # Q midpoints of p_ctrl → p_k for the path-averaged Jacobian (0: first order only)
     shard_kds: int = 16  # KDs per Jacobian shard on disk
     max_clusters: int = 12
     weak_fraction: float = 0.25  # KDs with ‖ΔY‖ below this × the median form the weak-effect group 0

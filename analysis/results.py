@@ -138,7 +138,8 @@ class RoutingResult:
     evidence: RoutingEvidence
     svd: SvdEvidence
     svd_enrichment: pd.DataFrame
-    first_order: pd.DataFrame  # per KD: kd, cluster, explained, common_share, specific_share, jacobian_norm
+    first_order: pd.DataFrame  # per KD: kd, cluster, explained (first order), split_explained, common_share,
+    # specific_share, jacobian_norm (`stats.decomposition.response_shares`)
     verdict: Verdict
     prior_work: dict  # numbers behind the original plan's prior-work rows (`stats.prior_work`)
     seconds: Annotated[dict, Measured]  # wall time of each stage of the line: effects, jacobians, routing

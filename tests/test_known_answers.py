@@ -139,17 +139,18 @@ def test_positive_shared_routing_is_called_positive(known):
 
 
 def test_positive_routing_axes_show_the_planted_modules(known):
-    """Unit-norm routing axes read as pathways are carried by one planted module: the KDs scoring highest on each
-    such axis are, by a large majority, the KDs of one module (the planted truth, not the enrichment's own words)."""
+    """The routing axes (SVD of the KD-specific routing) are carried by one planted module each: the KDs scoring
+    highest on each of the first two axes, and on any axis read as a pathway, are by a large majority the KDs of one
+    module (the planted truth, not the enrichment's own words)."""
     results, truth, _ = known("positive")
     svd, modules = results.routing.svd, np.asarray(truth["module"])
-    read = [a for a in svd.axes if a.interpretable(svd.fdr)]
-    assert read
-    for axis in read:
-        top = modules[np.argsort(-results.routing.kd_scores[:, axis.axis - 1])[:known_answers.KDS_PER_MODULE]]
+    axes = sorted({1, 2} | {a.axis for a in svd.axes if a.interpretable(svd.fdr)})
+    for axis in axes:
+        top = modules[np.argsort(-results.routing.kd_scores[:, axis - 1])[:known_answers.KDS_PER_MODULE]]
         values, counts = np.unique(top, return_counts=True)
-        print(axis.axis, axis.term, dict(zip(values, counts)))
-        assert counts.max() >= 0.8 * len(top), (axis.term, dict(zip(values, counts)))
+        print(axis, dict(zip(values, counts)))
+        assert counts.max() >= 0.8 * len(top), (axis, dict(zip(values, counts)))
+
 
 def test_negative_per_kd_lookup_is_called_per_kd_by_equivalence(known):
     """Outputs cluster by module, routing directions are KD-specific: equivalence shown for both criteria."""
@@ -215,14 +216,16 @@ def test_one_linear_map_is_a_global_readout_not_cluster_circuits(known):
 @pytest.mark.parametrize("kind", ["positive", "degenerate"])
 def test_steering_follows_the_planted_function(known, kind):
     """Steering through the real forward agrees with the planted p-space function and its Jacobian (an independent
-    numpy oracle): the relative error of the first-order prediction at every step, and the trust radius — every
-    step for the linear map. Only axes that carry routing energy are compared: the linear map's second and third
-    axes carry 1e-6 of it (the LayerNorm's curvature), so their first-order changes are at float32 rounding."""
+    numpy oracle): the relative error of the first-order prediction at every step. Only axes that carry routing
+    energy are compared (more than 1 % of the unit-norm Jacobians' energy: the axis's share of the KD-specific energy
+    times that part's share): the linear map's routing axes, of a KD-specific part of 2.5e-6 (the LayerNorm's
+    curvature), carry none, and their first-order changes are at float32 rounding."""
     results, _, planted = known(kind)
     steering, routing = results.steering, results.routing
     jacobians = planted.jacobians()
-    carried = [a + 1 for a in range(len(steering.trust_radius)) if routing.variance_explained[a] > 0.01]
-    assert carried and carried[0] == 1
+    specific = routing.evidence.decomposition.specific_share
+    carried = [a + 1 for a in range(len(steering.trust_radius)) if routing.variance_explained[a] * specific > 0.01]
+    assert carried == [] if kind == "degenerate" else carried[0] == 1
     for axis, frame in steering.table[steering.table["axis"].isin(carried)].groupby("axis"):
         k = planted.kd_names.index(frame["kd"].iloc[0])
         v = routing.input_directions[axis - 1]
@@ -233,8 +236,6 @@ def test_steering_follows_the_planted_function(known, kind):
         oracle = np.linalg.norm(change - predicted, axis=1) / np.linalg.norm(predicted, axis=1)
         print(kind, axis, np.round(frame["relative_error"].to_numpy(), 4), np.round(oracle, 4))
         assert np.allclose(frame["relative_error"], oracle, atol=0.02, rtol=0.05)
-    if kind == "degenerate":
-        assert carried == [1] and steering.trust_radius[0] == 2.0
 
 
 def test_draw_to_draw_noise_in_routing_is_called_unreliable(known):

@@ -224,7 +224,7 @@ def jacobian_shard(run: PerturbationModel, task: ShardTask, inputs: JacobianInpu
         arrays |= {"half_draws": sizes, "jacobian_split": (half_jacobians[0] - half_jacobians[1]).astype(np.float32)}
     if inputs.path_points:
         bent = path_kds(inputs.delta_y[task.kds.start:task.kds.stop], arrays["linear_prediction"])
-        path = path_jacobian(run, inputs, [task.kds.start + int(i) for i in bent], draw_sets)
+        path = path_jacobian(run, inputs, [task.kds.start + int(i) for i in bent], draw_sets[:1])
         prediction = arrays["linear_prediction"].copy()
         prediction[bent] = np.einsum("kgh,kh->kg", path, step[bent])
         arrays |= {"path_index": bent, "path_jacobian": path.astype(np.float32), "path_prediction": prediction}
@@ -232,8 +232,10 @@ def jacobian_shard(run: PerturbationModel, task: ShardTask, inputs: JacobianInpu
 
 
 def path_jacobian(run: PerturbationModel, inputs: JacobianInputs, kds: list[int], draw_sets: torch.Tensor) -> np.ndarray:
-    """Ĵ_k = (1/Q) Σ_q J(p_ctrl + t_q Δp_k) [n, G, H] float64 over all draws for the KDs `kds` (indices into the
-    run's KDs; `path_fractions`): the path-averaged
+    """Ĵ_k = (1/Q) Σ_q J(p_ctrl + t_q Δp_k) [n, G, H] float64 on the draw sets `draw_sets` (the shard passes the
+    first control draw only: the split is a ratio of one KD's parts, and R draws would cost R× for draw noise the
+    completeness check already measures) for the KDs `kds` (indices into the run's KDs; `path_fractions`): the
+    path-averaged
     Jacobian, whose Ĵ_k·Δp_k reproduces ΔY_k up to the quadrature's error (the completeness of integrated gradients:
     ΔY_k = ∫₀¹ J(p_ctrl + tΔp_k) dt · Δp_k exactly), so the response it splits is ΔY_k itself, not its first order —
     where a gate opens along the path the local J_k at p_k extrapolates badly. The error is measured, not assumed:

@@ -77,9 +77,14 @@ def common_loadings(gram: np.ndarray) -> np.ndarray:
     return loading / np.sqrt(total) if total > 0 else np.zeros_like(loading)
 
 
+def explained(delta_y: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """[K] the share of each ΔY_k [K, G] a prediction [K, G] explains: 1 − ‖ΔY_k − prediction_k‖² / ‖ΔY_k‖²."""
+    return 1 - ((delta_y - prediction) ** 2).sum(axis=1) / np.maximum((delta_y**2).sum(axis=1), 1e-300)
+
+
 def response_shares(along: np.ndarray, common_direction: np.ndarray, delta_p: np.ndarray, produced: np.ndarray,
                     delta_y: np.ndarray, labels: np.ndarray, path_points: int = 0, n_bootstrap: int = 0,
-                    seed: int = 0) -> tuple[ResponseShares, pd.DataFrame]:
+                    seed: int = 0, first_order: np.ndarray | None = None) -> tuple[ResponseShares, pd.DataFrame]:
     """What produces each KD's response: the common routing or the KD-specific routing.
 
     ΔY_k ≈ y_k = J_k·Δp_k (Δp_k = p_k − p_ctrl; to first order with the local J_k, exactly with the path-averaged
@@ -94,25 +99,27 @@ def response_shares(along: np.ndarray, common_direction: np.ndarray, delta_p: np
     delta_p [K, H]; produced [K, G] the y_k; delta_y [K, G]; labels [K] output clusters (0: weak effect);
     path_points: the Q of the path-averaged Jacobians behind `along` and `produced` (0: the local ones);
     n_bootstrap, seed: the cluster bootstrap of the KD-specific median's 95 % interval (0: none). Returns
-    the summary over the strong-effect KDs (medians) and the per-KD frame (kd index order): cluster, explained
-    (1 − ‖ΔY_k − y_k‖² / ‖ΔY_k‖², the share of ΔY_k that y_k explains), common_share, specific_share. Where y_k
-    explains little of ΔY_k (a sharply gated response's local Jacobian) the shares describe y_k, not ΔY_k; the
-    summary carries the median so the call can tell.
+    the summary over the strong-effect KDs (medians) and the per-KD frame (kd index order): cluster, explained (the
+    share of ΔY_k the local first order `first_order` [K, G] explains, `explained`; None: `produced`),
+    split_explained (the share y_k explains), common_share, specific_share. Where y_k explains little of ΔY_k (a
+    sharply gated response's local Jacobian) the shares describe y_k, not ΔY_k; the summary carries the median so
+    the call can tell.
     """
+    first_order = produced if first_order is None else first_order
     common = along[:, None] * (delta_p @ common_direction.T)  # [K, G] c_k
     specific = produced - common
     size = np.linalg.norm(produced, axis=1)
     safe = np.where(size > 0, size, 1.0)
     common_share = np.where(size > 0, np.linalg.norm(common, axis=1) / safe, np.nan)
     specific_share = np.where(size > 0, np.linalg.norm(specific, axis=1) / safe, np.nan)
-    explained = 1 - ((delta_y - produced) ** 2).sum(axis=1) / np.maximum((delta_y**2).sum(axis=1), 1e-300)
-    frame = pd.DataFrame({"cluster": labels, "explained": explained, "common_share": common_share,
+    frame = pd.DataFrame({"cluster": labels, "explained": explained(delta_y, first_order),
+                          "split_explained": explained(delta_y, produced), "common_share": common_share,
                           "specific_share": specific_share})
     strong = frame[frame["cluster"] > 0] if (labels > 0).any() else frame
     low, high = _median_interval(strong["specific_share"].to_numpy(), strong["cluster"].to_numpy(), n_bootstrap, seed)
     return ResponseShares(len(strong), float(strong["common_share"].median()),
                           float(strong["specific_share"].median()), float(strong["specific_share"].quantile(0.9)),
-                          float(strong["explained"].median()), path_points, low, high, n_bootstrap), frame
+                          float(strong["split_explained"].median()), path_points, low, high, n_bootstrap), frame
 
 
 def _median_interval(values: np.ndarray, clusters: np.ndarray, n_bootstrap: int, seed: int) -> tuple[float, float]:

@@ -42,7 +42,8 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
     along = shards.path_loadings(svd.common_direction) if shards.has_path else common_loadings(gram)
     response, first_order = response_shares(along, svd.common_direction, responses.pert_repr - responses.control_repr,
                                             shards.linear_prediction(along_path=shards.has_path), responses.delta_y,
-                                            effects.labels, jacobians.path_points, config.n_bootstrap, config.seed)
+                                            effects.labels, jacobians.path_points, config.n_bootstrap, config.seed,
+                                            shards.linear_prediction())
     evidence = routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
                                 config.n_bootstrap, config.seed, gram, config.normal_reference_kds)
     evidence = replace(evidence, response=response, output_clusters=effects.existence)
