@@ -148,24 +148,31 @@ def _contrast_raw(c: Criterion, q: dict) -> CriterionWords:
                           f"{q['sd']:.2f} SD; same {q['mean_same']:.4g} vs cross {q['mean_cross']:.4g}")
 
 
+def _num(value, spec: str) -> str:
+    """A number of a row's params in `spec`, or "undefined" where the statistic was not defined (None or NaN: e.g.
+    bounds with fewer than two substituted clusters)."""
+    return "undefined" if value is None or value != value else format(value, spec)
+
+
 def _substitution(c: Criterion, q: dict) -> CriterionWords:
     m = c.margin
     return CriterionWords(
         "A cluster's shared embedding reproduces its KDs' responses",
         "mean cos(ΔY(cluster centroid), ΔY_k) − mean cos(ΔY(random-group centroid), ΔY_k)",
         f"leave-one-out centroid substitution through the model's forward; random groups from {q['random_groups']} "
-        f"joint label permutations, which also refer p ({q['n_clusters']} clusters; floor {q['p_floor']:.2g}); "
-        f"one-sided 95 % cluster-bootstrap bounds ({q['n_bootstrap']} resamples)",
+        f"joint label permutations, which also refer p ({q['n_clusters']} clusters; floor "
+        f"{_num(q['p_floor'], '.2g')}); one-sided 95 % cluster-bootstrap bounds ({q['n_bootstrap']} resamples)",
         f"used: gain ≥ {m:g}, p < {q['alpha']}; not used: upper bound < {m:g}",
-        f"{q['n_kds']} KDs; bounds {q['lower']:.3f} to {q['upper']:.3f}; cos {q['cosine']:.3f} (random groups "
-        f"{q['random_cosine']:.3f}); median share reproduced {q['share']:.3f} (random {q['random_share']:.3f}); "
-        f"median size ratio {q['size_ratio']:.2f}; median distance ratio {q['distance_ratio']:.2f}")
+        f"{q['n_kds']} KDs; bounds {_num(q['lower'], '.3f')} to {_num(q['upper'], '.3f')}; cos "
+        f"{_num(q['cosine'], '.3f')} (random groups {_num(q['random_cosine'], '.3f')}); median share reproduced "
+        f"{_num(q['share'], '.3f')} (random {_num(q['random_share'], '.3f')}); median size ratio "
+        f"{_num(q['size_ratio'], '.2f')}; median distance ratio {_num(q['distance_ratio'], '.2f')}")
 
 
 def _distance_control(c: Criterion, q: dict) -> CriterionWords:
     m = c.margin
-    amplified = (f"; {q['amplified']:.0%} of KDs amplified to distance ratio {q['probe_ratio']:g} (median λ "
-                 f"{q['amplification']:.2f})" if q["amplified"] else "")
+    amplified = (f"; {_num(q['amplified'], '.0%')} of KDs amplified to distance ratio {q['probe_ratio']:g} (median λ "
+                 f"{_num(q['amplification'], '.2f')})" if q["amplified"] else "")
     return CriterionWords(
         "Dropping a KD's own part of the embedding costs no more than a random move of its size",
         "mean cos(ΔY(same-size random move), ΔY(p̃_k)) − cos(ΔY(cluster centroid), ΔY(p̃_k))",
@@ -173,9 +180,9 @@ def _distance_control(c: Criterion, q: dict) -> CriterionWords:
         f"centroid (p̃_k: the KD's embedding, its own part amplified where the distance ratio is below "
         f"{q['probe_ratio']:g}); one-sided 95 % cluster-bootstrap bounds ({q['n_bootstrap']} resamples)",
         f"used: upper bound < {m:g}; read beyond the shared part (partly used): excess ≥ {m:g}, lower bound > 0",
-        f"bounds {q['lower']:.3f} to {q['upper']:.3f}; random moves {q['matched_cosine']:.3f} vs centroid "
-        f"{q['probe_cosine']:.3f}; distance ratio median {q['ratio_median']:.2f} (10–90 %: {q['ratio_low']:.2f}–"
-        f"{q['ratio_high']:.2f}){amplified}")
+        f"bounds {_num(q['lower'], '.3f')} to {_num(q['upper'], '.3f')}; random moves {_num(q['matched_cosine'], '.3f')} vs centroid "
+        f"{_num(q['probe_cosine'], '.3f')}; distance ratio median {_num(q['ratio_median'], '.2f')} (10–90 %: {_num(q['ratio_low'], '.2f')}–"
+        f"{_num(q['ratio_high'], '.2f')}){amplified}")
 
 
 def _interchange(c: Criterion, q: dict) -> CriterionWords:
