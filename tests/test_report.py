@@ -21,7 +21,7 @@ import pytest
 
 from analysis.present import drawing, rendering
 from analysis.present.formatting import fmt_p, typeset
-from analysis.present.wording import words
+from analysis.present.wording import p_floor, words
 from analysis.stats.decomposition import decompose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -410,10 +410,13 @@ def test_verdict_table_against_independent_values(executed, demo_results):
     floor = 1 / (demo_results.config.n_permutations + 1)
     for row, c in zip(rows, criteria):
         assert row["Held"] == ("yes" if c.held else "no")
+        own = p_floor(c)  # the row's own permutation count (e.g. 39 label permutations: floor 1/40)
         if c.p_value is None:
             assert row["p"] == "—"
         elif math.isclose(c.p_value, floor):
             assert row["p"] == "≤ 1e-4"  # 9,999 permutations
+        elif own and math.isclose(c.p_value, 1 / (own + 1)):
+            assert row["p"].startswith("≤ ") and _number(row["p"][2:]) == pytest.approx(1 / (own + 1), rel=0.05)
         elif c.p_value == 0:
             assert row["p"] == "< 1e-300"
         else:

@@ -110,7 +110,8 @@ def reason(routing: RoutingResult) -> str:
     if verdict.call == "global readout" and verdict.degenerate_matrix == "response":
         minimum = criterion(verdict, "response_share").params["min_response_share"]
         return (f"{share} — below the share of interest {minimum:g}: one readout produces the responses, whatever "
-                "the structure of the KD-specific remainder (its rows are reported, not read).")
+                "the structure of the KD-specific remainder (its rows are reported, not read)."
+                f"{noise_floor(routing)}")
     rows = "; ".join(_explain(row) for row in verdict.deciding)
     tail = ""
     read_response = produced and criterion(verdict, "response_share").params["read"]

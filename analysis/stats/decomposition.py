@@ -125,10 +125,12 @@ def response_shares(along: np.ndarray, common_direction: np.ndarray, delta_p: np
 def _median_interval(values: np.ndarray, clusters: np.ndarray, n_bootstrap: int, seed: int) -> tuple[float, float]:
     """95 % percentile interval of the median of `values` [n] resampling whole clusters (`clusters` [n]: KDs of one
     output cluster share their routing, so they are not independent); NaN without resamples."""
+    finite = np.isfinite(values)
+    values, clusters = values[finite], clusters[finite]
     if n_bootstrap < 1 or len(values) == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng([seed, 31])
     groups = [values[clusters == c] for c in np.unique(clusters)]
-    medians = [np.nanmedian(np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))]))
+    medians = [np.median(np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))]))
                for _ in range(n_bootstrap)]
     return float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))

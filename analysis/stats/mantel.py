@@ -255,7 +255,7 @@ def cluster_level(a: np.ndarray, b: np.ndarray, labels: np.ndarray, n_permutatio
     x = _zscore(mean_a[i, j])
     r = float(x @ _zscore(mean_b[i, j]) / len(x))
     rng = np.random.default_rng(seed)
-    perms = np.array([rng.permutation(n) for _ in range(n_permutations)]).reshape(n_permutations, n)  # [T, C]
+    perms = np.array([rng.permutation(n) for _ in range(n_permutations)], dtype=np.intp).reshape(n_permutations, n)
     null = _zscore(mean_b[perms[:, i], perms[:, j]]) @ x / len(x)
     return ClusterLevel(n, len(i), r, p_greater(r, null), n_permutations)
 

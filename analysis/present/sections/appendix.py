@@ -52,10 +52,10 @@ def intervention_calibration_table(stored: dict | None) -> Md:
                                    + (f", {r['n_modules']} modules)" if r.get("n_modules") else ")"),
              "Planted": r["expected"], "Rejects": pct(r["rejection"]),
              "Used / partly / not / undecided": " / ".join(pct(r["uses"].get(u, 0.0)) for u in USES),
-             "Wrong answer": f"{pct(r['false_rate'])} ± {pct(r['false_se'])}", "Mean gain": fmt(r["mean_gain"], 3),
-             "Mean excess": fmt(r.get("mean_excess", float("nan")), 3)}
+             "Wrong answer": f"{pct(r['false_rate'])} ± {pct(r['false_se'])}",
+             "Mean gain / excess": f"{fmt(r['mean_gain'], 3)} / {fmt(r.get('mean_excess', float('nan')), 3)}"}
             for r in stored["rates"]]
-    return markdown_table(pd.DataFrame(rows), [26, 10, 9, 26, 15, 9, 9], "llrrrrr")
+    return markdown_table(pd.DataFrame(rows), [26, 10, 9, 26, 15, 14], "llrrrr")
 
 
 def over_size(stored: dict | None) -> Md:
