@@ -25,7 +25,8 @@ from ..context import StageContext
 NEEDS = ("inputs", "effects", "interventions", "jacobians")
 FIELDS = ("n_permutations", "n_bootstrap", "normal_reference_kds", "seed", "alpha", "seed_r_threshold",
           "equivalence_r", "min_contrast", "min_specific_share", "min_response_share", "global_share",
-          "min_cluster_share", "substitution_margin", "min_reliability", "fdr", "n_axes", "prerank_permutations", "gene_sets")
+          "min_cluster_share", "substitution_margin", "min_reliability", "fdr", "n_axes", "prerank_permutations",
+          "gene_sets")
 FACTS = ("gene_set_digests",)
 
 
@@ -39,11 +40,12 @@ def compute(ctx: StageContext, config: AnalysisConfig, inputs: PerturbationModel
     svd = jacobian_svd(gram, shards, responses.delta_y, config.n_axes)
     output_scores, output_loadings = output_svd(responses.delta_y, config.n_axes)
     # the response split: along the path p_ctrl → p_k where the shards hold it (ΔY_k itself), else to first order
+    local = shards.linear_prediction()
     along = shards.path_loadings(svd.common_direction) if shards.has_path else common_loadings(gram)
+    produced = shards.linear_prediction(along_path=True) if shards.has_path else local
     response, first_order = response_shares(along, svd.common_direction, responses.pert_repr - responses.control_repr,
-                                            shards.linear_prediction(along_path=shards.has_path), responses.delta_y,
-                                            effects.labels, jacobians.path_points, config.n_bootstrap, config.seed,
-                                            shards.linear_prediction())
+                                            produced, responses.delta_y, effects.labels, jacobians.path_points,
+                                            config.n_bootstrap, config.seed, local)
     evidence = routing_evidence(effects.c_out, c_jac, c_rep, effects.labels, config.n_permutations,
                                 config.n_bootstrap, config.seed, gram, config.normal_reference_kds)
     evidence = replace(evidence, response=response, output_clusters=effects.existence)
